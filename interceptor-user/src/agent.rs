@@ -1,0 +1,171 @@
+//! `interceptor run`: brings the agent up, keeps it serving, and shuts it down cleanly.
+//!
+//! Order matters for the no-bypass promise. Listeners are bound first; programs are attached
+//! (or the pinned ones taken over) before the agent announces itself in the kernel's config
+//! map; only then are the listeners published in the sockmap. On SIGTERM the listeners close
+//! first (new connections are refused by the kernel, not let through), in-flight connections
+//! get the grace period, and the programs stay pinned so protection outlives the process.
+use std::{path::PathBuf, sync::Arc, time::Instant};
+
+use anyhow::{Context as _, Result, bail};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::watch,
+};
+use tracing::{error, info, warn};
+
+use crate::{
+    config::Config,
+    control::ControlServer,
+    ebpf::{AttachPoints, Kernel, ensure_cgroup2},
+    identity::CgroupResolver,
+    net::{DataPath, Listeners, accept_loop},
+    sys,
+};
+
+/// Default SO_MARK of the agent's upstream sockets ("1c9e" ~ "icpt").
+pub const DEFAULT_MARK: u32 = 0x1c9e_0001;
+
+pub fn cgroup_dir(cgroup2: &std::path::Path, cgroup_path: &str) -> PathBuf {
+    cgroup2.join(cgroup_path.trim_start_matches('/'))
+}
+
+/// The agent's own cgroup2 path, from /proc/self/cgroup ("0::/path").
+fn own_cgroup() -> Option<String> {
+    let s = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(|p| p.trim().to_string())
+}
+
+pub async fn run(config: Config) -> Result<()> {
+    let started = Instant::now();
+    let config = Arc::new(config);
+    let a = &config.agent;
+    if sys::geteuid() != 0 {
+        warn!("not running as root: attaching eBPF programs needs CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN");
+    }
+
+    let listeners = Listeners::bind(a.listen_port)?;
+    let cgroup2 = ensure_cgroup2(a.cgroup2.as_deref(), &a.runtime_dir.join("cgroup2"))?;
+    let cgroup_dir = cgroup_dir(&cgroup2, &a.cgroup_path);
+    if !cgroup_dir.is_dir() {
+        bail!("agent.cgroup_path: {} does not exist", cgroup_dir.display());
+    }
+    // The agent's upstream sockets must be seen by sock_ops (attached at cgroup_path) to be
+    // exempted from steering; an agent outside that subtree would loop onto itself.
+    if let Some(own) = own_cgroup() {
+        let scope = a.cgroup_path.trim_end_matches('/');
+        if !(scope.is_empty() || own == scope || own.starts_with(&format!("{scope}/"))) {
+            bail!(
+                "agent.cgroup_path: the agent runs in cgroup {own:?}, outside {:?}; its own upstream \
+                 connections would not be exempted",
+                a.cgroup_path
+            );
+        }
+    }
+
+    let kernel = Arc::new(
+        Kernel::start(&AttachPoints {
+            bpffs: a.bpffs.clone(),
+            pin_root: a.pin_root(),
+            cgroup_dir: cgroup_dir.clone(),
+        })
+        .context("setting up the eBPF programs")?,
+    );
+    let netns = sys::netns_cookie(&listeners.v4).context("reading SO_NETNS_COOKIE")?;
+    let mark = DEFAULT_MARK;
+    kernel.set_agent(netns, a.listen_port, mark)?;
+    kernel.sync_services(&config.services)?;
+    kernel.sync_local_addrs(&sys::local_addrs().unwrap_or_default())?;
+    kernel.register_listeners(&listeners.v4, listeners.v6.as_ref())?;
+
+    let dp = Arc::new(DataPath::new(
+        config.clone(),
+        kernel.clone(),
+        CgroupResolver::new(cgroup2.clone()),
+        mark,
+    ));
+    let _control = ControlServer::bind(&a.control_socket(), dp.clone(), started)?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (hard_tx, hard_rx) = watch::channel(false);
+    let mut loops = Vec::new();
+    loops.push(tokio::spawn(accept_loop(
+        dp.clone(),
+        listeners.v4,
+        stop_rx.clone(),
+        hard_rx.clone(),
+    )));
+    if let Some(v6) = listeners.v6 {
+        loops.push(tokio::spawn(accept_loop(
+            dp.clone(),
+            v6,
+            stop_rx.clone(),
+            hard_rx.clone(),
+        )));
+    }
+    spawn_local_addr_refresh(kernel.clone(), a.local_addrs_refresh_ms, stop_rx.clone());
+
+    info!(
+        event = "ready",
+        pid = std::process::id(),
+        takeover = kernel.took_over,
+        pin_dir = %kernel.generation_dir.display(),
+        cgroup = %cgroup_dir.display(),
+        services = config.services.len(),
+        "interceptor agent ready"
+    );
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => info!(event = "shutdown", signal = "SIGTERM", "shutting down"),
+        _ = int.recv() => info!(event = "shutdown", signal = "SIGINT", "shutting down"),
+    }
+    let _ = stop_tx.send(true);
+    for l in loops {
+        let _ = l.await;
+    }
+    let grace = a.grace_period();
+    let deadline = Instant::now() + grace;
+    while dp.active.load(std::sync::atomic::Ordering::Acquire) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let left = dp.active.load(std::sync::atomic::Ordering::Acquire);
+    if left > 0 {
+        warn!(event = "shutdown", connections = left, "grace period over; closing remaining connections");
+        let _ = hard_tx.send(true);
+        let deadline = Instant::now() + std::time::Duration::from_secs(2);
+        while dp.active.load(std::sync::atomic::Ordering::Acquire) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+    info!(event = "stopped", "interceptor agent stopped; programs stay pinned");
+    Ok(())
+}
+
+fn spawn_local_addr_refresh(kernel: Arc<Kernel>, every_ms: u64, mut stop: watch::Receiver<bool>) {
+    tokio::spawn(async move {
+        let mut last = Vec::new();
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(every_ms));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => return,
+            }
+            match sys::local_addrs() {
+                Ok(mut addrs) => {
+                    addrs.sort();
+                    if addrs != last {
+                        if let Err(e) = kernel.sync_local_addrs(&addrs) {
+                            error!(error = %e, "updating the local address set failed");
+                        }
+                        last = addrs;
+                    }
+                }
+                Err(e) => warn!(error = %e, "listing local addresses failed"),
+            }
+        }
+    });
+}

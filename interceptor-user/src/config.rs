@@ -1,0 +1,308 @@
+//! The agent's configuration file (TOML): protected services and agent settings.
+//!
+//! Owns parsing and validation. Invalid configuration is rejected as a whole with a message
+//! naming the file, the key and the problem, so the agent never starts half-configured.
+use std::{
+    collections::HashSet,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::Deserialize;
+
+/// Default loopback port where redirected local connections reach the agent.
+pub const DEFAULT_LISTEN_PORT: u16 = 15001;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub agent: AgentSettings,
+    #[serde(default, rename = "services")]
+    pub services: Vec<ServiceConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentSettings {
+    /// Names this agent's pin directory: `<bpffs>/interceptor/<instance>`.
+    pub instance: String,
+    /// Where bpffs is (or gets) mounted.
+    pub bpffs: PathBuf,
+    /// Where the cgroup2 hierarchy is mounted; `None` = find it, or mount one under
+    /// `runtime_dir`.
+    pub cgroup2: Option<PathBuf>,
+    /// Cgroup, relative to the cgroup2 mount, where the cgroup programs attach ("/" = root).
+    pub cgroup_path: String,
+    /// Loopback port the agent listens on for redirected local connections.
+    pub listen_port: u16,
+    /// Directory for the control socket and other runtime files.
+    pub runtime_dir: PathBuf,
+    /// How long in-flight connections may finish after SIGTERM.
+    pub grace_period_ms: u64,
+    /// Timeout for the agent's connection to the real server.
+    pub connect_timeout_ms: u64,
+    /// How often the agent refreshes the set of local addresses (for wildcard services).
+    pub local_addrs_refresh_ms: u64,
+    /// "text" or "json".
+    pub log_format: String,
+}
+
+impl Default for AgentSettings {
+    fn default() -> Self {
+        AgentSettings {
+            instance: "default".into(),
+            bpffs: "/sys/fs/bpf".into(),
+            cgroup2: None,
+            cgroup_path: "/".into(),
+            listen_port: DEFAULT_LISTEN_PORT,
+            runtime_dir: "/run/interceptor".into(),
+            grace_period_ms: 10_000,
+            connect_timeout_ms: 5_000,
+            local_addrs_refresh_ms: 2_000,
+            log_format: "text".into(),
+        }
+    }
+}
+
+impl AgentSettings {
+    pub fn grace_period(&self) -> Duration {
+        Duration::from_millis(self.grace_period_ms)
+    }
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+    pub fn pin_root(&self) -> PathBuf {
+        self.bpffs.join("interceptor").join(&self.instance)
+    }
+    pub fn control_socket(&self) -> PathBuf {
+        self.runtime_dir.join(format!("{}.sock", self.instance))
+    }
+}
+
+/// One protected MCP service.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    pub name: String,
+    pub port: u16,
+    /// Only connections to this address are intercepted; all local addresses when absent.
+    pub address: Option<IpAddr>,
+}
+
+/// A configuration error: which file, which key, what is wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {key}: {problem}")]
+pub struct ConfigError {
+    pub file: String,
+    pub key: String,
+    pub problem: String,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.display().to_string(),
+            key: "-".into(),
+            problem: format!("cannot read: {e}"),
+        })?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|s| format!("line {}", text[..s.start.min(text.len())].lines().count().max(1)))
+                .unwrap_or_else(|| "-".into());
+            ConfigError {
+                file: file.into(),
+                key: line,
+                problem: e.message().to_string(),
+            }
+        })?;
+        cfg.validate(file)?;
+        Ok(cfg)
+    }
+
+    fn validate(&self, file: &str) -> Result<(), ConfigError> {
+        let err = |key: String, problem: String| ConfigError {
+            file: file.into(),
+            key,
+            problem,
+        };
+        let a = &self.agent;
+        if a.instance.is_empty()
+            || a.instance.len() > 64
+            || !a
+                .instance
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(err(
+                "agent.instance".into(),
+                format!("{:?} must be 1-64 characters of [A-Za-z0-9_-]", a.instance),
+            ));
+        }
+        if a.listen_port == 0 {
+            return Err(err("agent.listen_port".into(), "must not be 0".into()));
+        }
+        if !a.cgroup_path.starts_with('/') || a.cgroup_path.contains("..") {
+            return Err(err(
+                "agent.cgroup_path".into(),
+                format!("{:?} must be an absolute cgroup path without '..'", a.cgroup_path),
+            ));
+        }
+        if a.log_format != "text" && a.log_format != "json" {
+            return Err(err(
+                "agent.log_format".into(),
+                format!("{:?} is not one of \"text\", \"json\"", a.log_format),
+            ));
+        }
+        if a.grace_period_ms > 600_000 {
+            return Err(err("agent.grace_period_ms".into(), "must be at most 600000".into()));
+        }
+        if a.connect_timeout_ms == 0 {
+            return Err(err("agent.connect_timeout_ms".into(), "must not be 0".into()));
+        }
+        if a.local_addrs_refresh_ms < 100 {
+            return Err(err(
+                "agent.local_addrs_refresh_ms".into(),
+                "must be at least 100".into(),
+            ));
+        }
+        if self.services.is_empty() {
+            return Err(err(
+                "services".into(),
+                "no protected service is declared (add a [[services]] table)".into(),
+            ));
+        }
+        if self.services.len() > interceptor_common::MAX_SERVICES as usize {
+            return Err(err(
+                "services".into(),
+                format!("at most {} services", interceptor_common::MAX_SERVICES),
+            ));
+        }
+        let mut names = HashSet::new();
+        let mut endpoints = HashSet::new();
+        for (i, s) in self.services.iter().enumerate() {
+            let key = |k: &str| format!("services[{i}].{k}");
+            if s.name.is_empty()
+                || !s
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                return Err(err(
+                    key("name"),
+                    format!("{:?} must be non-empty [A-Za-z0-9._-]", s.name),
+                ));
+            }
+            if !names.insert(s.name.clone()) {
+                return Err(err(key("name"), format!("duplicate service name {:?}", s.name)));
+            }
+            if s.port == 0 {
+                return Err(err(key("port"), "must not be 0".into()));
+            }
+            if s.port == a.listen_port {
+                return Err(err(
+                    key("port"),
+                    format!("{} is the agent's own listen_port", s.port),
+                ));
+            }
+            if let Some(addr) = s.address
+                && addr.is_unspecified()
+            {
+                return Err(err(
+                    key("address"),
+                    "leave address out to protect every local address".into(),
+                ));
+            }
+            if !endpoints.insert((s.address, s.port)) {
+                return Err(err(
+                    key("port"),
+                    format!("another service already protects {:?} port {}", s.address, s.port),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The service that protects `addr:port`, preferring an exact address over a wildcard.
+    pub fn service_for(&self, addr: IpAddr, port: u16) -> Option<(u32, &ServiceConfig)> {
+        let addr = canonical(addr);
+        let mut wildcard = None;
+        for (i, s) in self.services.iter().enumerate() {
+            if s.port != port {
+                continue;
+            }
+            match s.address {
+                Some(a) if canonical(a) == addr => return Some((i as u32, s)),
+                None => wildcard = Some((i as u32, s)),
+                _ => {}
+            }
+        }
+        wildcard
+    }
+}
+
+/// IPv4-mapped IPv6 addresses compare as the IPv4 address they carry.
+pub fn canonical(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(addr),
+        v4 => v4,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OK: &str = r#"
+[agent]
+instance = "t1"
+listen_port = 15001
+
+[[services]]
+name = "crm"
+port = 8080
+
+[[services]]
+name = "hr"
+port = 9090
+address = "10.0.0.1"
+"#;
+
+    #[test]
+    fn parses_and_finds_services() {
+        let c = Config::parse(OK, "t.toml").unwrap();
+        assert_eq!(c.services.len(), 2);
+        assert_eq!(c.service_for("127.0.0.1".parse().unwrap(), 8080).unwrap().1.name, "crm");
+        assert_eq!(c.service_for("10.0.0.1".parse().unwrap(), 9090).unwrap().1.name, "hr");
+        assert!(c.service_for("10.0.0.2".parse().unwrap(), 9090).is_none());
+        assert_eq!(
+            c.service_for("::ffff:10.0.0.1".parse().unwrap(), 9090).unwrap().0,
+            1
+        );
+    }
+
+    #[test]
+    fn rejects_with_key_and_problem() {
+        let bad = OK.replace("port = 9090", "port = 8080\naddress2 = 1");
+        let e = Config::parse(&bad, "t.toml").unwrap_err().to_string();
+        assert!(e.contains("t.toml") && e.contains("address2"), "{e}");
+        let dup = OK.replace("name = \"hr\"", "name = \"crm\"");
+        let e = Config::parse(&dup, "t.toml").unwrap_err().to_string();
+        assert!(e.contains("services[1].name") && e.contains("duplicate"), "{e}");
+        let same_port = OK.replace("port = 9090", "port = 15001");
+        let e = Config::parse(&same_port, "t.toml").unwrap_err().to_string();
+        assert!(e.contains("services[1].port"), "{e}");
+        let none = "[agent]\ninstance = \"x\"\n";
+        let e = Config::parse(none, "t.toml").unwrap_err().to_string();
+        assert!(e.contains("services") && e.contains("no protected service"), "{e}");
+        let badfmt = OK.replace("listen_port = 15001", "listen_port = 15001\nlog_format = \"xml\"");
+        let e = Config::parse(&badfmt, "t.toml").unwrap_err().to_string();
+        assert!(e.contains("agent.log_format"), "{e}");
+    }
+}

@@ -1,0 +1,131 @@
+//! The local control socket: how the CLI talks to a running agent.
+//!
+//! A Unix stream socket in the runtime directory (mode 0600, root only). One request line, one
+//! JSON response line. Commands: `status`. Later issues add approvals and policy reload.
+use std::{
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result};
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    net::{UnixListener, UnixStream},
+};
+use tracing::warn;
+
+use crate::net::DataPath;
+
+/// What a running agent reports about itself.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentHealth {
+    pub running: bool,
+    pub pid: Option<u32>,
+    pub uptime_s: Option<u64>,
+    pub active_connections: Option<usize>,
+    pub total_connections: Option<u64>,
+    pub took_over_pins: Option<bool>,
+}
+
+impl AgentHealth {
+    pub fn down() -> Self {
+        AgentHealth {
+            running: false,
+            pid: None,
+            uptime_s: None,
+            active_connections: None,
+            total_connections: None,
+            took_over_pins: None,
+        }
+    }
+}
+
+pub struct ControlServer {
+    path: PathBuf,
+}
+
+impl ControlServer {
+    /// Binds the control socket, replacing a stale one left by a dead agent.
+    pub fn bind(path: &Path, dp: Arc<DataPath>, started: std::time::Instant) -> Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        if path.exists() {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                anyhow::bail!(
+                    "another agent is already running for this instance (control socket {} answers)",
+                    path.display()
+                );
+            }
+            std::fs::remove_file(path).with_context(|| format!("removing stale {}", path.display()))?;
+        }
+        let listener =
+            UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let dp = dp.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = handle(stream, dp, started).await {
+                        warn!(error = %e, "control request failed");
+                    }
+                });
+            }
+        });
+        Ok(ControlServer {
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+impl Drop for ControlServer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+async fn handle(stream: UnixStream, dp: Arc<DataPath>, started: std::time::Instant) -> Result<()> {
+    let (r, mut w) = stream.into_split();
+    let mut line = String::new();
+    let mut r = BufReader::new(r).take(4096);
+    tokio::time::timeout(Duration::from_secs(5), r.read_line(&mut line)).await??;
+    let reply = match line.trim() {
+        "status" => serde_json::to_string(&AgentHealth {
+            running: true,
+            pid: Some(std::process::id()),
+            uptime_s: Some(started.elapsed().as_secs()),
+            active_connections: Some(dp.active.load(std::sync::atomic::Ordering::Relaxed)),
+            total_connections: Some(dp.total.load(std::sync::atomic::Ordering::Relaxed)),
+            took_over_pins: Some(dp.kernel.took_over),
+        })?,
+        other => serde_json::json!({"error": format!("unknown command {other:?}")}).to_string(),
+    };
+    w.write_all(reply.as_bytes()).await?;
+    w.write_all(b"\n").await?;
+    Ok(())
+}
+
+use tokio::io::AsyncReadExt as _;
+
+/// Asks a running agent for its health; `down()` when nothing answers.
+pub fn query_health(path: &Path) -> AgentHealth {
+    use std::io::{BufRead, Write};
+    let Ok(mut s) = std::os::unix::net::UnixStream::connect(path) else {
+        return AgentHealth::down();
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    if s.write_all(b"status\n").is_err() {
+        return AgentHealth::down();
+    }
+    let mut line = String::new();
+    if std::io::BufReader::new(s).read_line(&mut line).is_err() {
+        return AgentHealth::down();
+    }
+    serde_json::from_str(&line).unwrap_or_else(|_| AgentHealth::down())
+}

@@ -1,0 +1,23 @@
+//! The interceptor agent: an eBPF-steered, MCP-aware proxy that sits in front of MCP servers.
+//!
+//! Modules follow the data path:
+//! - [`ebpf`]: load, attach, pin and take over the kernel programs; their maps.
+//! - [`net`]: listeners, accepted connections, original destination, upstream, relay.
+//! - [`identity`]: who the caller is (process, user, cgroup/unit, peer address).
+//! - [`control`]: the local control socket used by the CLI.
+//! - [`agent`]: the `run` command: wiring, signals, graceful shutdown.
+//! - [`cli`]: the command-line interface.
+//! - [`config`]: the configuration file.
+//! - [`error`]: which side failed, and whether to retry.
+//! - [`sys`]: the only module with raw system calls (`unsafe`).
+#![deny(unsafe_code)]
+
+pub mod agent;
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod ebpf;
+pub mod error;
+pub mod identity;
+pub mod net;
+pub mod sys;

@@ -1,0 +1,325 @@
+//! Connections steered into the agent: listening sockets, accepting, learning each
+//! connection's original destination and caller, connecting to the real server, and relaying.
+//!
+//! A connection arrives one of two ways. Steered by sk_lookup (remote callers, and local ones
+//! the cgroup hooks did not see), its local address *is* the original destination. Redirected
+//! by connect4/6, it arrives on the agent's loopback port and the kernel's `ORIGINS` map,
+//! keyed by the client's address, holds the original destination and the calling process.
+//! Everything after that (`ConnInfo` + both streams) is handed to the connection pipeline,
+//! which for now relays bytes (L4); the TLS/HTTP/MCP layers plug in at [`serve_connection`].
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use tokio::{
+    net::{TcpListener, TcpSocket, TcpStream},
+    sync::watch,
+};
+use tracing::{info, warn};
+
+use crate::{
+    config::{Config, ServiceConfig},
+    ebpf::{Kernel, socket_addr_of},
+    error::ProxyError,
+    identity::{Caller, CgroupResolver},
+};
+
+/// Relay buffer size per direction.
+const RELAY_BUF: usize = 64 * 1024;
+
+/// The agent's listening sockets: IPv4 loopback, and IPv6 loopback when the host has IPv6.
+pub struct Listeners {
+    pub v4: TcpListener,
+    pub v6: Option<TcpListener>,
+}
+
+impl Listeners {
+    pub fn bind(port: u16) -> Result<Listeners> {
+        let v4 = listen(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port))
+            .with_context(|| format!("listening on 127.0.0.1:{port}"))?;
+        let v6 = match listen(SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), port)) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                warn!(error = %e, "no IPv6 listener ([::1]); IPv6 connections will be refused");
+                None
+            }
+        };
+        Ok(Listeners { v4, v6 })
+    }
+}
+
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let sock = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        let s = TcpSocket::new_v6()?;
+        socket2::SockRef::from(&s).set_only_v6(true)?;
+        s
+    };
+    sock.set_reuseaddr(true)?;
+    sock.bind(addr)?;
+    sock.listen(4096)
+}
+
+/// Everything known about an accepted connection before any byte is read.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub id: u64,
+    pub service_idx: u32,
+    pub service: Arc<ServiceConfig>,
+    pub orig_dst: SocketAddr,
+    pub caller: Caller,
+    pub accepted_at: Instant,
+}
+
+/// Shared state of the data path.
+pub struct DataPath {
+    pub config: Arc<Config>,
+    pub kernel: Arc<Kernel>,
+    pub cgroups: CgroupResolver,
+    pub listen_port: u16,
+    pub mark: u32,
+    pub next_id: AtomicU64,
+    pub active: AtomicUsize,
+    pub total: AtomicU64,
+    services: Vec<Arc<ServiceConfig>>,
+}
+
+impl DataPath {
+    pub fn new(
+        config: Arc<Config>,
+        kernel: Arc<Kernel>,
+        cgroups: CgroupResolver,
+        mark: u32,
+    ) -> Self {
+        let services = config.services.iter().cloned().map(Arc::new).collect();
+        DataPath {
+            listen_port: config.agent.listen_port,
+            config,
+            kernel,
+            cgroups,
+            mark,
+            next_id: AtomicU64::new(1),
+            active: AtomicUsize::new(0),
+            total: AtomicU64::new(0),
+            services,
+        }
+    }
+
+    /// Works out where an accepted connection was going and who opened it.
+    pub fn classify(&self, local: SocketAddr, peer: SocketAddr) -> Result<ConnInfo, ProxyError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let accepted_at = Instant::now();
+        if local.port() == self.listen_port && local.ip().is_loopback() {
+            let origin = self.kernel.take_origin(peer).ok_or_else(|| {
+                ProxyError::client(format!(
+                    "connection from {peer} to the agent port has no recorded origin \
+                     (not redirected by the kernel)"
+                ))
+            })?;
+            let service = self
+                .services
+                .get(origin.service_id as usize)
+                .cloned()
+                .ok_or_else(|| {
+                    ProxyError::internal(format!("unknown service slot {}", origin.service_id))
+                })?;
+            let process = self.cgroups.local_process(&origin);
+            return Ok(ConnInfo {
+                id,
+                service_idx: origin.service_id,
+                service,
+                orig_dst: socket_addr_of(&origin.orig),
+                caller: Caller::Local { peer, process },
+                accepted_at,
+            });
+        }
+        let (idx, _) = self
+            .config
+            .service_for(local.ip(), local.port())
+            .ok_or_else(|| {
+                ProxyError::internal(format!("steered connection to {local} matches no service"))
+            })?;
+        Ok(ConnInfo {
+            id,
+            service_idx: idx,
+            service: self.services[idx as usize].clone(),
+            orig_dst: SocketAddr::new(crate::config::canonical(local.ip()), local.port()),
+            caller: Caller::Remote { peer },
+            accepted_at,
+        })
+    }
+
+    /// Opens the agent's own connection to the real server. The socket carries the agent's
+    /// mark, so the kernel neither redirects nor steers it back to the agent.
+    pub async fn connect_upstream(&self, dst: SocketAddr) -> Result<TcpStream, ProxyError> {
+        let sock = if dst.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }
+        .map_err(|e| ProxyError::internal("creating upstream socket").because(e))?;
+        socket2::SockRef::from(&sock)
+            .set_mark(self.mark)
+            .map_err(|e| ProxyError::internal("setting SO_MARK on upstream socket").because(e))?;
+        let timeout = self.config.agent.connect_timeout();
+        match tokio::time::timeout(timeout, sock.connect(dst)).await {
+            Ok(Ok(s)) => {
+                let _ = s.set_nodelay(true);
+                Ok(s)
+            }
+            Ok(Err(e)) => Err(ProxyError::upstream(format!("connecting to {dst}"), true).because(e)),
+            Err(_) => Err(ProxyError::upstream(
+                format!("connecting to {dst}: timed out after {timeout:?}"),
+                true,
+            )),
+        }
+    }
+}
+
+/// Accepts connections until `stop` flips, handing each to its own task.
+pub async fn accept_loop(
+    dp: Arc<DataPath>,
+    listener: TcpListener,
+    stop: watch::Receiver<bool>,
+    hard_stop: watch::Receiver<bool>,
+) {
+    let mut stop_rx = stop.clone();
+    loop {
+        tokio::select! {
+            _ = stop_rx.changed() => break,
+            r = listener.accept() => match r {
+                Ok((stream, peer)) => {
+                    let dp = dp.clone();
+                    let hard = hard_stop.clone();
+                    tokio::spawn(async move { serve_connection(dp, stream, peer, hard).await });
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+    // Dropping the listener closes it: the kernel removes it from the sockmap and new
+    // connections to protected ports are refused from here on.
+}
+
+struct ActiveGuard<'a>(&'a AtomicUsize);
+impl Drop for ActiveGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// One connection, start to finish: classify, connect upstream, relay, log.
+pub async fn serve_connection(
+    dp: Arc<DataPath>,
+    client: TcpStream,
+    peer: SocketAddr,
+    mut hard_stop: watch::Receiver<bool>,
+) {
+    dp.active.fetch_add(1, Ordering::AcqRel);
+    dp.total.fetch_add(1, Ordering::Relaxed);
+    let _guard = ActiveGuard(&dp.active);
+    let local = match client.local_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            warn!(event = "conn_error", %peer, error = %e, "accepted socket has no local address");
+            return;
+        }
+    };
+    let info = match dp.classify(local, peer) {
+        Ok(i) => i,
+        Err(e) => {
+            warn!(event = "conn_rejected", %peer, %local, side = ?e.side, error = %e, "closing connection");
+            return;
+        }
+    };
+    log_open(&info);
+    let _ = client.set_nodelay(true);
+    let upstream = match dp.connect_upstream(info.orig_dst).await {
+        Ok(u) => u,
+        Err(e) => {
+            log_close(&info, 0, 0, &e.to_string());
+            return;
+        }
+    };
+    let (mut client, mut upstream) = (client, upstream);
+    let relay = tokio::io::copy_bidirectional_with_sizes(
+        &mut client,
+        &mut upstream,
+        RELAY_BUF,
+        RELAY_BUF,
+    );
+    let (up, down, reason) = tokio::select! {
+        r = relay => match r {
+            Ok((up, down)) => (up, down, "closed".to_string()),
+            Err(e) => (0, 0, format!("relay error: {e}")),
+        },
+        _ = wait_true(&mut hard_stop) => (0, 0, "agent shutdown: grace period over".to_string()),
+    };
+    log_close(&info, up, down, &reason);
+}
+
+async fn wait_true(rx: &mut watch::Receiver<bool>) {
+    while !*rx.borrow() {
+        if rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+fn log_open(i: &ConnInfo) {
+    match i.caller.process() {
+        Some(p) => info!(
+            event = "conn_open",
+            conn_id = i.id,
+            service = %i.service.name,
+            orig_dst = %i.orig_dst,
+            peer = %i.caller.peer(),
+            caller_kind = i.caller.kind(),
+            tgid = p.tgid,
+            pid = p.pid,
+            uid = p.uid,
+            gid = p.gid,
+            comm = %p.comm,
+            cgroup_id = p.cgroup_id,
+            cgroup = p.cgroup.as_deref().unwrap_or(""),
+            unit = p.unit.as_deref().unwrap_or(""),
+            "connection opened"
+        ),
+        None => info!(
+            event = "conn_open",
+            conn_id = i.id,
+            service = %i.service.name,
+            orig_dst = %i.orig_dst,
+            peer = %i.caller.peer(),
+            caller_kind = i.caller.kind(),
+            "connection opened"
+        ),
+    }
+}
+
+fn log_close(i: &ConnInfo, to_server: u64, to_client: u64, reason: &str) {
+    info!(
+        event = "conn_close",
+        conn_id = i.id,
+        service = %i.service.name,
+        orig_dst = %i.orig_dst,
+        peer = %i.caller.peer(),
+        caller_kind = i.caller.kind(),
+        bytes_to_server = to_server,
+        bytes_to_client = to_client,
+        duration_ms = i.accepted_at.elapsed().as_millis() as u64,
+        close_reason = reason,
+        "connection closed"
+    );
+}
