@@ -4,7 +4,8 @@
 use anyhow::{Context as _, anyhow};
 
 fn main() -> anyhow::Result<()> {
-    let toolchain = std::env::var("INTERCEPTOR_EBPF_TOOLCHAIN").unwrap_or_else(|_| "debian-web".into());
+    let toolchain =
+        std::env::var("INTERCEPTOR_EBPF_TOOLCHAIN").unwrap_or_else(|_| "debian-web".into());
     println!("cargo:rerun-if-env-changed=INTERCEPTOR_EBPF_TOOLCHAIN");
     let metadata_root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()

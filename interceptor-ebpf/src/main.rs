@@ -19,8 +19,8 @@
 mod programs {
     use aya_ebpf::{
         bindings::{
-            BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB,
-            BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_TCP_CLOSE, sk_action,
+            BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
+            BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_TCP_CLOSE, bpf_sock_addr, sk_action,
         },
         helpers::{
             bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
@@ -40,6 +40,8 @@ mod programs {
 
     const IPPROTO_TCP: u32 = 6;
     const SOCK_STREAM: u32 = 1;
+    /// `service_id` of an agent connection to an address no service protects.
+    const NO_SERVICE: u32 = u32::MAX;
 
     #[map(name = "ICPT_CONFIG")]
     static CONFIG: Array<AgentConfig> = Array::pinned(1, 0);
@@ -117,6 +119,20 @@ mod programs {
 
     // ---------------------------------------------------------------- sk_lookup
 
+    /// Reads four address words of a context with 32-bit loads (no byte copies).
+    #[inline(always)]
+    fn read_words(w: &[u32; 4]) -> [u32; 4] {
+        // SAFETY: reads of a valid context field.
+        unsafe {
+            [
+                core::ptr::read_volatile(&w[0]),
+                core::ptr::read_volatile(&w[1]),
+                core::ptr::read_volatile(&w[2]),
+                core::ptr::read_volatile(&w[3]),
+            ]
+        }
+    }
+
     #[sk_lookup]
     pub fn icpt_lookup(ctx: SkLookupContext) -> u32 {
         // SAFETY: the context pointer is valid for the duration of the program.
@@ -135,8 +151,8 @@ mod programs {
             )
         } else if l.family == AF_INET6 as u32 {
             (
-                Endpoint::v6(l.local_ip6, l.local_port as u16),
-                Endpoint::v6(l.remote_ip6, u16::from_be(l.remote_port)),
+                Endpoint::v6(read_words(&l.local_ip6), l.local_port as u16),
+                Endpoint::v6(read_words(&l.remote_ip6), u16::from_be(l.remote_port)),
                 SOCK_IDX_V6,
             )
         } else {
@@ -154,7 +170,10 @@ mod programs {
                 if let Some(c) = counters(id) {
                     c.refused += 1;
                 }
-                warn!(&ctx, "refused local connection for service {}: agent is not running", id);
+                warn!(
+                    &ctx,
+                    "refused local connection for service {}: agent is not running", id
+                );
             }
             return sk_action::SK_DROP;
         }
@@ -163,7 +182,14 @@ mod programs {
             return sk_action::SK_PASS;
         };
         // SAFETY: presence check only.
-        if unsafe { EXEMPT.get(FourTuple { src: remote, dst: local }) }.is_some() {
+        if unsafe {
+            EXEMPT.get(FourTuple {
+                src: remote,
+                dst: local,
+            })
+        }
+        .is_some()
+        {
             return sk_action::SK_PASS;
         }
         if AGENT_SOCKS.redirect_sk_lookup(&ctx, idx, 0).is_ok() {
@@ -172,14 +198,35 @@ mod programs {
         if let Some(c) = counters(svc.id) {
             c.refused += 1;
         }
-        warn!(&ctx, "refused connection to port {}: agent is not running", local.port);
+        warn!(
+            &ctx,
+            "refused connection to port {}: agent is not running", local.port
+        );
         sk_action::SK_DROP
     }
 
     // ---------------------------------------------------------------- connect4/6
 
+    // The verifier only accepts whole 32-bit accesses to the address words of
+    // `bpf_sock_addr`; volatile accesses keep LLVM from turning them into byte copies.
     #[inline(always)]
-    fn on_connect(ctx: &SockAddrContext, v6: bool) -> Option<()> {
+    fn read_ip6(sa: &bpf_sock_addr) -> [u32; 4] {
+        read_words(&sa.user_ip6)
+    }
+
+    #[inline(always)]
+    fn write_ip6(sa: &mut bpf_sock_addr, v: [u32; 4]) {
+        // SAFETY: writes of a valid, writable context field.
+        unsafe {
+            core::ptr::write_volatile(&mut sa.user_ip6[0], v[0]);
+            core::ptr::write_volatile(&mut sa.user_ip6[1], v[1]);
+            core::ptr::write_volatile(&mut sa.user_ip6[2], v[2]);
+            core::ptr::write_volatile(&mut sa.user_ip6[3], v[3]);
+        }
+    }
+
+    #[inline(always)]
+    fn on_connect<const V6: bool>(ctx: &SockAddrContext) -> Option<()> {
         // SAFETY: the context pointer is valid for the duration of the program.
         let sa = unsafe { &mut *ctx.sock_addr };
         if sa.type_ != SOCK_STREAM {
@@ -191,12 +238,24 @@ mod programs {
             return None;
         }
         let port = u16::from_be(sa.user_port as u16);
-        let dst = if v6 {
-            unmap_v4(Endpoint::v6(sa.user_ip6, port))
+        let dst = if V6 {
+            unmap_v4(Endpoint::v6(read_ip6(sa), port))
         } else {
             Endpoint::v4(sa.user_ip4, port)
         };
-        let svc = service_for(&dst, true)?;
+        // SAFETY: for cgroup sock_addr programs `sk` is a valid, non-null socket pointer.
+        let mark = unsafe { (*sa.__bindgen_anon_1.sk).mark };
+        let from_agent = cfg.agent_mark != 0 && mark == cfg.agent_mark;
+        // The agent's own connects are exempted whatever their destination: its upstream may
+        // be an address that is not (yet) in LOCAL_ADDRS, and must never loop back to it.
+        let svc = match service_for(&dst, true) {
+            Some(s) => s,
+            None if from_agent => ServiceValue {
+                id: NO_SERVICE,
+                flags: 0,
+            },
+            None => return None,
+        };
         let pid_tgid = bpf_get_current_pid_tgid();
         let uid_gid = bpf_get_current_uid_gid();
         let tgid = (pid_tgid >> 32) as u32;
@@ -215,9 +274,7 @@ mod programs {
         };
         // SAFETY: helper valid for cgroup sock_addr programs.
         let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
-        // SAFETY: for cgroup sock_addr programs `sk` is a valid, non-null socket pointer.
-        let mark = unsafe { (*sa.__bindgen_anon_1.sk).mark };
-        if cfg.agent_mark != 0 && mark == cfg.agent_mark {
+        if from_agent {
             // The agent's upstream connection: leave it alone, let sock_ops exempt its 4-tuple.
             origin.flags = ORIGIN_AGENT;
             SOCK_ORIGIN.insert(cookie, origin, 0).ok()?;
@@ -228,11 +285,14 @@ mod programs {
             c.local_redirects += 1;
         }
         let agent_port = (cfg.agent_port.to_be()) as u32;
-        if dst.family == AF_INET6 {
-            sa.user_ip6 = cfg.agent_addr6;
-        } else if v6 {
-            // v4-mapped destination on a dual-stack socket: keep it v4-mapped.
-            sa.user_ip6 = [0, 0, 0xffffu32.to_be(), cfg.agent_addr4];
+        // Each branch only touches the fields its attach type may write (the verifier checks).
+        if V6 {
+            if dst.family == AF_INET6 {
+                write_ip6(sa, cfg.agent_addr6);
+            } else {
+                // v4-mapped destination on a dual-stack socket: keep it v4-mapped.
+                write_ip6(sa, [0, 0, 0xffffu32.to_be(), cfg.agent_addr4]);
+            }
         } else {
             sa.user_ip4 = cfg.agent_addr4;
         }
@@ -243,20 +303,20 @@ mod programs {
 
     #[cgroup_sock_addr(connect4)]
     pub fn icpt_conn4(ctx: SockAddrContext) -> i32 {
-        let _ = on_connect(&ctx, false);
+        let _ = on_connect::<false>(&ctx);
         1
     }
 
     #[cgroup_sock_addr(connect6)]
     pub fn icpt_conn6(ctx: SockAddrContext) -> i32 {
-        let _ = on_connect(&ctx, true);
+        let _ = on_connect::<true>(&ctx);
         1
     }
 
     // ---------------------------------------------------------------- getpeername4/6
 
     #[inline(always)]
-    fn on_getpeername(ctx: &SockAddrContext, v6: bool) -> Option<()> {
+    fn on_getpeername<const V6: bool>(ctx: &SockAddrContext) -> Option<()> {
         // SAFETY: helper valid for cgroup sock_addr programs.
         let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
         // SAFETY: POD copy.
@@ -266,11 +326,11 @@ mod programs {
         }
         // SAFETY: the context pointer is valid for the duration of the program.
         let sa = unsafe { &mut *ctx.sock_addr };
-        if v6 {
+        if V6 {
             if origin.orig.family == AF_INET6 {
-                sa.user_ip6 = origin.orig.addr;
+                write_ip6(sa, origin.orig.addr);
             } else {
-                sa.user_ip6 = [0, 0, 0xffffu32.to_be(), origin.orig.addr[0]];
+                write_ip6(sa, [0, 0, 0xffffu32.to_be(), origin.orig.addr[0]]);
             }
         } else if origin.orig.family == AF_INET {
             sa.user_ip4 = origin.orig.addr[0];
@@ -283,13 +343,13 @@ mod programs {
 
     #[cgroup_sock_addr(getpeername4)]
     pub fn icpt_peer4(ctx: SockAddrContext) -> i32 {
-        let _ = on_getpeername(&ctx, false);
+        let _ = on_getpeername::<false>(&ctx);
         1
     }
 
     #[cgroup_sock_addr(getpeername6)]
     pub fn icpt_peer6(ctx: SockAddrContext) -> i32 {
-        let _ = on_getpeername(&ctx, true);
+        let _ = on_getpeername::<true>(&ctx);
         1
     }
 
@@ -328,7 +388,14 @@ mod programs {
         let (local, remote) = endpoints(ctx);
         if origin.flags & ORIGIN_AGENT != 0 {
             EXEMPT
-                .insert(FourTuple { src: local, dst: remote }, 1, 0)
+                .insert(
+                    FourTuple {
+                        src: local,
+                        dst: remote,
+                    },
+                    1,
+                    0,
+                )
                 .ok()?;
             let _ = SOCK_ORIGIN.remove(cookie);
             if let Some(c) = counters(origin.service_id) {
@@ -356,7 +423,14 @@ mod programs {
         } else {
             let svc = service_for(&local, false)?;
             // SAFETY: presence check only.
-            if unsafe { EXEMPT.get(FourTuple { src: remote, dst: local }) }.is_some() {
+            if unsafe {
+                EXEMPT.get(FourTuple {
+                    src: remote,
+                    dst: local,
+                })
+            }
+            .is_some()
+            {
                 return None; // the real server accepting the agent's upstream connection
             }
             svc.id
@@ -374,7 +448,10 @@ mod programs {
         }
         let _ = SOCK_ORIGIN.remove(cookie_of(ctx));
         let (local, remote) = endpoints(ctx);
-        let _ = EXEMPT.remove(FourTuple { src: local, dst: remote });
+        let _ = EXEMPT.remove(FourTuple {
+            src: local,
+            dst: remote,
+        });
         Some(())
     }
 

@@ -43,7 +43,9 @@ pub async fn run(config: Config) -> Result<()> {
     let config = Arc::new(config);
     let a = &config.agent;
     if sys::geteuid() != 0 {
-        warn!("not running as root: attaching eBPF programs needs CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN");
+        warn!(
+            "not running as root: attaching eBPF programs needs CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN"
+        );
     }
 
     let listeners = Listeners::bind(a.listen_port)?;
@@ -134,14 +136,22 @@ pub async fn run(config: Config) -> Result<()> {
     }
     let left = dp.active.load(std::sync::atomic::Ordering::Acquire);
     if left > 0 {
-        warn!(event = "shutdown", connections = left, "grace period over; closing remaining connections");
+        warn!(
+            event = "shutdown",
+            connections = left,
+            "grace period over; closing remaining connections"
+        );
         let _ = hard_tx.send(true);
         let deadline = Instant::now() + std::time::Duration::from_secs(2);
-        while dp.active.load(std::sync::atomic::Ordering::Acquire) > 0 && Instant::now() < deadline {
+        while dp.active.load(std::sync::atomic::Ordering::Acquire) > 0 && Instant::now() < deadline
+        {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
     }
-    info!(event = "stopped", "interceptor agent stopped; programs stay pinned");
+    info!(
+        event = "stopped",
+        "interceptor agent stopped; programs stay pinned"
+    );
     Ok(())
 }
 

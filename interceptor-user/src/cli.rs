@@ -14,7 +14,11 @@ use crate::{
 pub const DEFAULT_CONFIG: &str = "/etc/interceptor/interceptor.toml";
 
 #[derive(Parser, Debug)]
-#[command(name = "interceptor", version, about = "Transparent, auditing interceptor for MCP servers")]
+#[command(
+    name = "interceptor",
+    version,
+    about = "Transparent, auditing interceptor for MCP servers"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -179,7 +183,9 @@ fn print_status(st: &Status) {
     println!("instance: {}", st.instance);
     println!(
         "pins:     {}",
-        st.pin_dir.as_deref().unwrap_or("(none: programs not attached)")
+        st.pin_dir
+            .as_deref()
+            .unwrap_or("(none: programs not attached)")
     );
     if st.agent.running {
         println!(
@@ -190,12 +196,16 @@ fn print_status(st: &Status) {
             st.agent.total_connections.unwrap_or(0)
         );
     } else {
-        println!("agent:    NOT RUNNING (protected ports refuse connections while programs are attached)");
+        println!(
+            "agent:    NOT RUNNING (protected ports refuse connections while programs are attached)"
+        );
     }
     println!("programs:");
     for p in &st.programs {
         match (p.attached, p.link_id, p.program_id) {
-            (true, Some(l), Some(id)) => println!("  {:<14} attached (link {l}, prog {id})", p.name),
+            (true, Some(l), Some(id)) => {
+                println!("  {:<14} attached (link {l}, prog {id})", p.name)
+            }
             _ => println!("  {:<14} NOT ATTACHED", p.name),
         }
     }

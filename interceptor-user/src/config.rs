@@ -114,7 +114,12 @@ impl Config {
         let cfg: Config = toml::from_str(text).map_err(|e| {
             let line = e
                 .span()
-                .map(|s| format!("line {}", text[..s.start.min(text.len())].lines().count().max(1)))
+                .map(|s| {
+                    format!(
+                        "line {}",
+                        text[..s.start.min(text.len())].lines().count().max(1)
+                    )
+                })
                 .unwrap_or_else(|| "-".into());
             ConfigError {
                 file: file.into(),
@@ -151,7 +156,10 @@ impl Config {
         if !a.cgroup_path.starts_with('/') || a.cgroup_path.contains("..") {
             return Err(err(
                 "agent.cgroup_path".into(),
-                format!("{:?} must be an absolute cgroup path without '..'", a.cgroup_path),
+                format!(
+                    "{:?} must be an absolute cgroup path without '..'",
+                    a.cgroup_path
+                ),
             ));
         }
         if a.log_format != "text" && a.log_format != "json" {
@@ -161,10 +169,16 @@ impl Config {
             ));
         }
         if a.grace_period_ms > 600_000 {
-            return Err(err("agent.grace_period_ms".into(), "must be at most 600000".into()));
+            return Err(err(
+                "agent.grace_period_ms".into(),
+                "must be at most 600000".into(),
+            ));
         }
         if a.connect_timeout_ms == 0 {
-            return Err(err("agent.connect_timeout_ms".into(), "must not be 0".into()));
+            return Err(err(
+                "agent.connect_timeout_ms".into(),
+                "must not be 0".into(),
+            ));
         }
         if a.local_addrs_refresh_ms < 100 {
             return Err(err(
@@ -200,7 +214,10 @@ impl Config {
                 ));
             }
             if !names.insert(s.name.clone()) {
-                return Err(err(key("name"), format!("duplicate service name {:?}", s.name)));
+                return Err(err(
+                    key("name"),
+                    format!("duplicate service name {:?}", s.name),
+                ));
             }
             if s.port == 0 {
                 return Err(err(key("port"), "must not be 0".into()));
@@ -222,7 +239,10 @@ impl Config {
             if !endpoints.insert((s.address, s.port)) {
                 return Err(err(
                     key("port"),
-                    format!("another service already protects {:?} port {}", s.address, s.port),
+                    format!(
+                        "another service already protects {:?} port {}",
+                        s.address, s.port
+                    ),
                 ));
             }
         }
@@ -278,11 +298,25 @@ address = "10.0.0.1"
     fn parses_and_finds_services() {
         let c = Config::parse(OK, "t.toml").unwrap();
         assert_eq!(c.services.len(), 2);
-        assert_eq!(c.service_for("127.0.0.1".parse().unwrap(), 8080).unwrap().1.name, "crm");
-        assert_eq!(c.service_for("10.0.0.1".parse().unwrap(), 9090).unwrap().1.name, "hr");
+        assert_eq!(
+            c.service_for("127.0.0.1".parse().unwrap(), 8080)
+                .unwrap()
+                .1
+                .name,
+            "crm"
+        );
+        assert_eq!(
+            c.service_for("10.0.0.1".parse().unwrap(), 9090)
+                .unwrap()
+                .1
+                .name,
+            "hr"
+        );
         assert!(c.service_for("10.0.0.2".parse().unwrap(), 9090).is_none());
         assert_eq!(
-            c.service_for("::ffff:10.0.0.1".parse().unwrap(), 9090).unwrap().0,
+            c.service_for("::ffff:10.0.0.1".parse().unwrap(), 9090)
+                .unwrap()
+                .0,
             1
         );
     }
@@ -294,14 +328,23 @@ address = "10.0.0.1"
         assert!(e.contains("t.toml") && e.contains("address2"), "{e}");
         let dup = OK.replace("name = \"hr\"", "name = \"crm\"");
         let e = Config::parse(&dup, "t.toml").unwrap_err().to_string();
-        assert!(e.contains("services[1].name") && e.contains("duplicate"), "{e}");
+        assert!(
+            e.contains("services[1].name") && e.contains("duplicate"),
+            "{e}"
+        );
         let same_port = OK.replace("port = 9090", "port = 15001");
         let e = Config::parse(&same_port, "t.toml").unwrap_err().to_string();
         assert!(e.contains("services[1].port"), "{e}");
         let none = "[agent]\ninstance = \"x\"\n";
         let e = Config::parse(none, "t.toml").unwrap_err().to_string();
-        assert!(e.contains("services") && e.contains("no protected service"), "{e}");
-        let badfmt = OK.replace("listen_port = 15001", "listen_port = 15001\nlog_format = \"xml\"");
+        assert!(
+            e.contains("services") && e.contains("no protected service"),
+            "{e}"
+        );
+        let badfmt = OK.replace(
+            "listen_port = 15001",
+            "listen_port = 15001\nlog_format = \"xml\"",
+        );
         let e = Config::parse(&badfmt, "t.toml").unwrap_err().to_string();
         assert!(e.contains("agent.log_format"), "{e}");
     }

@@ -60,7 +60,8 @@ impl ControlServer {
                     path.display()
                 );
             }
-            std::fs::remove_file(path).with_context(|| format!("removing stale {}", path.display()))?;
+            std::fs::remove_file(path)
+                .with_context(|| format!("removing stale {}", path.display()))?;
         }
         let listener =
             UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;

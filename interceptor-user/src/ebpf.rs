@@ -34,7 +34,8 @@ use tracing::{info, warn};
 use crate::{config::ServiceConfig, sys};
 
 /// The eBPF object built by build.rs from `interceptor-ebpf`.
-pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/interceptor-ebpf"));
+pub static OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/interceptor-ebpf"));
 
 /// Every program, in attach order, with its pin file name.
 pub const PROGRAMS: [&str; 6] = [
@@ -124,7 +125,8 @@ pub fn ensure_cgroup2(configured: Option<&Path>, fallback: &Path) -> Result<Path
         }
         return Ok(dir.to_path_buf());
     }
-    let mounts = std::fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
+    let mounts =
+        std::fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
     for line in mounts.lines() {
         let mut f = line.split_whitespace();
         let (_, Some(target), Some(fstype)) = (f.next(), f.next(), f.next()) else {
@@ -151,7 +153,10 @@ fn endpoint_of(ip: IpAddr, port: u16) -> Endpoint {
 /// The socket address an endpoint stands for.
 pub fn socket_addr_of(ep: &Endpoint) -> SocketAddr {
     if ep.family == interceptor_common::AF_INET {
-        SocketAddr::new(IpAddr::V4(Ipv4Addr::from(ep.addr[0].to_ne_bytes())), ep.port)
+        SocketAddr::new(
+            IpAddr::V4(Ipv4Addr::from(ep.addr[0].to_ne_bytes())),
+            ep.port,
+        )
     } else {
         let mut o = [0u8; 16];
         for (i, w) in ep.addr.iter().enumerate() {
@@ -194,8 +199,12 @@ pub fn link_states(generation_dir: Option<&Path>) -> Vec<LinkState> {
 
 /// Per-service counters summed over CPUs, read from the pins.
 pub fn read_counters(generation_dir: &Path, slots: usize) -> Result<Vec<Counters>> {
-    let data = MapData::from_pin(generation_dir.join(MAP_COUNTERS))
-        .with_context(|| format!("opening pinned {MAP_COUNTERS} in {}", generation_dir.display()))?;
+    let data = MapData::from_pin(generation_dir.join(MAP_COUNTERS)).with_context(|| {
+        format!(
+            "opening pinned {MAP_COUNTERS} in {}",
+            generation_dir.display()
+        )
+    })?;
     let arr: PerCpuArray<MapData, Counters> = PerCpuArray::try_from(Map::PerCpuArray(data))?;
     sum_counters(&arr, slots)
 }
@@ -231,8 +240,7 @@ fn remove_pins(dir: &Path) -> Result<()> {
         if path.is_dir() {
             remove_pins(&path)?;
         } else {
-            std::fs::remove_file(&path)
-                .with_context(|| format!("unpinning {}", path.display()))?;
+            std::fs::remove_file(&path).with_context(|| format!("unpinning {}", path.display()))?;
         }
     }
     std::fs::remove_dir(dir).with_context(|| format!("removing {}", dir.display()))
@@ -318,7 +326,9 @@ impl Kernel {
             agent_mark: mark,
             _pad2: 0,
         };
-        lock(&self.config).set(0, cfg, 0).context("writing agent config map")?;
+        lock(&self.config)
+            .set(0, cfg, 0)
+            .context("writing agent config map")?;
         Ok(())
     }
 
@@ -347,7 +357,13 @@ impl Kernel {
                     Some(a) => endpoint_of(a, s.port),
                     None => Endpoint::any(s.port),
                 };
-                (key, ServiceValue { id: i as u32, flags: 0 })
+                (
+                    key,
+                    ServiceValue {
+                        id: i as u32,
+                        flags: 0,
+                    },
+                )
             })
             .collect();
         let stale: Vec<Endpoint> = map
@@ -400,6 +416,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+// Cgroup programs attach through bpf_link (Linux 5.7+), which always allows several programs
+// per cgroup; the link API takes no attach flags, hence `CgroupAttachMode::Single` (0).
 fn attach_all(ebpf: &mut Ebpf, points: &AttachPoints, dir: &Path) -> Result<()> {
     let cgroup = File::open(&points.cgroup_dir)
         .with_context(|| format!("opening cgroup {}", points.cgroup_dir.display()))?;
@@ -411,20 +429,22 @@ fn attach_all(ebpf: &mut Ebpf, points: &AttachPoints, dir: &Path) -> Result<()> 
         let link: FdLink = if name == PROG_SK_LOOKUP {
             let p: &mut SkLookup = prog.try_into()?;
             p.load().with_context(|| format!("loading {name}"))?;
-            let id = p.attach(&netns).with_context(|| format!("attaching {name} to the netns"))?;
+            let id = p
+                .attach(&netns)
+                .with_context(|| format!("attaching {name} to the netns"))?;
             p.take_link(id)?.into()
         } else if name == PROG_SOCK_OPS {
             let p: &mut SockOps = prog.try_into()?;
             p.load().with_context(|| format!("loading {name}"))?;
             let id = p
-                .attach(&cgroup, CgroupAttachMode::AllowMultiple)
+                .attach(&cgroup, CgroupAttachMode::Single)
                 .with_context(|| format!("attaching {name} to {}", points.cgroup_dir.display()))?;
             p.take_link(id)?.try_into()?
         } else {
             let p: &mut CgroupSockAddr = prog.try_into()?;
             p.load().with_context(|| format!("loading {name}"))?;
             let id = p
-                .attach(&cgroup, CgroupAttachMode::AllowMultiple)
+                .attach(&cgroup, CgroupAttachMode::Single)
                 .with_context(|| format!("attaching {name} to {}", points.cgroup_dir.display()))?;
             p.take_link(id)?.try_into()?
         };

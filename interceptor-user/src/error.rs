@@ -75,6 +75,9 @@ mod tests {
         assert_eq!(e.side, Side::Upstream);
         assert!(e.retryable);
         let s = e.to_string();
-        assert!(s.starts_with("upstream error: connect 10.0.0.1:80: "), "{s}");
+        assert!(
+            s.starts_with("upstream error: connect 10.0.0.1:80: "),
+            "{s}"
+        );
     }
 }

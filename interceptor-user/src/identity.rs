@@ -34,8 +34,13 @@ pub struct LocalProcess {
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Caller {
-    Local { peer: SocketAddr, process: LocalProcess },
-    Remote { peer: SocketAddr },
+    Local {
+        peer: SocketAddr,
+        process: LocalProcess,
+    },
+    Remote {
+        peer: SocketAddr,
+    },
 }
 
 impl Caller {
@@ -76,7 +81,12 @@ impl CgroupResolver {
 
     /// Path of the cgroup with this id, relative to the hierarchy root.
     pub fn resolve(&self, id: u64) -> Option<String> {
-        if let Some(hit) = self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(&id) {
+        if let Some(hit) = self
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+        {
             return hit.clone();
         }
         let found = find_inode(&self.root, id, 0).map(|p| {

@@ -174,7 +174,9 @@ impl DataPath {
                 let _ = s.set_nodelay(true);
                 Ok(s)
             }
-            Ok(Err(e)) => Err(ProxyError::upstream(format!("connecting to {dst}"), true).because(e)),
+            Ok(Err(e)) => {
+                Err(ProxyError::upstream(format!("connecting to {dst}"), true).because(e))
+            }
             Err(_) => Err(ProxyError::upstream(
                 format!("connecting to {dst}: timed out after {timeout:?}"),
                 true,
@@ -253,12 +255,8 @@ pub async fn serve_connection(
         }
     };
     let (mut client, mut upstream) = (client, upstream);
-    let relay = tokio::io::copy_bidirectional_with_sizes(
-        &mut client,
-        &mut upstream,
-        RELAY_BUF,
-        RELAY_BUF,
-    );
+    let relay =
+        tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, RELAY_BUF, RELAY_BUF);
     let (up, down, reason) = tokio::select! {
         r = relay => match r {
             Ok((up, down)) => (up, down, "closed".to_string()),
