@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Installs everything the interceptor needs to build and test on Debian 12 (idempotent).
 #   - Debian's matched Rust toolchain for eBPF (rustc-web + rust-web-src + llvm-22-dev)
-#   - bpf-linker 0.13.0 built against LLVM 22, installed into .tools/
+#   - bpf-linker 0.13.0 built against LLVM 22, installed into $CARGO_HOME/bin (on PATH)
 #   - a rustup toolchain link "debian-web" to /usr, so aya-build can call it
 #   - system tools the tests use (iproute2, sqlite3, ...)
 # A second run only checks and takes seconds. Exits non-zero naming what is missing.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-TOOLS="$ROOT/.tools"
-mkdir -p "$TOOLS"
+CARGO_HOME="${CARGO_HOME:-$HOME/.cargo}"
+TOOLS="$CARGO_HOME"
+mkdir -p "$TOOLS/bin"
 log() { printf '[setup] %s\n' "$*" >&2; }
 die() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }
 
@@ -35,17 +36,20 @@ fi
 BPF_LINKER="$TOOLS/bin/bpf-linker"
 if ! [ -x "$BPF_LINKER" ] || ! "$BPF_LINKER" --version 2>/dev/null | grep -q '0.13.0'; then
   log "building bpf-linker 0.13.0 against LLVM 22 (about 70 s)"
-  LLVM_PREFIX=/usr/lib/llvm-22 RUSTC=/usr/bin/rustc CARGO_TARGET_DIR="$TOOLS/target" \
+  build_dir="$(mktemp -d)"
+  LLVM_PREFIX=/usr/lib/llvm-22 RUSTC=/usr/bin/rustc CARGO_TARGET_DIR="$build_dir" \
     /usr/bin/cargo install bpf-linker@0.13.0 --locked --no-default-features --features llvm-22 \
     --root "$TOOLS" || die "bpf-linker build failed"
-  rm -rf "$TOOLS/target"
+  rm -rf "$build_dir"
 fi
 "$BPF_LINKER" --version >/dev/null || die "bpf-linker does not run"
 
+command -v cargo >/dev/null 2>&1 || die "cargo (rustup stable) is not on PATH"
 if command -v rustup >/dev/null 2>&1; then
   if ! rustup toolchain list | grep -q '^debian-web'; then
     log "linking rustup toolchain debian-web -> /usr"
     rustup toolchain link debian-web /usr
   fi
 fi
+case ":$PATH:" in *":$TOOLS/bin:"*) ;; *) log "note: add $TOOLS/bin to PATH (bpf-linker lives there)";; esac
 log "toolchain ready: $(/usr/bin/rustc --version), $("$BPF_LINKER" --version)"

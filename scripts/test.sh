@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Runs every test of the project: formatting, lints, unit tests and the real-kernel
+# integration tests (which need root: network namespaces, cgroup2, bpffs, eBPF).
+# Installs what it needs first (scripts/setup.sh), idempotently.
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$ROOT"
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+bash scripts/setup.sh
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+echo "== cargo build (agent binary used by the integration tests)"
+cargo build --workspace --bins
+echo "== cargo test"
+cargo test --workspace -- --test-threads="${TEST_THREADS:-4}" 2>&1 | tee target/test-output.log
+# Fail if nothing ran (a broken harness must not look green).
+if ! grep -Eq '^test result: ok\. [1-9][0-9]* passed' target/test-output.log; then
+  echo "no test ran" >&2
+  exit 1
+fi
