@@ -111,21 +111,13 @@ impl Config {
     }
 
     pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
-        let cfg: Config = toml::from_str(text).map_err(|e| {
-            let line = e
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError {
+            file: file.into(),
+            key: e
                 .span()
-                .map(|s| {
-                    format!(
-                        "line {}",
-                        text[..s.start.min(text.len())].lines().count().max(1)
-                    )
-                })
-                .unwrap_or_else(|| "-".into());
-            ConfigError {
-                file: file.into(),
-                key: line,
-                problem: e.message().to_string(),
-            }
+                .map(|s| key_at(text, s.start))
+                .unwrap_or_else(|| "-".into()),
+            problem: e.message().to_string(),
         })?;
         cfg.validate(file)?;
         Ok(cfg)
@@ -267,6 +259,30 @@ impl Config {
     }
 }
 
+/// Names the key at byte `offset` of a TOML document as `table.key (line N)`, from the line
+/// the offset falls on and the nearest table header above it.
+fn key_at(text: &str, offset: usize) -> String {
+    let offset = offset.min(text.len());
+    let line_no = text[..offset].matches('\n').count() + 1;
+    let line_start = text[..offset].rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let line = text[line_start..].lines().next().unwrap_or("");
+    let key = line
+        .split_once('=')
+        .map(|(k, _)| k.trim().trim_matches('"').to_string())
+        .filter(|k| !k.is_empty() && !k.starts_with('['));
+    let table = text[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+    match (table, key) {
+        (Some(t), Some(k)) => format!("{t}.{k} (line {line_no})"),
+        (None, Some(k)) => format!("{k} (line {line_no})"),
+        _ => format!("line {line_no}"),
+    }
+}
+
 /// IPv4-mapped IPv6 addresses compare as the IPv4 address they carry.
 pub fn canonical(addr: IpAddr) -> IpAddr {
     match addr {
@@ -335,6 +351,12 @@ address = "10.0.0.1"
         let same_port = OK.replace("port = 9090", "port = 15001");
         let e = Config::parse(&same_port, "t.toml").unwrap_err().to_string();
         assert!(e.contains("services[1].port"), "{e}");
+        let typed = OK.replace("listen_port = 15001", "listen_port = \"x\"");
+        let e = Config::parse(&typed, "t.toml").unwrap_err().to_string();
+        assert!(e.contains("agent.listen_port (line 4)"), "{e}");
+        let svc = OK.replace("port = 9090", "port = 70000");
+        let e = Config::parse(&svc, "t.toml").unwrap_err().to_string();
+        assert!(e.contains("services.port (line 12)"), "{e}");
         let none = "[agent]\ninstance = \"x\"\n";
         let e = Config::parse(none, "t.toml").unwrap_err().to_string();
         assert!(

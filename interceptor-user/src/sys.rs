@@ -33,6 +33,7 @@ pub fn fs_magic(path: &Path) -> io::Result<i64> {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: statfs returned 0, so it initialised the struct.
+    #[allow(clippy::unnecessary_cast)] // f_type is not i64 on every target
     Ok(unsafe { st.assume_init() }.f_type as i64)
 }
 
