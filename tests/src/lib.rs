@@ -690,6 +690,8 @@ pub struct ClientOpts {
     /// Run as (uid, gid) via `setpriv`.
     pub user: Option<(u32, u32)>,
     pub timeout: Duration,
+    /// Pause between connecting and sending (keeps the connection in flight).
+    pub pause: Duration,
 }
 
 impl Default for ClientOpts {
@@ -701,6 +703,7 @@ impl Default for ClientOpts {
             cgroup: None,
             user: None,
             timeout: Duration::from_secs(30),
+            pause: Duration::ZERO,
         }
     }
 }
@@ -972,6 +975,9 @@ impl Node {
         if opts.bind_any {
             cmd.arg("--bind-any");
         }
+        if !opts.pause.is_zero() {
+            cmd.args(["--pause-ms", &opts.pause.as_millis().to_string()]);
+        }
         let mut proc = Proc::spawn(&format!("client {addr}"), cmd).expect("spawn client");
         let pid = proc.pid();
         let status = proc
@@ -1189,7 +1195,7 @@ pub struct ServiceStatus {
 #[serde(default)]
 pub struct Status {
     pub instance: String,
-    pub pin_dir: String,
+    pub pin_dir: Option<String>,
     pub programs: Vec<ProgramStatus>,
     pub agent: AgentStatus,
     pub services: Vec<ServiceStatus>,

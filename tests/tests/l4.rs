@@ -645,3 +645,116 @@ fn invalid_config_is_rejected_naming_the_key() {
         );
     }
 }
+
+#[test]
+fn sigterm_lets_in_flight_connections_finish_and_refuses_new_ones() {
+    let node = node!("sigterm_lets_in_flight_connections_finish");
+    let port = node.port(0);
+    let mut cfg = node.agent_config().service("crm", port);
+    cfg.grace_period_ms = 8000;
+    let server = node.server(&node.server, &refs(&listen(port)), "echo");
+    let mut agent = node.start_agent(&cfg);
+    let dst = addr(SERVER_IP, port);
+    let slow = ClientOpts {
+        bytes: 50_000,
+        pause: Duration::from_millis(2500),
+        ..ClientOpts::default()
+    };
+    std::thread::scope(|s| {
+        let in_flight = s.spawn(|| node.remote_client(&dst, &slow));
+        agent.wait_event("conn_open", |_| true);
+        let late = s.spawn(|| {
+            std::thread::sleep(Duration::from_millis(500));
+            node.remote_client(&dst, &ClientOpts::default())
+        });
+        let status = agent
+            .terminate(Duration::from_secs(20))
+            .expect("agent exits");
+        assert_eq!(status.code(), Some(0), "SIGTERM exit status");
+        let c = in_flight.join().expect("client thread");
+        c.assert_ok();
+        assert_eq!(c.received(), 50_000, "{c:?}");
+        late.join().expect("client thread").assert_refused();
+    });
+    let close = agent.wait_event("conn_close", |_| true);
+    assert_eq!(close["close_reason"], "closed", "{close}");
+    assert_eq!(close["bytes_to_client"], 50_000u64, "{close}");
+    assert_eq!(server.accepted().len(), 1, "{:?}", server.accepted_peers());
+}
+
+#[test]
+fn sigterm_closes_connections_still_open_after_the_grace_period() {
+    let node = node!("sigterm_grace_period_over");
+    let port = node.port(0);
+    let mut cfg = node.agent_config().service("crm", port);
+    cfg.grace_period_ms = 300;
+    let _server = node.server(&node.server, &refs(&listen(port)), "echo");
+    let mut agent = node.start_agent(&cfg);
+    let dst = addr(SERVER_IP, port);
+    let slow = ClientOpts {
+        bytes: 10_000,
+        pause: Duration::from_millis(4000),
+        timeout: Duration::from_secs(10),
+        ..ClientOpts::default()
+    };
+    std::thread::scope(|s| {
+        let in_flight = s.spawn(|| node.remote_client(&dst, &slow));
+        agent.wait_event("conn_open", |_| true);
+        let status = agent
+            .terminate(Duration::from_secs(20))
+            .expect("agent exits");
+        assert_eq!(status.code(), Some(0), "SIGTERM exit status");
+        let c = in_flight.join().expect("client thread");
+        assert!(
+            !c.ok(),
+            "the connection must be cut after the grace period: {c:?}"
+        );
+    });
+    let close = agent.wait_event("conn_close", |_| true);
+    assert!(
+        close["close_reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("grace period over"),
+        "{close}"
+    );
+}
+
+#[test]
+fn detach_with_a_running_agent_removes_interception() {
+    let node = node!("detach_with_a_running_agent");
+    let port = node.port(0);
+    let cfg = node.agent_config().service("crm", port);
+    let server = node.server(&node.server, &refs(&listen(port)), "echo");
+    let mut agent = node.start_agent(&cfg);
+    let dst = addr(SERVER_IP, port);
+    let first = node.remote_client(&dst, &ClientOpts::default());
+    first.assert_ok();
+    agent.conn_open_from(&first.local());
+
+    node.detach(&cfg);
+    assert!(
+        !node.pin_dir(&cfg).exists(),
+        "pins must be gone after detach"
+    );
+    let st = node.status(&cfg);
+    assert!(st.programs.iter().all(|p| !p.attached), "{}", st.raw);
+
+    // The agent still runs, but the kernel no longer steers anything to it.
+    let direct = node.remote_client(&dst, &ClientOpts::default());
+    direct.assert_ok();
+    let peers = server.accepted_peers();
+    assert_eq!(peers.len(), 2, "{peers:?}");
+    assert_eq!(
+        peers[1],
+        direct.local(),
+        "server sees the client itself after detach"
+    );
+    settle();
+    assert_eq!(
+        agent.events("conn_open").len(),
+        1,
+        "no new connection reached the agent"
+    );
+    let _ = agent.terminate(Duration::from_secs(10));
+}

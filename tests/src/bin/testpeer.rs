@@ -388,7 +388,11 @@ fn run_client(args: &Args, result: &mut Value) -> Result<(), ClientError> {
     let expect = args.num("--expect", bytes).map_err(usage)?;
     let timeout = Duration::from_millis(args.num("--timeout-ms", 30_000).map_err(usage)?);
 
+    let pause = Duration::from_millis(args.num("--pause-ms", 0).map_err(usage)?);
+
     let stream = connect(addr, args.flag("--bind-any"), timeout).map_err(stage("connect"))?;
+    // An optional pause between connecting and sending keeps the connection in flight.
+    thread::sleep(pause);
     result["peer"] = json!(stream.peer_addr().ok().map(|a| a.to_string()));
     result["local"] = json!(stream.local_addr().ok().map(|a| a.to_string()));
     stream
