@@ -16,7 +16,7 @@ die() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
-APT_PKGS=(rustc-web cargo-web rust-web-src llvm-22-dev iproute2 sqlite3 procps psmisc)
+APT_PKGS=(rustc-web cargo-web rust-web-src llvm-22-dev iproute2 sqlite3 procps psmisc openssl curl util-linux)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
@@ -50,6 +50,10 @@ if command -v rustup >/dev/null 2>&1; then
     log "linking rustup toolchain debian-web -> /usr"
     rustup toolchain link debian-web /usr
   fi
+fi
+# Test peers: official MCP SDKs (Python 1.x/2.x, TypeScript) and oidc-provider.
+if [ "${INTERCEPTOR_SKIP_PEERS:-0}" != 1 ]; then
+  bash "$ROOT/scripts/setup-peers.sh" || die "installing the MCP test peers failed (scripts/setup-peers.sh)"
 fi
 case ":$PATH:" in *":$TOOLS/bin:"*) ;; *) log "note: add $TOOLS/bin to PATH (bpf-linker lives there)";; esac
 log "toolchain ready: $(/usr/bin/rustc --version), $("$BPF_LINKER" --version)"

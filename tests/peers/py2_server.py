@@ -1,0 +1,126 @@
+#!/usr/bin/env python3
+"""MCP test server on the official Python SDK 2.x (mcp==2.3.0, `MCPServer`).
+
+Run with tests/peers/.venv-mcp2/bin/python. Streamable HTTP serves both protocol
+eras on one endpoint: 2026-07-28 (stateless, `server/discover`) and the
+initialize-handshake revisions 2024-11-05 .. 2025-11-25. `--transport sse` is the
+legacy 2024-11-05 HTTP+SSE transport (GET /sse, POST /messages/?session_id=...).
+"""
+
+import argparse
+import os
+import sys
+
+import anyio
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import catalogue as cat  # noqa: E402
+from mcp.server.mcpserver import Context, MCPServer  # noqa: E402
+from mcp.server.mcpserver.exceptions import ToolError  # noqa: E402
+from mcp.server.transport_security import TransportSecuritySettings  # noqa: E402
+from mcp.shared.exceptions import MCPError  # noqa: E402
+from mcp.types import CallToolResult, TextContent  # noqa: E402
+from mcp_types import INTERNAL_ERROR  # noqa: E402
+from serve_asgi import add_server_args, serve  # noqa: E402
+
+mcp = MCPServer("peer-py2", version="2.3.0")
+
+
+@mcp.tool(structured_output=False)
+def echo(text: str) -> str:
+    """Return text unchanged."""
+    return text
+
+
+@mcp.tool(structured_output=False)
+def add(a: float, b: float) -> str:
+    """Return a + b."""
+    return cat.num(a + b)
+
+
+@mcp.tool(structured_output=False)
+async def slow_progress(steps: int, delay_ms: int, ctx: Context) -> str:
+    """Send one progress notification (and one log message) per step, delay_ms apart."""
+    for i in range(1, steps + 1):
+        await anyio.sleep(delay_ms / 1000)
+        await ctx.info(f"slow_progress step {i}/{steps}")
+        await ctx.report_progress(i, steps, f"step {i}")
+    return "done"
+
+
+@mcp.tool(structured_output=False)
+def big_result(mb: int) -> str:
+    """Return one text content of mb MiB (64-byte numbered lines)."""
+    return cat.big_text(mb)
+
+
+@mcp.tool(structured_output=False)
+def customer_lookup(id: str) -> CallToolResult:
+    """Customer record with personal data, as text and structuredContent."""
+    return CallToolResult(
+        content=[TextContent(type="text", text=cat.customer_text(id))],
+        structured_content=cat.customer(id),
+    )
+
+
+@mcp.tool(structured_output=False)
+def export_customers(limit: int) -> str:
+    """limit JSONL customer records with personal data."""
+    return cat.export_jsonl(limit)
+
+
+@mcp.tool(structured_output=False)
+def fail(message: str) -> str:
+    """Tool execution error: result with isError=true."""
+    raise ToolError(message)  # a plain exception would be reported without its message
+
+
+@mcp.tool(structured_output=False)
+def fail_rpc(message: str) -> str:
+    """Protocol error: a JSON-RPC error response (code -32603) instead of a result."""
+    raise MCPError(code=INTERNAL_ERROR, message=message, data={"tool": "fail_rpc"})
+
+
+@mcp.resource("customers://{id}", mime_type="application/json")
+def customer_resource(id: str) -> str:
+    """A customer record."""
+    return cat.customer_json(id)
+
+
+@mcp.resource(cat.README_URI, name="readme", mime_type="text/plain")
+def readme() -> str:
+    """CRM readme."""
+    return cat.README_TEXT
+
+
+@mcp.prompt()
+def summarize_customer(id: str) -> str:
+    """Ask for a summary of a customer (message contains PII)."""
+    return cat.prompt_text(id)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_server_args(p)
+    p.add_argument("--transport", choices=["streamable-http", "sse"], default="streamable-http")
+    p.add_argument("--json-response", action="store_true", help="streamable-http: answer POSTs with JSON, not SSE")
+    p.add_argument("--stateless", action="store_true", help="streamable-http: no Mcp-Session-Id (stateless_http)")
+    args = p.parse_args()
+    security = TransportSecuritySettings(enable_dns_rebinding_protection=False) if args.no_dns_rebinding_protection else None
+    if args.transport == "sse":
+        app = mcp.sse_app(transport_security=security, host=args.host)
+        path = "/sse"
+    else:
+        app = mcp.streamable_http_app(
+            json_response=args.json_response,
+            stateless_http=args.stateless,
+            transport_security=security,
+            host=args.host,
+        )
+        path = "/mcp"
+    serve(app, args, path)
+
+
+if __name__ == "__main__":
+    main()
