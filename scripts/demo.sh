@@ -3,12 +3,13 @@
 # namespaces, so the demo never touches this machine's own ports:
 #
 #   icpt-demo-cli (10.213.250.2) --veth--> icpt-demo (10.213.250.1)
-#                                           |- demo server on :8080 (the protected service)
+#                                           |- MCP server on :8080 (official Python SDK)
 #                                           '- interceptor agent (eBPF attached, pinned)
 #
-# It builds the agent (installing the toolchain first), starts the demo server and the
-# agent, sends a remote and a local request through it, and shows the agent's log and
-# `interceptor status`. The agent then keeps running until Ctrl-C (DEMO_ONCE=1: stop at once).
+# It builds the agent (installing the toolchain and the MCP SDK peers first), starts a real
+# MCP server (Python SDK) and the agent, has a remote MCP client (2026-07-28 revision) and a
+# local one (2025-11-25, Python SDK 1.x) call tools, resources and prompts through it, and shows
+# the agent's per-exchange log and `interceptor status`. The agent then keeps running until Ctrl-C (DEMO_ONCE=1: stop at once).
 # Everything it creates is removed on exit.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -53,14 +54,13 @@ sed -e "s|^instance = .*|instance = \"demo\"|" \
     -e "s|^runtime_dir = .*|runtime_dir = \"$RUN\"|" \
     policies/interceptor.toml > "$RUN/interceptor.toml"
 
-echo "== starting the demo server on 10.213.250.1:8080 (network namespace $NS)"
-mkdir -p "$RUN/www"; echo "hello from the protected demo service" > "$RUN/www/index.txt"
-nsenter --net="/run/netns/$NS" python3 -m http.server 8080 --directory "$RUN/www" \
-  >"$RUN/server.log" 2>&1 &
+P="$ROOT/tests/peers"
+echo "== starting the MCP server on 10.213.250.1:8080 (network namespace $NS)"
+nsenter --net="/run/netns/$NS" "$P/.venv-mcp2/bin/python" "$P/py2_server.py" --host 0.0.0.0 --port 8080 \
+  --no-dns-rebinding-protection >"$RUN/server.log" 2>&1 &
 SERVER_PID=$!
-for _ in $(seq 100); do
-  nsenter --net="/run/netns/$NS" bash -c 'exec 3<>/dev/tcp/127.0.0.1/8080' 2>/dev/null && break; sleep 0.1
-done
+for _ in $(seq 200); do grep -q '^READY' "$RUN/server.log" 2>/dev/null && break; sleep 0.1; done
+grep -q '^READY' "$RUN/server.log" || { echo "MCP server did not start" >&2; cat "$RUN/server.log" >&2; exit 1; }
 
 echo "== starting the interceptor agent"
 nsenter --net="/run/netns/$NS" "$BIN" run --config "$RUN/interceptor.toml" 2> >(tee "$RUN/agent.log" >&2) &
@@ -68,17 +68,22 @@ AGENT_PID=$!
 for _ in $(seq 100); do grep -q "interceptor agent ready" "$RUN/agent.log" 2>/dev/null && break; sleep 0.1; done
 grep -q "interceptor agent ready" "$RUN/agent.log" || { echo "agent did not become ready" >&2; exit 1; }
 
-echo "== a remote client ($CLI) calls 10.213.250.1:8080"
-ip netns exec "$CLI" curl -sS -m 5 http://10.213.250.1:8080/index.txt
-echo "== a local process calls 127.0.0.1:8080"
-nsenter --net="/run/netns/$NS" curl -sS -m 5 http://127.0.0.1:8080/index.txt
-sleep 0.2
+summary() {
+  python3 -c 'import json,sys; d=json.load(sys.stdin); print("   ok=%s protocol=%s tools=%s" % (d.get("ok"), d.get("protocol_version"), [t["name"] for t in d.get("tools",[])]))'
+}
+echo "== a remote MCP client ($CLI, Python SDK 2.x) calls http://10.213.250.1:8080/mcp"
+ip netns exec "$CLI" "$P/.venv-mcp2/bin/python" "$P/py2_client.py" --url http://10.213.250.1:8080/mcp \
+  --scenario basic 2>/dev/null | summary
+echo "== a local MCP client (Python SDK 1.x) calls http://127.0.0.1:8080/mcp"
+nsenter --net="/run/netns/$NS" "$P/.venv-mcp1/bin/python" "$P/py1_client.py" --url http://127.0.0.1:8080/mcp \
+  --scenario basic 2>/dev/null | summary
+sleep 0.3
 echo "== interceptor status"
 "$BIN" status --config "$RUN/interceptor.toml"
 
 echo "== stopping the agent: protected ports now refuse connections"
 kill "$AGENT_PID"; wait "$AGENT_PID" || true; AGENT_PID=""
-if ip netns exec "$CLI" curl -sS -m 5 -o /dev/null http://10.213.250.1:8080/index.txt 2>/dev/null; then
+if ip netns exec "$CLI" curl -sS -m 5 -o /dev/null http://10.213.250.1:8080/mcp 2>/dev/null; then
   echo "demo: FAILED: a request reached the server without the agent" >&2; exit 1
 fi
 echo "(refused, as it must be)"
@@ -88,7 +93,8 @@ if [ "${DEMO_ONCE:-0}" = 1 ] || ! [ -t 0 ]; then
   echo "== demo done"
   exit 0
 fi
-echo "== restarting the agent; try: ip netns exec $CLI curl http://10.213.250.1:8080/index.txt"
+echo "== restarting the agent; try:"
+echo "   ip netns exec $CLI $P/.venv-mcp2/bin/python $P/py2_client.py --url http://10.213.250.1:8080/mcp --scenario basic"
 echo "   (Ctrl-C to stop and clean up)"
 nsenter --net="/run/netns/$NS" "$BIN" run --config "$RUN/interceptor.toml" &
 AGENT_PID=$!

@@ -20,6 +20,7 @@ use crate::{
     ebpf::{AttachPoints, Kernel, ensure_cgroup2},
     identity::CgroupResolver,
     net::{DataPath, Listeners, accept_loop},
+    pipeline::{ExchangeLog, Pipeline},
     sys,
 };
 
@@ -82,12 +83,18 @@ pub async fn run(config: Config) -> Result<()> {
     kernel.sync_local_addrs(&sys::local_addrs().unwrap_or_default())?;
     kernel.register_listeners(&listeners.v4, listeners.v6.as_ref())?;
 
+    let pipeline = Pipeline::new().with(Arc::new(ExchangeLog));
     let dp = Arc::new(DataPath::new(
         config.clone(),
         kernel.clone(),
         CgroupResolver::new(cgroup2.clone()),
         mark,
-    ));
+        pipeline,
+    )?);
+    spawn_cert_reload(
+        dp.clone(),
+        std::time::Duration::from_millis(config.agent.cert_reload_ms.max(200)),
+    );
     let _control = ControlServer::bind(&a.control_socket(), dp.clone(), started)?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -175,6 +182,39 @@ fn spawn_local_addr_refresh(kernel: Arc<Kernel>, every_ms: u64, mut stop: watch:
                     }
                 }
                 Err(e) => warn!(error = %e, "listing local addresses failed"),
+            }
+        }
+    });
+}
+
+/// Certificates can be replaced on disk without a restart: check every period and on SIGHUP.
+fn spawn_cert_reload(dp: Arc<DataPath>, every: std::time::Duration) {
+    tokio::spawn(async move {
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "no SIGHUP handler");
+                return;
+            }
+        };
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = hup.recv() => info!(event = "reload", "SIGHUP: reloading certificates"),
+            }
+            for svc in dp.mcp.iter().flatten() {
+                if let Some(tls) = &svc.tls {
+                    match tls.reload_if_changed() {
+                        Ok(true) => {
+                            info!(event = "cert_reloaded", service = %svc.cfg.name, "certificate reloaded")
+                        }
+                        Ok(false) => {}
+                        Err(e) => {
+                            error!(event = "cert_reload_failed", service = %svc.cfg.name, error = %e, "certificate reload failed; the previous certificate stays in force")
+                        }
+                    }
+                }
             }
         }
     });

@@ -47,6 +47,8 @@ pub struct AgentSettings {
     pub local_addrs_refresh_ms: u64,
     /// "text" or "json".
     pub log_format: String,
+    /// How often certificate files are checked for replacement (also on SIGHUP).
+    pub cert_reload_ms: u64,
 }
 
 impl Default for AgentSettings {
@@ -62,6 +64,7 @@ impl Default for AgentSettings {
             connect_timeout_ms: 5_000,
             local_addrs_refresh_ms: 2_000,
             log_format: "text".into(),
+            cert_reload_ms: 5_000,
         }
     }
 }
@@ -82,13 +85,84 @@ impl AgentSettings {
 }
 
 /// One protected MCP service.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceConfig {
     pub name: String,
     pub port: u16,
     /// Only connections to this address are intercepted; all local addresses when absent.
     pub address: Option<IpAddr>,
+    /// `mcp` (default): HTTP/MCP-aware proxy. `tcp`: byte relay only (no inspection).
+    #[serde(default)]
+    pub mode: ServiceMode,
+    /// Terminate TLS from callers with these certificates (plain HTTP when absent).
+    pub tls: Option<crate::tls::ServerTlsConfig>,
+    #[serde(default)]
+    pub upstream: UpstreamConfig,
+    #[serde(default)]
+    pub limits: HttpLimits,
+    /// What to do with HTTP traffic that is not MCP: `reject` (default) or `forward`.
+    #[serde(default)]
+    pub non_mcp: NonMcp,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceMode {
+    #[default]
+    Mcp,
+    Tcp,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum NonMcp {
+    #[default]
+    Reject,
+    Forward,
+}
+
+/// How the agent talks to the real server.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// The server speaks TLS: re-encrypt toward it and verify its certificate.
+    pub tls: Option<crate::tls::UpstreamTlsConfig>,
+    /// Speak HTTP/2 (prior knowledge on plain HTTP, ALPN `h2` with TLS) instead of HTTP/1.1.
+    #[serde(default)]
+    pub http2: bool,
+    /// Header carrying the credential the server expects (e.g. "Authorization", "X-Api-Key").
+    pub auth_header: Option<String>,
+    /// File holding that header's value (must not be readable by group or others).
+    pub auth_value_file: Option<PathBuf>,
+    /// Forward the caller's own `Authorization` header (default: strip it).
+    #[serde(default)]
+    pub forward_client_authorization: bool,
+}
+
+/// Limits on what a caller may send; exceeding one gets a clear HTTP/JSON-RPC error.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpLimits {
+    pub max_header_bytes: usize,
+    pub max_body_bytes: usize,
+    pub max_json_depth: usize,
+    /// Malformed requests tolerated on one connection before it is closed.
+    pub max_malformed_per_connection: u32,
+    /// Largest single SSE event from the server (bounded memory).
+    pub max_sse_event_bytes: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            max_header_bytes: 16 * 1024,
+            max_body_bytes: 4 * 1024 * 1024,
+            max_json_depth: 64,
+            max_malformed_per_connection: 8,
+            max_sse_event_bytes: 64 * 1024 * 1024,
+        }
+    }
 }
 
 /// A configuration error: which file, which key, what is wrong.
@@ -228,6 +302,38 @@ impl Config {
                     "leave address out to protect every local address".into(),
                 ));
             }
+            let l = &s.limits;
+            if l.max_header_bytes < 1024 || l.max_body_bytes < 1024 || l.max_json_depth < 4 {
+                return Err(err(
+                    key("limits"),
+                    "max_header_bytes and max_body_bytes must be at least 1024, max_json_depth at least 4"
+                        .into(),
+                ));
+            }
+            if s.mode == ServiceMode::Tcp && (s.tls.is_some() || s.upstream.tls.is_some()) {
+                return Err(err(
+                    key("mode"),
+                    "tls needs mode = \"mcp\" (a tcp service relays bytes as they are)".into(),
+                ));
+            }
+            match (&s.upstream.auth_header, &s.upstream.auth_value_file) {
+                (Some(_), None) | (None, Some(_)) => {
+                    return Err(err(
+                        key("upstream"),
+                        "auth_header and auth_value_file go together".into(),
+                    ));
+                }
+                (Some(h), Some(_)) if http::HeaderName::from_bytes(h.as_bytes()).is_err() => {
+                    return Err(err(
+                        key("upstream.auth_header"),
+                        format!("{h:?} is not a valid HTTP header name"),
+                    ));
+                }
+                _ => {}
+            }
+            if let Some(f) = &s.upstream.auth_value_file {
+                check_secret_file(f).map_err(|p| err(key("upstream.auth_value_file"), p))?;
+            }
             if !endpoints.insert((s.address, s.port)) {
                 return Err(err(
                     key("port"),
@@ -257,6 +363,24 @@ impl Config {
         }
         wildcard
     }
+}
+
+/// A secret file must exist, be a regular file and not be readable by group or others.
+pub fn check_secret_file(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let md = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if !md.is_file() {
+        return Err(format!("{} is not a regular file", path.display()));
+    }
+    let mode = md.permissions().mode();
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "{} has mode {:o}; a secret must not be accessible to group or others (chmod 600)",
+            path.display(),
+            mode & 0o777
+        ));
+    }
+    Ok(())
 }
 
 /// Names the key at byte `offset` of a TOML document as `table.key (line N)`, from the line

@@ -2,6 +2,10 @@
 //!
 //! Modules follow the data path:
 //! - [`ebpf`]: load, attach, pin and take over the kernel programs; their maps.
+//! - [`tls`]: TLS termination toward callers, re-encryption toward servers (rustls).
+//! - [`mcp`]: JSON-RPC/MCP message parsing, revisions, header checks, SSE framing.
+//! - [`http`]: HTTP/1.1 and HTTP/2 toward callers and servers, limits, MCP transports.
+//! - [`pipeline`]: the exchange phases later capabilities plug into, and exchange records.
 //! - [`net`]: listeners, accepted connections, original destination, upstream, relay.
 //! - [`identity`]: who the caller is (process, user, cgroup/unit, peer address).
 //! - [`control`]: the local control socket used by the CLI.
@@ -18,6 +22,10 @@ pub mod config;
 pub mod control;
 pub mod ebpf;
 pub mod error;
+pub mod http;
 pub mod identity;
+pub mod mcp;
 pub mod net;
+pub mod pipeline;
 pub mod sys;
+pub mod tls;

@@ -24,10 +24,12 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::{
-    config::{Config, ServiceConfig},
+    config::{Config, ServiceConfig, ServiceMode},
     ebpf::{Kernel, socket_addr_of},
     error::ProxyError,
+    http::McpService,
     identity::{Caller, CgroupResolver},
+    pipeline::Pipeline,
 };
 
 /// Relay buffer size per direction.
@@ -89,6 +91,8 @@ pub struct DataPath {
     pub active: AtomicUsize,
     pub total: AtomicU64,
     services: Vec<Arc<ServiceConfig>>,
+    /// The HTTP/MCP side of each service (None for `mode = "tcp"`).
+    pub mcp: Vec<Option<Arc<McpService>>>,
 }
 
 impl DataPath {
@@ -97,9 +101,24 @@ impl DataPath {
         kernel: Arc<Kernel>,
         cgroups: CgroupResolver,
         mark: u32,
-    ) -> Self {
-        let services = config.services.iter().cloned().map(Arc::new).collect();
-        DataPath {
+        pipeline: Pipeline,
+    ) -> Result<Self> {
+        let services: Vec<Arc<ServiceConfig>> =
+            config.services.iter().cloned().map(Arc::new).collect();
+        let mut mcp = Vec::with_capacity(services.len());
+        for s in &services {
+            mcp.push(match s.mode {
+                ServiceMode::Tcp => None,
+                ServiceMode::Mcp => Some(Arc::new(McpService::new(
+                    s.clone(),
+                    mark,
+                    config.agent.connect_timeout(),
+                    pipeline.clone(),
+                )?)),
+            });
+        }
+        Ok(DataPath {
+            mcp,
             listen_port: config.agent.listen_port,
             config,
             kernel,
@@ -109,7 +128,7 @@ impl DataPath {
             active: AtomicUsize::new(0),
             total: AtomicU64::new(0),
             services,
-        }
+        })
     }
 
     /// Works out where an accepted connection was going and who opened it.
@@ -156,32 +175,38 @@ impl DataPath {
         })
     }
 
-    /// Opens the agent's own connection to the real server. The socket carries the agent's
-    /// mark, so the kernel neither redirects nor steers it back to the agent.
+    /// Opens the agent's own connection to the real server.
     pub async fn connect_upstream(&self, dst: SocketAddr) -> Result<TcpStream, ProxyError> {
-        let sock = if dst.is_ipv4() {
-            TcpSocket::new_v4()
-        } else {
-            TcpSocket::new_v6()
+        connect_marked(dst, self.mark, self.config.agent.connect_timeout()).await
+    }
+}
+
+/// Connects to the real server with the agent's socket mark, so the kernel neither redirects
+/// the connection nor steers it back to the agent.
+pub async fn connect_marked(
+    dst: SocketAddr,
+    mark: u32,
+    timeout: Duration,
+) -> Result<TcpStream, ProxyError> {
+    let sock = if dst.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(|e| ProxyError::internal("creating upstream socket").because(e))?;
+    socket2::SockRef::from(&sock)
+        .set_mark(mark)
+        .map_err(|e| ProxyError::internal("setting SO_MARK on upstream socket").because(e))?;
+    match tokio::time::timeout(timeout, sock.connect(dst)).await {
+        Ok(Ok(s)) => {
+            let _ = s.set_nodelay(true);
+            Ok(s)
         }
-        .map_err(|e| ProxyError::internal("creating upstream socket").because(e))?;
-        socket2::SockRef::from(&sock)
-            .set_mark(self.mark)
-            .map_err(|e| ProxyError::internal("setting SO_MARK on upstream socket").because(e))?;
-        let timeout = self.config.agent.connect_timeout();
-        match tokio::time::timeout(timeout, sock.connect(dst)).await {
-            Ok(Ok(s)) => {
-                let _ = s.set_nodelay(true);
-                Ok(s)
-            }
-            Ok(Err(e)) => {
-                Err(ProxyError::upstream(format!("connecting to {dst}"), true).because(e))
-            }
-            Err(_) => Err(ProxyError::upstream(
-                format!("connecting to {dst}: timed out after {timeout:?}"),
-                true,
-            )),
-        }
+        Ok(Err(e)) => Err(ProxyError::upstream(format!("connecting to {dst}"), true).because(e)),
+        Err(_) => Err(ProxyError::upstream(
+            format!("connecting to {dst}: timed out after {timeout:?}"),
+            true,
+        )),
     }
 }
 
@@ -247,6 +272,11 @@ pub async fn serve_connection(
     };
     log_open(&info);
     let _ = client.set_nodelay(true);
+    if let Some(svc) = dp.mcp.get(info.service_idx as usize).cloned().flatten() {
+        let (up, down, reason) = crate::http::serve(svc, info.clone(), client, hard_stop).await;
+        log_close(&info, up, down, &reason);
+        return;
+    }
     let upstream = match dp.connect_upstream(info.orig_dst).await {
         Ok(u) => u,
         Err(e) => {

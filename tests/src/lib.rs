@@ -423,7 +423,7 @@ impl Proc {
         self.wait_exit(timeout)
     }
 
-    fn dump(&self) -> String {
+    pub fn dump(&self) -> String {
         let mut s = format!("----- {} (pid {}) -----\n", self.name, self.pid());
         for (label, lines) in [("stdout", &self.stdout), ("stderr", &self.stderr)] {
             for l in lines.all() {
@@ -609,6 +609,9 @@ pub struct ServiceCfg {
     pub name: String,
     pub port: u16,
     pub address: Option<String>,
+    /// Raw TOML for the rest of the `[[services]]` table (mode, tls, upstream, limits...).
+    /// Empty means `mode = "tcp"`: the L4 tests relay raw bytes.
+    pub extra: String,
 }
 
 /// An agent config; [`Node::agent_config`] fills in paths and a unique instance.
@@ -639,6 +642,7 @@ impl AgentConfig {
             name: name.into(),
             port,
             address: None,
+            extra: String::new(),
         });
         self
     }
@@ -648,6 +652,18 @@ impl AgentConfig {
             name: name.into(),
             port,
             address: Some(address.into()),
+            extra: String::new(),
+        });
+        self
+    }
+
+    /// An MCP-aware service; `extra` is raw TOML appended to its table (tls, upstream...).
+    pub fn mcp_service(mut self, name: &str, port: u16, extra: &str) -> Self {
+        self.services.push(ServiceCfg {
+            name: name.into(),
+            port,
+            address: None,
+            extra: format!("mode = \"mcp\"\n{extra}"),
         });
         self
     }
@@ -674,6 +690,14 @@ impl AgentConfig {
             let _ = writeln!(s, "port = {}", svc.port);
             if let Some(a) = &svc.address {
                 let _ = writeln!(s, "address = {}", toml_str(a));
+            }
+            if svc.extra.is_empty() {
+                s.push_str("mode = \"tcp\"\n");
+            } else {
+                s.push_str(&svc.extra);
+                if !s.ends_with('\n') {
+                    s.push('\n');
+                }
             }
         }
         s
@@ -1245,4 +1269,243 @@ pub fn addr(ip: &str, port: u16) -> String {
 /// Lets stray events (duplicates, loops) show up before counting.
 pub fn settle() {
     thread::sleep(Duration::from_millis(500));
+}
+
+// ------------------------------------------------------------------------------------------
+// MCP peers (official SDKs, installed by scripts/setup-peers.sh)
+
+/// Which official MCP SDK a peer uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sdk {
+    /// Python `mcp` 2.x (speaks 2026-07-28 and older revisions).
+    Py2,
+    /// Python `mcp` 1.x (FastMCP; up to 2025-11-25, legacy SSE).
+    Py1,
+    /// TypeScript `@modelcontextprotocol/sdk`.
+    Node,
+}
+
+impl Sdk {
+    fn program(self, role: &str) -> (PathBuf, Vec<String>) {
+        let peers = workspace_root().join("tests/peers");
+        match self {
+            Sdk::Py2 | Sdk::Py1 => {
+                let (venv, prefix) = if self == Sdk::Py2 {
+                    (".venv-mcp2", "py2")
+                } else {
+                    (".venv-mcp1", "py1")
+                };
+                let py = peers.join(venv).join("bin/python");
+                assert!(
+                    py.exists(),
+                    "{} missing: run scripts/setup-peers.sh",
+                    py.display()
+                );
+                (
+                    py,
+                    vec![
+                        peers
+                            .join(format!("{prefix}_{role}.py"))
+                            .display()
+                            .to_string(),
+                    ],
+                )
+            }
+            Sdk::Node => {
+                let script = peers.join(format!("node/{role}.mjs"));
+                assert!(
+                    peers.join("node/node_modules").exists(),
+                    "node peers missing: run scripts/setup-peers.sh"
+                );
+                (PathBuf::from("node"), vec![script.display().to_string()])
+            }
+        }
+    }
+}
+
+/// A running SDK server; its `READY <url>` line has been seen.
+pub struct PeerServer {
+    pub proc: Proc,
+    pub url: String,
+}
+
+/// What an SDK client printed and how it exited.
+#[derive(Debug)]
+pub struct PeerClient {
+    pub exit_code: Option<i32>,
+    pub json: Value,
+    pub stderr: String,
+}
+
+impl PeerClient {
+    #[track_caller]
+    pub fn assert_ok(&self) -> &Value {
+        assert!(
+            self.exit_code == Some(0) && self.json["ok"] == true,
+            "MCP client failed (exit {:?}): {}\nstderr:\n{}",
+            self.exit_code,
+            self.json,
+            self.stderr
+        );
+        &self.json
+    }
+}
+
+impl Node {
+    /// Starts an SDK server in the server netns and waits for it to listen.
+    pub fn mcp_server(&self, sdk: Sdk, port: u16, args: &[&str]) -> PeerServer {
+        let (prog, mut argv) = sdk.program("server");
+        argv.extend(
+            ["--host", "0.0.0.0", "--port", &port.to_string()]
+                .iter()
+                .map(|s| s.to_string()),
+        );
+        if sdk != Sdk::Node {
+            argv.push("--no-dns-rebinding-protection".into());
+        }
+        argv.extend(args.iter().map(|s| s.to_string()));
+        let mut cmd = self.server.command(&prog);
+        cmd.args(&argv);
+        let proc = Proc::spawn(&format!("{sdk:?} server"), cmd).expect("spawn MCP server");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(l) = proc.stdout.all().iter().find(|l| l.starts_with("READY ")) {
+                let url = l.trim_start_matches("READY ").to_string();
+                return PeerServer { proc, url };
+            }
+            if Instant::now() > deadline || proc.stdout.eof() {
+                panic!("{sdk:?} server did not become ready:\n{}", proc.dump());
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Runs an SDK client scenario in `ns` to completion.
+    pub fn mcp_client(&self, ns: &Netns, sdk: Sdk, url: &str, args: &[&str]) -> PeerClient {
+        let (prog, mut argv) = sdk.program("client");
+        argv.extend(["--url".to_string(), url.to_string()]);
+        argv.extend(args.iter().map(|s| s.to_string()));
+        let mut cmd = ns.command(&prog);
+        cmd.args(&argv);
+        let mut proc = Proc::spawn(&format!("{sdk:?} client"), cmd).expect("spawn MCP client");
+        let status = proc
+            .wait_exit(Duration::from_secs(120))
+            .unwrap_or_else(|e| panic!("{sdk:?} client: {e:#}\n{}", proc.dump()));
+        let out = proc.stdout.all().join("\n");
+        PeerClient {
+            exit_code: status.code(),
+            json: serde_json::from_str(&out).unwrap_or(Value::Null),
+            stderr: proc.stderr.all().join("\n"),
+        }
+    }
+
+    /// `testpeer raw` from `ns`: sends `data` (\r\n escapes allowed) and returns the reply
+    /// (read until one whole response, the peer's close, or 3 s).
+    pub fn raw(&self, ns: &Netns, addr: &str, data: &str) -> (String, bool) {
+        self.raw_repeat(ns, addr, data, 1)
+    }
+
+    /// Sends `data` `n` times on one connection and reads until close or 3 s.
+    pub fn raw_repeat(&self, ns: &Netns, addr: &str, data: &str, n: u32) -> (String, bool) {
+        let mut cmd = ns.command(testpeer_bin());
+        cmd.args([
+            "raw",
+            "--connect",
+            addr,
+            "--data",
+            data,
+            "--wait-ms",
+            "3000",
+        ]);
+        cmd.args(["--repeat", &n.to_string()]);
+        let out = run_timeout(&mut cmd, Duration::from_secs(20)).expect("testpeer raw");
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        (
+            v["response"].as_str().unwrap_or("").to_string(),
+            v["closed"].as_bool().unwrap_or(false),
+        )
+    }
+}
+
+/// A throwaway CA and a server certificate for `names` (DNS) and `ips`, made with openssl.
+/// Returns (ca.pem, cert.pem, key.pem).
+pub fn make_tls(
+    dir: &Path,
+    tag: &str,
+    names: &[&str],
+    ips: &[&str],
+) -> (PathBuf, PathBuf, PathBuf) {
+    let d = dir.join(format!("tls-{tag}"));
+    std::fs::create_dir_all(&d).expect("tls dir");
+    let p = |f: &str| d.join(f).display().to_string();
+    let ossl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("run openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    ossl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        &p("ca.key"),
+        "-out",
+        &p("ca.pem"),
+        "-days",
+        "2",
+        "-subj",
+        &format!("/CN=interceptor test CA {tag}"),
+    ]);
+    let mut san: Vec<String> = names.iter().map(|n| format!("DNS:{n}")).collect();
+    san.extend(ips.iter().map(|i| format!("IP:{i}")));
+    std::fs::write(
+        d.join("ext.cnf"),
+        format!(
+            "subjectAltName={}\nextendedKeyUsage=serverAuth\n",
+            san.join(",")
+        ),
+    )
+    .expect("ext");
+    ossl(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        &p("key.pem"),
+        "-out",
+        &p("csr.pem"),
+        "-subj",
+        &format!("/CN={}", names.first().unwrap_or(&"server")),
+    ]);
+    ossl(&[
+        "x509",
+        "-req",
+        "-in",
+        &p("csr.pem"),
+        "-CA",
+        &p("ca.pem"),
+        "-CAkey",
+        &p("ca.key"),
+        "-CAcreateserial",
+        "-out",
+        &p("cert.pem"),
+        "-days",
+        "2",
+        "-extfile",
+        &p("ext.cnf"),
+    ]);
+    (d.join("ca.pem"), d.join("cert.pem"), d.join("key.pem"))
 }

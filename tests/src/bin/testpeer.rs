@@ -155,6 +155,7 @@ fn main() -> ExitCode {
     let res = match cmd.as_str() {
         "server" => server(&args),
         "client" => return client(&args),
+        "raw" => raw(&args),
         other => Err(format!("unknown subcommand {other}")),
     };
     match res {
@@ -174,6 +175,9 @@ enum Mode {
     Echo,
     Sink,
     Source(u64),
+    /// A minimal, fast MCP-over-HTTP/1.1 responder (keep-alive): every JSON-RPC request gets a
+    /// result echoing its method, params and the request headers it received.
+    McpEcho,
 }
 
 fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
@@ -200,6 +204,7 @@ fn server(args: &Args) -> Result<(), String> {
         "echo" => Mode::Echo,
         "sink" => Mode::Sink,
         "source" => Mode::Source(args.num("--source-bytes", 1 << 20)?),
+        "mcp-echo" => Mode::McpEcho,
         m => return Err(format!("unknown --mode {m}")),
     };
     let listeners: Vec<TcpListener> = addrs
@@ -244,6 +249,13 @@ fn accept_loop(listener: TcpListener, mode: Mode) {
 }
 
 fn serve(mut stream: TcpStream, mode: Mode) -> (u64, u64, Option<String>) {
+    if mode == Mode::McpEcho {
+        let _ = stream.set_nodelay(true);
+        return match serve_mcp_echo(&mut stream) {
+            Ok((i, o)) => (i, o, None),
+            Err(e) => (0, 0, Some(e.to_string())),
+        };
+    }
     let mut bytes_in = 0u64;
     let mut bytes_out = 0u64;
     let mut buf = vec![0u8; BUF];
@@ -265,6 +277,7 @@ fn serve(mut stream: TcpStream, mode: Mode) -> (u64, u64, Option<String>) {
                 }
                 bytes_in += n as u64;
             },
+            Mode::McpEcho => unreachable!("handled before"),
             Mode::Source(total) => {
                 while bytes_out < total {
                     let n = ((total - bytes_out) as usize).min(BUF);
@@ -468,4 +481,174 @@ fn run_client(args: &Args, result: &mut Value) -> Result<(), ClientError> {
         });
     }
     Ok(())
+}
+
+// ---------------------------------------------------------------- mcp-echo
+
+fn mcp_answer(req: &Value, headers: &serde_json::Map<String, Value>) -> Option<Value> {
+    let id = req.get("id")?.clone();
+    let method = req.get("method").cloned().unwrap_or(Value::Null);
+    Some(json!({
+        "jsonrpc": "2.0",
+        "id": id,
+        "result": {
+            "content": [{"type": "text", "text": "echo"}],
+            "method": method,
+            "params": req.get("params").cloned().unwrap_or(Value::Null),
+            "received_headers": headers,
+        }
+    }))
+}
+
+/// Serves keep-alive HTTP/1.1 requests until the peer closes. Returns bytes in/out.
+fn serve_mcp_echo(stream: &mut TcpStream) -> io::Result<(u64, u64)> {
+    let (mut bytes_in, mut bytes_out) = (0u64, 0u64);
+    let mut buf: Vec<u8> = Vec::with_capacity(8192);
+    let mut tmp = vec![0u8; 64 * 1024];
+    loop {
+        // Read the head.
+        let head_end = loop {
+            if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break p + 4;
+            }
+            if buf.len() > 64 * 1024 {
+                return Err(io::Error::other("request head too large"));
+            }
+            let n = stream.read(&mut tmp)?;
+            if n == 0 {
+                return Ok((bytes_in, bytes_out));
+            }
+            bytes_in += n as u64;
+            buf.extend_from_slice(&tmp[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+        let mut lines = head.split("\r\n");
+        let request_line = lines.next().unwrap_or("").to_string();
+        let mut headers = serde_json::Map::new();
+        let mut len = 0usize;
+        for l in lines {
+            if let Some((k, v)) = l.split_once(':') {
+                let k = k.trim().to_ascii_lowercase();
+                let v = v.trim().to_string();
+                if k == "content-length" {
+                    len = v.parse().unwrap_or(0);
+                }
+                headers.insert(k, Value::String(v));
+            }
+        }
+        while buf.len() < head_end + len {
+            let n = stream.read(&mut tmp)?;
+            if n == 0 {
+                return Ok((bytes_in, bytes_out));
+            }
+            bytes_in += n as u64;
+            buf.extend_from_slice(&tmp[..n]);
+        }
+        let body: Vec<u8> = buf[head_end..head_end + len].to_vec();
+        buf.drain(..head_end + len);
+        let method = request_line.split(' ').next().unwrap_or("").to_string();
+        let parsed: Option<Value> = serde_json::from_slice(&body).ok();
+        emit(
+            json!({"event": "mcp_request", "request_line": request_line, "headers": headers, "body": parsed}),
+        );
+        let (status, payload) = match (method.as_str(), parsed) {
+            ("POST", Some(Value::Array(items))) => {
+                let out: Vec<Value> = items
+                    .iter()
+                    .filter_map(|r| mcp_answer(r, &headers))
+                    .collect();
+                if out.is_empty() {
+                    ("202 Accepted", None)
+                } else {
+                    ("200 OK", Some(Value::Array(out)))
+                }
+            }
+            ("POST", Some(v)) => match mcp_answer(&v, &headers) {
+                Some(a) => ("200 OK", Some(a)),
+                None => ("202 Accepted", None),
+            },
+            _ => (
+                "400 Bad Request",
+                Some(json!({"error": "mcp-echo only answers JSON-RPC POSTs"})),
+            ),
+        };
+        let body = payload.map(|p| p.to_string()).unwrap_or_default();
+        let resp = format!(
+            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(resp.as_bytes())?;
+        bytes_out += resp.len() as u64;
+    }
+}
+
+// ---------------------------------------------------------------- raw
+
+/// `raw --connect ADDR --data STR [--wait-ms N]`: sends STR (with \r\n escapes written as
+/// the two characters \\r\\n), then prints what came back before the peer closed or the wait
+/// ran out: {"response": "...", "closed": bool}.
+fn raw(args: &Args) -> Result<(), String> {
+    let addr: SocketAddr = args
+        .value("--connect")
+        .ok_or("raw needs --connect")?
+        .parse()
+        .map_err(|e| format!("--connect: {e}"))?;
+    let data = args
+        .value("--data")
+        .ok_or("raw needs --data")?
+        .replace("\\r", "\r")
+        .replace("\\n", "\n");
+    let repeat = args.num("--repeat", 1)?;
+    let wait = Duration::from_millis(args.num("--wait-ms", 2000)?);
+    let mut s = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+    for _ in 0..repeat {
+        s.write_all(data.as_bytes())
+            .map_err(|e| format!("write: {e}"))?;
+    }
+    let _ = s.set_read_timeout(Some(wait));
+    let mut out = Vec::new();
+    let mut buf = [0u8; 65536];
+    let mut closed = false;
+    let deadline = Instant::now() + wait;
+    while Instant::now() < deadline {
+        match s.read(&mut buf) {
+            Ok(0) => {
+                closed = true;
+                break;
+            }
+            Ok(n) => {
+                out.extend_from_slice(&buf[..n]);
+                if repeat == 1 && complete_response(&out) {
+                    break;
+                }
+            }
+            Err(e)
+                if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::TimedOut =>
+            {
+                break;
+            }
+            Err(_) => {
+                closed = true;
+                break;
+            }
+        }
+    }
+    emit(json!({"response": String::from_utf8_lossy(&out), "closed": closed}));
+    Ok(())
+}
+
+/// A whole HTTP/1.1 response with a Content-Length body has arrived.
+fn complete_response(b: &[u8]) -> bool {
+    let Some(end) = b.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&b[..end]).to_ascii_lowercase();
+    let len = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok());
+    match len {
+        Some(n) => b.len() >= end + 4 + n,
+        None => false,
+    }
 }

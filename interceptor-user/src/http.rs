@@ -1,0 +1,1238 @@
+//! The HTTP side of an MCP service: TLS termination, HTTP/1.1 and HTTP/2 toward callers,
+//! request limits and smuggling defences, MCP request classification, the exchange pipeline,
+//! and the pooled upstream client (optionally TLS, HTTP/1.1 or HTTP/2) toward the real server.
+//!
+//! Requests are small and are read whole (up to `limits.max_body_bytes`) because every phase
+//! needs the parsed JSON-RPC body before anything reaches the server. Responses are never
+//! buffered: JSON bodies stream through an envelope scanner, SSE streams through an event
+//! parser, both only observing the bytes they forward, so a 25 MB result or a long-lived
+//! notification stream costs a few buffers, not its size.
+use std::{
+    collections::HashMap,
+    convert::Infallible,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU32, Ordering},
+    },
+    task::{Context, Poll},
+    time::{Instant, SystemTime},
+};
+
+use bytes::Bytes;
+use http::{
+    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, header,
+};
+use http_body::{Body as _, Frame};
+use http_body_util::{BodyExt, Full, Limited, combinators::UnsyncBoxBody};
+use hyper::body::Incoming;
+use hyper_util::{
+    client::legacy::{
+        Client,
+        connect::{Connected, Connection},
+    },
+    rt::{TokioExecutor, TokioIo},
+};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::TcpStream,
+    sync::{Notify, watch},
+};
+use tracing::{debug, warn};
+
+use crate::{
+    config::{NonMcp, ServiceConfig},
+    error::ProxyError,
+    mcp,
+    net::ConnInfo,
+    pipeline::{Decision, ExchangeRecord, Pipeline, RequestView, Transport},
+    tls::{TlsTerminator, UpstreamTls},
+};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type RespBody = UnsyncBoxBody<Bytes, BoxError>;
+
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-authorization",
+];
+
+// ------------------------------------------------------------------ upstream connector
+
+/// Opens the agent's connection to the real server: marked TCP (never steered back to the
+/// agent), then TLS when the service's server speaks it.
+#[derive(Clone)]
+pub struct Dialer {
+    pub mark: u32,
+    pub timeout: std::time::Duration,
+    pub tls: Option<Arc<UpstreamTls>>,
+}
+
+pub enum UpstreamIo {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>, bool),
+}
+
+impl AsyncRead for UpstreamIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            UpstreamIo::Tls(s, _) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for UpstreamIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            UpstreamIo::Tls(s, _) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_flush(cx),
+            UpstreamIo::Tls(s, _) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            UpstreamIo::Tls(s, _) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            UpstreamIo::Tls(s, _) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            UpstreamIo::Plain(s) => s.is_write_vectored(),
+            UpstreamIo::Tls(s, _) => s.is_write_vectored(),
+        }
+    }
+}
+
+/// hyper-util's client wants to know about the connection it got.
+pub struct UpstreamConn(TokioIo<UpstreamIo>);
+
+impl Connection for UpstreamConn {
+    fn connected(&self) -> Connected {
+        match self.0.inner() {
+            UpstreamIo::Tls(_, true) => Connected::new().negotiated_h2(),
+            _ => Connected::new(),
+        }
+    }
+}
+
+impl hyper::rt::Read for UpstreamConn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for UpstreamConn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+    }
+}
+
+impl tower_service::Service<Uri> for Dialer {
+    type Response = UpstreamConn;
+    type Error = ProxyError;
+    type Future =
+        Pin<Box<dyn std::future::Future<Output = Result<UpstreamConn, ProxyError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let d = self.clone();
+        Box::pin(async move {
+            let addr: SocketAddr = uri
+                .authority()
+                .and_then(|a| a.as_str().parse().ok())
+                .ok_or_else(|| {
+                    ProxyError::internal(format!("upstream URI {uri} has no address"))
+                })?;
+            let tcp = crate::net::connect_marked(addr, d.mark, d.timeout).await?;
+            match &d.tls {
+                None => Ok(UpstreamConn(TokioIo::new(UpstreamIo::Plain(tcp)))),
+                Some(tls) => {
+                    let (s, alpn) = tls.connect(tcp, addr.ip()).await.map_err(|e| {
+                        ProxyError::upstream(format!("TLS handshake with {addr}"), true).because(e)
+                    })?;
+                    let h2 = alpn.as_deref() == Some("h2");
+                    Ok(UpstreamConn(TokioIo::new(UpstreamIo::Tls(Box::new(s), h2))))
+                }
+            }
+        })
+    }
+}
+
+// ------------------------------------------------------------------ the service
+
+/// Everything one MCP service needs at run time.
+pub struct McpService {
+    pub cfg: Arc<ServiceConfig>,
+    pub tls: Option<TlsTerminator>,
+    client: Client<Dialer, Full<Bytes>>,
+    upstream_scheme: &'static str,
+    upstream_h2: bool,
+    upstream_auth: Option<(HeaderName, HeaderValue)>,
+    pub pipeline: Pipeline,
+    /// Legacy HTTP+SSE: exchanges waiting for their response on a session's GET /sse stream.
+    legacy: Arc<LegacySessions>,
+}
+
+#[derive(Default)]
+struct LegacySessions {
+    pending: Mutex<HashMap<(String, String), Pending>>,
+}
+
+const LEGACY_PENDING_MAX: usize = 65_536;
+
+impl McpService {
+    pub fn new(
+        cfg: Arc<ServiceConfig>,
+        mark: u32,
+        connect_timeout: std::time::Duration,
+        pipeline: Pipeline,
+    ) -> anyhow::Result<McpService> {
+        use anyhow::Context as _;
+        let tls = match &cfg.tls {
+            Some(t) => Some(TlsTerminator::new(&cfg.name, t)?),
+            None => None,
+        };
+        let up_tls = match &cfg.upstream.tls {
+            Some(t) => Some(Arc::new(UpstreamTls::new(&cfg.name, t)?)),
+            None => None,
+        };
+        let upstream_scheme = if up_tls.is_some() { "https" } else { "http" };
+        let dialer = Dialer {
+            mark,
+            timeout: connect_timeout,
+            tls: up_tls,
+        };
+        let mut b = Client::builder(TokioExecutor::new());
+        b.pool_idle_timeout(std::time::Duration::from_secs(60))
+            .pool_max_idle_per_host(256)
+            .http2_only(cfg.upstream.http2)
+            .set_host(false);
+        let client = b.build(dialer);
+        let upstream_auth = match (&cfg.upstream.auth_header, &cfg.upstream.auth_value_file) {
+            (Some(h), Some(f)) => {
+                let v = std::fs::read_to_string(f)
+                    .with_context(|| format!("service {}: reading {}", cfg.name, f.display()))?;
+                let name = HeaderName::from_bytes(h.as_bytes())?;
+                let mut value = HeaderValue::from_str(v.trim()).with_context(|| {
+                    format!(
+                        "service {}: {} is not a valid header value",
+                        cfg.name,
+                        f.display()
+                    )
+                })?;
+                value.set_sensitive(true);
+                Some((name, value))
+            }
+            _ => None,
+        };
+        Ok(McpService {
+            upstream_h2: cfg.upstream.http2,
+            cfg,
+            tls,
+            client,
+            upstream_scheme,
+            upstream_auth,
+            pipeline,
+            legacy: Arc::new(LegacySessions::default()),
+        })
+    }
+}
+
+/// Per-connection state shared by the requests of one caller connection.
+struct ConnCtx {
+    svc: Arc<McpService>,
+    info: ConnInfo,
+    malformed: AtomicU32,
+    close: Notify,
+}
+
+/// Serves one accepted connection of an MCP service until it closes.
+pub async fn serve(
+    svc: Arc<McpService>,
+    info: ConnInfo,
+    tcp: TcpStream,
+    mut hard_stop: watch::Receiver<bool>,
+) -> (u64, u64, String) {
+    let ctx = Arc::new(ConnCtx {
+        svc: svc.clone(),
+        info,
+        malformed: AtomicU32::new(0),
+        close: Notify::new(),
+    });
+    match &svc.tls {
+        Some(tls) => match tls.accept_tcp(tcp).await {
+            Ok((stream, hs)) => {
+                debug!(conn_id = ctx.info.id, sni = ?hs.server_name, alpn = ?hs.alpn, version = %hs.version, "TLS established");
+                serve_io(ctx, TokioIo::new(stream), &mut hard_stop).await
+            }
+            Err(e) => {
+                warn!(
+                    event = "tls_error",
+                    conn_id = ctx.info.id,
+                    service = %svc.cfg.name,
+                    peer = %ctx.info.caller.peer(),
+                    error = %e,
+                    "TLS handshake failed; connection closed"
+                );
+                (0, 0, format!("tls: {e}"))
+            }
+        },
+        None => serve_io(ctx, TokioIo::new(tcp), &mut hard_stop).await,
+    }
+}
+
+async fn serve_io<I>(
+    ctx: Arc<ConnCtx>,
+    io: I,
+    hard_stop: &mut watch::Receiver<bool>,
+) -> (u64, u64, String)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let limits = ctx.svc.cfg.limits.clone();
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(std::time::Duration::from_secs(30));
+    builder
+        .http2()
+        .max_header_list_size(limits.max_header_bytes as u32)
+        .max_concurrent_streams(256);
+    let svc_ctx = ctx.clone();
+    let service = hyper::service::service_fn(move |req| {
+        let ctx = svc_ctx.clone();
+        async move { Ok::<_, Infallible>(handle(ctx, req).await) }
+    });
+    let conn = builder.serve_connection(io, service);
+    tokio::pin!(conn);
+    let reason = tokio::select! {
+        r = conn.as_mut() => match r { Ok(()) => "closed".to_string(), Err(e) => format!("http: {e}") },
+        _ = ctx.close.notified() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+            "closed: too many malformed requests".to_string()
+        }
+        _ = wait_true(hard_stop) => "agent shutdown: grace period over".to_string(),
+    };
+    (0, 0, reason)
+}
+
+async fn wait_true(rx: &mut watch::Receiver<bool>) {
+    while !*rx.borrow() {
+        if rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+fn json_response(status: StatusCode, body: Bytes, close: bool) -> Response<RespBody> {
+    let mut r = Response::new(Full::new(body).map_err(|e| match e {}).boxed_unsync());
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if close {
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    r
+}
+
+/// A JSON-RPC error answer to a request we refuse, with a log line saying what and where.
+fn refuse(
+    ctx: &ConnCtx,
+    status: StatusCode,
+    code: i64,
+    id: Option<&mcp::Id>,
+    what: &str,
+    malformed: bool,
+) -> Response<RespBody> {
+    let mut close = false;
+    if malformed {
+        let n = ctx.malformed.fetch_add(1, Ordering::Relaxed) + 1;
+        if n >= ctx.svc.cfg.limits.max_malformed_per_connection {
+            close = true;
+            ctx.close.notify_one();
+        }
+    }
+    warn!(
+        event = "request_refused",
+        service = %ctx.svc.cfg.name,
+        conn_id = ctx.info.id,
+        peer = %ctx.info.caller.peer(),
+        status = status.as_u16(),
+        code,
+        reason = what,
+        "request refused"
+    );
+    json_response(status, mcp::error_response(id, code, what, None), close)
+}
+
+fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<RespBody> {
+    // Smuggling defences (hyper already rejects obs-fold and invalid chunking in HTTP/1.1).
+    let h = req.headers();
+    if h.contains_key(header::TRANSFER_ENCODING) && h.contains_key(header::CONTENT_LENGTH) {
+        return refuse(
+            &ctx,
+            StatusCode::BAD_REQUEST,
+            mcp::INVALID_REQUEST,
+            None,
+            "both Transfer-Encoding and Content-Length present (request smuggling attempt)",
+            true,
+        );
+    }
+    if h.get_all(header::CONTENT_LENGTH).iter().count() > 1 {
+        return refuse(
+            &ctx,
+            StatusCode::BAD_REQUEST,
+            mcp::INVALID_REQUEST,
+            None,
+            "several Content-Length headers",
+            true,
+        );
+    }
+    let accepts_sse = header_str(h, "accept").is_some_and(|a| a.contains("text/event-stream"));
+    match *req.method() {
+        Method::POST => handle_post(ctx, req).await,
+        Method::GET if accepts_sse => forward_stream(ctx, req).await,
+        Method::DELETE if h.contains_key("mcp-session-id") => forward_plain(ctx, req).await,
+        _ => {
+            if ctx.svc.cfg.non_mcp == NonMcp::Forward {
+                forward_plain(ctx, req).await
+            } else {
+                let what = format!(
+                    "{} {} is not an MCP request (this port only serves MCP)",
+                    req.method(),
+                    req.uri().path()
+                );
+                refuse(
+                    &ctx,
+                    StatusCode::NOT_FOUND,
+                    mcp::INVALID_REQUEST,
+                    None,
+                    &what,
+                    true,
+                )
+            }
+        }
+    }
+}
+
+/// The legacy transport's POST target carries `session_id` in its query.
+fn legacy_session(uri: &Uri) -> Option<String> {
+    uri.query()?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == "session_id" || k == "sessionId").then(|| v.to_string())
+    })
+}
+
+struct Pending {
+    rec: ExchangeRecord,
+    started: Instant,
+}
+
+fn new_record(
+    ctx: &ConnCtx,
+    parts: &http::request::Parts,
+    transport: Transport,
+    msg: Option<&mcp::Message>,
+    request_bytes: u64,
+) -> ExchangeRecord {
+    let p = ctx.info.caller.process();
+    ExchangeRecord {
+        service: ctx.svc.cfg.name.clone(),
+        conn_id: ctx.info.id,
+        caller_kind: ctx.info.caller.kind(),
+        peer: ctx.info.caller.peer().to_string(),
+        tgid: p.map(|p| p.tgid),
+        uid: p.map(|p| p.uid),
+        comm: p.map(|p| p.comm.clone()),
+        cgroup: p.and_then(|p| p.cgroup.clone()),
+        transport,
+        http_version: format!("{:?}", parts.version),
+        revision: header_str(&parts.headers, "mcp-protocol-version").map(str::to_string),
+        session: header_str(&parts.headers, "mcp-session-id")
+            .map(str::to_string)
+            .or_else(|| legacy_session(&parts.uri)),
+        jsonrpc_id: msg.and_then(|m| m.id.as_ref()).map(|i| i.to_string()),
+        method: msg.and_then(|m| m.method.clone()),
+        target: msg.and_then(|m| m.target()),
+        request_bytes,
+        response_bytes: 0,
+        http_status: 0,
+        outcome: String::new(),
+        error_code: None,
+        notifications: 0,
+        rule: None,
+        started: SystemTime::now(),
+        duration_ms: 0,
+    }
+}
+
+fn upstream_request(
+    ctx: &ConnCtx,
+    parts: &http::request::Parts,
+    body: Bytes,
+) -> Result<Request<Full<Bytes>>, ProxyError> {
+    let svc = &ctx.svc;
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let uri: Uri = format!("{}://{}{}", svc.upstream_scheme, ctx.info.orig_dst, pq)
+        .parse()
+        .map_err(|e| ProxyError::client(format!("bad request target {pq:?}")).because(e))?;
+    let mut b = Request::builder().method(parts.method.clone()).uri(uri);
+    b = b.version(if svc.upstream_h2 {
+        http::Version::HTTP_2
+    } else {
+        http::Version::HTTP_11
+    });
+    let mut req = b
+        .body(Full::new(body))
+        .map_err(|e| ProxyError::internal("building upstream request").because(e))?;
+    let headers = req.headers_mut();
+    for (k, v) in parts.headers.iter() {
+        if HOP_BY_HOP.contains(&k.as_str()) || k == header::HOST || k == header::CONTENT_LENGTH {
+            continue;
+        }
+        if k == header::AUTHORIZATION && !svc.cfg.upstream.forward_client_authorization {
+            continue;
+        }
+        headers.append(k.clone(), v.clone());
+    }
+    // Keep the caller's Host (the server may check it); HTTP/2 callers carry it in :authority.
+    let host = parts
+        .headers
+        .get(header::HOST)
+        .cloned()
+        .or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        })
+        .or_else(|| HeaderValue::from_str(&ctx.info.orig_dst.to_string()).ok());
+    if let Some(host) = host
+        && !svc.upstream_h2
+    {
+        headers.insert(header::HOST, host);
+    }
+    if let Some((k, v)) = &svc.upstream_auth {
+        headers.insert(k.clone(), v.clone());
+    }
+    Ok(req)
+}
+
+fn client_response(parts: http::response::Parts, body: RespBody) -> Response<RespBody> {
+    let mut r = Response::from_parts(parts, body);
+    r.headers_mut()
+        .retain_names(|k| !HOP_BY_HOP.contains(&k.as_str()));
+    r
+}
+
+/// Removes hop-by-hop headers from a response; `HeaderMap` has no retain, hence this helper.
+trait RetainNames {
+    fn retain_names(&mut self, keep: impl Fn(&HeaderName) -> bool);
+}
+impl RetainNames for HeaderMap {
+    fn retain_names(&mut self, keep: impl Fn(&HeaderName) -> bool) {
+        let drop: Vec<HeaderName> = self.keys().filter(|k| !keep(k)).cloned().collect();
+        for k in drop {
+            self.remove(k);
+        }
+    }
+}
+
+fn upstream_failed(ctx: &ConnCtx, e: &dyn std::fmt::Display) -> Response<RespBody> {
+    warn!(
+        event = "upstream_error",
+        service = %ctx.svc.cfg.name,
+        conn_id = ctx.info.id,
+        orig_dst = %ctx.info.orig_dst,
+        side = "upstream",
+        error = %e,
+        "upstream request failed"
+    );
+    json_response(
+        StatusCode::BAD_GATEWAY,
+        mcp::error_response(
+            None,
+            mcp::INTERNAL_ERROR,
+            "the MCP server could not be reached through the interceptor",
+            None,
+        ),
+        false,
+    )
+}
+
+async fn handle_post(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<RespBody> {
+    let limits = ctx.svc.cfg.limits.clone();
+    let (parts, body) = req.into_parts();
+    if let Some(len) =
+        header_str(&parts.headers, "content-length").and_then(|v| v.parse::<u64>().ok())
+        && len > limits.max_body_bytes as u64
+    {
+        return refuse(
+            &ctx,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            mcp::INVALID_REQUEST,
+            None,
+            &format!(
+                "request body of {len} bytes exceeds the limit of {}",
+                limits.max_body_bytes
+            ),
+            true,
+        );
+    }
+    let bytes = match Limited::new(body, limits.max_body_bytes).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            let too_big = e
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some();
+            return if too_big {
+                refuse(
+                    &ctx,
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    mcp::INVALID_REQUEST,
+                    None,
+                    &format!(
+                        "request body exceeds the limit of {} bytes",
+                        limits.max_body_bytes
+                    ),
+                    true,
+                )
+            } else {
+                refuse(
+                    &ctx,
+                    StatusCode::BAD_REQUEST,
+                    mcp::INVALID_REQUEST,
+                    None,
+                    &format!("request body could not be read: {e}"),
+                    true,
+                )
+            };
+        }
+    };
+    let ct_json = header_str(&parts.headers, "content-type")
+        .is_some_and(|c| c.to_ascii_lowercase().starts_with("application/json"));
+    if !ct_json && ctx.svc.cfg.non_mcp == NonMcp::Forward {
+        return forward_buffered(ctx, parts, bytes).await;
+    }
+    let mcp_limits = mcp::Limits {
+        max_depth: limits.max_json_depth,
+        max_bytes: limits.max_body_bytes,
+    };
+    let body = match mcp::parse_body(&bytes, &mcp_limits) {
+        Ok(b) => b,
+        Err(e) => {
+            let what = if ct_json {
+                format!("invalid JSON-RPC body: {e}")
+            } else {
+                format!("not an MCP request (content-type is not application/json): {e}")
+            };
+            return refuse(&ctx, StatusCode::BAD_REQUEST, e.code(), None, &what, true);
+        }
+    };
+    let messages = body.messages();
+    if let Err(e) = mcp::check_headers(
+        header_str(&parts.headers, "mcp-protocol-version"),
+        header_str(&parts.headers, "mcp-method"),
+        header_str(&parts.headers, "mcp-name"),
+        &body,
+    ) {
+        let id = messages.first().and_then(|m| m.id.as_ref());
+        return refuse(
+            &ctx,
+            StatusCode::BAD_REQUEST,
+            e.code(),
+            id,
+            &e.to_string(),
+            true,
+        );
+    }
+    let legacy =
+        legacy_session(&parts.uri).filter(|_| !parts.headers.contains_key("mcp-session-id"));
+    let transport = if legacy.is_some() {
+        Transport::LegacySse
+    } else {
+        Transport::StreamableJson
+    };
+    let view = RequestView {
+        conn: &ctx.info,
+        http_method: &parts.method,
+        path: parts.uri.path(),
+        headers: &parts.headers,
+        transport,
+        revision: header_str(&parts.headers, "mcp-protocol-version"),
+        session: header_str(&parts.headers, "mcp-session-id").or(legacy.as_deref()),
+        messages,
+    };
+    let started = Instant::now();
+    let req_len = bytes.len() as u64;
+    let per_msg = |m: &mcp::Message| new_record(&ctx, &parts, transport, Some(m), req_len);
+    if let Decision::Deny {
+        http_status,
+        code,
+        reason,
+        rule,
+    } = ctx.svc.pipeline.request_parsed(&view)
+    {
+        for m in messages {
+            let mut rec = per_msg(m);
+            rec.outcome = "denied".into();
+            rec.http_status = http_status;
+            rec.error_code = Some(code);
+            rec.rule = Some(rule.clone());
+            ctx.svc.pipeline.exchange_complete(&rec);
+        }
+        let id = messages.first().and_then(|m| m.id.as_ref());
+        let status = StatusCode::from_u16(http_status).unwrap_or(StatusCode::FORBIDDEN);
+        return json_response(
+            status,
+            mcp::error_response(id, code, &reason, Some(serde_json::json!({ "rule": rule }))),
+            false,
+        );
+    }
+    let mut up = match upstream_request(&ctx, &parts, bytes) {
+        Ok(r) => r,
+        Err(e) => {
+            return refuse(
+                &ctx,
+                StatusCode::BAD_REQUEST,
+                mcp::INVALID_REQUEST,
+                None,
+                &e.to_string(),
+                true,
+            );
+        }
+    };
+    ctx.svc.pipeline.upstream_request(&view, up.headers_mut());
+
+    // The exchanges this request opens, keyed by JSON-RPC id.
+    let mut pending: HashMap<String, Pending> = HashMap::new();
+    let mut no_reply = Vec::new();
+    for m in messages {
+        let rec = per_msg(m);
+        match (&m.kind, &m.id) {
+            (mcp::Kind::Request, Some(id)) => {
+                pending.insert(id.to_string(), Pending { rec, started });
+            }
+            _ => no_reply.push(rec),
+        }
+    }
+    // Legacy transport: the responses come on the session's GET /sse stream, possibly before
+    // this POST's 202 does, so the exchanges are registered before anything is sent.
+    let mut legacy_keys: Vec<(String, String)> = Vec::new();
+    if let Some(session) = &legacy {
+        let mut reg = ctx
+            .svc
+            .legacy
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for (id, mut p) in pending.drain() {
+            if reg.len() < LEGACY_PENDING_MAX {
+                legacy_keys.push((session.clone(), id.clone()));
+                reg.insert((session.clone(), id), p);
+            } else {
+                p.rec.outcome = "incomplete".into();
+                finish(&ctx.svc.pipeline, p);
+            }
+        }
+    }
+    let resp = match ctx.svc.client.request(up).await {
+        Ok(r) => r,
+        Err(e) => {
+            let mut failed: Vec<Pending> = pending.into_values().collect();
+            if !legacy_keys.is_empty() {
+                let mut reg = ctx
+                    .svc
+                    .legacy
+                    .pending
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                failed.extend(legacy_keys.iter().filter_map(|k| reg.remove(k)));
+            }
+            for mut p in failed {
+                p.rec.outcome = "upstream_error".into();
+                p.rec.http_status = 502;
+                finish(&ctx.svc.pipeline, p);
+            }
+            return upstream_failed(&ctx, &e);
+        }
+    };
+
+    let (rparts, rbody) = resp.into_parts();
+    let status = rparts.status.as_u16();
+    for mut rec in no_reply {
+        rec.outcome = "notification".into();
+        rec.http_status = status;
+        rec.duration_ms = started.elapsed().as_millis() as u64;
+        ctx.svc.pipeline.exchange_complete(&rec);
+    }
+    let ct = header_str(&rparts.headers, "content-type")
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if legacy.is_some() {
+        let mut reg = ctx
+            .svc
+            .legacy
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for k in &legacy_keys {
+            if let Some(p) = reg.get_mut(k) {
+                p.rec.http_status = status;
+            }
+        }
+        drop(reg);
+        return client_response(
+            rparts,
+            rbody.map_err(|e| Box::new(e) as BoxError).boxed_unsync(),
+        );
+    }
+    for p in pending.values_mut() {
+        p.rec.http_status = status;
+    }
+    let observer: Box<dyn Observer> = if ct.starts_with("text/event-stream") {
+        for p in pending.values_mut() {
+            p.rec.transport = Transport::StreamableSse;
+        }
+        Box::new(SseObserver::new(
+            ctx.svc.clone(),
+            pending,
+            None,
+            &ctx.svc.cfg.limits,
+        ))
+    } else {
+        Box::new(JsonObserver {
+            pipeline: ctx.svc.pipeline.clone(),
+            pending,
+            scanner: mcp::EnvelopeScanner::new(),
+            bytes: 0,
+            status,
+        })
+    };
+    client_response(rparts, Observed::new(rbody, observer).boxed_unsync())
+}
+
+/// GET streams: the Streamable HTTP GET stream and the legacy `GET /sse` channel.
+async fn forward_stream(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<RespBody> {
+    let (parts, _body) = req.into_parts();
+    let up = match upstream_request(&ctx, &parts, Bytes::new()) {
+        Ok(r) => r,
+        Err(e) => {
+            return refuse(
+                &ctx,
+                StatusCode::BAD_REQUEST,
+                mcp::INVALID_REQUEST,
+                None,
+                &e.to_string(),
+                true,
+            );
+        }
+    };
+    let resp = match ctx.svc.client.request(up).await {
+        Ok(r) => r,
+        Err(e) => return upstream_failed(&ctx, &e),
+    };
+    let (rparts, rbody) = resp.into_parts();
+    let ct = header_str(&rparts.headers, "content-type")
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if !ct.starts_with("text/event-stream") {
+        return client_response(
+            rparts,
+            rbody.map_err(|e| Box::new(e) as BoxError).boxed_unsync(),
+        );
+    }
+    let observer = SseObserver::new(
+        ctx.svc.clone(),
+        HashMap::new(),
+        Some(LegacyLink::default()),
+        &ctx.svc.cfg.limits,
+    );
+    client_response(
+        rparts,
+        Observed::new(rbody, Box::new(observer)).boxed_unsync(),
+    )
+}
+
+async fn forward_plain(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<RespBody> {
+    let limits = ctx.svc.cfg.limits.clone();
+    let (parts, body) = req.into_parts();
+    let bytes = match Limited::new(body, limits.max_body_bytes).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return refuse(
+                &ctx,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                mcp::INVALID_REQUEST,
+                None,
+                &format!("request body: {e}"),
+                true,
+            );
+        }
+    };
+    forward_buffered(ctx, parts, bytes).await
+}
+
+async fn forward_buffered(
+    ctx: Arc<ConnCtx>,
+    parts: http::request::Parts,
+    bytes: Bytes,
+) -> Response<RespBody> {
+    let up = match upstream_request(&ctx, &parts, bytes) {
+        Ok(r) => r,
+        Err(e) => {
+            return refuse(
+                &ctx,
+                StatusCode::BAD_REQUEST,
+                mcp::INVALID_REQUEST,
+                None,
+                &e.to_string(),
+                true,
+            );
+        }
+    };
+    match ctx.svc.client.request(up).await {
+        Ok(r) => {
+            let (p, b) = r.into_parts();
+            client_response(p, b.map_err(|e| Box::new(e) as BoxError).boxed_unsync())
+        }
+        Err(e) => upstream_failed(&ctx, &e),
+    }
+}
+
+fn finish(pipeline: &Pipeline, mut p: Pending) {
+    p.rec.duration_ms = p.started.elapsed().as_millis() as u64;
+    if p.rec.outcome.is_empty() {
+        p.rec.outcome = "incomplete".into();
+    }
+    pipeline.exchange_complete(&p.rec);
+}
+
+// ------------------------------------------------------------------ response observers
+
+/// How a response body ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    Complete,
+    Error,
+    /// The caller went away before the body was finished.
+    Dropped,
+}
+
+trait Observer: Send {
+    fn data(&mut self, chunk: &Bytes);
+    fn end(&mut self, how: End);
+}
+
+/// A response body that lets an observer see every data frame it forwards.
+struct Observed {
+    inner: Incoming,
+    observer: Option<Box<dyn Observer>>,
+}
+
+impl Observed {
+    fn new(inner: Incoming, observer: Box<dyn Observer>) -> Self {
+        Observed {
+            inner,
+            observer: Some(observer),
+        }
+    }
+}
+
+impl http_body::Body for Observed {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(data), Some(o)) = (frame.data_ref(), this.observer.as_mut()) {
+                    o.data(data);
+                }
+                // hyper stops polling once the body says it has ended; finish here then.
+                if this.inner.is_end_stream()
+                    && let Some(mut o) = this.observer.take()
+                {
+                    o.end(End::Complete);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                if let Some(mut o) = this.observer.take() {
+                    o.end(End::Error);
+                }
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
+            Poll::Ready(None) => {
+                if let Some(mut o) = this.observer.take() {
+                    o.end(End::Complete);
+                }
+                Poll::Ready(None)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Observed {
+    fn drop(&mut self) {
+        if let Some(mut o) = self.observer.take() {
+            o.end(if self.inner.is_end_stream() {
+                End::Complete
+            } else {
+                End::Dropped
+            });
+        }
+    }
+}
+
+/// application/json responses: one envelope, scanned in bounded memory.
+struct JsonObserver {
+    pipeline: Pipeline,
+    pending: HashMap<String, Pending>,
+    scanner: mcp::EnvelopeScanner,
+    bytes: u64,
+    status: u16,
+}
+
+impl Observer for JsonObserver {
+    fn data(&mut self, chunk: &Bytes) {
+        self.bytes += chunk.len() as u64;
+        self.scanner.push(chunk);
+    }
+    fn end(&mut self, how: End) {
+        let summary = self.scanner.summary();
+        let single = self.pending.len() == 1;
+        for (id, mut p) in self.pending.drain() {
+            p.rec.response_bytes = if single { self.bytes } else { 0 };
+            p.rec.outcome = match how {
+                End::Complete => match summary.outcome_for(&id) {
+                    Some((true, code)) => {
+                        p.rec.error_code = code;
+                        "error".into()
+                    }
+                    Some((false, _)) => "result".into(),
+                    None if self.status >= 400 => "error".into(),
+                    None => "incomplete".into(),
+                },
+                End::Error => "upstream_error".into(),
+                End::Dropped => "client_gone".into(),
+            };
+            finish(&self.pipeline, p);
+        }
+    }
+}
+
+/// Links a legacy `GET /sse` stream to its session once the `endpoint` event names it.
+#[derive(Default)]
+struct LegacyLink {
+    session: Option<String>,
+}
+
+/// text/event-stream responses: events parsed as they pass, responses matched to requests.
+struct SseObserver {
+    svc: Arc<McpService>,
+    pending: HashMap<String, Pending>,
+    legacy: Option<LegacyLink>,
+    parser: mcp::SseParser,
+    broken: bool,
+    notifications: u32,
+}
+
+impl SseObserver {
+    fn new(
+        svc: Arc<McpService>,
+        pending: HashMap<String, Pending>,
+        legacy: Option<LegacyLink>,
+        limits: &crate::config::HttpLimits,
+    ) -> Self {
+        SseObserver {
+            svc,
+            pending,
+            legacy,
+            parser: mcp::SseParser::new(limits.max_sse_event_bytes),
+            broken: false,
+            notifications: 0,
+        }
+    }
+
+    fn on_event(&mut self, ev: mcp::SseEvent) {
+        if ev.event.as_deref() == Some("endpoint") {
+            if let Some(link) = self.legacy.as_mut()
+                && let Some(ep) = mcp::LegacyEndpoint::parse(&ev.data)
+            {
+                link.session = ep.session_id;
+            }
+            return;
+        }
+        let Ok(value) = serde_json::from_str::<serde_json::Value>(&ev.data) else {
+            debug!(service = %self.svc.cfg.name, "SSE event without JSON data");
+            return;
+        };
+        let items: Vec<serde_json::Value> = match value {
+            serde_json::Value::Array(a) => a,
+            v => vec![v],
+        };
+        for v in items {
+            let Ok(msg) = mcp::parse_message(&v) else {
+                continue;
+            };
+            match (&msg.kind, &msg.id) {
+                (mcp::Kind::Response | mcp::Kind::ErrorResponse, Some(id)) => {
+                    let key = id.to_string();
+                    let found = self.pending.remove(&key).or_else(|| {
+                        let session = self.legacy.as_ref()?.session.clone()?;
+                        self.svc
+                            .legacy
+                            .pending
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .remove(&(session, key.clone()))
+                    });
+                    if let Some(mut p) = found {
+                        if p.rec.http_status == 0 {
+                            // Answered on the SSE channel before the POST's own status arrived.
+                            p.rec.http_status = 202;
+                        }
+                        p.rec.response_bytes = ev.data.len() as u64;
+                        p.rec.notifications += self.notifications;
+                        if msg.kind == mcp::Kind::ErrorResponse {
+                            p.rec.outcome = "error".into();
+                            p.rec.error_code = msg.error_code;
+                        } else {
+                            p.rec.outcome = "result".into();
+                        }
+                        self.svc.pipeline.response_event(&p.rec, &msg);
+                        finish(&self.svc.pipeline, p);
+                    }
+                }
+                _ => {
+                    self.notifications += 1;
+                }
+            }
+        }
+    }
+}
+
+impl Observer for SseObserver {
+    fn data(&mut self, chunk: &Bytes) {
+        if self.broken {
+            return;
+        }
+        match self.parser.push(chunk) {
+            Ok(events) => {
+                for ev in events {
+                    self.on_event(ev);
+                }
+            }
+            Err(e) => {
+                warn!(service = %self.svc.cfg.name, error = %e, "SSE stream could not be parsed; passing it through unobserved");
+                self.broken = true;
+            }
+        }
+    }
+    fn end(&mut self, how: End) {
+        for (_, mut p) in self.pending.drain() {
+            p.rec.outcome = match how {
+                End::Dropped => "client_gone".into(),
+                End::Error => "upstream_error".into(),
+                End::Complete => "incomplete".into(),
+            };
+            finish(&self.svc.pipeline, p);
+        }
+        if let Some(session) = self.legacy.as_ref().and_then(|l| l.session.clone()) {
+            let mut reg = self
+                .svc
+                .legacy
+                .pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let keys: Vec<_> = reg.keys().filter(|(s, _)| *s == session).cloned().collect();
+            let mut left = Vec::new();
+            for k in keys {
+                if let Some(p) = reg.remove(&k) {
+                    left.push(p);
+                }
+            }
+            drop(reg);
+            for mut p in left {
+                p.rec.outcome = "incomplete".into();
+                finish(&self.svc.pipeline, p);
+            }
+        }
+    }
+}

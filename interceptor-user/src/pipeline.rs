@@ -1,0 +1,221 @@
+//! The exchange pipeline: the explicit phases every MCP exchange goes through, and the record
+//! each completed exchange produces.
+//!
+//! In the style of pingora's phase hooks, later capabilities register a [`Phase`] instead of
+//! editing the data path: identity and policy decide in `request_parsed`, approval holds there,
+//! redaction rewrites in `response_event`, audit writes in `exchange_complete`. Phases run in
+//! registration order; the first denial wins and names the phase and rule that denied.
+use std::{sync::Arc, time::SystemTime};
+
+use serde::Serialize;
+use tracing::info;
+
+use crate::net::ConnInfo;
+
+/// How an MCP message travelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Transport {
+    /// Streamable HTTP, response as one JSON body.
+    StreamableJson,
+    /// Streamable HTTP, response on the request's SSE stream.
+    StreamableSse,
+    /// Streamable HTTP GET stream (server-initiated messages).
+    StreamableGet,
+    /// The 2024-11-05 HTTP+SSE transport (responses on the GET /sse channel).
+    LegacySse,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::StreamableJson => "streamable_json",
+            Transport::StreamableSse => "streamable_sse",
+            Transport::StreamableGet => "streamable_get",
+            Transport::LegacySse => "legacy_sse",
+        }
+    }
+}
+
+/// What a phase decided about a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Continue,
+    Deny {
+        /// HTTP status for the whole request (e.g. 401, 403).
+        http_status: u16,
+        /// JSON-RPC error code for each denied message.
+        code: i64,
+        reason: String,
+        /// The rule that decided ("phase/rule").
+        rule: String,
+    },
+}
+
+/// A parsed request as phases see it.
+#[derive(Debug)]
+pub struct RequestView<'a> {
+    pub conn: &'a ConnInfo,
+    pub http_method: &'a http::Method,
+    pub path: &'a str,
+    pub headers: &'a http::HeaderMap,
+    pub transport: Transport,
+    pub revision: Option<&'a str>,
+    pub session: Option<&'a str>,
+    pub messages: &'a [crate::mcp::Message],
+}
+
+/// One MCP exchange: a request and what became of it. Identity, redaction, approval and
+/// audit extend this record.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExchangeRecord {
+    pub service: String,
+    pub conn_id: u64,
+    pub caller_kind: &'static str,
+    pub peer: String,
+    pub tgid: Option<u32>,
+    pub uid: Option<u32>,
+    pub comm: Option<String>,
+    pub cgroup: Option<String>,
+    pub transport: Transport,
+    pub http_version: String,
+    pub revision: Option<String>,
+    pub session: Option<String>,
+    pub jsonrpc_id: Option<String>,
+    pub method: Option<String>,
+    pub target: Option<String>,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+    pub http_status: u16,
+    /// result, error, accepted, denied, upstream_error, incomplete, notification
+    pub outcome: String,
+    pub error_code: Option<i64>,
+    pub notifications: u32,
+    pub rule: Option<String>,
+    #[serde(with = "unix_ms")]
+    pub started: SystemTime,
+    pub duration_ms: u64,
+}
+
+mod unix_ms {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    pub fn serialize<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        let ms = t
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
+        s.serialize_u64(ms as u64)
+    }
+}
+
+/// A hook into the exchange pipeline. Every method has a neutral default.
+pub trait Phase: Send + Sync {
+    fn name(&self) -> &'static str;
+    /// A connection was accepted and attributed.
+    fn connection_accepted(&self, _conn: &ConnInfo) -> Decision {
+        Decision::Continue
+    }
+    /// A request's JSON-RPC body was parsed and validated.
+    fn request_parsed(&self, _req: &RequestView<'_>) -> Decision {
+        Decision::Continue
+    }
+    /// The request is about to go upstream (headers may be changed).
+    fn upstream_request(&self, _req: &RequestView<'_>, _headers: &mut http::HeaderMap) {}
+    /// A message arrived from the server for an exchange (response or notification).
+    fn response_event(&self, _rec: &ExchangeRecord, _msg: &crate::mcp::Message) {}
+    /// The exchange is over; the record is final.
+    fn exchange_complete(&self, _rec: &ExchangeRecord) {}
+}
+
+#[derive(Clone, Default)]
+pub struct Pipeline {
+    phases: Vec<Arc<dyn Phase>>,
+}
+
+impl Pipeline {
+    pub fn new() -> Self {
+        Pipeline::default()
+    }
+    pub fn with(mut self, phase: Arc<dyn Phase>) -> Self {
+        self.phases.push(phase);
+        self
+    }
+    pub fn connection_accepted(&self, conn: &ConnInfo) -> Decision {
+        self.first_denial(|p| p.connection_accepted(conn))
+    }
+    pub fn request_parsed(&self, req: &RequestView<'_>) -> Decision {
+        self.first_denial(|p| p.request_parsed(req))
+    }
+    pub fn upstream_request(&self, req: &RequestView<'_>, headers: &mut http::HeaderMap) {
+        for p in &self.phases {
+            p.upstream_request(req, headers);
+        }
+    }
+    pub fn response_event(&self, rec: &ExchangeRecord, msg: &crate::mcp::Message) {
+        for p in &self.phases {
+            p.response_event(rec, msg);
+        }
+    }
+    pub fn exchange_complete(&self, rec: &ExchangeRecord) {
+        for p in &self.phases {
+            p.exchange_complete(rec);
+        }
+    }
+    fn first_denial(&self, f: impl Fn(&dyn Phase) -> Decision) -> Decision {
+        for p in &self.phases {
+            if let Decision::Deny {
+                http_status,
+                code,
+                reason,
+                rule,
+            } = f(p.as_ref())
+            {
+                return Decision::Deny {
+                    http_status,
+                    code,
+                    reason,
+                    rule: format!("{}/{rule}", p.name()),
+                };
+            }
+        }
+        Decision::Continue
+    }
+}
+
+/// Writes one structured log line per completed exchange.
+pub struct ExchangeLog;
+
+impl Phase for ExchangeLog {
+    fn name(&self) -> &'static str {
+        "log"
+    }
+    fn exchange_complete(&self, r: &ExchangeRecord) {
+        info!(
+            event = "exchange",
+            service = %r.service,
+            conn_id = r.conn_id,
+            caller_kind = r.caller_kind,
+            peer = %r.peer,
+            tgid = r.tgid,
+            uid = r.uid,
+            comm = r.comm.as_deref(),
+            cgroup = r.cgroup.as_deref(),
+            transport = r.transport.as_str(),
+            http_version = %r.http_version,
+            revision = r.revision.as_deref(),
+            session = r.session.as_deref(),
+            jsonrpc_id = r.jsonrpc_id.as_deref(),
+            method = r.method.as_deref(),
+            mcp_name = r.target.as_deref(),
+            request_bytes = r.request_bytes,
+            response_bytes = r.response_bytes,
+            http_status = r.http_status,
+            outcome = %r.outcome,
+            error_code = r.error_code,
+            notifications = r.notifications,
+            rule = r.rule.as_deref(),
+            duration_ms = r.duration_ms,
+            "exchange complete"
+        );
+    }
+}

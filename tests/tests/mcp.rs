@@ -1,0 +1,557 @@
+//! The MCP-aware data path with real MCP software: the official Python (2.x and 1.x) and
+//! TypeScript SDKs as servers and clients, through the interceptor, on a namespaced fake node.
+//! Every transport (Streamable HTTP with JSON and SSE responses, the 2026-07-28 stateless
+//! revision, the legacy HTTP+SSE transport), TLS termination and re-encryption, HTTP/2,
+//! progress streaming, a 25 MB result, hostile input, upstream credentials, batches.
+use std::time::Duration;
+
+use interceptor_tests::*;
+use serde_json::Value;
+
+macro_rules! node {
+    ($name:expr) => {
+        match Node::new($name) {
+            Some(n) => n,
+            None => return,
+        }
+    };
+}
+
+/// The exchange records the agent logged, waited for until `n` are there.
+fn exchanges(agent: &Agent, n: usize) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let ex = agent.events("exchange");
+        if ex.len() >= n || std::time::Instant::now() > deadline {
+            return ex;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn by_method<'a>(ex: &'a [Value], method: &str) -> Vec<&'a Value> {
+    ex.iter().filter(|e| e["method"] == method).collect()
+}
+
+/// The basic scenario's answers must be the catalogue's, whatever the SDK.
+fn check_basic(out: &Value) {
+    let tools: Vec<&str> = out["tools"]
+        .as_array()
+        .expect("tools")
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    for t in [
+        "echo",
+        "add",
+        "slow_progress",
+        "big_result",
+        "customer_lookup",
+    ] {
+        assert!(tools.contains(&t), "tool {t} missing: {tools:?}");
+    }
+    let s = out.to_string();
+    assert!(
+        s.contains("jane.doe@example.com"),
+        "resource/prompt content: {s}"
+    );
+}
+
+#[test]
+fn python2_client_and_server_speak_2026_07_28_through_the_interceptor() {
+    let node = node!("mcp_py2_2026");
+    let port = node.port(0);
+    let server = node.mcp_server(Sdk::Py2, port, &[]);
+    let cfg = node.agent_config().mcp_service("crm", port, "");
+    let agent = node.start_agent(&cfg);
+    let url = format!("http://{SERVER_IP}:{port}/mcp");
+    let c = node.mcp_client(&node.client, Sdk::Py2, &url, &["--scenario", "basic"]);
+    let out = c.assert_ok();
+    assert_eq!(out["protocol_version"], "2026-07-28", "{out}");
+    check_basic(out);
+
+    let ex = exchanges(&agent, 8);
+    for e in &ex {
+        assert_eq!(e["service"], "crm", "{e}");
+        assert_eq!(e["caller_kind"], "remote", "{e}");
+    }
+    let calls = by_method(&ex, "tools/call");
+    assert!(calls.len() >= 2, "{ex:#?}");
+    let echo = calls
+        .iter()
+        .find(|e| e["mcp_name"] == "echo")
+        .expect("tools/call echo recorded with its tool name");
+    assert_eq!(echo["outcome"], "result", "{echo}");
+    assert_eq!(echo["revision"], "2026-07-28", "{echo}");
+    assert!(echo["jsonrpc_id"].is_string(), "{echo}");
+    assert!(echo["request_bytes"].as_u64().unwrap_or(0) > 0, "{echo}");
+    assert!(echo["response_bytes"].as_u64().unwrap_or(0) > 0, "{echo}");
+    for m in [
+        "tools/list",
+        "resources/read",
+        "prompts/get",
+        "prompts/list",
+    ] {
+        let e = by_method(&ex, m);
+        assert!(!e.is_empty(), "no exchange for {m}: {ex:#?}");
+        assert!(e.iter().all(|e| e["outcome"] == "result"), "{m}: {e:#?}");
+    }
+    let read = by_method(&ex, "resources/read");
+    assert!(
+        read.iter()
+            .any(|e| e["mcp_name"].as_str().unwrap_or("").contains("://")),
+        "resources/read names its URI: {read:#?}"
+    );
+    drop(server);
+}
+
+#[test]
+fn python1_legacy_sse_transport_is_correlated_on_the_sse_channel() {
+    let node = node!("mcp_py1_legacy_sse");
+    let port = node.port(0);
+    let server = node.mcp_server(Sdk::Py1, port, &["--transport", "sse"]);
+    let cfg = node.agent_config().mcp_service("crm", port, "");
+    let agent = node.start_agent(&cfg);
+    let url = format!("http://{SERVER_IP}:{port}/sse");
+    let c = node.mcp_client(
+        &node.client,
+        Sdk::Py1,
+        &url,
+        &["--transport", "sse", "--scenario", "basic"],
+    );
+    check_basic(c.assert_ok());
+    let ex = exchanges(&agent, 6);
+    let calls = by_method(&ex, "tools/call");
+    assert!(!calls.is_empty(), "{ex:#?}");
+    for e in &calls {
+        assert_eq!(e["transport"], "legacy_sse", "{e}");
+        assert_eq!(
+            e["outcome"], "result",
+            "response found on the SSE channel: {e}"
+        );
+        assert!(e["session"].is_string(), "{e}");
+        assert!(e["response_bytes"].as_u64().unwrap_or(0) > 0, "{e}");
+    }
+    let init = by_method(&ex, "initialize");
+    assert_eq!(init.len(), 1, "{ex:#?}");
+    assert_eq!(init[0]["outcome"], "result", "{}", init[0]);
+    drop(server);
+}
+
+#[test]
+fn typescript_client_and_server_through_the_interceptor() {
+    let node = node!("mcp_node_streamable");
+    let port = node.port(0);
+    let server = node.mcp_server(Sdk::Node, port, &[]);
+    let cfg = node.agent_config().mcp_service("crm", port, "");
+    let agent = node.start_agent(&cfg);
+    let url = format!("http://{SERVER_IP}:{port}/mcp");
+    let c = node.mcp_client(&node.client, Sdk::Node, &url, &["--scenario", "basic"]);
+    check_basic(c.assert_ok());
+    let ex = exchanges(&agent, 6);
+    let init = by_method(&ex, "initialize");
+    assert_eq!(init.len(), 1, "{ex:#?}");
+    let calls = by_method(&ex, "tools/call");
+    assert!(!calls.is_empty(), "{ex:#?}");
+    for e in &calls {
+        assert_eq!(e["outcome"], "result", "{e}");
+        assert!(e["session"].is_string(), "Mcp-Session-Id recorded: {e}");
+    }
+    // The client's initialized notification is an exchange without a response.
+    assert!(
+        by_method(&ex, "notifications/initialized")
+            .iter()
+            .all(|e| e["outcome"] == "notification"),
+        "{ex:#?}"
+    );
+    drop(server);
+}
+
+#[test]
+fn tls_is_terminated_and_http2_is_served() {
+    let node = node!("mcp_tls_h2");
+    let port = node.port(0);
+    let (ca, cert, key) = make_tls(&node.dir, "front", &["crm.test"], &[SERVER_IP]);
+    let server = node.mcp_server(Sdk::Py2, port, &[]);
+    let extra = format!(
+        "[services.tls]\ncerts = [{{ cert = {:?}, key = {:?} }}]\n",
+        cert.display().to_string(),
+        key.display().to_string()
+    );
+    let cfg = node.agent_config().mcp_service("crm", port, &extra);
+    let agent = node.start_agent(&cfg);
+    let url = format!("https://{SERVER_IP}:{port}/mcp");
+    let ca_s = ca.display().to_string();
+    for h2 in [false, true] {
+        let mut args = vec!["--scenario", "basic", "--cacert", ca_s.as_str()];
+        if h2 {
+            args.push("--http2");
+        }
+        let c = node.mcp_client(&node.client, Sdk::Py2, &url, &args);
+        check_basic(c.assert_ok());
+    }
+    let ex = exchanges(&agent, 16);
+    let versions: std::collections::BTreeSet<String> = ex
+        .iter()
+        .filter_map(|e| e["http_version"].as_str().map(str::to_string))
+        .collect();
+    assert!(versions.contains("HTTP/1.1"), "{versions:?}");
+    assert!(versions.contains("HTTP/2.0"), "{versions:?}");
+
+    // Plaintext on the TLS port: a clean close and a log line, nothing forwarded.
+    let (reply, closed) = node.raw(
+        &node.client,
+        &addr(SERVER_IP, port),
+        "GET / HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n",
+    );
+    assert!(closed, "connection closed");
+    assert!(!reply.contains("200"), "{reply}");
+    agent.wait_event("tls_error", |_| true);
+    drop(server);
+}
+
+#[test]
+fn upstream_tls_is_verified_against_the_configured_ca() {
+    let node = node!("mcp_upstream_tls");
+    let port = node.port(0);
+    let (ca, cert, key) = make_tls(
+        &node.dir,
+        "back",
+        &["backend.test"],
+        &[SERVER_IP, "127.0.0.1"],
+    );
+    let (c_s, k_s) = (cert.display().to_string(), key.display().to_string());
+    let server = node.mcp_server(Sdk::Py2, port, &["--certfile", &c_s, "--keyfile", &k_s]);
+    let extra = format!(
+        "[services.upstream.tls]\nca = {:?}\n",
+        ca.display().to_string()
+    );
+    let cfg = node.agent_config().mcp_service("crm", port, &extra);
+    let agent = node.start_agent(&cfg);
+    // The caller speaks plain HTTP to the agent; the agent re-encrypts toward the server.
+    let url = format!("http://{SERVER_IP}:{port}/mcp");
+    let c = node.mcp_client(&node.client, Sdk::Py2, &url, &["--scenario", "basic"]);
+    check_basic(c.assert_ok());
+    assert!(!exchanges(&agent, 4).is_empty());
+
+    // A server certificate from another CA is refused (the client sees a gateway error).
+    let (other_ca, _, _) = make_tls(&node.dir, "other", &["backend.test"], &[SERVER_IP]);
+    let mut cfg2 = node.agent_config().mcp_service(
+        "crm",
+        port,
+        &format!(
+            "[services.upstream.tls]\nca = {:?}\n",
+            other_ca.display().to_string()
+        ),
+    );
+    cfg2.instance = format!("{}b", cfg2.instance);
+    cfg2.path = node.dir.join("agent2.toml");
+    drop(agent);
+    let agent2 = node.start_agent(&cfg2);
+    let c = node.mcp_client(&node.client, Sdk::Py2, &url, &["--scenario", "basic"]);
+    assert_ne!(
+        c.exit_code,
+        Some(0),
+        "must fail against an untrusted server certificate"
+    );
+    agent2.wait_event("upstream_error", |_| true);
+    drop(server);
+}
+
+#[test]
+fn progress_notifications_arrive_spread_in_time() {
+    let node = node!("mcp_progress");
+    let port = node.port(0);
+    let server = node.mcp_server(Sdk::Py2, port, &[]);
+    let cfg = node.agent_config().mcp_service("crm", port, "");
+    let agent = node.start_agent(&cfg);
+    let url = format!("http://{SERVER_IP}:{port}/mcp");
+    let c = node.mcp_client(
+        &node.client,
+        Sdk::Py2,
+        &url,
+        &[
+            "--scenario",
+            "progress",
+            "--steps",
+            "5",
+            "--delay-ms",
+            "400",
+        ],
+    );
+    let out = c.assert_ok();
+    let times: Vec<f64> = out["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["type"] == "progress")
+        .filter_map(|e| e["t"].as_f64())
+        .collect();
+    assert_eq!(times.len(), 5, "{out}");
+    for w in times.windows(2) {
+        let gap = w[1] - w[0];
+        assert!(
+            gap > 0.25,
+            "progress notifications must arrive as the server sends them (gap {gap:.3}s): {times:?}"
+        );
+    }
+    let ex = exchanges(&agent, 3);
+    let call = by_method(&ex, "tools/call");
+    assert_eq!(call.len(), 1, "{ex:#?}");
+    assert_eq!(call[0]["transport"], "streamable_sse", "{}", call[0]);
+    assert_eq!(call[0]["outcome"], "result", "{}", call[0]);
+    assert!(
+        call[0]["notifications"].as_u64().unwrap_or(0) >= 5,
+        "{}",
+        call[0]
+    );
+    drop(server);
+}
+
+fn vm_rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_25_mb_result_passes_intact_with_bounded_agent_memory() {
+    let node = node!("mcp_big_result");
+    let port = node.port(0);
+    let direct_port = node.port(1);
+    let server = node.mcp_server(Sdk::Py2, port, &[]);
+    let direct = node.mcp_server(Sdk::Py2, direct_port, &[]);
+    let cfg = node.agent_config().mcp_service("crm", port, "");
+    let agent = node.start_agent(&cfg);
+    let args = ["--scenario", "big", "--mb", "25"];
+    let want = node.mcp_client(
+        &node.client,
+        Sdk::Py2,
+        &format!("http://{SERVER_IP}:{direct_port}/mcp"),
+        &args,
+    );
+    let want = want.assert_ok()["big"].clone();
+    let before = vm_rss_kb(agent.pid());
+    let got = node.mcp_client(
+        &node.client,
+        Sdk::Py2,
+        &format!("http://{SERVER_IP}:{port}/mcp"),
+        &args,
+    );
+    let got = got.assert_ok()["big"].clone();
+    assert_eq!(got["bytes"], 25u64 * 1024 * 1024, "{got}");
+    assert_eq!(
+        got["sha256"], want["sha256"],
+        "result must pass byte for byte"
+    );
+    let after = vm_rss_kb(agent.pid());
+    assert!(
+        after < before + 20 * 1024,
+        "agent memory grew from {before} kB to {after} kB for a 25 MB result (not streamed?)"
+    );
+    let ex = exchanges(&agent, 3);
+    let call = by_method(&ex, "tools/call");
+    assert!(
+        call[0]["response_bytes"].as_u64().unwrap_or(0) > 25 * 1024 * 1024,
+        "{}",
+        call[0]
+    );
+    assert_eq!(call[0]["outcome"], "result", "{}", call[0]);
+    drop((server, direct));
+}
+
+const GOOD: &str = r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hi"}}}"#;
+
+fn post(body: &str, extra_headers: &str) -> String {
+    format!(
+        "POST /mcp HTTP/1.1\\r\\nHost: crm\\r\\nContent-Type: application/json\\r\\nAccept: application/json, text/event-stream\\r\\n{extra_headers}Content-Length: {}\\r\\n\\r\\n{body}",
+        body.len()
+    )
+}
+
+#[test]
+fn hostile_input_gets_clear_errors_while_others_are_served() {
+    let node = node!("mcp_hostile");
+    let port = node.port(0);
+    let server = node.server(&node.server, &[&format!("0.0.0.0:{port}")], "mcp-echo");
+    let cfg = node.agent_config().mcp_service(
+        "crm",
+        port,
+        "[services.limits]\nmax_body_bytes = 65536\nmax_json_depth = 32\nmax_header_bytes = 8192\n",
+    );
+    let agent = node.start_agent(&cfg);
+    let dst = addr(SERVER_IP, port);
+    let deep = format!("{}{}", "[".repeat(1000), "]".repeat(1000));
+    let big = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"x","params":{{"p":"{}"}}}}"#,
+        "a".repeat(70_000)
+    );
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "conflicting Content-Length and Transfer-Encoding",
+            "POST /mcp HTTP/1.1\\r\\nHost: crm\\r\\nContent-Type: application/json\\r\\nContent-Length: 5\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n0\\r\\n\\r\\n".to_string(),
+            "400",
+        ),
+        (
+            "obs-fold header",
+            "POST /mcp HTTP/1.1\\r\\nHost: crm\\r\\nX-Fold: a\\r\\n  b\\r\\nContent-Length: 2\\r\\n\\r\\n{}".to_string(),
+            "400",
+        ),
+        (
+            "invalid chunking",
+            "POST /mcp HTTP/1.1\\r\\nHost: crm\\r\\nContent-Type: application/json\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\nzz\\r\\nabc\\r\\n0\\r\\n\\r\\n".to_string(),
+            "400",
+        ),
+        ("body over the limit", post(&big, ""), "413"),
+        ("JSON nested too deep", post(&deep, ""), "400"),
+        ("not JSON", post("hello", ""), "400"),
+        (
+            "JSON-RPC without method",
+            post(r#"{"jsonrpc":"2.0","id":1}"#, ""),
+            "400",
+        ),
+        (
+            "Mcp-Method header disagrees with the body",
+            post(GOOD, "MCP-Protocol-Version: 2026-07-28\\r\\nMcp-Method: tools/list\\r\\n"),
+            "400",
+        ),
+        (
+            "Mcp-Name header disagrees with the body",
+            post(GOOD, "MCP-Protocol-Version: 2026-07-28\\r\\nMcp-Method: tools/call\\r\\nMcp-Name: delete_all\\r\\n"),
+            "400",
+        ),
+        (
+            "headers too large",
+            format!("GET /mcp HTTP/1.1\\r\\nHost: crm\\r\\nX-Big: {}\\r\\n\\r\\n", "a".repeat(20_000)),
+            "431",
+        ),
+        ("not MCP", "GET /index.html HTTP/1.1\\r\\nHost: crm\\r\\n\\r\\n".to_string(), "404"),
+    ];
+    std::thread::scope(|s| {
+        // A well-behaved client keeps being served during the attack.
+        let good = s.spawn(|| {
+            let mut ok = 0;
+            for _ in 0..20 {
+                let (reply, _) = node.raw(&node.client, &dst, &post(GOOD, ""));
+                if reply.starts_with("HTTP/1.1 200") && reply.contains("\"echo\"") {
+                    ok += 1;
+                }
+            }
+            ok
+        });
+        for (what, req, status) in &cases {
+            let (reply, _) = node.raw(&node.client, &dst, req);
+            assert!(
+                reply.starts_with(&format!("HTTP/1.1 {status}")),
+                "{what}: expected {status}, got {reply:?}"
+            );
+        }
+        assert_eq!(
+            good.join().expect("good client"),
+            20,
+            "every good request served"
+        );
+    });
+    // Nothing hostile reached the server: it saw only the good requests.
+    settle();
+    let seen = server.proc.stdout.events("mcp_request");
+    assert_eq!(
+        seen.len(),
+        20,
+        "server saw only the 20 good requests: {seen:#?}"
+    );
+    assert!(!agent.events("request_refused").is_empty());
+    // Malformed requests beyond the per-connection limit close the connection.
+    let (reply, closed) = node.raw_repeat(&node.client, &dst, &post("x", ""), 10);
+    assert!(
+        closed,
+        "connection closed after too many malformed requests: {reply}"
+    );
+}
+
+#[test]
+fn upstream_credential_replaces_the_callers_token() {
+    let node = node!("mcp_upstream_credential");
+    let port = node.port(0);
+    let server = node.server(&node.server, &[&format!("0.0.0.0:{port}")], "mcp-echo");
+    let secret = node.dir.join("api-key");
+    std::fs::write(&secret, "s3cret-upstream-key\n").expect("secret");
+    let loose = node.dir.join("loose-key");
+    std::fs::write(&loose, "x").expect("loose");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    }
+    // A world-readable secret is refused at start, naming the key.
+    let bad = node.agent_config().mcp_service(
+        "crm",
+        port,
+        &format!(
+            "[services.upstream]\nauth_header = \"X-Api-Key\"\nauth_value_file = {:?}\n",
+            loose.display().to_string()
+        ),
+    );
+    let mut bad_agent = node.spawn_agent(&bad);
+    let st = bad_agent.proc.wait_exit(WAIT).expect("agent exits");
+    assert!(!st.success());
+    assert!(
+        bad_agent
+            .proc
+            .stderr
+            .all()
+            .join("\n")
+            .contains("services[0].upstream.auth_value_file"),
+        "{}",
+        bad_agent.proc.dump()
+    );
+
+    let cfg = node.agent_config().mcp_service(
+        "crm",
+        port,
+        &format!(
+            "[services.upstream]\nauth_header = \"X-Api-Key\"\nauth_value_file = {:?}\n",
+            secret.display().to_string()
+        ),
+    );
+    let _agent = node.start_agent(&cfg);
+    let (reply, _) = node.raw(
+        &node.client,
+        &addr(SERVER_IP, port),
+        &post(GOOD, "Authorization: Bearer caller-token\\r\\n"),
+    );
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    let seen = server.proc.stdout.events("mcp_request");
+    assert_eq!(seen.len(), 1);
+    let h = &seen[0]["headers"];
+    assert_eq!(h["x-api-key"], "s3cret-upstream-key", "{h}");
+    assert!(
+        h.get("authorization").is_none(),
+        "caller token must not reach the server: {h}"
+    );
+}
+
+#[test]
+fn batches_and_notifications_are_separate_exchanges() {
+    let node = node!("mcp_batch");
+    let port = node.port(0);
+    let _server = node.server(&node.server, &[&format!("0.0.0.0:{port}")], "mcp-echo");
+    let cfg = node.agent_config().mcp_service("crm", port, "");
+    let agent = node.start_agent(&cfg);
+    let batch = r#"[{"jsonrpc":"2.0","id":1,"method":"tools/list"},{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":1,"progress":1}},{"jsonrpc":"2.0","id":"b","method":"tools/call","params":{"name":"echo","arguments":{}}}]"#;
+    let (reply, _) = node.raw(&node.client, &addr(SERVER_IP, port), &post(batch, ""));
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    let ex = exchanges(&agent, 3);
+    assert_eq!(ex.len(), 3, "{ex:#?}");
+    let list = by_method(&ex, "tools/list");
+    assert_eq!(list[0]["jsonrpc_id"], "1");
+    assert_eq!(list[0]["outcome"], "result");
+    let call = by_method(&ex, "tools/call");
+    assert_eq!(call[0]["jsonrpc_id"], "\"b\"");
+    assert_eq!(call[0]["outcome"], "result");
+    let n = by_method(&ex, "notifications/progress");
+    assert_eq!(n[0]["outcome"], "notification");
+}
