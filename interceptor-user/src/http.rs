@@ -14,7 +14,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU32, Ordering},
+        atomic::{AtomicU32, AtomicU64, Ordering},
     },
     task::{Context, Poll},
     time::{Instant, SystemTime},
@@ -294,7 +294,66 @@ struct ConnCtx {
     close: Notify,
 }
 
-/// Serves one accepted connection of an MCP service until it closes.
+/// A stream that counts the bytes read from and written to it.
+pub struct Counted<T> {
+    inner: T,
+    read: Arc<AtomicU64>,
+    written: Arc<AtomicU64>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+        this.read
+            .fetch_add((buf.filled().len() - before) as u64, Ordering::Relaxed);
+        r
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &r {
+            this.written.fetch_add(*n as u64, Ordering::Relaxed);
+        }
+        r
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = &r {
+            this.written.fetch_add(*n as u64, Ordering::Relaxed);
+        }
+        r
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// Serves one accepted connection of an MCP service until it closes. Returns the bytes the
+/// caller sent and received on the wire, and why the connection ended.
 pub async fn serve(
     svc: Arc<McpService>,
     info: ConnInfo,
@@ -307,33 +366,57 @@ pub async fn serve(
         malformed: AtomicU32::new(0),
         close: Notify::new(),
     });
-    match &svc.tls {
-        Some(tls) => match tls.accept_tcp(tcp).await {
-            Ok((stream, hs)) => {
-                debug!(conn_id = ctx.info.id, sni = ?hs.server_name, alpn = ?hs.alpn, version = %hs.version, "TLS established");
-                serve_io(ctx, TokioIo::new(stream), &mut hard_stop).await
+    let (read, written) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let reason = match &svc.tls {
+        Some(tls) => {
+            if let Err(e) = tls.sniff(&tcp).await {
+                log_tls_error(&ctx, &e);
+                return (0, 0, format!("tls: {e}"));
             }
-            Err(e) => {
-                warn!(
-                    event = "tls_error",
-                    conn_id = ctx.info.id,
-                    service = %svc.cfg.name,
-                    peer = %ctx.info.caller.peer(),
-                    error = %e,
-                    "TLS handshake failed; connection closed"
-                );
-                (0, 0, format!("tls: {e}"))
+            let counted = Counted {
+                inner: tcp,
+                read: read.clone(),
+                written: written.clone(),
+            };
+            match tls.accept(counted).await {
+                Ok((stream, hs)) => {
+                    debug!(conn_id = ctx.info.id, sni = ?hs.server_name, alpn = ?hs.alpn, version = %hs.version, "TLS established");
+                    serve_io(ctx, TokioIo::new(stream), &mut hard_stop).await
+                }
+                Err(e) => {
+                    log_tls_error(&ctx, &e);
+                    format!("tls: {e}")
+                }
             }
-        },
-        None => serve_io(ctx, TokioIo::new(tcp), &mut hard_stop).await,
-    }
+        }
+        None => {
+            let counted = Counted {
+                inner: tcp,
+                read: read.clone(),
+                written: written.clone(),
+            };
+            serve_io(ctx, TokioIo::new(counted), &mut hard_stop).await
+        }
+    };
+    (
+        read.load(Ordering::Relaxed),
+        written.load(Ordering::Relaxed),
+        reason,
+    )
 }
 
-async fn serve_io<I>(
-    ctx: Arc<ConnCtx>,
-    io: I,
-    hard_stop: &mut watch::Receiver<bool>,
-) -> (u64, u64, String)
+fn log_tls_error(ctx: &ConnCtx, e: &crate::tls::TlsAcceptError) {
+    warn!(
+        event = "tls_error",
+        conn_id = ctx.info.id,
+        service = %ctx.svc.cfg.name,
+        peer = %ctx.info.caller.peer(),
+        error = %e,
+        "TLS handshake failed; connection closed"
+    );
+}
+
+async fn serve_io<I>(ctx: Arc<ConnCtx>, io: I, hard_stop: &mut watch::Receiver<bool>) -> String
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
@@ -364,7 +447,7 @@ where
         }
         _ = wait_true(hard_stop) => "agent shutdown: grace period over".to_string(),
     };
-    (0, 0, reason)
+    reason
 }
 
 async fn wait_true(rx: &mut watch::Receiver<bool>) {

@@ -96,6 +96,12 @@ fn python2_client_and_server_speak_2026_07_28_through_the_interceptor() {
         assert!(!e.is_empty(), "no exchange for {m}: {ex:#?}");
         assert!(e.iter().all(|e| e["outcome"] == "result"), "{m}: {e:#?}");
     }
+    let closes = agent.events("conn_close");
+    assert!(!closes.is_empty());
+    for c in &closes {
+        assert!(c["bytes_to_server"].as_u64().unwrap_or(0) > 0, "{c}");
+        assert!(c["bytes_to_client"].as_u64().unwrap_or(0) > 0, "{c}");
+    }
     let read = by_method(&ex, "resources/read");
     assert!(
         read.iter()
