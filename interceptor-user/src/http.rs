@@ -241,7 +241,14 @@ impl McpService {
             None => None,
         };
         let up_tls = match &cfg.upstream.tls {
-            Some(t) => Some(Arc::new(UpstreamTls::new(&cfg.name, t)?)),
+            Some(t) => {
+                // HTTP/2 toward a TLS server is negotiated with ALPN: offer h2 (only).
+                let mut t = t.clone();
+                if cfg.upstream.http2 {
+                    t.alpn = vec!["h2".into()];
+                }
+                Some(Arc::new(UpstreamTls::new(&cfg.name, &t)?))
+            }
             None => None,
         };
         let upstream_scheme = if up_tls.is_some() { "https" } else { "http" };
@@ -1073,14 +1080,25 @@ trait Observer: Send {
 struct Observed {
     inner: Incoming,
     observer: Option<Box<dyn Observer>>,
+    /// The body's announced length, when it has one.
+    expected: Option<u64>,
+    seen: u64,
 }
 
 impl Observed {
     fn new(inner: Incoming, observer: Box<dyn Observer>) -> Self {
         Observed {
+            expected: inner.size_hint().exact(),
             inner,
             observer: Some(observer),
+            seen: 0,
         }
+    }
+
+    /// Everything the server sent has passed (the end-of-stream marker may still be pending,
+    /// e.g. an HTTP/2 END_STREAM frame the caller's side never waits for).
+    fn finished(&self) -> bool {
+        self.inner.is_end_stream() || self.expected == Some(self.seen)
     }
 }
 
@@ -1097,10 +1115,11 @@ impl http_body::Body for Observed {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Some(Ok(frame))) => {
                 if let (Some(data), Some(o)) = (frame.data_ref(), this.observer.as_mut()) {
+                    this.seen += data.len() as u64;
                     o.data(data);
                 }
                 // hyper stops polling once the body says it has ended; finish here then.
-                if this.inner.is_end_stream()
+                if this.finished()
                     && let Some(mut o) = this.observer.take()
                 {
                     o.end(End::Complete);
@@ -1134,7 +1153,7 @@ impl http_body::Body for Observed {
 impl Drop for Observed {
     fn drop(&mut self) {
         if let Some(mut o) = self.observer.take() {
-            o.end(if self.inner.is_end_stream() {
+            o.end(if self.finished() {
                 End::Complete
             } else {
                 End::Dropped

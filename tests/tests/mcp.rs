@@ -561,3 +561,66 @@ fn batches_and_notifications_are_separate_exchanges() {
     let n = by_method(&ex, "notifications/progress");
     assert_eq!(n[0]["outcome"], "notification");
 }
+
+#[test]
+fn http2_toward_a_tls_server() {
+    let node = node!("mcp_upstream_h2");
+    let port = node.port(0);
+    let (ca, cert, key) = make_tls(&node.dir, "h2", &["backend.test"], &[SERVER_IP]);
+    let (c_s, k_s) = (cert.display().to_string(), key.display().to_string());
+    let server = node.mcp_server(
+        Sdk::Py2,
+        port,
+        &[
+            "--http-server",
+            "hypercorn",
+            "--certfile",
+            &c_s,
+            "--keyfile",
+            &k_s,
+        ],
+    );
+    let extra = format!(
+        "[services.upstream]\nhttp2 = true\n[services.upstream.tls]\nca = {:?}\n",
+        ca.display().to_string()
+    );
+    let cfg = node.agent_config().mcp_service("crm", port, &extra);
+    let agent = node.start_agent(&cfg);
+    let url = format!("http://{SERVER_IP}:{port}/mcp");
+    let c = node.mcp_client(&node.client, Sdk::Py2, &url, &["--scenario", "basic"]);
+    check_basic(c.assert_ok());
+    let ex = exchanges(&agent, 6);
+    assert!(
+        by_method(&ex, "tools/call")
+            .iter()
+            .all(|e| e["outcome"] == "result"),
+        "{ex:#?}"
+    );
+    drop(server);
+}
+
+#[test]
+fn non_mcp_traffic_is_refused_unless_the_service_forwards_it() {
+    let node = node!("mcp_non_mcp");
+    let (p1, p2) = (node.port(0), node.port(1));
+    let s1 = node.server(&node.server, &[&format!("0.0.0.0:{p1}")], "mcp-echo");
+    let s2 = node.server(&node.server, &[&format!("0.0.0.0:{p2}")], "mcp-echo");
+    let cfg = node
+        .agent_config()
+        .mcp_service("strict", p1, "")
+        .mcp_service("lenient", p2, "non_mcp = \"forward\"\n");
+    let _agent = node.start_agent(&cfg);
+    let get = "GET /index.html HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n";
+    let (reply, _) = node.raw(&node.client, &addr(SERVER_IP, p1), get);
+    assert!(reply.starts_with("HTTP/1.1 404"), "{reply}");
+    assert!(reply.contains("not an MCP request"), "{reply}");
+    let (reply, _) = node.raw(&node.client, &addr(SERVER_IP, p2), get);
+    // Forwarded: the server's own answer comes back.
+    assert!(
+        reply.contains("mcp-echo only answers JSON-RPC POSTs"),
+        "{reply}"
+    );
+    settle();
+    assert!(s1.proc.stdout.events("mcp_request").is_empty());
+    assert_eq!(s2.proc.stdout.events("mcp_request").len(), 1);
+}
