@@ -373,6 +373,18 @@ pub async fn serve(
         malformed: AtomicU32::new(0),
         close: Notify::new(),
     });
+    if let Decision::Deny { reason, rule, .. } = svc.pipeline.connection_accepted(&ctx.info) {
+        warn!(
+            event = "conn_denied",
+            conn_id = ctx.info.id,
+            service = %svc.cfg.name,
+            peer = %ctx.info.caller.peer(),
+            rule = %rule,
+            reason = %reason,
+            "connection refused by the pipeline"
+        );
+        return (0, 0, format!("denied by {rule}: {reason}"));
+    }
     let (read, written) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let reason = match &svc.tls {
         Some(tls) => {

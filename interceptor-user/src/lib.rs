@@ -8,6 +8,8 @@
 //! - [`pipeline`]: the exchange phases later capabilities plug into, and exchange records.
 //! - [`net`]: listeners, accepted connections, original destination, upstream, relay.
 //! - [`identity`]: who the caller is (process, user, cgroup/unit, peer address).
+//! - [`oidc`]: bearer tokens: OIDC discovery, JWKS, JWT/introspection verification.
+//! - [`policy`]: roles, grants, argument constraints, purpose and lawful basis.
 //! - [`control`]: the local control socket used by the CLI.
 //! - [`agent`]: the `run` command: wiring, signals, graceful shutdown.
 //! - [`cli`]: the command-line interface.
@@ -26,6 +28,8 @@ pub mod http;
 pub mod identity;
 pub mod mcp;
 pub mod net;
+pub mod oidc;
 pub mod pipeline;
+pub mod policy;
 pub mod sys;
 pub mod tls;
