@@ -624,3 +624,79 @@ fn non_mcp_traffic_is_refused_unless_the_service_forwards_it() {
     assert!(s1.proc.stdout.events("mcp_request").is_empty());
     assert_eq!(s2.proc.stdout.events("mcp_request").len(), 1);
 }
+
+/// Every SDK and transport through TLS termination, over HTTP/1.1 and, where the SDK's client
+/// supports it, HTTP/2.
+#[test]
+fn every_sdk_and_transport_through_tls() {
+    let node = node!("mcp_tls_matrix");
+    let cases: &[(Sdk, &[&str], &str, bool)] = &[
+        (Sdk::Py2, &[], "/mcp", true),
+        (Sdk::Py2, &["--json-response"], "/mcp", true),
+        (Sdk::Py1, &[], "/mcp", true),
+        (Sdk::Py1, &["--transport", "sse"], "/sse", false),
+        (Sdk::Node, &[], "/mcp", true),
+        (Sdk::Node, &["--transport", "sse"], "/sse", false),
+    ];
+    let (ca, cert, key) = make_tls(&node.dir, "matrix", &["crm.test"], &[SERVER_IP]);
+    let extra = format!(
+        "[services.tls]\ncerts = [{{ cert = {:?}, key = {:?} }}]\n",
+        cert.display().to_string(),
+        key.display().to_string()
+    );
+    let mut cfg = node.agent_config();
+    let mut servers = Vec::new();
+    for (i, (sdk, args, _, _)) in cases.iter().enumerate() {
+        let port = node.port(i as u16);
+        servers.push(node.mcp_server(*sdk, port, args));
+        cfg = cfg.mcp_service(&format!("svc{i}"), port, &extra);
+    }
+    let agent = node.start_agent(&cfg);
+    let ca_s = ca.display().to_string();
+    for (i, (sdk, args, path, h2)) in cases.iter().enumerate() {
+        let port = node.port(i as u16);
+        let url = format!("https://{SERVER_IP}:{port}{path}");
+        let sse = args.contains(&"sse");
+        for http2 in [false, true] {
+            if http2 && !h2 {
+                continue;
+            }
+            let mut cargs = vec!["--scenario", "basic", "--cacert", ca_s.as_str()];
+            if sse {
+                cargs.extend(["--transport", "sse"]);
+            }
+            if http2 {
+                cargs.push("--http2");
+            }
+            let c = node.mcp_client(&node.client, *sdk, &url, &cargs);
+            let out = c.assert_ok();
+            check_basic(out);
+            let ex = agent.events("exchange");
+            let svc_calls: Vec<&Value> = ex
+                .iter()
+                .filter(|e| e["service"] == format!("svc{i}") && e["method"] == "tools/call")
+                .collect();
+            assert!(
+                svc_calls.len() >= 2,
+                "{sdk:?} {args:?} http2={http2}: {svc_calls:#?}"
+            );
+            assert!(
+                svc_calls.iter().all(|e| e["outcome"] == "result"),
+                "{sdk:?} {args:?} http2={http2}: {svc_calls:#?}"
+            );
+            if http2 {
+                assert!(
+                    svc_calls.iter().any(|e| e["http_version"] == "HTTP/2.0"),
+                    "{sdk:?}: {svc_calls:#?}"
+                );
+            }
+            if sse {
+                assert!(
+                    svc_calls.iter().all(|e| e["transport"] == "legacy_sse"),
+                    "{svc_calls:#?}"
+                );
+            }
+        }
+    }
+    drop(servers);
+}
