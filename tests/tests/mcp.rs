@@ -700,3 +700,52 @@ fn every_sdk_and_transport_through_tls() {
     }
     drop(servers);
 }
+
+#[test]
+fn replaced_certificates_are_served_without_a_restart() {
+    let node = node!("mcp_cert_reload");
+    let port = node.port(0);
+    let (ca_a, cert_a, key_a) = make_tls(&node.dir, "a", &["crm.test"], &[SERVER_IP]);
+    let (ca_b, cert_b, key_b) = make_tls(&node.dir, "b", &["crm.test"], &[SERVER_IP]);
+    let live = node.dir.join("live");
+    std::fs::create_dir_all(&live).expect("dir");
+    let (cert, key) = (live.join("cert.pem"), live.join("key.pem"));
+    std::fs::copy(&cert_a, &cert).expect("cert");
+    std::fs::copy(&key_a, &key).expect("key");
+    let server = node.mcp_server(Sdk::Py2, port, &[]);
+    let extra = format!(
+        "[services.tls]\ncerts = [{{ cert = {:?}, key = {:?} }}]\n",
+        cert.display().to_string(),
+        key.display().to_string()
+    );
+    let mut cfg = node.agent_config().mcp_service("crm", port, &extra);
+    cfg.extra_agent_toml = "cert_reload_ms = 300\n".into();
+    let agent = node.start_agent(&cfg);
+    let url = format!("https://{SERVER_IP}:{port}/mcp");
+    let call = |ca: &std::path::Path| {
+        let ca = ca.display().to_string();
+        node.mcp_client(
+            &node.client,
+            Sdk::Py2,
+            &url,
+            &["--scenario", "basic", "--cacert", &ca],
+        )
+    };
+    call(&ca_a).assert_ok();
+    assert_ne!(call(&ca_b).exit_code, Some(0), "CA b does not trust cert a");
+
+    // Replace the files (new key first, then the certificate, as an operator would).
+    let tmp = live.join("new.pem");
+    std::fs::copy(&key_b, &tmp).expect("copy");
+    std::fs::rename(&tmp, &key).expect("rename key");
+    std::fs::copy(&cert_b, &tmp).expect("copy");
+    std::fs::rename(&tmp, &cert).expect("rename cert");
+    agent.wait_event("cert_reloaded", |_| true);
+    call(&ca_b).assert_ok();
+    assert_ne!(
+        call(&ca_a).exit_code,
+        Some(0),
+        "the old certificate is no longer served"
+    );
+    drop(server);
+}
