@@ -15,12 +15,15 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use crate::{
+    auth::Auth,
     config::Config,
     control::ControlServer,
     ebpf::{AttachPoints, Kernel, ensure_cgroup2},
     identity::CgroupResolver,
     net::{DataPath, Listeners, accept_loop},
+    oidc::Verifier,
     pipeline::{ExchangeLog, Pipeline},
+    policy::PolicySet,
     sys,
 };
 
@@ -83,6 +86,26 @@ pub async fn run(config: Config) -> Result<()> {
     kernel.sync_local_addrs(&sys::local_addrs().unwrap_or_default())?;
     kernel.register_listeners(&listeners.v4, listeners.v6.as_ref())?;
 
+    let auth = if config.services.iter().any(|s| s.auth.is_some()) {
+        let policy = PolicySet::load(&config.auth.policy)
+            .map_err(|e| anyhow::anyhow!("auth.policy: invalid policy, not starting:\n{e}"))?;
+        let verifier = Verifier::new(config.auth.issuers.clone())
+            .map_err(|e| anyhow::anyhow!("auth.issuers: {e}"))?;
+        verifier.start();
+        info!(
+            event = "policy_loaded",
+            policy_version = %policy.version(),
+            issuers = config.auth.issuers.len(),
+            "identity and policy enabled"
+        );
+        Some(Arc::new(Auth::new(
+            verifier,
+            policy,
+            config.auth.policy.clone(),
+        )))
+    } else {
+        None
+    };
     let pipeline = Pipeline::new().with(Arc::new(ExchangeLog));
     let dp = Arc::new(DataPath::new(
         config.clone(),
@@ -90,6 +113,7 @@ pub async fn run(config: Config) -> Result<()> {
         CgroupResolver::new(cgroup2.clone()),
         mark,
         pipeline,
+        auth,
     )?);
     spawn_cert_reload(
         dp.clone(),
@@ -201,7 +225,14 @@ fn spawn_cert_reload(dp: Arc<DataPath>, every: std::time::Duration) {
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
-                _ = hup.recv() => info!(event = "reload", "SIGHUP: reloading certificates"),
+                _ = hup.recv() => {
+                    info!(event = "reload", "SIGHUP: reloading policy and certificates");
+                    if let Some(auth) = &dp.auth
+                        && let Err(e) = auth.reload_policy()
+                    {
+                        error!(event = "policy_reload_failed", error = %e, "invalid policy; the running policy stays in force");
+                    }
+                }
             }
             for svc in dp.mcp.iter().flatten() {
                 if let Some(tls) = &svc.tls {

@@ -21,6 +21,50 @@ pub struct Config {
     pub agent: AgentSettings,
     #[serde(default, rename = "services")]
     pub services: Vec<ServiceConfig>,
+    #[serde(default)]
+    pub auth: AuthSettings,
+}
+
+/// Identity providers and policy files, shared by every service.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    /// Accepted OIDC issuers.
+    #[serde(default)]
+    pub issuers: Vec<crate::oidc::IssuerConfig>,
+    /// Policy files, or directories whose `*.policy.toml` files are loaded.
+    #[serde(default)]
+    pub policy: Vec<PathBuf>,
+}
+
+/// Per-service authentication and authorization.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceAuth {
+    /// This service's protected resource URL (RFC 8707/9728): the `aud` its tokens must carry,
+    /// e.g. "https://crm.example.com/mcp".
+    pub resource: String,
+    /// Forward the caller's token to the server (default: never).
+    #[serde(default)]
+    pub forward_token: bool,
+    /// Local processes bound to the identities they may present.
+    #[serde(default)]
+    pub local_bindings: Vec<LocalBinding>,
+    /// Scopes advertised in the protected resource metadata.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+}
+
+/// A local process (by uid or systemd unit) may only present these identities.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalBinding {
+    pub uid: Option<u32>,
+    pub unit: Option<String>,
+    #[serde(default)]
+    pub subjects: Vec<String>,
+    #[serde(default)]
+    pub clients: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -104,6 +148,8 @@ pub struct ServiceConfig {
     /// What to do with HTTP traffic that is not MCP: `reject` (default) or `forward`.
     #[serde(default)]
     pub non_mcp: NonMcp,
+    /// Bearer-token authentication and policy; absent = no authentication (not recommended).
+    pub auth: Option<ServiceAuth>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -333,6 +379,44 @@ impl Config {
             }
             if let Some(f) = &s.upstream.auth_value_file {
                 check_secret_file(f).map_err(|p| err(key("upstream.auth_value_file"), p))?;
+            }
+            if let Some(auth) = &s.auth {
+                if self.auth.issuers.is_empty() {
+                    return Err(err(
+                        key("auth"),
+                        "needs at least one [[auth.issuers]] to verify tokens".into(),
+                    ));
+                }
+                if self.auth.policy.is_empty() {
+                    return Err(err(
+                        key("auth"),
+                        "needs [auth] policy files (deny by default: without a policy nothing is allowed)"
+                            .into(),
+                    ));
+                }
+                if s.mode == ServiceMode::Tcp {
+                    return Err(err(key("auth"), "auth needs mode = \"mcp\"".into()));
+                }
+                match auth.resource.parse::<http::Uri>() {
+                    Ok(u) if u.scheme().is_some() && u.authority().is_some() => {}
+                    _ => {
+                        return Err(err(
+                            key("auth.resource"),
+                            format!(
+                                "{:?} must be an absolute URL like https://host/mcp",
+                                auth.resource
+                            ),
+                        ));
+                    }
+                }
+                for (j, b) in auth.local_bindings.iter().enumerate() {
+                    if b.uid.is_none() && b.unit.is_none() {
+                        return Err(err(
+                            key(&format!("auth.local_bindings[{j}]")),
+                            "needs uid or unit".into(),
+                        ));
+                    }
+                }
             }
             if !endpoints.insert((s.address, s.port)) {
                 return Err(err(

@@ -105,6 +105,21 @@ async fn handle(stream: UnixStream, dp: Arc<DataPath>, started: std::time::Insta
             total_connections: Some(dp.total.load(std::sync::atomic::Ordering::Relaxed)),
             took_over_pins: Some(dp.kernel.took_over),
         })?,
+        "policy-reload" => match &dp.auth {
+            None => {
+                serde_json::json!({"ok": false, "error": "no service uses a policy"}).to_string()
+            }
+            Some(auth) => match auth.reload_policy() {
+                Ok((old, new)) => {
+                    serde_json::json!({"ok": true, "old_version": old, "new_version": new})
+                        .to_string()
+                }
+                Err(e) => {
+                    tracing::error!(event = "policy_reload_failed", error = %e, "invalid policy; the running policy stays in force");
+                    serde_json::json!({"ok": false, "error": e, "in_force": auth.policy().version()}).to_string()
+                }
+            },
+        },
         other => serde_json::json!({"error": format!("unknown command {other:?}")}).to_string(),
     };
     w.write_all(reply.as_bytes()).await?;
@@ -113,6 +128,18 @@ async fn handle(stream: UnixStream, dp: Arc<DataPath>, started: std::time::Insta
 }
 
 use tokio::io::AsyncReadExt as _;
+
+/// Sends one command line to a running agent and returns its JSON answer.
+pub fn request(path: &Path, command: &str) -> Result<serde_json::Value> {
+    use std::io::{BufRead, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(path)
+        .with_context(|| format!("no agent answers on {}", path.display()))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    s.write_all(format!("{command}\n").as_bytes())?;
+    let mut line = String::new();
+    std::io::BufReader::new(s).read_line(&mut line)?;
+    Ok(serde_json::from_str(&line)?)
+}
 
 /// Asks a running agent for its health; `down()` when nothing answers.
 pub fn query_health(path: &Path) -> AgentHealth {

@@ -42,11 +42,13 @@ use tokio::{
 use tracing::{debug, warn};
 
 use crate::{
-    config::{NonMcp, ServiceConfig},
+    auth::{Auth, Authenticated, AuthnFailure},
+    config::{NonMcp, ServiceAuth, ServiceConfig},
     error::ProxyError,
     mcp,
     net::ConnInfo,
     pipeline::{Decision, ExchangeRecord, Pipeline, RequestView, Transport},
+    policy::{PolicyDecision, PolicyRequest, Principal},
     tls::{TlsTerminator, UpstreamTls},
 };
 
@@ -217,6 +219,8 @@ pub struct McpService {
     upstream_h2: bool,
     upstream_auth: Option<(HeaderName, HeaderValue)>,
     pub pipeline: Pipeline,
+    /// Identity and policy (only for services with `[services.auth]`).
+    pub auth: Option<Arc<Auth>>,
     /// Legacy HTTP+SSE: exchanges waiting for their response on a session's GET /sse stream.
     legacy: Arc<LegacySessions>,
 }
@@ -234,6 +238,7 @@ impl McpService {
         mark: u32,
         connect_timeout: std::time::Duration,
         pipeline: Pipeline,
+        auth: Option<Arc<Auth>>,
     ) -> anyhow::Result<McpService> {
         use anyhow::Context as _;
         let tls = match &cfg.tls {
@@ -280,6 +285,7 @@ impl McpService {
             }
             _ => None,
         };
+        let cfg_auth = cfg.auth.is_some();
         Ok(McpService {
             upstream_h2: cfg.upstream.http2,
             cfg,
@@ -288,6 +294,7 @@ impl McpService {
             upstream_scheme,
             upstream_auth,
             pipeline,
+            auth: if cfg_auth { auth } else { None },
             legacy: Arc::new(LegacySessions::default()),
         })
     }
@@ -549,6 +556,25 @@ async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<RespBody>
         );
     }
     let accepts_sse = header_str(h, "accept").is_some_and(|a| a.contains("text/event-stream"));
+    if let (Some(sa), Some(auth)) = (&ctx.svc.cfg.auth, &ctx.svc.auth) {
+        let path = req.uri().path();
+        if req.method() == Method::GET
+            && (path == crate::auth::metadata_path(&sa.resource)
+                || path == "/.well-known/oauth-protected-resource")
+        {
+            let doc = crate::auth::metadata_document(sa, auth.verifier.authorization_servers());
+            return json_response(StatusCode::OK, Bytes::from(doc.to_string()), false);
+        }
+        if req.method() != Method::POST {
+            // Streams and session ends need a valid token too (no per-message policy there).
+            if let Err(f) = auth
+                .authenticate(sa, header_str(h, "authorization"), &ctx.info.caller)
+                .await
+            {
+                return deny_authn(&ctx, sa, &f, Vec::new());
+            }
+        }
+    }
     match *req.method() {
         Method::POST => handle_post(ctx, req).await,
         Method::GET if accepts_sse => forward_stream(ctx, req).await,
@@ -620,7 +646,15 @@ fn new_record(
         outcome: String::new(),
         error_code: None,
         notifications: 0,
+        subject: None,
+        issuer: None,
+        client_id: None,
+        groups: None,
+        role: None,
         rule: None,
+        purpose: None,
+        lawful_basis: None,
+        policy_version: None,
         started: SystemTime::now(),
         duration_ms: 0,
     }
@@ -654,7 +688,9 @@ fn upstream_request(
         if HOP_BY_HOP.contains(&k.as_str()) || k == header::HOST || k == header::CONTENT_LENGTH {
             continue;
         }
-        if k == header::AUTHORIZATION && !svc.cfg.upstream.forward_client_authorization {
+        let forward_auth = svc.cfg.upstream.forward_client_authorization
+            || svc.cfg.auth.as_ref().is_some_and(|a| a.forward_token);
+        if k == header::AUTHORIZATION && !forward_auth {
             continue;
         }
         headers.append(k.clone(), v.clone());
@@ -782,7 +818,7 @@ async fn handle_post(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<Resp
         max_depth: limits.max_json_depth,
         max_bytes: limits.max_body_bytes,
     };
-    let body = match mcp::parse_body(&bytes, &mcp_limits) {
+    let (tree, body) = match mcp::parse_body_value(&bytes, &mcp_limits) {
         Ok(b) => b,
         Err(e) => {
             let what = if ct_json {
@@ -830,6 +866,94 @@ async fn handle_post(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<Resp
     let started = Instant::now();
     let req_len = bytes.len() as u64;
     let per_msg = |m: &mcp::Message| new_record(&ctx, &parts, transport, Some(m), req_len);
+
+    // Who is calling, and may they? (MCP authorization spec; deny by default.)
+    let mut decisions: Vec<Option<PolicyDecision>> = vec![None; messages.len()];
+    let mut authn: Option<Authenticated> = None;
+    if let (Some(sa), Some(auth)) = (&ctx.svc.cfg.auth, &ctx.svc.auth) {
+        let a = match auth
+            .authenticate(
+                sa,
+                header_str(&parts.headers, "authorization"),
+                &ctx.info.caller,
+            )
+            .await
+        {
+            Ok(a) => a,
+            Err(f) => {
+                return deny_authn(&ctx, sa, &f, messages.iter().map(&per_msg).collect());
+            }
+        };
+        let policy = auth.policy();
+        let mut denied: Option<PolicyDecision> = None;
+        for (i, m) in messages.iter().enumerate() {
+            let Some(method) = m.method.as_deref() else {
+                continue;
+            };
+            let item = if body.is_batch() { &tree[i] } else { &tree };
+            let target = m.target();
+            let d = policy.decide(&PolicyRequest {
+                service: &ctx.svc.cfg.name,
+                who: &a.principal,
+                method,
+                name: target.as_deref(),
+                arguments: item.get("params").and_then(|p| p.get("arguments")),
+            });
+            if !d.allowed && denied.is_none() {
+                denied = Some(d.clone());
+            }
+            decisions[i] = Some(d);
+        }
+        if let Some(d) = denied {
+            for (i, m) in messages.iter().enumerate() {
+                let mut rec = per_msg(m);
+                annotate(&mut rec, Some(&a), decisions[i].as_ref().or(Some(&d)));
+                rec.outcome = "denied".into();
+                rec.http_status = 403;
+                rec.error_code = Some(mcp::INVALID_REQUEST);
+                ctx.svc.pipeline.exchange_complete(&rec);
+            }
+            warn!(
+                event = "request_denied",
+                service = %ctx.svc.cfg.name,
+                conn_id = ctx.info.id,
+                subject = %a.principal.subject,
+                rule = %d.rule,
+                reason = %d.reason,
+                "request denied by policy"
+            );
+            let id = messages.first().and_then(|m| m.id.as_ref());
+            return json_response(
+                StatusCode::FORBIDDEN,
+                mcp::error_response(
+                    id,
+                    mcp::INVALID_REQUEST,
+                    &format!("denied by policy: {}", d.reason),
+                    Some(serde_json::json!({ "rule": d.rule, "policy_version": d.policy_version })),
+                ),
+                false,
+            );
+        }
+        authn = Some(a);
+    }
+    let per_msg = |m: &mcp::Message| {
+        let mut rec = per_msg(m);
+        let i = messages
+            .iter()
+            .position(|x| std::ptr::eq(x, m))
+            .unwrap_or(0);
+        annotate(
+            &mut rec,
+            authn.as_ref(),
+            decisions.get(i).and_then(|d| d.as_ref()),
+        );
+        rec
+    };
+    let filter_lists = authn.as_ref().map(|a| a.principal.clone()).filter(|_| {
+        messages
+            .iter()
+            .any(|m| m.method.as_deref().is_some_and(is_list_method))
+    });
     if let Decision::Deny {
         http_status,
         code,
@@ -954,6 +1078,9 @@ async fn handle_post(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<Resp
     for p in pending.values_mut() {
         p.rec.http_status = status;
     }
+    if let (Some(who), Some(auth)) = (filter_lists, &ctx.svc.auth) {
+        return filtered_list_response(&ctx, auth, &who, rparts, rbody, pending, status, &ct).await;
+    }
     let observer: Box<dyn Observer> = if ct.starts_with("text/event-stream") {
         for p in pending.values_mut() {
             p.rec.transport = Transport::StreamableSse;
@@ -1070,6 +1197,180 @@ fn finish(pipeline: &Pipeline, mut p: Pending) {
         p.rec.outcome = "incomplete".into();
     }
     pipeline.exchange_complete(&p.rec);
+}
+
+fn is_list_method(m: &str) -> bool {
+    matches!(
+        m,
+        "tools/list" | "resources/list" | "resources/templates/list" | "prompts/list"
+    )
+}
+
+/// Puts who asked and what the policy decided into an exchange record.
+fn annotate(rec: &mut ExchangeRecord, a: Option<&Authenticated>, d: Option<&PolicyDecision>) {
+    if let Some(a) = a {
+        rec.subject = Some(a.principal.subject.clone());
+        rec.issuer = Some(a.principal.issuer.clone());
+        rec.client_id = a.principal.client_id.clone();
+        rec.groups = Some(a.principal.groups.clone());
+    }
+    if let Some(d) = d {
+        rec.role = d.role.clone();
+        rec.rule = Some(d.rule.clone());
+        rec.purpose = d.purpose.clone();
+        rec.lawful_basis = d.lawful_basis.clone();
+        rec.policy_version = Some(d.policy_version.clone());
+    }
+}
+
+/// 401 (or 403 for a local-binding violation) with the RFC 9728 challenge; every message of
+/// the request is recorded as denied.
+fn deny_authn(
+    ctx: &ConnCtx,
+    sa: &ServiceAuth,
+    f: &AuthnFailure,
+    records: Vec<ExchangeRecord>,
+) -> Response<RespBody> {
+    let status = match f {
+        AuthnFailure::BindingViolated(_) => StatusCode::FORBIDDEN,
+        _ => StatusCode::UNAUTHORIZED,
+    };
+    let rule = f.rule();
+    let reason = f.reason();
+    for mut rec in records {
+        rec.outcome = "denied".into();
+        rec.http_status = status.as_u16();
+        rec.rule = Some(rule.clone());
+        ctx.svc.pipeline.exchange_complete(&rec);
+    }
+    warn!(
+        event = "authn_failed",
+        service = %ctx.svc.cfg.name,
+        conn_id = ctx.info.id,
+        peer = %ctx.info.caller.peer(),
+        status = status.as_u16(),
+        rule = %rule,
+        reason = %reason,
+        "request not authenticated"
+    );
+    let mut r = json_response(
+        status,
+        mcp::error_response(
+            None,
+            mcp::INVALID_REQUEST,
+            &format!("unauthorized: {reason}"),
+            Some(serde_json::json!({ "rule": rule })),
+        ),
+        false,
+    );
+    if status == StatusCode::UNAUTHORIZED
+        && let Ok(v) = HeaderValue::from_str(&crate::auth::challenge(sa, f))
+    {
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
+    r
+}
+
+/// Largest list response the agent buffers to filter it.
+const MAX_LIST_BYTES: usize = 16 * 1024 * 1024;
+
+/// List results are filtered to what the caller may use: the (small) response is read whole,
+/// every list result in it rewritten, and sent on with a corrected length.
+#[allow(clippy::too_many_arguments)]
+async fn filtered_list_response(
+    ctx: &ConnCtx,
+    auth: &Auth,
+    who: &Principal,
+    mut rparts: http::response::Parts,
+    rbody: Incoming,
+    mut pending: HashMap<String, Pending>,
+    status: u16,
+    ct: &str,
+) -> Response<RespBody> {
+    let bytes = match Limited::new(rbody, MAX_LIST_BYTES).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            for (_, mut p) in pending.drain() {
+                p.rec.outcome = "upstream_error".into();
+                finish(&ctx.svc.pipeline, p);
+            }
+            return upstream_failed(ctx, &format!("reading a list response: {e}"));
+        }
+    };
+    let policy = auth.policy();
+    let service = ctx.svc.cfg.name.clone();
+    let mut removed = 0usize;
+    let mut rewrite = |v: &mut serde_json::Value, pending: &mut HashMap<String, Pending>| {
+        let items: Vec<&mut serde_json::Value> = match v {
+            serde_json::Value::Array(a) => a.iter_mut().collect(),
+            other => vec![other],
+        };
+        for item in items {
+            let id = item
+                .get("id")
+                .and_then(mcp::Id::from_value)
+                .map(|i| i.to_string());
+            let Some(p) = id.as_ref().and_then(|id| pending.get_mut(id)) else {
+                continue;
+            };
+            if let (Some(method), Some(result)) = (p.rec.method.clone(), item.get_mut("result"))
+                && is_list_method(&method)
+            {
+                removed += policy.filter_list(&service, who, &method, result);
+            }
+            p.rec.outcome = if item.get("error").is_some() {
+                p.rec.error_code = item["error"]["code"].as_i64();
+                "error".into()
+            } else {
+                "result".into()
+            };
+        }
+    };
+    let out: Bytes = if ct.starts_with("text/event-stream") {
+        let mut parser = mcp::SseParser::new(MAX_LIST_BYTES);
+        let mut out = Vec::with_capacity(bytes.len());
+        match parser.push(&bytes) {
+            Ok(events) => {
+                for mut ev in events {
+                    if let Ok(mut v) = serde_json::from_str::<serde_json::Value>(&ev.data) {
+                        rewrite(&mut v, &mut pending);
+                        ev.data = v.to_string();
+                    }
+                    out.extend_from_slice(&mcp::encode(&ev));
+                }
+            }
+            Err(e) => return upstream_failed(ctx, &format!("list response stream: {e}")),
+        }
+        Bytes::from(out)
+    } else {
+        match serde_json::from_slice::<serde_json::Value>(&bytes) {
+            Ok(mut v) => {
+                rewrite(&mut v, &mut pending);
+                Bytes::from(v.to_string())
+            }
+            Err(_) => bytes,
+        }
+    };
+    let len = out.len() as u64;
+    for (_, mut p) in pending.drain() {
+        p.rec.http_status = status;
+        p.rec.response_bytes = len;
+        if p.rec.outcome.is_empty() {
+            p.rec.outcome = "incomplete".into();
+        }
+        finish(&ctx.svc.pipeline, p);
+    }
+    if removed > 0 {
+        debug!(service = %ctx.svc.cfg.name, removed, "list filtered by policy");
+    }
+    rparts.headers.remove(header::CONTENT_LENGTH);
+    rparts
+        .headers
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    client_response(
+        rparts,
+        Full::new(out).map_err(|e| match e {}).boxed_unsync(),
+    )
 }
 
 // ------------------------------------------------------------------ response observers

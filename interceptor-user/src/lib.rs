@@ -8,6 +8,7 @@
 //! - [`pipeline`]: the exchange phases later capabilities plug into, and exchange records.
 //! - [`net`]: listeners, accepted connections, original destination, upstream, relay.
 //! - [`identity`]: who the caller is (process, user, cgroup/unit, peer address).
+//! - [`auth`]: bearer-token authentication (MCP authorization spec) and policy decisions.
 //! - [`oidc`]: bearer tokens: OIDC discovery, JWKS, JWT/introspection verification.
 //! - [`policy`]: roles, grants, argument constraints, purpose and lawful basis.
 //! - [`control`]: the local control socket used by the CLI.
@@ -19,6 +20,7 @@
 #![deny(unsafe_code)]
 
 pub mod agent;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod control;

@@ -93,6 +93,8 @@ pub struct DataPath {
     services: Vec<Arc<ServiceConfig>>,
     /// The HTTP/MCP side of each service (None for `mode = "tcp"`).
     pub mcp: Vec<Option<Arc<McpService>>>,
+    /// Identity and policy, when any service requires authentication.
+    pub auth: Option<Arc<crate::auth::Auth>>,
 }
 
 impl DataPath {
@@ -102,6 +104,7 @@ impl DataPath {
         cgroups: CgroupResolver,
         mark: u32,
         pipeline: Pipeline,
+        auth: Option<Arc<crate::auth::Auth>>,
     ) -> Result<Self> {
         let services: Vec<Arc<ServiceConfig>> =
             config.services.iter().cloned().map(Arc::new).collect();
@@ -114,11 +117,13 @@ impl DataPath {
                     mark,
                     config.agent.connect_timeout(),
                     pipeline.clone(),
+                    auth.clone(),
                 )?)),
             });
         }
         Ok(DataPath {
             mcp,
+            auth,
             listen_port: config.agent.listen_port,
             config,
             kernel,

@@ -91,7 +91,17 @@ pub struct ExchangeRecord {
     pub outcome: String,
     pub error_code: Option<i64>,
     pub notifications: u32,
+    /// Verified caller (from the bearer token), when the service requires one.
+    pub subject: Option<String>,
+    pub issuer: Option<String>,
+    pub client_id: Option<String>,
+    pub groups: Option<Vec<String>>,
+    /// The policy decision: role, deciding rule, purpose, lawful basis, policy version.
+    pub role: Option<String>,
     pub rule: Option<String>,
+    pub purpose: Option<String>,
+    pub lawful_basis: Option<String>,
+    pub policy_version: Option<String>,
     #[serde(with = "unix_ms")]
     pub started: SystemTime,
     pub duration_ms: u64,
@@ -213,7 +223,15 @@ impl Phase for ExchangeLog {
             outcome = %r.outcome,
             error_code = r.error_code,
             notifications = r.notifications,
+            subject = r.subject.as_deref(),
+            issuer = r.issuer.as_deref(),
+            client_id = r.client_id.as_deref(),
+            groups = r.groups.as_ref().map(|g| g.join(",")),
+            role = r.role.as_deref(),
             rule = r.rule.as_deref(),
+            purpose = r.purpose.as_deref(),
+            lawful_basis = r.lawful_basis.as_deref(),
+            policy_version = r.policy_version.as_deref(),
             duration_ms = r.duration_ms,
             "exchange complete"
         );

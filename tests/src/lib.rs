@@ -1509,3 +1509,157 @@ pub fn make_tls(
     ]);
     (d.join("ca.pem"), d.join("cert.pem"), d.join("key.pem"))
 }
+
+// ------------------------------------------------------------------------------------------
+// A real OpenID provider (npm oidc-provider, tests/peers/oidc)
+
+/// oidc-provider running in the server netns over HTTPS, with keys from a file.
+pub struct Oidc {
+    pub proc: Proc,
+    pub issuer: String,
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub port: u16,
+}
+
+fn oidc_script(name: &str) -> String {
+    workspace_root()
+        .join("tests/peers/oidc")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+impl Node {
+    /// Writes a fresh signing key set (kids `<prefix>-rs256`, ...), keeping `keep`'s keys after.
+    pub fn oidc_keys(&self, prefix: &str, keep: Option<&Path>) -> PathBuf {
+        let path = self.dir.join(format!("keys-{prefix}.json"));
+        let mut cmd = Command::new("node");
+        cmd.arg(oidc_script("provider.mjs"))
+            .arg("--gen-keys")
+            .arg(&path)
+            .args(["--kid-prefix", prefix]);
+        if let Some(k) = keep {
+            cmd.arg("--keep").arg(k);
+        }
+        let out = run_timeout(&mut cmd, Duration::from_secs(60)).expect("gen keys");
+        assert!(
+            out.status.success(),
+            "gen-keys: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        path
+    }
+
+    /// Starts the provider on SERVER_IP:`port` (HTTPS, test admin on) with `keys`.
+    pub fn oidc(
+        &self,
+        port: u16,
+        keys: &Path,
+        tls: Option<(&Path, &Path, &Path)>,
+        extra: &[&str],
+    ) -> Oidc {
+        let (ca, cert, key) = match tls {
+            Some((a, b, c)) => (a.to_path_buf(), b.to_path_buf(), c.to_path_buf()),
+            None => make_tls(&self.dir, "oidc", &["oidc.test"], &[SERVER_IP]),
+        };
+        let issuer = format!("https://{SERVER_IP}:{port}");
+        let mut cmd = self.server.command("node");
+        cmd.arg(oidc_script("provider.mjs"))
+            .args([
+                "--host",
+                SERVER_IP,
+                "--port",
+                &port.to_string(),
+                "--issuer",
+                &issuer,
+            ])
+            .arg("--cert")
+            .arg(&cert)
+            .arg("--key")
+            .arg(&key)
+            .arg("--keys")
+            .arg(keys)
+            .arg("--enable-test-admin")
+            .args(extra);
+        let proc = Proc::spawn("oidc-provider", cmd).expect("spawn oidc-provider");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if proc.stdout.all().iter().any(|l| l.starts_with("READY ")) {
+                break;
+            }
+            if Instant::now() > deadline || proc.stdout.eof() {
+                panic!("oidc-provider did not start:\n{}", proc.dump());
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        Oidc {
+            proc,
+            issuer,
+            ca,
+            cert,
+            key,
+            port,
+        }
+    }
+
+    /// A real token from the provider (`token.mjs`), requested from the client netns.
+    /// `grant`: ("client_credentials", client_id, Some(secret)) or ("authorization_code", client_id, user).
+    pub fn oidc_token(&self, idp: &Oidc, args: &[&str], resource: &str) -> String {
+        let mut cmd = self.client.command("node");
+        cmd.arg(oidc_script("token.mjs"))
+            .args(["--issuer", &idp.issuer])
+            .arg("--cacert")
+            .arg(&idp.ca)
+            .args(["--resource", resource])
+            .args(args);
+        let out = run_timeout(&mut cmd, Duration::from_secs(60)).expect("token.mjs");
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        match v["access_token"].as_str() {
+            Some(t) if out.status.success() => t.to_string(),
+            _ => panic!(
+                "no token: {}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        }
+    }
+
+    /// A token signed by the provider's current key with arbitrary claims (POST /test/mint).
+    pub fn oidc_mint(&self, idp: &Oidc, body: &Value) -> String {
+        let mut cmd = self.client.command("curl");
+        cmd.args(["-sS", "--fail-with-body", "--cacert"])
+            .arg(&idp.ca)
+            .args([
+                "-H",
+                "content-type: application/json",
+                "-d",
+                &body.to_string(),
+            ])
+            .arg(format!("{}/test/mint", idp.issuer));
+        let out = run_timeout(&mut cmd, Duration::from_secs(30)).expect("mint");
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        v["token"]
+            .as_str()
+            .or(v["access_token"].as_str())
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("mint failed: {}", String::from_utf8_lossy(&out.stdout)))
+    }
+
+    /// `curl` from the client netns; returns (status, headers, body).
+    pub fn curl(&self, args: &[&str]) -> (u16, String, String) {
+        let mut cmd = self.client.command("curl");
+        cmd.args(["-sS", "-D", "-", "-o", "-", "-w", "\n%{http_code}"])
+            .args(args);
+        let out = run_timeout(&mut cmd, Duration::from_secs(30)).expect("curl");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let (rest, code) = text.rsplit_once('\n').unwrap_or((&text, "0"));
+        let (head, body) = rest.split_once("\r\n\r\n").unwrap_or((rest, ""));
+        (
+            code.trim().parse().unwrap_or(0),
+            head.to_string(),
+            body.to_string(),
+        )
+    }
+}
