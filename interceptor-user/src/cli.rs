@@ -49,6 +49,48 @@ pub enum Command {
         #[arg(default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
+    /// Authorization policy: check, reload, explain.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PolicyCommand {
+    /// Validate policy files (or the ones the configuration names) and print their version.
+    Check {
+        /// Policy files or directories; default: `auth.policy` of --config.
+        files: Vec<PathBuf>,
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Ask the running agent to reload its policy (an invalid one is refused, the old stays).
+    Reload {
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Show what the holder of a token may do on a service, and why.
+    Explain {
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        #[arg(long)]
+        service: String,
+        /// The bearer token (verified against the configured issuers).
+        #[arg(long)]
+        token: String,
+        /// Also decide one call: its method...
+        #[arg(long)]
+        method: Option<String>,
+        /// ...tool/prompt name or resource URI...
+        #[arg(long)]
+        name: Option<String>,
+        /// ...and arguments (JSON object).
+        #[arg(long)]
+        args: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -98,6 +140,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Policy { command } => policy_command(command),
         Command::CheckConfig { config } => {
             let cfg = load(&config)?;
             println!(
@@ -217,5 +260,135 @@ fn print_status(st: &Status) {
             "  {:<12} {addr}:{}  {:>7}  {:>7}  {:>5}  {:>8}",
             s.name, s.port, s.steered, s.refused, s.local_redirects, s.upstream
         );
+    }
+}
+
+fn policy_command(cmd: PolicyCommand) -> Result<ExitCode> {
+    use crate::policy::{PolicyRequest, PolicySet, Principal};
+    match cmd {
+        PolicyCommand::Check { files, config } => {
+            let files = if files.is_empty() {
+                load(&config)?.auth.policy
+            } else {
+                files
+            };
+            if files.is_empty() {
+                anyhow::bail!(
+                    "no policy files given and the configuration names none (auth.policy)"
+                );
+            }
+            match PolicySet::load(&files) {
+                Ok(p) => {
+                    println!(
+                        "policy ok: version {} ({} file(s): {})",
+                        p.version(),
+                        p.files().len(),
+                        p.files().join(", ")
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("invalid policy:\n{e}");
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
+        PolicyCommand::Reload { config } => {
+            let cfg = load(&config)?;
+            let answer = crate::control::request(&cfg.agent.control_socket(), "policy-reload")?;
+            if answer["ok"] == true {
+                println!(
+                    "policy reloaded: {} -> {}",
+                    answer["old_version"].as_str().unwrap_or("?"),
+                    answer["new_version"].as_str().unwrap_or("?")
+                );
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!(
+                    "policy NOT reloaded (version {} stays in force):\n{}",
+                    answer["in_force"].as_str().unwrap_or("?"),
+                    answer["error"].as_str().unwrap_or("unknown error")
+                );
+                Ok(ExitCode::from(1))
+            }
+        }
+        PolicyCommand::Explain {
+            config,
+            service,
+            token,
+            method,
+            name,
+            args,
+            json,
+        } => {
+            let cfg = load(&config)?;
+            let svc = cfg
+                .services
+                .iter()
+                .find(|s| s.name == service)
+                .ok_or_else(|| {
+                    anyhow::anyhow!("no service named {service:?} in {}", config.display())
+                })?;
+            let sa = svc
+                .auth
+                .as_ref()
+                .ok_or_else(|| anyhow::anyhow!("service {service:?} has no [services.auth]"))?;
+            let policy = PolicySet::load(&cfg.auth.policy)
+                .map_err(|e| anyhow::anyhow!("invalid policy:\n{e}"))?;
+            let arguments: Option<serde_json::Value> = match &args {
+                Some(a) => Some(serde_json::from_str(a).context("--args is not JSON")?),
+                None => None,
+            };
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let verified = rt.block_on(async {
+                let v = crate::oidc::Verifier::new(cfg.auth.issuers.clone())
+                    .map_err(|e| anyhow::anyhow!("auth.issuers: {e}"))?;
+                v.start();
+                v.verify(&token, &sa.resource)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("token refused: {}", e.description()))
+            })?;
+            let who = Principal {
+                subject: verified.subject.clone(),
+                issuer: verified.issuer.clone(),
+                client_id: verified.client_id.clone(),
+                groups: verified.groups.clone(),
+            };
+            let explanation = policy.explain(&service, &who);
+            let decision = method.as_deref().map(|m| {
+                policy.decide(&PolicyRequest {
+                    service: &service,
+                    who: &who,
+                    method: m,
+                    name: name.as_deref(),
+                    arguments: arguments.as_ref(),
+                })
+            });
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "token": verified,
+                        "explanation": explanation,
+                        "decision": decision,
+                    }))?
+                );
+            } else {
+                println!("{explanation}");
+                if let Some(d) = decision {
+                    println!(
+                        "\ndecision for {}{}: {} (rule {}; {})",
+                        method.as_deref().unwrap_or(""),
+                        name.as_deref().map(|n| format!(" {n}")).unwrap_or_default(),
+                        if d.allowed { "ALLOW" } else { "DENY" },
+                        d.rule,
+                        d.reason
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }

@@ -20,7 +20,7 @@ def parser(doc: str, transports: list[str]) -> argparse.ArgumentParser:
     p.add_argument("--header", action="append", default=[], metavar="'K: V'", help="extra HTTP header, repeatable")
     p.add_argument("--http2", action="store_true", help="offer HTTP/2 (ALPN h2 on https; h2c prior knowledge on http)")
     p.add_argument("--timeout", type=float, default=60.0, help="per-request read timeout, seconds")
-    p.add_argument("--scenario", choices=["basic", "progress", "call", "big"], default="basic")
+    p.add_argument("--scenario", choices=["basic", "progress", "call", "big", "lists"], default="basic")
     p.add_argument("--tool", help="call: tool name")
     p.add_argument("--args", default="{}", help="call: tool arguments as a JSON object")
     p.add_argument("--mb", type=int, default=1, help="big: MiB to request")

@@ -86,6 +86,12 @@ async def run(args) -> dict:
             out["customer_resource"] = cc.dump(await client.read_resource("customers://42"))
             out["prompts"] = cc.dump((await client.list_prompts()).prompts)
             out["prompt"] = cc.dump(await client.get_prompt("summarize_customer", {"id": "42"}))
+        elif args.scenario == "lists":
+            # Only list calls: what the caller is shown (used by the policy tests).
+            out["tools"] = cc.dump((await client.list_tools()).tools)
+            out["resources"] = cc.dump((await client.list_resources()).resources)
+            out["resource_templates"] = cc.dump((await client.list_resource_templates()).resource_templates)
+            out["prompts"] = cc.dump((await client.list_prompts()).prompts)
         elif args.scenario == "progress":
 
             async def on_progress(progress: float, total: float | None, message: str | None) -> None:

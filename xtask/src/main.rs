@@ -1,4 +1,5 @@
-//! Project tasks: `cargo xtask bench` (L4 benchmark against a direct connection).
+//! Project tasks: `cargo xtask bench` (L4 benchmark against a direct connection) and
+//! `cargo xtask bench-mcp` (the MCP-aware data path: see `mcp.rs`).
 //!
 //! The benchmark builds a fake node out of network namespaces (a server host and a client
 //! host joined by veth), runs a small echo/sink server on two ports of the server host, and
@@ -11,13 +12,19 @@
 use std::{
     io::{Read, Write},
     net::{Shutdown, SocketAddr, TcpListener, TcpStream},
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    path::PathBuf,
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
+
+mod load;
+mod mcp;
+mod node;
+
+use node::{Node, percentile, sh, wait_for_line, workspace_root};
 
 #[derive(Parser)]
 struct Cli {
@@ -38,6 +45,43 @@ enum Cmd {
         /// Use an already built agent binary instead of building the release one.
         #[arg(long)]
         agent: Option<PathBuf>,
+    },
+    /// MCP benchmark: added latency per tools/call (c=1 p50/p99), RPS at concurrency 32,
+    /// plain and TLS, fast upstream and the official SDK server, agent memory per SSE stream.
+    BenchMcp(mcp::McpArgs),
+    /// (internal) MCP load generator used by bench-mcp; prints one JSON line.
+    BenchMcpClient {
+        #[arg(long)]
+        addr: SocketAddr,
+        /// latency | rps | sse | wait
+        #[arg(long)]
+        mode: String,
+        /// Trust this CA and speak TLS.
+        #[arg(long)]
+        tls_ca: Option<PathBuf>,
+        #[arg(long, default_value_t = 1000)]
+        n: usize,
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 1.0)]
+        warmup: f64,
+        #[arg(long, default_value_t = 5.0)]
+        duration: f64,
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        #[arg(long, default_value_t = 30.0)]
+        timeout: f64,
+    },
+    /// (internal) fast MCP echo server for bench-mcp, plain and TLS.
+    BenchMcpEcho {
+        #[arg(long)]
+        listen: Vec<SocketAddr>,
+        #[arg(long)]
+        tls_listen: Vec<SocketAddr>,
+        #[arg(long)]
+        cert: Option<PathBuf>,
+        #[arg(long)]
+        key: Option<PathBuf>,
     },
     /// (internal) echo/sink server used by the benchmark.
     BenchServer {
@@ -62,6 +106,33 @@ fn main() -> Result<()> {
             mib,
             agent,
         } => bench(connections, mib, agent),
+        Cmd::BenchMcp(args) => mcp::bench_mcp(args),
+        Cmd::BenchMcpClient {
+            addr,
+            mode,
+            tls_ca,
+            n,
+            concurrency,
+            warmup,
+            duration,
+            threads,
+            timeout,
+        } => load::client(load::ClientOpts {
+            target: load::Target::new(addr, tls_ca.as_deref())?,
+            mode,
+            n,
+            concurrency,
+            warmup: Duration::from_secs_f64(warmup),
+            duration: Duration::from_secs_f64(duration),
+            threads,
+            timeout: Duration::from_secs_f64(timeout),
+        }),
+        Cmd::BenchMcpEcho {
+            listen,
+            tls_listen,
+            cert,
+            key,
+        } => load::echo_server(listen, tls_listen, cert, key),
         Cmd::BenchServer { listen } => server(listen),
         Cmd::BenchClient { addr, mode, n } => client(addr, &mode, n),
     }
@@ -111,14 +182,6 @@ fn serve(mut s: TcpStream) {
         }
         _ => {}
     }
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx]
 }
 
 fn client(addr: SocketAddr, mode: &str, n: usize) -> Result<()> {
@@ -178,90 +241,6 @@ fn client(addr: SocketAddr, mode: &str, n: usize) -> Result<()> {
 
 // ------------------------------------------------------------------ orchestration
 
-fn sh(cmd: &str, args: &[&str]) -> Result<()> {
-    let st = Command::new(cmd)
-        .args(args)
-        .status()
-        .with_context(|| format!("running {cmd}"))?;
-    if !st.success() {
-        bail!("{cmd} {args:?} failed: {st}");
-    }
-    Ok(())
-}
-
-struct Node {
-    id: String,
-    dir: PathBuf,
-    children: Vec<Child>,
-    agent_cfg: Option<PathBuf>,
-    agent_bin: PathBuf,
-}
-
-impl Node {
-    fn srv(&self) -> String {
-        format!("{}-srv", self.id)
-    }
-    fn cli(&self) -> String {
-        format!("{}-cli", self.id)
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .status();
-        }
-        for c in &mut self.children {
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        if let Some(cfg) = &self.agent_cfg {
-            let _ = Command::new(&self.agent_bin)
-                .args(["detach", "--config"])
-                .arg(cfg)
-                .stdout(Stdio::null())
-                .status();
-        }
-        for m in ["bpf", "cg2"] {
-            let _ = Command::new("umount").arg(self.dir.join(m)).status();
-        }
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.srv()])
-            .status();
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.cli()])
-            .status();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn wait_for_line(path: &Path, needle: &str, timeout: Duration) -> Result<()> {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if std::fs::read_to_string(path)
-            .map(|s| s.contains(needle))
-            .unwrap_or(false)
-        {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    bail!(
-        "timed out waiting for {needle:?} in {}:\n{}",
-        path.display(),
-        std::fs::read_to_string(path).unwrap_or_default()
-    )
-}
-
 fn run_client(netns: &str, addr: &str, mode: &str, n: usize) -> Result<Figures> {
     let me = std::env::current_exe()?;
     let out = Command::new("ip")
@@ -299,7 +278,7 @@ impl Figures {
 }
 
 fn bench(connections: usize, mib: usize, agent: Option<PathBuf>) -> Result<()> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = workspace_root();
     let agent_bin = match agent {
         Some(a) => a,
         None => {
@@ -317,95 +296,30 @@ fn bench(connections: usize, mib: usize, agent: Option<PathBuf>) -> Result<()> {
             root.join("target/release/interceptor")
         }
     };
-    let id = format!("icb{}", std::process::id() % 100000);
-    let dir = std::env::temp_dir().join(&id);
-    let mut node = Node {
-        id: id.clone(),
-        dir: dir.clone(),
-        children: Vec::new(),
-        agent_cfg: None,
-        agent_bin: agent_bin.clone(),
-    };
-    std::fs::create_dir_all(dir.join("bpf"))?;
-    std::fs::create_dir_all(dir.join("cg2"))?;
-    sh(
-        "mount",
-        &["-t", "bpf", "bpf", &dir.join("bpf").display().to_string()],
-    )?;
-    sh(
-        "mount",
-        &[
-            "-t",
-            "cgroup2",
-            "none",
-            &dir.join("cg2").display().to_string(),
-        ],
-    )?;
+    let mut node = Node::new(agent_bin)?;
     let (srv, cli) = (node.srv(), node.cli());
-    sh("ip", &["netns", "add", &srv])?;
-    sh("ip", &["netns", "add", &cli])?;
-    let (va, vb) = (format!("{id}a"), format!("{id}b"));
-    sh(
-        "ip",
-        &[
-            "link", "add", &va, "netns", &srv, "type", "veth", "peer", "name", &vb, "netns", &cli,
-        ],
-    )?;
-    sh(
-        "ip",
-        &["-n", &srv, "addr", "add", "10.213.99.1/24", "dev", &va],
-    )?;
-    sh(
-        "ip",
-        &["-n", &cli, "addr", "add", "10.213.99.2/24", "dev", &vb],
-    )?;
-    for (ns, dev) in [(&srv, &va), (&cli, &vb)] {
-        sh("ip", &["-n", ns, "link", "set", "lo", "up"])?;
-        sh("ip", &["-n", ns, "link", "set", dev, "up"])?;
-    }
-
     let me = std::env::current_exe()?;
-    let slog = dir.join("server.log");
-    node.children.push(
-        Command::new("ip")
-            .args(["netns", "exec", &srv])
-            .arg(&me)
-            .args([
-                "bench-server",
-                "--listen",
-                "0.0.0.0:9000",
-                "--listen",
-                "0.0.0.0:9001",
-            ])
-            .stdout(std::fs::File::create(&slog)?)
-            .spawn()?,
-    );
+    let slog = node.dir.join("server.log");
+    node.spawn_in(
+        &srv,
+        &me,
+        &[
+            "bench-server",
+            "--listen",
+            "0.0.0.0:9000",
+            "--listen",
+            "0.0.0.0:9001",
+        ],
+        std::fs::File::create(&slog)?.into(),
+        Stdio::inherit(),
+    )?;
     wait_for_line(&slog, "listening", Duration::from_secs(10))?;
 
-    let cfg = dir.join("agent.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[agent]\ninstance = \"{id}\"\nbpffs = \"{b}\"\ncgroup2 = \"{c}\"\nruntime_dir = \"{r}\"\n\
-             log_format = \"json\"\nlisten_port = 15001\n[[services]]\nname = \"bench\"\nport = 9000\n",
-            b = dir.join("bpf").display(),
-            c = dir.join("cg2").display(),
-            r = dir.join("run").display(),
-        ),
-    )?;
-    node.agent_cfg = Some(cfg.clone());
-    let alog = dir.join("agent.log");
-    node.children.push(
-        Command::new("ip")
-            .args(["netns", "exec", &srv])
-            .arg(&agent_bin)
-            .args(["run", "--config"])
-            .arg(&cfg)
-            .env("INTERCEPTOR_LOG", "warn,interceptor::agent=info")
-            .stderr(std::fs::File::create(&alog)?)
-            .spawn()?,
-    );
-    wait_for_line(&alog, "\"ready\"", Duration::from_secs(20))?;
+    // mode = "tcp": this benchmark's echo/sink protocol is not HTTP, and the L4 figures are
+    // about the byte relay (the MCP-aware path is measured by `bench-mcp`).
+    node.write_agent_config("[[services]]\nname = \"bench\"\nport = 9000\nmode = \"tcp\"\n")?;
+    let alog = node.dir.join("agent.log");
+    node.start_agent("warn,interceptor::agent=info", &alog)?;
 
     println!(
         "interceptor L4 benchmark ({} connections per latency run, {mib} MiB per throughput run)",
@@ -446,10 +360,6 @@ fn bench(connections: usize, mib: usize, agent: Option<PathBuf>) -> Result<()> {
             b / a
         );
     }
-    let st = Command::new(&agent_bin)
-        .args(["status", "--config"])
-        .arg(&cfg)
-        .output()?;
-    println!("\n{}", String::from_utf8_lossy(&st.stdout));
+    println!("\n{}", node.agent_status()?);
     Ok(())
 }
