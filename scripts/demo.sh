@@ -23,9 +23,10 @@ cargo build --release -p interceptor-user --bin interceptor
 BIN="$ROOT/target/release/interceptor"
 
 NS=icpt-demo; CLI=icpt-demo-cli; RUN=/run/interceptor-demo
-SERVER_PID=""; AGENT_PID=""
+SERVER_PID=""; AGENT_PID=""; IDP_PID=""
 cleanup() {
   set +e
+  [ -n "$IDP_PID" ] && kill "$IDP_PID" 2>/dev/null && wait "$IDP_PID" 2>/dev/null
   [ -n "$AGENT_PID" ] && kill "$AGENT_PID" 2>/dev/null && wait "$AGENT_PID" 2>/dev/null
   [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null
   [ -f "$RUN/interceptor.toml" ] && "$BIN" detach --config "$RUN/interceptor.toml" >/dev/null
@@ -48,13 +49,37 @@ ip -n "$CLI" addr add 10.213.250.2/24 dev icptd1
 for n in "$NS" "$CLI"; do ip -n "$n" link set lo up; done
 ip -n "$NS" link set icptd0 up; ip -n "$CLI" link set icptd1 up
 
+P="$ROOT/tests/peers"
+ISSUER="https://10.213.250.1:9443"
+RESOURCE="http://10.213.250.1:8080/mcp"
+echo "== starting a real OpenID provider (oidc-provider) at $ISSUER"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$RUN/ca.key" \
+  -out "$RUN/ca.pem" -days 1 -subj "/CN=interceptor demo CA" 2>/dev/null
+printf 'subjectAltName=IP:10.213.250.1\n' > "$RUN/ext.cnf"
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$RUN/idp.key" \
+  -out "$RUN/idp.csr" -subj "/CN=idp" 2>/dev/null
+openssl x509 -req -in "$RUN/idp.csr" -CA "$RUN/ca.pem" -CAkey "$RUN/ca.key" -CAcreateserial \
+  -out "$RUN/idp.pem" -days 1 -extfile "$RUN/ext.cnf" 2>/dev/null
+node "$P/oidc/provider.mjs" --gen-keys "$RUN/keys.json" --kid-prefix demo >/dev/null
+nsenter --net="/run/netns/$NS" node "$P/oidc/provider.mjs" --host 10.213.250.1 --port 9443 \
+  --issuer "$ISSUER" --cert "$RUN/idp.pem" --key "$RUN/idp.key" --keys "$RUN/keys.json" \
+  >"$RUN/idp.log" 2>&1 &
+IDP_PID=$!
+for _ in $(seq 200); do grep -q '^READY' "$RUN/idp.log" 2>/dev/null && break; sleep 0.1; done
+grep -q '^READY' "$RUN/idp.log" || { echo "OpenID provider did not start" >&2; cat "$RUN/idp.log" >&2; exit 1; }
+
+# The example configuration and policy, pointed at the demo's namespaces and provider.
 sed -e "s|^instance = .*|instance = \"demo\"|" \
     -e "s|^bpffs = .*|bpffs = \"$RUN/bpf\"|" \
     -e "s|^# cgroup2 = .*|cgroup2 = \"$RUN/cg2\"|" \
     -e "s|^runtime_dir = .*|runtime_dir = \"$RUN\"|" \
+    -e "s|^log_format = .*|log_format = \"text\"|" \
+    -e "s|/etc/interceptor/policies|$ROOT/policies/crm.policy.toml|" \
+    -e "s|https://login.example.com|$ISSUER|" \
+    -e "s|https://mcp.example.com:8080/mcp|$RESOURCE|g" \
+    -e "s|^# ca_file = .*|ca_file = \"$RUN/ca.pem\"|" \
     policies/interceptor.toml > "$RUN/interceptor.toml"
 
-P="$ROOT/tests/peers"
 echo "== starting the MCP server on 10.213.250.1:8080 (network namespace $NS)"
 nsenter --net="/run/netns/$NS" "$P/.venv-mcp2/bin/python" "$P/py2_server.py" --host 0.0.0.0 --port 8080 \
   --no-dns-rebinding-protection >"$RUN/server.log" 2>&1 &
@@ -69,14 +94,31 @@ for _ in $(seq 100); do grep -q "interceptor agent ready" "$RUN/agent.log" 2>/de
 grep -q "interceptor agent ready" "$RUN/agent.log" || { echo "agent did not become ready" >&2; exit 1; }
 
 summary() {
-  python3 -c 'import json,sys; d=json.load(sys.stdin); print("   ok=%s protocol=%s tools=%s" % (d.get("ok"), d.get("protocol_version"), [t["name"] for t in d.get("tools",[])]))'
+  python3 -c 'import json,sys; d=json.load(sys.stdin); r=d.get("result") or {}; print("   ok=%s protocol=%s tools=%s %s" % (d.get("ok"), d.get("protocol_version"), [t["name"] for t in d.get("tools",[])], (d.get("error") or {}).get("message","") or ("isError=%s" % r.get("isError") if r else "")))'
 }
-echo "== a remote MCP client ($CLI, Python SDK 2.x) calls http://10.213.250.1:8080/mcp"
-ip netns exec "$CLI" "$P/.venv-mcp2/bin/python" "$P/py2_client.py" --url http://10.213.250.1:8080/mcp \
-  --scenario basic 2>/dev/null | summary
-echo "== a local MCP client (Python SDK 1.x) calls http://127.0.0.1:8080/mcp"
+token() { # token <grant args...>: a real access token for the CRM resource
+  ip netns exec "$CLI" node "$P/oidc/token.mjs" --issuer "$ISSUER" --cacert "$RUN/ca.pem" \
+    --resource "$RESOURCE" "$@" | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])'
+}
+py2() { ip netns exec "$CLI" "$P/.venv-mcp2/bin/python" "$P/py2_client.py" --url "$RESOURCE" "$@" 2>/dev/null; }
+
+echo "== no token: 401 with the RFC 9728 metadata that leads MCP clients to the provider"
+ip netns exec "$CLI" curl -sS -o /dev/null -D - -X POST -H 'content-type: application/json' \
+  -d '{"jsonrpc":"2.0","id":1,"method":"tools/list"}' "$RESOURCE" | grep -i -E '^HTTP|^www-authenticate'
+ip netns exec "$CLI" curl -sS http://10.213.250.1:8080/.well-known/oauth-protected-resource/mcp; echo
+
+ALICE=$(token --grant authorization_code --client-id mcp-cli --user alice)
+BATCH=$(token --grant client_credentials --client-id crm-batch --client-secret crm-batch-secret)
+echo "== alice (group support, authorization code + PKCE) lists tools: filtered to her role"
+py2 --scenario lists --header "Authorization: Bearer $ALICE" | summary
+echo "== alice calls customer_lookup (allowed) and export_customers (denied by policy)"
+py2 --scenario call --tool customer_lookup --args '{"id":"42"}' --header "Authorization: Bearer $ALICE" | summary
+py2 --scenario call --tool export_customers --args '{"limit":10}' --header "Authorization: Bearer $ALICE" | summary
+echo "== the crm-batch service account (client credentials) exports 10 customers"
+py2 --scenario call --tool export_customers --args '{"limit":10}' --header "Authorization: Bearer $BATCH" | summary
+echo "== a local MCP client (Python SDK 1.x, 2025-11-25) on the host calls http://127.0.0.1:8080/mcp as alice"
 nsenter --net="/run/netns/$NS" "$P/.venv-mcp1/bin/python" "$P/py1_client.py" --url http://127.0.0.1:8080/mcp \
-  --scenario basic 2>/dev/null | summary
+  --scenario call --tool customer_lookup --args '{"id":"7"}' --header "Authorization: Bearer $ALICE" 2>/dev/null | summary
 sleep 0.3
 echo "== interceptor status"
 "$BIN" status --config "$RUN/interceptor.toml"
