@@ -1405,6 +1405,26 @@ impl Node {
         self.raw_repeat(ns, addr, data, 1)
     }
 
+    /// `raw` as a local process of `user` (uid, gid) in the server netns.
+    pub fn raw_as(&self, user: (u32, u32), addr: &str, data: &str) -> (String, bool) {
+        let mut cmd = self.command_in(&self.server, None, Some(user), &testpeer_bin());
+        cmd.args([
+            "raw",
+            "--connect",
+            addr,
+            "--data",
+            data,
+            "--wait-ms",
+            "3000",
+        ]);
+        let out = run_timeout(&mut cmd, Duration::from_secs(20)).expect("testpeer raw");
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        (
+            v["response"].as_str().unwrap_or("").to_string(),
+            v["closed"].as_bool().unwrap_or(false),
+        )
+    }
+
     /// Sends `data` `n` times on one connection and reads until close or 3 s.
     pub fn raw_repeat(&self, ns: &Netns, addr: &str, data: &str, n: u32) -> (String, bool) {
         let mut cmd = ns.command(testpeer_bin());

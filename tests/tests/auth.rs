@@ -635,3 +635,105 @@ fn policy_reload_check_and_explain() {
     assert_eq!(v["decision"]["role"], "batch", "{v}");
     assert_eq!(v["token"]["subject"], "crm-batch", "{v}");
 }
+
+fn call_req(token: &str, tool: &str) -> String {
+    let body = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"{tool}","arguments":{{"limit":1,"id":"1"}}}}}}"#
+    );
+    format!(
+        "POST /mcp HTTP/1.1\\r\\nHost: crm\\r\\nContent-Type: application/json\\r\\n{}\\r\\nContent-Length: {}\\r\\n\\r\\n{body}",
+        bearer(token),
+        body.len()
+    )
+}
+
+#[test]
+fn a_bound_local_process_may_only_present_its_identities() {
+    let Some(f) = fixture("auth_local_binding", &policy_file(), 9) else {
+        return;
+    };
+    let _server = f.node.server(
+        &f.node.server,
+        &[&format!("0.0.0.0:{}", f.port)],
+        "mcp-echo",
+    );
+    let mut cfg = f.cfg.clone();
+    // uid 65534 (nobody) may only present the crm-batch service account.
+    cfg.services[0].extra = cfg.services[0].extra.replace(
+        "[services.auth]\n",
+        "[services.auth]\nlocal_bindings = [{ uid = 65534, clients = [\"crm-batch\"] }]\n",
+    );
+    let agent = f.node.start_agent(&cfg);
+    let batch = batch_token(&f);
+    let alice = user_token(&f, "alice");
+    let dst = addr("127.0.0.1", f.port);
+    let (reply, _) = f.node.raw_as(
+        (65_534, 65_534),
+        &dst,
+        &call_req(&batch, "export_customers"),
+    );
+    assert!(
+        reply.starts_with("HTTP/1.1 200"),
+        "bound identity accepted: {reply}"
+    );
+    let (reply, _) = f
+        .node
+        .raw_as((65_534, 65_534), &dst, &call_req(&alice, "customer_lookup"));
+    assert!(
+        reply.starts_with("HTTP/1.1 403"),
+        "another identity refused: {reply}"
+    );
+    assert!(reply.contains("local process uid 65534"), "{reply}");
+    let e = agent.wait_event("exchange", |e| e["rule"] == "authn/local_binding");
+    assert_eq!(e["caller_kind"], "local", "{e}");
+    assert_eq!(e["uid"], 65534, "{e}");
+    // Root (not bound) may present alice's token.
+    let (reply, _) = f
+        .node
+        .raw(&f.node.server, &dst, &call_req(&alice, "customer_lookup"));
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+}
+
+#[test]
+fn sighup_reloads_the_policy() {
+    let Some(f) = fixture("auth_sighup", "__POLICY__", 9) else {
+        return;
+    };
+    let policy = f.node.dir.join("crm.policy.toml");
+    std::fs::copy(policy_file(), &policy).expect("copy policy");
+    let mut cfg = f.cfg.clone();
+    cfg.extra_agent_toml = cfg.extra_agent_toml.replace(
+        "\"__POLICY__\"",
+        &format!("{:?}", policy.display().to_string()),
+    );
+    let _server = f.node.server(
+        &f.node.server,
+        &[&format!("0.0.0.0:{}", f.port)],
+        "mcp-echo",
+    );
+    let agent = f.node.start_agent(&cfg);
+    let batch = batch_token(&f);
+    let dst = addr(SERVER_IP, f.port);
+    let (reply, _) = f
+        .node
+        .raw(&f.node.client, &dst, &call_req(&batch, "export_customers"));
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    // Take the batch role's export grant away and send SIGHUP.
+    let text = std::fs::read_to_string(&policy).expect("policy");
+    let edited = text.replace("clients = [\"crm-batch\"]", "clients = [\"someone-else\"]");
+    assert_ne!(
+        text, edited,
+        "the example policy names the crm-batch client"
+    );
+    std::fs::write(&policy, edited).expect("edit");
+    let st = std::process::Command::new("kill")
+        .args(["-HUP", &agent.pid().to_string()])
+        .status()
+        .expect("kill -HUP");
+    assert!(st.success());
+    agent.wait_event("policy_reloaded", |_| true);
+    let (reply, _) = f
+        .node
+        .raw(&f.node.client, &dst, &call_req(&batch, "export_customers"));
+    assert!(reply.starts_with("HTTP/1.1 403"), "{reply}");
+}
