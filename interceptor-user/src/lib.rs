@@ -5,6 +5,7 @@
 //! - [`tls`]: TLS termination toward callers, re-encryption toward servers (rustls).
 //! - [`mcp`]: JSON-RPC/MCP message parsing, revisions, header checks, SSE framing.
 //! - [`http`]: HTTP/1.1 and HTTP/2 toward callers and servers, limits, MCP transports.
+//! - [`redact`]: one-pass DFA detection and masking of personal data, JSON-aware, streaming.
 //! - [`pipeline`]: the exchange phases later capabilities plug into, and exchange records.
 //! - [`net`]: listeners, accepted connections, original destination, upstream, relay.
 //! - [`identity`]: who the caller is (process, user, cgroup/unit, peer address).
@@ -33,5 +34,6 @@ pub mod net;
 pub mod oidc;
 pub mod pipeline;
 pub mod policy;
+pub mod redact;
 pub mod sys;
 pub mod tls;

@@ -1,0 +1,1 @@
+//! The detection and masking engine (see the module docs of `redact`).

@@ -1,0 +1,1 @@
+//! Streaming JSON-aware redaction (see the module docs of `redact`).
