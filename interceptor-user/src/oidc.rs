@@ -1267,8 +1267,23 @@ fn is_b64token(token: &str) -> bool {
 // Verifier
 // ---------------------------------------------------------------------------------------------
 
+/// Bound of the verified-token cache.
+const VERIFIED_CACHE_MAX: usize = 16_384;
+
+fn verified_key(token: &str, resource: &str) -> [u8; 32] {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(token.as_bytes());
+    h.update([0u8]);
+    h.update(resource.as_bytes());
+    h.finalize().into()
+}
+
 struct Inner {
     issuers: Vec<Arc<Issuer>>,
+    /// Verified JWTs by sha256(token, resource), until they expire: a token presented again
+    /// (every request of a session) skips the signature check, which dominates the cost.
+    verified: Mutex<HashMap<[u8; 32], VerifiedToken>>,
     started: AtomicBool,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -1450,6 +1465,7 @@ impl Verifier {
         Ok(Verifier {
             inner: Arc::new(Inner {
                 issuers: built,
+                verified: Mutex::new(HashMap::new()),
                 started: AtomicBool::new(false),
                 tasks: Mutex::new(Vec::new()),
             }),
@@ -1496,7 +1512,27 @@ impl Verifier {
             return Err(TokenError::Malformed("token too long".to_owned()));
         }
         match jwt_header(token) {
-            Ok(header) => self.verify_jwt(token, header, resource).await,
+            Ok(header) => {
+                let key = verified_key(token, resource);
+                let now = now_secs();
+                if let Some(v) = lock(&self.inner.verified).get(&key)
+                    && v.expires_at.is_some_and(|exp| now < exp)
+                {
+                    return Ok(v.clone());
+                }
+                let v = self.verify_jwt(token, header, resource).await?;
+                if v.expires_at.is_some_and(|exp| now < exp) {
+                    let mut cache = lock(&self.inner.verified);
+                    if cache.len() >= VERIFIED_CACHE_MAX {
+                        cache.retain(|_, t| t.expires_at.is_some_and(|exp| now < exp));
+                        if cache.len() >= VERIFIED_CACHE_MAX {
+                            cache.clear();
+                        }
+                    }
+                    cache.insert(key, v.clone());
+                }
+                Ok(v)
+            }
             Err(not_jwt) => {
                 if self
                     .inner

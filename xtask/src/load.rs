@@ -128,37 +128,71 @@ impl Target {
 
 // ------------------------------------------------------------------ HTTP/1.1 client
 
-/// A `tools/call` request at protocol revision 2026-07-28 (stateless: the `_meta` envelope
-/// and the `Mcp-Method`/`Mcp-Name` headers, as the official Python SDK 2.x client sends it).
-/// The mcp-echo servers answer anything; the SDK server needs all of it.
-fn tools_call(
-    out: &mut Vec<u8>,
-    host: &SocketAddr,
-    id: u64,
-    tool: &str,
-    args: &str,
-    progress: bool,
-) {
+/// What a load run sends: one `tools/call` per request.
+#[derive(Clone)]
+pub struct Call {
+    pub tool: String,
+    /// JSON text of the `arguments` object.
+    pub arguments: String,
+    /// Extra request header lines (`Name: value`), sent verbatim with every request.
+    pub headers: Vec<String>,
+    /// A bare JSON-RPC body (`jsonrpc`, `id`, `method`, `params.name`, `params.arguments`) with
+    /// only `Host`, `Content-Type`, the extra headers and `Content-Length`; otherwise the full
+    /// 2026-07-28 stateless shape (see `tools_call`).
+    pub minimal: bool,
+}
+
+impl Default for Call {
+    fn default() -> Call {
+        Call {
+            tool: "echo".into(),
+            arguments: r#"{"text":"hello"}"#.into(),
+            headers: Vec::new(),
+            minimal: false,
+        }
+    }
+}
+
+/// A `tools/call` request. Not minimal: at protocol revision 2026-07-28 (stateless: the `_meta`
+/// envelope and the `Mcp-Method`/`Mcp-Name` headers, as the official Python SDK 2.x client
+/// sends it); the mcp-echo servers answer anything, the SDK server needs all of it.
+fn tools_call(out: &mut Vec<u8>, host: &SocketAddr, id: u64, call: &Call, progress: bool) {
     use std::io::Write as _;
-    let token = if progress {
-        format!("\"progressToken\":\"p{id}\",")
+    let (tool, args) = (&call.tool, &call.arguments);
+    let body = if call.minimal {
+        format!(
+            "{{\"jsonrpc\":\"2.0\",\"id\":{id},\"method\":\"tools/call\",\"params\":{{\"name\":\"{tool}\",\
+             \"arguments\":{args}}}}}"
+        )
     } else {
-        String::new()
+        let token = if progress {
+            format!("\"progressToken\":\"p{id}\",")
+        } else {
+            String::new()
+        };
+        format!(
+            "{{\"jsonrpc\":\"2.0\",\"id\":{id},\"method\":\"tools/call\",\"params\":{{\"name\":\"{tool}\",\
+             \"arguments\":{args},\"_meta\":{{{token}\"io.modelcontextprotocol/protocolVersion\":\"2026-07-28\",\
+             \"io.modelcontextprotocol/clientCapabilities\":{{}},\
+             \"io.modelcontextprotocol/clientInfo\":{{\"name\":\"xtask-bench\",\"version\":\"1\"}}}}}}}}"
+        )
     };
-    let body = format!(
-        "{{\"jsonrpc\":\"2.0\",\"id\":{id},\"method\":\"tools/call\",\"params\":{{\"name\":\"{tool}\",\
-         \"arguments\":{args},\"_meta\":{{{token}\"io.modelcontextprotocol/protocolVersion\":\"2026-07-28\",\
-         \"io.modelcontextprotocol/clientCapabilities\":{{}},\
-         \"io.modelcontextprotocol/clientInfo\":{{\"name\":\"xtask-bench\",\"version\":\"1\"}}}}}}}}"
-    );
     out.clear();
     let _ = write!(
         out,
-        "POST /mcp HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
-         Accept: application/json, text/event-stream\r\nMCP-Protocol-Version: 2026-07-28\r\n\
-         Mcp-Method: tools/call\r\nMcp-Name: {tool}\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
+        "POST /mcp HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
     );
+    if !call.minimal {
+        let _ = write!(
+            out,
+            "Accept: application/json, text/event-stream\r\nMCP-Protocol-Version: 2026-07-28\r\n\
+             Mcp-Method: tools/call\r\nMcp-Name: {tool}\r\n"
+        );
+    }
+    for h in &call.headers {
+        let _ = write!(out, "{h}\r\n");
+    }
+    let _ = write!(out, "Content-Length: {}\r\n\r\n{body}", body.len());
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -302,6 +336,7 @@ pub struct ClientOpts {
     pub duration: Duration,
     pub threads: usize,
     pub timeout: Duration,
+    pub call: Call,
 }
 
 pub fn client(o: ClientOpts) -> Result<()> {
@@ -320,6 +355,7 @@ pub fn client(o: ClientOpts) -> Result<()> {
             "wait" => wait(&o).await,
             "latency" => latency(&o).await,
             "rps" => rps(&o).await,
+            "probe" => probe(&o).await,
             "sse" => sse(&o).await,
             m => bail!("unknown mode {m}"),
         }
@@ -364,32 +400,33 @@ async fn latency(o: &ClientOpts) -> Result<Value> {
     let mut id = 0u64;
     while Instant::now() < warm_until {
         id += 1;
-        tools_call(
-            &mut req,
-            &o.target.addr,
-            id,
-            "echo",
-            r#"{"text":"hello"}"#,
-            false,
-        );
+        tools_call(&mut req, &o.target.addr, id, &o.call, false);
         c.call(&req, &mut body).await?;
     }
     let mut us = Vec::with_capacity(o.n);
     for _ in 0..o.n {
         id += 1;
-        tools_call(
-            &mut req,
-            &o.target.addr,
-            id,
-            "echo",
-            r#"{"text":"hello"}"#,
-            false,
-        );
+        tools_call(&mut req, &o.target.addr, id, &o.call, false);
         let t = Instant::now();
         c.call(&req, &mut body).await?;
         us.push(t.elapsed().as_secs_f64() * 1e6);
     }
     Ok(summary(us))
+}
+
+/// One request on a fresh connection; reports the answer whatever it is:
+/// `{"status": 200, "body": "..."}`.
+async fn probe(o: &ClientOpts) -> Result<Value> {
+    let mut c = Conn {
+        s: o.target.connect().await?,
+        buf: Vec::with_capacity(16 * 1024),
+    };
+    let (mut req, mut body) = (Vec::new(), Vec::new());
+    tools_call(&mut req, &o.target.addr, 1, &o.call, false);
+    c.s.write_all(&req).await?;
+    c.s.flush().await?;
+    let status = c.response(&mut body).await?;
+    Ok(json!({"status": status, "body": String::from_utf8_lossy(&body)}))
 }
 
 /// `concurrency` keep-alive connections, each sending sequential calls; counts completions
@@ -404,6 +441,7 @@ async fn rps(o: &ClientOpts) -> Result<Value> {
     let mut tasks = Vec::with_capacity(o.concurrency);
     for (i, s) in conns.into_iter().enumerate() {
         let (measuring, stop, addr) = (measuring.clone(), stop.clone(), o.target.addr);
+        let call = o.call.clone();
         tasks.push(tokio::spawn(async move {
             let mut c = Conn {
                 s,
@@ -416,7 +454,7 @@ async fn rps(o: &ClientOpts) -> Result<Value> {
             while !stop.load(Ordering::Relaxed) {
                 calls += 1;
                 id += 1;
-                tools_call(&mut req, &addr, id, "echo", r#"{"text":"hello"}"#, false);
+                tools_call(&mut req, &addr, id, &call, false);
                 let t = Instant::now();
                 c.call(&req, &mut body).await?;
                 if measuring.load(Ordering::Relaxed) && !stop.load(Ordering::Relaxed) {
@@ -470,14 +508,12 @@ async fn sse(o: &ClientOpts) -> Result<Value> {
                     buf: Vec::with_capacity(4096),
                 };
                 let mut req = Vec::new();
-                tools_call(
-                    &mut req,
-                    &target.addr,
-                    i as u64 + 1,
-                    "slow_progress",
-                    r#"{"steps":120,"delay_ms":500}"#,
-                    true,
-                );
+                let call = Call {
+                    tool: "slow_progress".into(),
+                    arguments: r#"{"steps":120,"delay_ms":500}"#.into(),
+                    ..Call::default()
+                };
+                tools_call(&mut req, &target.addr, i as u64 + 1, &call, true);
                 c.s.write_all(&req).await?;
                 c.s.flush().await?;
                 let h = c.head().await?;

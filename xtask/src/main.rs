@@ -1,5 +1,6 @@
 //! Project tasks: `cargo xtask bench` (L4 benchmark against a direct connection) and
-//! `cargo xtask bench-mcp` (the MCP-aware data path: see `mcp.rs`).
+//! `cargo xtask bench-mcp` (the MCP-aware data path: see `mcp.rs`) and `cargo xtask bench-auth`
+//! (identity and policy per request: see `auth.rs`).
 //!
 //! The benchmark builds a fake node out of network namespaces (a server host and a client
 //! host joined by veth), runs a small echo/sink server on two ports of the server host, and
@@ -20,6 +21,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod auth;
 mod load;
 mod mcp;
 mod node;
@@ -49,13 +51,29 @@ enum Cmd {
     /// MCP benchmark: added latency per tools/call (c=1 p50/p99), RPS at concurrency 32,
     /// plain and TLS, fast upstream and the official SDK server, agent memory per SSE stream.
     BenchMcp(mcp::McpArgs),
-    /// (internal) MCP load generator used by bench-mcp; prints one JSON line.
+    /// Per-request cost of bearer-token verification plus policy (warm key cache): tools/call
+    /// through the same agent to a service with `[services.auth]` and to one without, and
+    /// direct; c=1 p50/p99 and RPS at concurrency 32.
+    BenchAuth(auth::AuthArgs),
+    /// (internal) MCP load generator used by bench-mcp and bench-auth; prints one JSON line.
     BenchMcpClient {
         #[arg(long)]
         addr: SocketAddr,
-        /// latency | rps | sse | wait
+        /// latency | rps | probe | sse | wait
         #[arg(long)]
         mode: String,
+        /// Tool called by every request.
+        #[arg(long, default_value = "echo")]
+        tool: String,
+        /// JSON `arguments` of the call.
+        #[arg(long, default_value = r#"{"text":"hello"}"#)]
+        arguments: String,
+        /// Extra request header (`Name: value`), repeatable.
+        #[arg(long)]
+        header: Vec<String>,
+        /// Bare JSON-RPC body and headers (no `_meta`, no MCP-* headers).
+        #[arg(long)]
+        minimal: bool,
         /// Trust this CA and speak TLS.
         #[arg(long)]
         tls_ca: Option<PathBuf>,
@@ -107,9 +125,14 @@ fn main() -> Result<()> {
             agent,
         } => bench(connections, mib, agent),
         Cmd::BenchMcp(args) => mcp::bench_mcp(args),
+        Cmd::BenchAuth(args) => auth::bench_auth(args),
         Cmd::BenchMcpClient {
             addr,
             mode,
+            tool,
+            arguments,
+            header,
+            minimal,
             tls_ca,
             n,
             concurrency,
@@ -126,6 +149,12 @@ fn main() -> Result<()> {
             duration: Duration::from_secs_f64(duration),
             threads,
             timeout: Duration::from_secs_f64(timeout),
+            call: load::Call {
+                tool,
+                arguments,
+                headers: header,
+                minimal,
+            },
         }),
         Cmd::BenchMcpEcho {
             listen,

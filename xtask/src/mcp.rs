@@ -95,10 +95,10 @@ pub struct McpArgs {
 }
 
 /// One side of a comparison: figures from a bench-mcp-client run.
-struct Figures(serde_json::Value);
+pub(crate) struct Figures(pub(crate) serde_json::Value);
 
 impl Figures {
-    fn get(&self, k: &str) -> f64 {
+    pub(crate) fn get(&self, k: &str) -> f64 {
         self.0[k].as_f64().unwrap_or(f64::NAN)
     }
 }
@@ -135,46 +135,14 @@ impl Bench<'_> {
         if tls {
             cmd.arg("--tls-ca").arg(&self.ca);
         }
-        let server = self.server_pid.get(&port).map(|p| p.to_string());
-        let agent = Some(self.agent_pid.to_string());
-        let cpu = |pid: &Option<String>| pid.as_deref().and_then(|p| cpu_us(p).ok());
-        let (s0, a0) = (cpu(&server), cpu(&agent));
-        let (t0, busy0) = (Instant::now(), system_busy_us().unwrap_or(0));
-        let out = cmd.output().context("running bench-mcp-client")?;
-        let (s1, a1) = (cpu(&server), cpu(&agent));
-        let (wall, busy1) = (t0.elapsed(), system_busy_us().unwrap_or(0));
-        if !out.status.success() {
-            bail!(
-                "bench-mcp-client {port} {mode} failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        let text = String::from_utf8_lossy(&out.stdout);
-        let last = text.lines().last().unwrap_or("");
-        let mut v: serde_json::Value = serde_json::from_str(last)
-            .with_context(|| format!("bench-mcp-client output {text:?}"))?;
-        // CPU taken by other processes on this machine during the run (other builds, ...),
-        // in cores: everything busy minus client, server and agent.
-        let ours = v["client_cpu_total_us"].as_f64().unwrap_or(0.0)
-            + s1.zip(s0).map_or(0.0, |(b, a)| b.saturating_sub(a) as f64)
-            + a1.zip(a0).map_or(0.0, |(b, a)| b.saturating_sub(a) as f64);
-        let busy = busy1.saturating_sub(busy0) as f64;
-        let other = (busy - ours).max(0.0) / wall.as_micros().max(1) as f64;
-        if wall >= Duration::from_secs(1) {
-            // (shorter runs: 10 ms ticks make the difference meaningless)
-            v["other_cores"] = serde_json::json!(other);
-            self.other_load.borrow_mut().push(other);
-        }
-        // Server and agent CPU over the whole client run (warm-up included), per call.
-        if let Some(calls) = v["total_calls"].as_f64().filter(|&c| c > 0.0) {
-            for (k, a, b) in [("server", s0, s1), ("agent", a0, a1)] {
-                if let (Some(a), Some(b)) = (a, b) {
-                    v[format!("{k}_cpu_per_call_us")] =
-                        serde_json::json!(b.saturating_sub(a) as f64 / calls);
-                }
-            }
-        }
-        Ok(Figures(v))
+        let what = format!("bench-mcp-client {port} {mode}");
+        run_load(
+            cmd,
+            &what,
+            self.server_pid.get(&port).copied(),
+            Some(self.agent_pid),
+            &self.other_load,
+        )
     }
 
     fn latency(&self, port: u16, tls: bool, n: usize) -> Result<Figures> {
@@ -252,6 +220,55 @@ impl Bench<'_> {
     }
 }
 
+/// Runs one load-generator command (`bench-mcp-client ...`, already in the client namespace)
+/// and returns its (last) JSON line, with the CPU figures added: `other_cores` (CPU taken by
+/// processes other than client, server and agent during the run, in cores; also pushed to
+/// `other_load`) and, for runs that report `total_calls`, `server_cpu_per_call_us` and
+/// `agent_cpu_per_call_us` over the whole run (warm-up included).
+pub(crate) fn run_load(
+    mut cmd: Command,
+    what: &str,
+    server_pid: Option<u32>,
+    agent_pid: Option<u32>,
+    other_load: &std::cell::RefCell<Vec<f64>>,
+) -> Result<Figures> {
+    let cpu = |pid: Option<u32>| pid.and_then(|p| cpu_us(&p.to_string()).ok());
+    let (s0, a0) = (cpu(server_pid), cpu(agent_pid));
+    let (t0, busy0) = (Instant::now(), system_busy_us().unwrap_or(0));
+    let out = cmd.output().with_context(|| format!("running {what}"))?;
+    let (s1, a1) = (cpu(server_pid), cpu(agent_pid));
+    let (wall, busy1) = (t0.elapsed(), system_busy_us().unwrap_or(0));
+    if !out.status.success() {
+        bail!("{what} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let last = text.lines().last().unwrap_or("");
+    let mut v: serde_json::Value =
+        serde_json::from_str(last).with_context(|| format!("{what} output {text:?}"))?;
+    // CPU taken by other processes on this machine during the run (other builds, ...),
+    // in cores: everything busy minus client, server and agent.
+    let ours = v["client_cpu_total_us"].as_f64().unwrap_or(0.0)
+        + s1.zip(s0).map_or(0.0, |(b, a)| b.saturating_sub(a) as f64)
+        + a1.zip(a0).map_or(0.0, |(b, a)| b.saturating_sub(a) as f64);
+    let busy = busy1.saturating_sub(busy0) as f64;
+    let other = (busy - ours).max(0.0) / wall.as_micros().max(1) as f64;
+    if wall >= Duration::from_secs(1) {
+        // (shorter runs: 10 ms ticks make the difference meaningless)
+        v["other_cores"] = serde_json::json!(other);
+        other_load.borrow_mut().push(other);
+    }
+    // Server and agent CPU over the whole client run (warm-up included), per call.
+    if let Some(calls) = v["total_calls"].as_f64().filter(|&c| c > 0.0) {
+        for (k, a, b) in [("server", s0, s1), ("agent", a0, a1)] {
+            if let (Some(a), Some(b)) = (a, b) {
+                v[format!("{k}_cpu_per_call_us")] =
+                    serde_json::json!(b.saturating_sub(a) as f64 / calls);
+            }
+        }
+    }
+    Ok(Figures(v))
+}
+
 fn vm_rss_kib(pid: u32) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
@@ -263,7 +280,7 @@ fn vm_rss_kib(pid: u32) -> Result<u64> {
 }
 
 /// A throwaway CA and a server certificate for 10.213.99.1 (EC P-256), made with openssl.
-fn make_certs(dir: &Path) -> Result<()> {
+pub(crate) fn make_certs(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     let p = |f: &str| dir.join(f).display().to_string();
     let quiet = |args: &[&str]| -> Result<()> {
