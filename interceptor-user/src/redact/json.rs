@@ -1,1 +1,1135 @@
 //! Streaming JSON-aware redaction (see the module docs of `redact`).
+//!
+//! [`JsonRedactor`] rewrites one JSON document as it streams through: structure bytes
+//! (whitespace, brackets, commas, colons), numbers and literals are copied through unchanged as
+//! soon as they are read; every string *value* (object keys only when
+//! [`JsonRedactor::with_key_redaction`] is on) is decoded (escapes, `\u` surrogate pairs),
+//! handed to a [`TextRedactor`], and written back as a valid JSON string. A string the redactor
+//! leaves unchanged is written back byte for byte as it came (same escapes), so a clean
+//! document passes through byte-exact.
+//!
+//! Chunk boundaries may fall anywhere (inside strings, escapes, surrogate pairs, multi-byte
+//! UTF-8, numbers, literals); the output does not depend on them.
+//!
+//! # Bounded memory
+//! Only the string being read is buffered. A string longer than the window
+//! ([`JsonLimits::window`]) is processed in segments: the buffered window `W` is redacted as a
+//! whole, and a cut point `c` at least `holdback = max_match_len + context` bytes before its
+//! end is accepted only if `redact(W) == redact(W[..c]) ++ redact(W[c..])`, i.e. no match (nor
+//! the context of one) straddles the cut. Then `redact(W[..c])` is emitted and `W[c..]` is
+//! carried into the next window, so a match spanning the window boundary is still seen whole.
+//! If no cut point is consistent, the window grows, up to [`JsonLimits::max_window`]; beyond that
+//! the document is refused ([`JsonErrorKind::SegmentationFailed`]). Memory is therefore
+//! O(max_window), independent of the size of the document.
+//!
+//! # Errors
+//! Invalid JSON (or a string that cannot be segmented safely) is an error carrying the byte
+//! offset. The caller must then stop forwarding and abort the response. Everything emitted
+//! before the error is safe to have forwarded: structure, numbers and literals (never redacted
+//! by design), and string content only after redaction. A failing `push` leaves `out` as it was
+//! before the call; the redactor then refuses further input until [`JsonRedactor::reset`].
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::{Finding, TextRedactor};
+
+// Explicit path: the same whichever way this file is included (the fuzz target includes it
+// with `#[path]`).
+#[cfg(test)]
+#[path = "json/tests.rs"]
+mod tests;
+
+/// Sizes and limits of a [`JsonRedactor`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JsonLimits {
+    /// Raw bytes of one string buffered before it is processed in segments. Raised to at least
+    /// four hold-backs (`max_match_len + context`).
+    pub window: usize,
+    /// Hard cap on the buffered raw bytes of one string while no safe cut point is found;
+    /// beyond it the document is refused. Raised to at least `window`.
+    pub max_window: usize,
+    /// Bytes of context held back in addition to `max_match_len` at a segment boundary (for
+    /// detectors that look at words around a match).
+    pub context: usize,
+    /// Deepest nesting of arrays and objects accepted.
+    pub max_depth: usize,
+    /// Findings kept in the [`Summary`]; further ones are only counted.
+    pub max_findings: usize,
+}
+
+impl Default for JsonLimits {
+    fn default() -> Self {
+        Self {
+            window: 1 << 20,
+            max_window: 4 << 20,
+            context: 256,
+            max_depth: 1024,
+            max_findings: 10_000,
+        }
+    }
+}
+
+/// Why a document was refused, and where.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{kind} at byte {offset}")]
+pub struct JsonError {
+    /// Offset of the offending byte from the start of the document (approximate for invalid
+    /// UTF-8: the start of the run that holds it).
+    pub offset: u64,
+    pub kind: JsonErrorKind,
+}
+
+/// The kinds of [`JsonError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum JsonErrorKind {
+    #[error("invalid JSON: unexpected byte 0x{0:02x}")]
+    UnexpectedByte(u8),
+    #[error("invalid JSON: unexpected end of input")]
+    UnexpectedEof,
+    #[error("invalid JSON: trailing data after the value")]
+    TrailingData,
+    #[error("invalid JSON: invalid UTF-8 in a string")]
+    InvalidUtf8,
+    #[error("invalid JSON: unescaped control character in a string")]
+    ControlChar,
+    #[error("invalid JSON: invalid escape sequence")]
+    InvalidEscape,
+    #[error("invalid JSON: unpaired UTF-16 surrogate in a \\u escape")]
+    LoneSurrogate,
+    #[error("JSON nested deeper than {0}")]
+    TooDeep(usize),
+    #[error("no safe segment boundary found within {0} bytes of a string")]
+    SegmentationFailed(usize),
+    #[error("the redactor failed or finished before; reset it first")]
+    Unusable,
+    #[error("internal error of the JSON redactor")]
+    Internal,
+}
+
+/// What was masked in one document (or, for [`SseRedactor`], in all events so far).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    /// Number of findings per entity type.
+    pub counts: BTreeMap<String, u64>,
+    /// The findings (pseudonyms, never values), in document order, at most
+    /// [`JsonLimits::max_findings`].
+    pub findings: Vec<Finding>,
+    /// Findings counted but not kept in `findings`.
+    pub findings_dropped: u64,
+    /// Strings (values, or keys when redacted) whose text was changed.
+    pub strings_redacted: u64,
+}
+
+impl Summary {
+    /// Total findings, kept or not.
+    pub fn total(&self) -> u64 {
+        self.counts.values().sum()
+    }
+
+    fn record(&mut self, findings: Vec<Finding>, max_findings: usize) {
+        for f in findings {
+            *self.counts.entry(f.entity.clone()).or_insert(0) += 1;
+            if self.findings.len() < max_findings {
+                self.findings.push(f);
+            } else {
+                self.findings_dropped += 1;
+            }
+        }
+    }
+
+    /// Adds `other` to this summary, keeping at most `max_findings` findings.
+    pub fn merge(&mut self, other: Summary, max_findings: usize) {
+        for (k, v) in other.counts {
+            *self.counts.entry(k).or_insert(0) += v;
+        }
+        let room = max_findings.saturating_sub(self.findings.len());
+        let kept = other.findings.len().min(room);
+        self.findings_dropped += (other.findings.len() - kept) as u64 + other.findings_dropped;
+        self.findings.extend(other.findings.into_iter().take(kept));
+        self.strings_redacted += other.strings_redacted;
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Container {
+    Array,
+    Object,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Esc {
+    None,
+    Backslash,
+    Hex { n: u8, acc: u16 },
+    NeedBackslash { hi: u16 },
+    NeedU { hi: u16 },
+    LowHex { hi: u16, n: u8, acc: u16 },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Str {
+    key: bool,
+    /// Buffered, decoded and redacted (values; keys with key redaction); else streamed as is.
+    buffered: bool,
+    esc: Esc,
+    /// The raw bytes of the escape being read (at most `\uXXXX\uXXXX`).
+    esc_buf: [u8; 12],
+    esc_len: u8,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Num {
+    Minus,
+    Zero,
+    Int,
+    Dot,
+    Frac,
+    Exp,
+    ExpSign,
+    ExpDigits,
+}
+
+impl Num {
+    fn next(self, b: u8) -> Option<Num> {
+        use Num::*;
+        match (self, b) {
+            (Minus, b'0') => Some(Zero),
+            (Minus, b'1'..=b'9') => Some(Int),
+            (Int, b'0'..=b'9') => Some(Int),
+            (Zero | Int, b'.') => Some(Dot),
+            (Dot | Frac, b'0'..=b'9') => Some(Frac),
+            (Zero | Int | Frac, b'e' | b'E') => Some(Exp),
+            (Exp, b'+' | b'-') => Some(ExpSign),
+            (Exp | ExpSign | ExpDigits, b'0'..=b'9') => Some(ExpDigits),
+            _ => None,
+        }
+    }
+
+    fn complete(self) -> bool {
+        matches!(self, Num::Zero | Num::Int | Num::Frac | Num::ExpDigits)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// A value is expected; `]` too when `allow_close` (right after `[`).
+    Value {
+        allow_close: bool,
+    },
+    /// An object key is expected; `}` too when `allow_close` (right after `{`).
+    Key {
+        allow_close: bool,
+    },
+    Colon,
+    /// After a value inside a container: `,` or the closing bracket.
+    AfterValue,
+    Str(Str),
+    Number(Num),
+    Literal {
+        lit: &'static [u8],
+        idx: usize,
+    },
+    /// The top-level value is complete: only whitespace may follow.
+    Done,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Status {
+    Active,
+    Failed,
+    Finished,
+}
+
+/// A UTF-8 sequence split by a chunk (or segment) boundary.
+#[derive(Debug, Clone, Copy, Default)]
+struct Utf8Pending {
+    buf: [u8; 4],
+    len: usize,
+}
+
+/// Streaming, JSON-aware redactor of one document; see the module docs.
+pub struct JsonRedactor {
+    redactor: Arc<dyn TextRedactor>,
+    limits: JsonLimits,
+    holdback: usize,
+    redact_keys: bool,
+    status: Status,
+    state: State,
+    stack: Vec<Container>,
+    /// Bytes of input consumed before the current chunk.
+    offset: u64,
+    utf8: Utf8Pending,
+    /// Decoded text of the buffered part of the current string.
+    decoded: String,
+    /// Raw (escaped) bytes of the same part, for byte-exact passthrough.
+    raw: Vec<u8>,
+    /// Raw length at which the current string is processed in a segment.
+    threshold: usize,
+    cur_changed: bool,
+    summary: Summary,
+    peak_buffered: usize,
+}
+
+impl std::fmt::Debug for JsonRedactor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JsonRedactor")
+            .field("limits", &self.limits)
+            .field("holdback", &self.holdback)
+            .field("redact_keys", &self.redact_keys)
+            .field("status", &self.status)
+            .field("offset", &self.offset)
+            .field("buffered", &self.buffered())
+            .finish_non_exhaustive()
+    }
+}
+
+fn is_ws(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
+}
+
+fn hex_val(b: u8) -> Option<u16> {
+    match b {
+        b'0'..=b'9' => Some(u16::from(b - b'0')),
+        b'a'..=b'f' => Some(u16::from(b - b'a' + 10)),
+        b'A'..=b'F' => Some(u16::from(b - b'A' + 10)),
+        _ => None,
+    }
+}
+
+fn is_high(u: u16) -> bool {
+    (0xD800..0xDC00).contains(&u)
+}
+
+fn is_low(u: u16) -> bool {
+    (0xDC00..0xE000).contains(&u)
+}
+
+fn utf8_width(lead: u8) -> usize {
+    match lead {
+        0xC2..=0xDF => 2,
+        0xE0..=0xEF => 3,
+        0xF0..=0xF4 => 4,
+        _ => 0,
+    }
+}
+
+impl JsonRedactor {
+    /// A redactor for one document (reusable after [`reset`](Self::reset)). Limits are
+    /// normalised: `window >= 4 * (max_match_len + context)`, `max_window >= window`,
+    /// `max_depth >= 1`.
+    pub fn new(redactor: Arc<dyn TextRedactor>, limits: JsonLimits) -> Self {
+        let holdback = redactor
+            .max_match_len()
+            .saturating_add(limits.context)
+            .max(1);
+        let window = limits.window.max(holdback.saturating_mul(4)).max(64);
+        let limits = JsonLimits {
+            window,
+            max_window: limits.max_window.max(window),
+            max_depth: limits.max_depth.max(1),
+            ..limits
+        };
+        Self {
+            redactor,
+            limits,
+            holdback,
+            redact_keys: false,
+            status: Status::Active,
+            state: State::Value { allow_close: false },
+            stack: Vec::new(),
+            offset: 0,
+            utf8: Utf8Pending::default(),
+            decoded: String::new(),
+            raw: Vec::new(),
+            threshold: window,
+            cur_changed: false,
+            summary: Summary::default(),
+            peak_buffered: 0,
+        }
+    }
+
+    /// Also redact object keys (off by default: keys pass through unchanged, streamed).
+    pub fn with_key_redaction(mut self, on: bool) -> Self {
+        self.redact_keys = on;
+        self
+    }
+
+    /// The limits in force (after normalisation).
+    pub fn limits(&self) -> &JsonLimits {
+        &self.limits
+    }
+
+    /// Bytes held back at a segment boundary: `max_match_len + context`.
+    pub fn holdback(&self) -> usize {
+        self.holdback
+    }
+
+    /// Bytes of the current string buffered now (decoded plus raw).
+    pub fn buffered(&self) -> usize {
+        self.decoded.len() + self.raw.len()
+    }
+
+    /// The most bytes ever buffered at once (decoded plus raw) since creation or reset.
+    pub fn peak_buffered(&self) -> usize {
+        self.peak_buffered
+    }
+
+    /// Bytes of input consumed so far.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Findings so far (the full summary is returned by [`finish`](Self::finish)).
+    pub fn summary(&self) -> &Summary {
+        &self.summary
+    }
+
+    /// Forgets the document (after success or failure) to start another, keeping allocations.
+    pub fn reset(&mut self) {
+        self.status = Status::Active;
+        self.state = State::Value { allow_close: false };
+        self.stack.clear();
+        self.offset = 0;
+        self.utf8 = Utf8Pending::default();
+        self.clear_string();
+        self.summary = Summary::default();
+        self.peak_buffered = 0;
+    }
+
+    fn clear_string(&mut self) {
+        self.decoded.clear();
+        self.raw.clear();
+        self.threshold = self.limits.window;
+        self.cur_changed = false;
+    }
+
+    /// Reads the next chunk of the document and appends to `out` everything that can be
+    /// emitted. On error `out` is left as it was before the call, and the redactor refuses
+    /// further input until [`reset`](Self::reset).
+    pub fn push(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Result<(), JsonError> {
+        if self.status != Status::Active {
+            return Err(JsonError {
+                offset: self.offset,
+                kind: JsonErrorKind::Unusable,
+            });
+        }
+        let start = out.len();
+        match self.run(chunk, out) {
+            Ok(()) => {
+                self.offset += chunk.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                out.truncate(start);
+                self.fail();
+                Err(e)
+            }
+        }
+    }
+
+    /// Ends the document: checks it is complete and returns what was masked. Everything has
+    /// already been emitted by [`push`](Self::push), so nothing is appended to `out` today;
+    /// the parameter keeps callers correct should a future version hold output back.
+    pub fn finish(&mut self, out: &mut Vec<u8>) -> Result<Summary, JsonError> {
+        let _ = out;
+        if self.status != Status::Active {
+            return Err(JsonError {
+                offset: self.offset,
+                kind: JsonErrorKind::Unusable,
+            });
+        }
+        let complete = match self.state {
+            State::Done => true,
+            State::Number(n) => n.complete() && self.stack.is_empty(),
+            _ => false,
+        };
+        if !complete {
+            self.fail();
+            return Err(JsonError {
+                offset: self.offset,
+                kind: JsonErrorKind::UnexpectedEof,
+            });
+        }
+        self.status = Status::Finished;
+        Ok(std::mem::take(&mut self.summary))
+    }
+
+    fn fail(&mut self) {
+        self.status = Status::Failed;
+        self.clear_string();
+        self.utf8 = Utf8Pending::default();
+    }
+
+    fn err(&self, i: usize, kind: JsonErrorKind) -> JsonError {
+        JsonError {
+            offset: self.offset + i as u64,
+            kind,
+        }
+    }
+
+    fn value_done(&mut self) {
+        self.state = if self.stack.is_empty() {
+            State::Done
+        } else {
+            State::AfterValue
+        };
+    }
+
+    fn open(&mut self, c: Container, i: usize) -> Result<(), JsonError> {
+        if self.stack.len() >= self.limits.max_depth {
+            return Err(self.err(i, JsonErrorKind::TooDeep(self.limits.max_depth)));
+        }
+        self.stack.push(c);
+        self.state = match c {
+            Container::Array => State::Value { allow_close: true },
+            Container::Object => State::Key { allow_close: true },
+        };
+        Ok(())
+    }
+
+    fn close(&mut self, c: Container, b: u8, i: usize) -> Result<(), JsonError> {
+        if self.stack.last() != Some(&c) {
+            return Err(self.err(i, JsonErrorKind::UnexpectedByte(b)));
+        }
+        self.stack.pop();
+        self.value_done();
+        Ok(())
+    }
+
+    fn start_string(&mut self, key: bool) {
+        self.clear_string();
+        self.state = State::Str(Str {
+            key,
+            buffered: !key || self.redact_keys,
+            esc: Esc::None,
+            esc_buf: [0; 12],
+            esc_len: 0,
+        });
+    }
+
+    fn run(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Result<(), JsonError> {
+        let mut i = 0;
+        while i < chunk.len() {
+            let b = chunk[i];
+            match self.state {
+                State::Str(s) => {
+                    i = self.string_bytes(s, chunk, i, out)?;
+                    continue;
+                }
+                State::Number(n) => {
+                    match n.next(b) {
+                        Some(next) => {
+                            out.push(b);
+                            self.state = State::Number(next);
+                            i += 1;
+                        }
+                        None if n.complete() => self.value_done(), // `b` is read again
+                        None => return Err(self.err(i, JsonErrorKind::UnexpectedByte(b))),
+                    }
+                    continue;
+                }
+                State::Literal { lit, idx } => {
+                    if lit.get(idx) != Some(&b) {
+                        return Err(self.err(i, JsonErrorKind::UnexpectedByte(b)));
+                    }
+                    out.push(b);
+                    if idx + 1 == lit.len() {
+                        self.value_done();
+                    } else {
+                        self.state = State::Literal { lit, idx: idx + 1 };
+                    }
+                    i += 1;
+                    continue;
+                }
+                _ => {}
+            }
+            if is_ws(b) {
+                // Copy the whole run of whitespace at once.
+                let n = chunk[i..].iter().take_while(|&&c| is_ws(c)).count();
+                out.extend_from_slice(&chunk[i..i + n]);
+                i += n;
+                continue;
+            }
+            let unexpected = JsonErrorKind::UnexpectedByte(b);
+            match self.state {
+                State::Value { allow_close } => match b {
+                    b'{' => self.open(Container::Object, i)?,
+                    b'[' => self.open(Container::Array, i)?,
+                    b']' if allow_close => self.close(Container::Array, b, i)?,
+                    b'"' => self.start_string(false),
+                    b'-' => self.state = State::Number(Num::Minus),
+                    b'0' => self.state = State::Number(Num::Zero),
+                    b'1'..=b'9' => self.state = State::Number(Num::Int),
+                    b't' => {
+                        self.state = State::Literal {
+                            lit: b"true",
+                            idx: 1,
+                        }
+                    }
+                    b'f' => {
+                        self.state = State::Literal {
+                            lit: b"false",
+                            idx: 1,
+                        }
+                    }
+                    b'n' => {
+                        self.state = State::Literal {
+                            lit: b"null",
+                            idx: 1,
+                        }
+                    }
+                    _ => return Err(self.err(i, unexpected)),
+                },
+                State::Key { allow_close } => match b {
+                    b'"' => self.start_string(true),
+                    b'}' if allow_close => self.close(Container::Object, b, i)?,
+                    _ => return Err(self.err(i, unexpected)),
+                },
+                State::Colon => match b {
+                    b':' => self.state = State::Value { allow_close: false },
+                    _ => return Err(self.err(i, unexpected)),
+                },
+                State::AfterValue => match (b, self.stack.last()) {
+                    (b',', Some(Container::Array)) => {
+                        self.state = State::Value { allow_close: false }
+                    }
+                    (b',', Some(Container::Object)) => {
+                        self.state = State::Key { allow_close: false }
+                    }
+                    (b']', _) => self.close(Container::Array, b, i)?,
+                    (b'}', _) => self.close(Container::Object, b, i)?,
+                    _ => return Err(self.err(i, unexpected)),
+                },
+                State::Done => return Err(self.err(i, JsonErrorKind::TrailingData)),
+                State::Str(_) | State::Number(_) | State::Literal { .. } => {
+                    return Err(self.err(i, JsonErrorKind::Internal));
+                }
+            }
+            out.push(b);
+            i += 1;
+        }
+        Ok(())
+    }
+
+    /// Reads string bytes from `chunk[i..]`; returns the index of the first byte not consumed
+    /// (the end of the chunk, or just after the closing quote).
+    fn string_bytes(
+        &mut self,
+        mut s: Str,
+        chunk: &[u8],
+        mut i: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<usize, JsonError> {
+        while i < chunk.len() {
+            let b = chunk[i];
+            match s.esc {
+                Esc::None => {
+                    let rest = &chunk[i..];
+                    let run = rest
+                        .iter()
+                        .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
+                        .unwrap_or(rest.len());
+                    if run > 0 {
+                        // A buffered run stops exactly at the segment threshold, so segments
+                        // fall at the same place whatever the chunking.
+                        let take = if s.buffered {
+                            run.min(self.threshold.saturating_sub(self.raw.len()).max(1))
+                        } else {
+                            run
+                        };
+                        let bytes = &rest[..take];
+                        self.utf8_feed(bytes, s.buffered, i)?;
+                        if s.buffered {
+                            self.raw.extend_from_slice(bytes);
+                            self.appended(out, i)?;
+                        } else {
+                            out.extend_from_slice(bytes);
+                        }
+                        i += take;
+                        continue;
+                    }
+                    if self.utf8.len > 0 {
+                        return Err(self.err(i, JsonErrorKind::InvalidUtf8));
+                    }
+                    match b {
+                        b'"' => {
+                            self.end_string(s, out, i)?;
+                            return Ok(i + 1);
+                        }
+                        b'\\' => {
+                            s.esc = Esc::Backslash;
+                            s.esc_buf[0] = b;
+                            s.esc_len = 1;
+                        }
+                        _ => return Err(self.err(i, JsonErrorKind::ControlChar)),
+                    }
+                }
+                Esc::Backslash => {
+                    let ch = match b {
+                        b'"' => '"',
+                        b'\\' => '\\',
+                        b'/' => '/',
+                        b'b' => '\u{8}',
+                        b'f' => '\u{c}',
+                        b'n' => '\n',
+                        b'r' => '\r',
+                        b't' => '\t',
+                        b'u' => {
+                            s.esc = Esc::Hex { n: 0, acc: 0 };
+                            push_esc(&mut s, b);
+                            i += 1;
+                            continue;
+                        }
+                        _ => return Err(self.err(i, JsonErrorKind::InvalidEscape)),
+                    };
+                    push_esc(&mut s, b);
+                    self.escape_done(&mut s, ch, out, i)?;
+                }
+                Esc::Hex { n, acc } | Esc::LowHex { n, acc, .. } => {
+                    let Some(d) = hex_val(b) else {
+                        return Err(self.err(i, JsonErrorKind::InvalidEscape));
+                    };
+                    push_esc(&mut s, b);
+                    let acc = (acc << 4) | d;
+                    let n = n + 1;
+                    s.esc = match (s.esc, n) {
+                        (Esc::Hex { .. }, 4) if is_high(acc) => Esc::NeedBackslash { hi: acc },
+                        (Esc::Hex { .. }, 4) if is_low(acc) => {
+                            return Err(self.err(i, JsonErrorKind::LoneSurrogate));
+                        }
+                        (Esc::Hex { .. }, 4) => {
+                            let ch = char::from_u32(u32::from(acc))
+                                .ok_or_else(|| self.err(i, JsonErrorKind::Internal))?;
+                            self.escape_done(&mut s, ch, out, i)?;
+                            i += 1;
+                            continue;
+                        }
+                        (Esc::Hex { .. }, _) => Esc::Hex { n, acc },
+                        (Esc::LowHex { hi, .. }, 4) => {
+                            if !is_low(acc) {
+                                return Err(self.err(i, JsonErrorKind::LoneSurrogate));
+                            }
+                            let cp = 0x10000
+                                + ((u32::from(hi) - 0xD800) << 10)
+                                + (u32::from(acc) - 0xDC00);
+                            let ch = char::from_u32(cp)
+                                .ok_or_else(|| self.err(i, JsonErrorKind::Internal))?;
+                            self.escape_done(&mut s, ch, out, i)?;
+                            i += 1;
+                            continue;
+                        }
+                        (Esc::LowHex { hi, .. }, _) => Esc::LowHex { hi, n, acc },
+                        _ => return Err(self.err(i, JsonErrorKind::Internal)),
+                    };
+                }
+                Esc::NeedBackslash { hi } => {
+                    if b != b'\\' {
+                        return Err(self.err(i, JsonErrorKind::LoneSurrogate));
+                    }
+                    push_esc(&mut s, b);
+                    s.esc = Esc::NeedU { hi };
+                }
+                Esc::NeedU { hi } => {
+                    if b != b'u' {
+                        return Err(self.err(i, JsonErrorKind::LoneSurrogate));
+                    }
+                    push_esc(&mut s, b);
+                    s.esc = Esc::LowHex { hi, n: 0, acc: 0 };
+                }
+            }
+            i += 1;
+        }
+        self.state = State::Str(s);
+        Ok(i)
+    }
+
+    /// A complete escape sequence (raw bytes in `s.esc_buf`) decoded to `ch`.
+    fn escape_done(
+        &mut self,
+        s: &mut Str,
+        ch: char,
+        out: &mut Vec<u8>,
+        i: usize,
+    ) -> Result<(), JsonError> {
+        let esc = s.esc_buf.get(..usize::from(s.esc_len)).unwrap_or_default();
+        if s.buffered {
+            self.raw.extend_from_slice(esc);
+            self.decoded.push(ch);
+            self.appended(out, i)?;
+        } else {
+            out.extend_from_slice(esc);
+        }
+        s.esc = Esc::None;
+        s.esc_len = 0;
+        Ok(())
+    }
+
+    /// Validates UTF-8 across chunk boundaries; appends the complete characters to `decoded`
+    /// when `sink`.
+    fn utf8_feed(&mut self, mut bytes: &[u8], sink: bool, i: usize) -> Result<(), JsonError> {
+        let bad = |this: &Self| this.err(i, JsonErrorKind::InvalidUtf8);
+        if self.utf8.len > 0 {
+            let width = utf8_width(self.utf8.buf[0]);
+            if width <= self.utf8.len || width > 4 {
+                return Err(bad(self));
+            }
+            let take = (width - self.utf8.len).min(bytes.len());
+            let (head, rest) = bytes.split_at(take);
+            self.utf8.buf[self.utf8.len..self.utf8.len + take].copy_from_slice(head);
+            self.utf8.len += take;
+            bytes = rest;
+            match std::str::from_utf8(&self.utf8.buf[..self.utf8.len]) {
+                Ok(ch) => {
+                    if sink {
+                        self.decoded.push_str(ch);
+                    }
+                    self.utf8.len = 0;
+                }
+                Err(e) if e.error_len().is_none() => return Ok(()), // still incomplete
+                Err(_) => return Err(bad(self)),
+            }
+        }
+        match std::str::from_utf8(bytes) {
+            Ok(text) => {
+                if sink {
+                    self.decoded.push_str(text);
+                }
+            }
+            Err(e) => {
+                let (valid, rest) = bytes.split_at(e.valid_up_to());
+                if e.error_len().is_some() || rest.len() > 3 {
+                    return Err(JsonError {
+                        offset: self.offset + (i + valid.len()) as u64,
+                        kind: JsonErrorKind::InvalidUtf8,
+                    });
+                }
+                if sink {
+                    let valid = std::str::from_utf8(valid).map_err(|_| bad(self))?;
+                    self.decoded.push_str(valid);
+                }
+                self.utf8.buf[..rest.len()].copy_from_slice(rest);
+                self.utf8.len = rest.len();
+            }
+        }
+        Ok(())
+    }
+
+    /// After bytes were buffered: track the peak, process a segment at the threshold.
+    fn appended(&mut self, out: &mut Vec<u8>, i: usize) -> Result<(), JsonError> {
+        self.peak_buffered = self.peak_buffered.max(self.buffered());
+        if self.raw.len() >= self.threshold {
+            self.segment(out).map_err(|kind| self.err(i, kind))?;
+            self.peak_buffered = self.peak_buffered.max(self.buffered());
+        }
+        Ok(())
+    }
+
+    /// Emits the redacted head of an over-long string, carrying the tail (see module docs).
+    fn segment(&mut self, out: &mut Vec<u8>) -> Result<(), JsonErrorKind> {
+        let text = self.decoded.as_str();
+        let n = text.len();
+        let h = self.holdback;
+        if n >= h.saturating_mul(2) {
+            let (whole, _) = self.redactor.redact(text);
+            for c in cut_candidates(text, h) {
+                let (Some(head_in), Some(tail_in)) = (text.get(..c), text.get(c..)) else {
+                    continue;
+                };
+                let (head, findings) = self.redactor.redact(head_in);
+                if !whole.starts_with(head.as_str()) {
+                    continue;
+                }
+                let (tail, _) = self.redactor.redact(tail_in);
+                if whole.len() != head.len() + tail.len() || !whole.ends_with(tail.as_str()) {
+                    continue;
+                }
+                let raw_c = raw_offset(&self.raw, c)
+                    .filter(|&r| r <= self.raw.len())
+                    .ok_or(JsonErrorKind::Internal)?;
+                if head == head_in {
+                    out.extend_from_slice(&self.raw[..raw_c]);
+                } else {
+                    encode_into(&head, out);
+                    self.cur_changed = true;
+                }
+                self.summary.record(findings, self.limits.max_findings);
+                self.decoded.drain(..c);
+                self.raw.drain(..raw_c);
+                self.threshold = self
+                    .limits
+                    .window
+                    .max(self.raw.len() + self.limits.window / 2);
+                return Ok(());
+            }
+        }
+        if self.raw.len() >= self.limits.max_window {
+            return Err(JsonErrorKind::SegmentationFailed(self.limits.max_window));
+        }
+        self.threshold = (self.raw.len() + self.limits.window / 2)
+            .min(self.limits.max_window)
+            .max(self.raw.len() + 1);
+        Ok(())
+    }
+
+    fn end_string(&mut self, s: Str, out: &mut Vec<u8>, i: usize) -> Result<(), JsonError> {
+        if s.buffered {
+            let (red, findings) = self.redactor.redact(&self.decoded);
+            if red == self.decoded {
+                out.extend_from_slice(&self.raw);
+            } else {
+                encode_into(&red, out);
+                self.cur_changed = true;
+            }
+            self.summary.record(findings, self.limits.max_findings);
+            if self.cur_changed {
+                self.summary.strings_redacted += 1;
+            }
+            self.clear_string();
+        }
+        if self.utf8.len > 0 {
+            return Err(self.err(i, JsonErrorKind::InvalidUtf8));
+        }
+        out.push(b'"');
+        if s.key {
+            self.state = State::Colon;
+        } else {
+            self.value_done();
+        }
+        Ok(())
+    }
+}
+
+fn push_esc(s: &mut Str, b: u8) {
+    if let Some(slot) = s.esc_buf.get_mut(usize::from(s.esc_len)) {
+        *slot = b;
+        s.esc_len += 1;
+    }
+}
+
+fn floor_boundary(text: &str, mut c: usize) -> usize {
+    c = c.min(text.len());
+    while c > 0 && !text.is_char_boundary(c) {
+        c -= 1;
+    }
+    c
+}
+
+fn is_separator(b: u8) -> bool {
+    is_ws(b) || b",;()<>[]{}\"'|".contains(&b)
+}
+
+/// Cut points to try for a window `text`, best first: `len - holdback`, then token starts
+/// before it, then further back by whole hold-backs; all in the second half of the window.
+fn cut_candidates(text: &str, h: usize) -> Vec<usize> {
+    const TRIES: usize = 4;
+    let mut cands = Vec::with_capacity(TRIES);
+    let n = text.len();
+    let lo = n / 2;
+    let Some(c0) = n.checked_sub(h) else {
+        return cands;
+    };
+    let c0 = floor_boundary(text, c0);
+    if c0 <= lo {
+        return cands;
+    }
+    cands.push(c0);
+    let bytes = text.as_bytes();
+    let stop = c0.saturating_sub(h.saturating_mul(4)).max(lo + 1);
+    let mut p = c0;
+    while p > stop && cands.len() < TRIES - 1 {
+        p -= 1;
+        let (Some(&before), Some(&at)) = (bytes.get(p - 1), bytes.get(p)) else {
+            break;
+        };
+        if is_separator(before) && !is_separator(at) {
+            cands.push(p);
+        }
+    }
+    let mut k = 1;
+    while cands.len() < TRIES {
+        let c = floor_boundary(text, c0.saturating_sub(h.saturating_mul(k)));
+        if c <= lo {
+            break;
+        }
+        if !cands.contains(&c) {
+            cands.push(c);
+        }
+        k += 1;
+    }
+    cands
+}
+
+/// The offset in the raw (escaped, already validated) bytes that decodes to `target` bytes.
+fn raw_offset(raw: &[u8], target: usize) -> Option<usize> {
+    let (mut r, mut d) = (0usize, 0usize);
+    while d < target {
+        if *raw.get(r)? != b'\\' {
+            // Plain bytes map one to one; skip to the next escape or the target.
+            let run = raw
+                .get(r..)?
+                .iter()
+                .take(target - d)
+                .position(|&b| b == b'\\')
+                .unwrap_or((target - d).min(raw.len() - r));
+            if run == 0 {
+                return None;
+            }
+            r += run;
+            d += run;
+            continue;
+        }
+        if *raw.get(r + 1)? == b'u' {
+            let mut v: u32 = 0;
+            for &h in raw.get(r + 2..r + 6)? {
+                v = (v << 4) | u32::from(hex_val(h)?);
+            }
+            if (0xD800..0xDC00).contains(&v) {
+                d += 4;
+                r += 12;
+            } else {
+                d += char::from_u32(v)?.len_utf8();
+                r += 6;
+            }
+        } else {
+            d += 1;
+            r += 2;
+        }
+    }
+    (d == target).then_some(r)
+}
+
+/// Appends `s` as the content of a JSON string (without quotes): escapes `"`, `\` and control
+/// characters; keeps everything else, non-ASCII as UTF-8.
+fn encode_into(s: &str, out: &mut Vec<u8>) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let short: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x08 => b"\\b",
+            0x0c => b"\\f",
+            0..=0x1f => b"",
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        if short.is_empty() {
+            out.extend_from_slice(b"\\u00");
+            out.push(HEX[usize::from(b >> 4)]);
+            out.push(HEX[usize::from(b & 0xf)]);
+        } else {
+            out.extend_from_slice(short);
+        }
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+}
+
+/// Redacts a whole document held in memory at once; returns the output and the summary.
+pub fn redact_json(
+    redactor: Arc<dyn TextRedactor>,
+    limits: JsonLimits,
+    input: &[u8],
+) -> Result<(Vec<u8>, Summary), JsonError> {
+    let mut r = JsonRedactor::new(redactor, limits);
+    let mut out = Vec::with_capacity(input.len());
+    r.push(input, &mut out)?;
+    let summary = r.finish(&mut out)?;
+    Ok((out, summary))
+}
+
+/// Redacts every string value (not the keys) of an already parsed document in place, e.g.
+/// tool arguments or resource URIs before they are logged. Returns the findings in document
+/// order. Iterative: any depth is fine.
+pub fn redact_value(value: &mut Value, redactor: &dyn TextRedactor) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    let mut stack = vec![value];
+    while let Some(v) = stack.pop() {
+        match v {
+            Value::String(s) => {
+                let (red, f) = redactor.redact(s);
+                if red != *s {
+                    *s = red;
+                }
+                findings.extend(f);
+            }
+            Value::Array(items) => stack.extend(items.iter_mut().rev()),
+            Value::Object(map) => stack.extend(map.values_mut().rev()),
+            Value::Null | Value::Bool(_) | Value::Number(_) => {}
+        }
+    }
+    findings
+}
+
+/// Redacts the `data` of Server-Sent Events one event at a time: each event's data is one JSON
+/// document (e.g. a JSON-RPC message), redacted whole and returned, so events are forwarded one
+/// by one. The summary accumulates over events.
+///
+/// The returned data may contain newlines where the input had them (as JSON whitespace); the
+/// caller writes it back as one `data:` line per line, as SSE requires.
+pub struct SseRedactor {
+    inner: JsonRedactor,
+    summary: Summary,
+}
+
+impl std::fmt::Debug for SseRedactor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SseRedactor")
+            .field("inner", &self.inner)
+            .field("summary", &self.summary)
+            .finish()
+    }
+}
+
+impl SseRedactor {
+    pub fn new(redactor: Arc<dyn TextRedactor>, limits: JsonLimits) -> Self {
+        Self {
+            inner: JsonRedactor::new(redactor, limits),
+            summary: Summary::default(),
+        }
+    }
+
+    /// Also redact object keys.
+    pub fn with_key_redaction(mut self, on: bool) -> Self {
+        self.inner = self.inner.with_key_redaction(on);
+        self
+    }
+
+    /// The redacted `data` of one event. Empty (or all-whitespace) data is returned as is:
+    /// there is nothing to mask. Any other data must be a JSON document, else the event is
+    /// refused (the caller must not forward it).
+    pub fn redact_data(&mut self, data: &str) -> Result<String, JsonError> {
+        if data.bytes().all(is_ws) {
+            return Ok(data.to_owned());
+        }
+        self.inner.reset();
+        let mut out = Vec::with_capacity(data.len());
+        self.inner.push(data.as_bytes(), &mut out)?;
+        let summary = self.inner.finish(&mut out)?;
+        self.summary
+            .merge(summary, self.inner.limits().max_findings);
+        // Input is UTF-8 and strings are validated, so this cannot fail; refuse if it does.
+        String::from_utf8(out).map_err(|_| JsonError {
+            offset: 0,
+            kind: JsonErrorKind::Internal,
+        })
+    }
+
+    /// Findings of all events so far.
+    pub fn summary(&self) -> &Summary {
+        &self.summary
+    }
+
+    /// Takes the findings of all events so far, starting afresh.
+    pub fn take_summary(&mut self) -> Summary {
+        std::mem::take(&mut self.summary)
+    }
+}
