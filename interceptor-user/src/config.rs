@@ -93,6 +93,9 @@ pub struct AgentSettings {
     pub log_format: String,
     /// How often certificate files are checked for replacement (also on SIGHUP).
     pub cert_reload_ms: u64,
+    /// Key of the keyed pseudonyms (32 bytes, created with mode 0600 when missing). It never
+    /// goes into the audit store; erasing it makes the pseudonyms unlinkable.
+    pub pseudonym_key_file: PathBuf,
 }
 
 impl Default for AgentSettings {
@@ -109,6 +112,7 @@ impl Default for AgentSettings {
             local_addrs_refresh_ms: 2_000,
             log_format: "text".into(),
             cert_reload_ms: 5_000,
+            pseudonym_key_file: "/var/lib/interceptor/pseudonym.key".into(),
         }
     }
 }
@@ -150,6 +154,8 @@ pub struct ServiceConfig {
     pub non_mcp: NonMcp,
     /// Bearer-token authentication and policy; absent = no authentication (not recommended).
     pub auth: Option<ServiceAuth>,
+    /// Redaction of personal data in responses (detectors and masking); absent = none.
+    pub redact: Option<crate::redact::engine::EngineConfig>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -355,6 +361,9 @@ impl Config {
                     "max_header_bytes and max_body_bytes must be at least 1024, max_json_depth at least 4"
                         .into(),
                 ));
+            }
+            if s.mode == ServiceMode::Tcp && s.redact.is_some() {
+                return Err(err(key("redact"), "redaction needs mode = \"mcp\"".into()));
             }
             if s.mode == ServiceMode::Tcp && (s.tls.is_some() || s.upstream.tls.is_some()) {
                 return Err(err(

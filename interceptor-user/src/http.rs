@@ -24,7 +24,7 @@ use bytes::Bytes;
 use http::{
     HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, header,
 };
-use http_body::{Body as _, Frame};
+use http_body::Frame;
 use http_body_util::{BodyExt, Full, Limited, combinators::UnsyncBoxBody};
 use hyper::body::Incoming;
 use hyper_util::{
@@ -49,6 +49,7 @@ use crate::{
     net::ConnInfo,
     pipeline::{Decision, ExchangeRecord, Pipeline, RequestView, Transport},
     policy::{PolicyDecision, PolicyRequest, Principal},
+    redact::stream::Redacting,
     tls::{TlsTerminator, UpstreamTls},
 };
 
@@ -221,6 +222,8 @@ pub struct McpService {
     pub pipeline: Pipeline,
     /// Identity and policy (only for services with `[services.auth]`).
     pub auth: Option<Arc<Auth>>,
+    /// Redaction of everything the server sends back (services with `[services.redact]`).
+    pub redactor: Option<Arc<dyn crate::redact::TextRedactor>>,
     /// Legacy HTTP+SSE: exchanges waiting for their response on a session's GET /sse stream.
     legacy: Arc<LegacySessions>,
 }
@@ -239,6 +242,7 @@ impl McpService {
         connect_timeout: std::time::Duration,
         pipeline: Pipeline,
         auth: Option<Arc<Auth>>,
+        redactor: Option<Arc<dyn crate::redact::TextRedactor>>,
     ) -> anyhow::Result<McpService> {
         use anyhow::Context as _;
         let tls = match &cfg.tls {
@@ -295,6 +299,7 @@ impl McpService {
             upstream_auth,
             pipeline,
             auth: if cfg_auth { auth } else { None },
+            redactor,
             legacy: Arc::new(LegacySessions::default()),
         })
     }
@@ -655,6 +660,8 @@ fn new_record(
         purpose: None,
         lawful_basis: None,
         policy_version: None,
+        masked: Default::default(),
+        pseudonyms: Vec::new(),
         started: SystemTime::now(),
         duration_ms: 0,
     }
@@ -1093,6 +1100,7 @@ async fn handle_post(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<Resp
         ))
     } else {
         Box::new(JsonObserver {
+            evidence: None,
             pipeline: ctx.svc.pipeline.clone(),
             pending,
             scanner: mcp::EnvelopeScanner::new(),
@@ -1100,7 +1108,41 @@ async fn handle_post(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<Resp
             status,
         })
     };
-    client_response(rparts, Observed::new(rbody, observer).boxed_unsync())
+    respond_observed(
+        &ctx,
+        rparts,
+        rbody,
+        observer,
+        ct.starts_with("text/event-stream"),
+    )
+}
+
+/// Sends a server response on, redacted when the service redacts, observed in any case.
+fn respond_observed(
+    ctx: &ConnCtx,
+    mut rparts: http::response::Parts,
+    rbody: Incoming,
+    mut observer: Box<dyn Observer>,
+    sse: bool,
+) -> Response<RespBody> {
+    let Some(redactor) = ctx.svc.redactor.clone() else {
+        return client_response(rparts, Observed::new(rbody, observer).boxed_unsync());
+    };
+    let evidence: crate::redact::stream::Evidence = Arc::default();
+    observer.set_evidence(evidence.clone());
+    // The length changes: the redacted body is sent chunked (HTTP/1.1) or framed (HTTP/2).
+    rparts.headers.remove(header::CONTENT_LENGTH);
+    let body = if sse {
+        Redacting::sse(
+            rbody,
+            redactor,
+            ctx.svc.cfg.limits.max_sse_event_bytes,
+            evidence,
+        )
+    } else {
+        Redacting::json(rbody, redactor, evidence)
+    };
+    client_response(rparts, Observed::new(body, observer).boxed_unsync())
 }
 
 /// GET streams: the Streamable HTTP GET stream and the legacy `GET /sse` channel.
@@ -1139,10 +1181,7 @@ async fn forward_stream(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<R
         Some(LegacyLink::default()),
         &ctx.svc.cfg.limits,
     );
-    client_response(
-        rparts,
-        Observed::new(rbody, Box::new(observer)).boxed_unsync(),
-    )
+    respond_observed(&ctx, rparts, rbody, Box::new(observer), true)
 }
 
 async fn forward_plain(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<RespBody> {
@@ -1387,19 +1426,34 @@ enum End {
 trait Observer: Send {
     fn data(&mut self, chunk: &Bytes);
     fn end(&mut self, how: End);
+    /// Where the redaction of this response reports what it masked.
+    fn set_evidence(&mut self, evidence: crate::redact::stream::Evidence);
+}
+
+/// Copies what redaction masked (counts per entity type, keyed pseudonyms) into a record.
+fn apply_evidence(rec: &mut ExchangeRecord, evidence: &Option<crate::redact::stream::Evidence>) {
+    if let Some(e) = evidence {
+        let e = e.lock().unwrap_or_else(|p| p.into_inner());
+        rec.masked = e.counts.clone();
+        rec.pseudonyms = e
+            .findings
+            .iter()
+            .map(|f| format!("{}:{}", f.entity, f.pseudonym))
+            .collect();
+    }
 }
 
 /// A response body that lets an observer see every data frame it forwards.
-struct Observed {
-    inner: Incoming,
+struct Observed<B: http_body::Body = Incoming> {
+    inner: B,
     observer: Option<Box<dyn Observer>>,
     /// The body's announced length, when it has one.
     expected: Option<u64>,
     seen: u64,
 }
 
-impl Observed {
-    fn new(inner: Incoming, observer: Box<dyn Observer>) -> Self {
+impl<B: http_body::Body> Observed<B> {
+    fn new(inner: B, observer: Box<dyn Observer>) -> Self {
         Observed {
             expected: inner.size_hint().exact(),
             inner,
@@ -1415,7 +1469,11 @@ impl Observed {
     }
 }
 
-impl http_body::Body for Observed {
+impl<B> http_body::Body for Observed<B>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
     type Data = Bytes;
     type Error = BoxError;
 
@@ -1443,7 +1501,7 @@ impl http_body::Body for Observed {
                 if let Some(mut o) = this.observer.take() {
                     o.end(End::Error);
                 }
-                Poll::Ready(Some(Err(Box::new(e))))
+                Poll::Ready(Some(Err(e.into())))
             }
             Poll::Ready(None) => {
                 if let Some(mut o) = this.observer.take() {
@@ -1463,7 +1521,7 @@ impl http_body::Body for Observed {
     }
 }
 
-impl Drop for Observed {
+impl<B: http_body::Body> Drop for Observed<B> {
     fn drop(&mut self) {
         if let Some(mut o) = self.observer.take() {
             o.end(if self.finished() {
@@ -1477,6 +1535,7 @@ impl Drop for Observed {
 
 /// application/json responses: one envelope, scanned in bounded memory.
 struct JsonObserver {
+    evidence: Option<crate::redact::stream::Evidence>,
     pipeline: Pipeline,
     pending: HashMap<String, Pending>,
     scanner: mcp::EnvelopeScanner,
@@ -1485,6 +1544,9 @@ struct JsonObserver {
 }
 
 impl Observer for JsonObserver {
+    fn set_evidence(&mut self, evidence: crate::redact::stream::Evidence) {
+        self.evidence = Some(evidence);
+    }
     fn data(&mut self, chunk: &Bytes) {
         self.bytes += chunk.len() as u64;
         self.scanner.push(chunk);
@@ -1507,6 +1569,7 @@ impl Observer for JsonObserver {
                 End::Error => "upstream_error".into(),
                 End::Dropped => "client_gone".into(),
             };
+            apply_evidence(&mut p.rec, &self.evidence);
             finish(&self.pipeline, p);
         }
     }
@@ -1520,6 +1583,7 @@ struct LegacyLink {
 
 /// text/event-stream responses: events parsed as they pass, responses matched to requests.
 struct SseObserver {
+    evidence: Option<crate::redact::stream::Evidence>,
     svc: Arc<McpService>,
     pending: HashMap<String, Pending>,
     legacy: Option<LegacyLink>,
@@ -1536,6 +1600,7 @@ impl SseObserver {
         limits: &crate::config::HttpLimits,
     ) -> Self {
         SseObserver {
+            evidence: None,
             svc,
             pending,
             legacy,
@@ -1591,6 +1656,7 @@ impl SseObserver {
                         } else {
                             p.rec.outcome = "result".into();
                         }
+                        apply_evidence(&mut p.rec, &self.evidence);
                         self.svc.pipeline.response_event(&p.rec, &msg);
                         finish(&self.svc.pipeline, p);
                     }
@@ -1604,6 +1670,9 @@ impl SseObserver {
 }
 
 impl Observer for SseObserver {
+    fn set_evidence(&mut self, evidence: crate::redact::stream::Evidence) {
+        self.evidence = Some(evidence);
+    }
     fn data(&mut self, chunk: &Bytes) {
         if self.broken {
             return;

@@ -118,6 +118,12 @@ impl DataPath {
                     config.agent.connect_timeout(),
                     pipeline.clone(),
                     auth.clone(),
+                    match &s.redact {
+                        Some(r) => {
+                            Some(redactor_for(&s.name, r, &config.agent.pseudonym_key_file)?)
+                        }
+                        None => None,
+                    },
                 )?)),
             });
         }
@@ -184,6 +190,20 @@ impl DataPath {
     pub async fn connect_upstream(&self, dst: SocketAddr) -> Result<TcpStream, ProxyError> {
         connect_marked(dst, self.mark, self.config.agent.connect_timeout()).await
     }
+}
+
+/// The redaction engine of a service, keyed with the agent's pseudonym key.
+fn redactor_for(
+    service: &str,
+    cfg: &crate::redact::engine::EngineConfig,
+    key_file: &std::path::Path,
+) -> Result<Arc<dyn crate::redact::TextRedactor>> {
+    let key = crate::redact::load_or_create_key(key_file)
+        .with_context(|| format!("agent.pseudonym_key_file {}", key_file.display()))?;
+    let engine =
+        crate::redact::engine::Engine::new(cfg, crate::redact::engine::PseudonymKey::new(key))
+            .map_err(|e| anyhow::anyhow!("services.{service}.redact: {e}"))?;
+    Ok(Arc::new(engine))
 }
 
 /// Connects to the real server with the agent's socket mark, so the kernel neither redirects

@@ -102,6 +102,10 @@ pub struct ExchangeRecord {
     pub purpose: Option<String>,
     pub lawful_basis: Option<String>,
     pub policy_version: Option<String>,
+    /// What redaction masked in the response: count per entity type...
+    pub masked: std::collections::BTreeMap<String, u64>,
+    /// ...and the keyed pseudonym of each masked value ("EMAIL:4f1c9a2b"), never the value.
+    pub pseudonyms: Vec<String>,
     #[serde(with = "unix_ms")]
     pub started: SystemTime,
     pub duration_ms: u64,
@@ -232,6 +236,8 @@ impl Phase for ExchangeLog {
             purpose = r.purpose.as_deref(),
             lawful_basis = r.lawful_basis.as_deref(),
             policy_version = r.policy_version.as_deref(),
+            masked = %serde_json::to_string(&r.masked).unwrap_or_default(),
+            pseudonyms = %r.pseudonyms.join(","),
             duration_ms = r.duration_ms,
             "exchange complete"
         );

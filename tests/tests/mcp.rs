@@ -749,3 +749,95 @@ fn replaced_certificates_are_served_without_a_restart() {
     );
     drop(server);
 }
+
+/// Personal data in results, resources, prompts and notifications reaches the client masked,
+/// over JSON and SSE responses, and the exchange records carry counts and pseudonyms only.
+#[test]
+fn personal_data_reaches_the_client_masked() {
+    let node = node!("mcp_redaction");
+    let (p1, p2) = (node.port(0), node.port(1));
+    let s1 = node.mcp_server(Sdk::Py2, p1, &[]);
+    let s2 = node.mcp_server(Sdk::Py1, p2, &["--transport", "sse"]);
+    let mut cfg = node
+        .agent_config()
+        .mcp_service("crm", p1, "[services.redact]\n")
+        .mcp_service(
+            "legacy",
+            p2,
+            "[services.redact]\ndefault_mask = \"remove\"\n",
+        );
+    cfg.extra_agent_toml = format!(
+        "pseudonym_key_file = {:?}\n",
+        node.dir.join("pseudonym.key").display().to_string()
+    );
+    let agent = node.start_agent(&cfg);
+    let url = format!("http://{SERVER_IP}:{p1}/mcp");
+    let c = node.mcp_client(
+        &node.client,
+        Sdk::Py2,
+        &url,
+        &[
+            "--scenario",
+            "call",
+            "--tool",
+            "customer_lookup",
+            "--args",
+            "{\"id\":\"42\"}",
+        ],
+    );
+    let out = c.assert_ok().to_string();
+    for pii in [
+        "jane.doe@example.com",
+        "GB82WEST12345698765432",
+        "7946 0958",
+    ] {
+        assert!(!out.contains(pii), "{pii} leaked: {out}");
+    }
+    assert!(out.contains("[EMAIL:"), "pseudonymized email: {out}");
+    let e = agent.wait_event("exchange", |e| e["mcp_name"] == "customer_lookup");
+    let masked: Value =
+        serde_json::from_str(e["masked"].as_str().unwrap_or("{}")).unwrap_or_default();
+    assert!(masked["EMAIL"].as_u64().unwrap_or(0) >= 1, "{e}");
+    assert!(
+        e["pseudonyms"].as_str().unwrap_or("").contains("EMAIL:"),
+        "{e}"
+    );
+    assert!(
+        !e.to_string().contains("jane.doe"),
+        "no value in the record: {e}"
+    );
+
+    // The same value gets the same pseudonym (tickets can still be correlated).
+    let again = node.mcp_client(
+        &node.client,
+        Sdk::Py2,
+        &url,
+        &[
+            "--scenario",
+            "call",
+            "--tool",
+            "customer_lookup",
+            "--args",
+            "{\"id\":\"42\"}",
+        ],
+    );
+    let again = again.assert_ok().to_string();
+    let pseud = |s: &str| -> Vec<String> {
+        s.match_indices("[EMAIL:")
+            .map(|(i, _)| s[i..(i + 16).min(s.len())].to_string())
+            .collect()
+    };
+    assert_eq!(pseud(&out), pseud(&again));
+
+    // Legacy SSE transport, remove mode: basic scenario (resources, prompts) masked too.
+    let c = node.mcp_client(
+        &node.client,
+        Sdk::Py1,
+        &format!("http://{SERVER_IP}:{p2}/sse"),
+        &["--transport", "sse", "--scenario", "basic"],
+    );
+    let out = c.assert_ok().to_string();
+    assert!(!out.contains("jane.doe@example.com"), "{out}");
+    assert!(out.contains("[EMAIL]"), "{out}");
+    drop((s1, s2));
+}

@@ -1,1 +1,1151 @@
 //! The detection and masking engine (see the module docs of `redact`).
+//!
+//! # Design
+//!
+//! * **One automaton.** Every pattern of every enabled detector (built-in and custom) is
+//!   compiled, once per policy load, into one multi-pattern lazy DFA
+//!   (`regex_automata::hybrid::regex::Regex`, leftmost-first, forward + reverse). A text is
+//!   scanned in one forward pass; each match is checked by its detector's validator and,
+//!   where the detector has them, context words. Only when a candidate is rejected, a second
+//!   lazy DFA over the same patterns (`MatchKind::All`, anchored) lists every other pattern
+//!   and every shorter end that also matches at that position, so a rejected greedy or
+//!   higher-priority candidate never hides a valid one (e.g. a card number followed by a
+//!   year, a Luhn-invalid number that is a valid French NIR).
+//!
+//!   Why the lazy DFA (`hybrid`) and not the dense DFA (`dfa::dense`) or `meta`: the dense
+//!   DFA of the unanchored union of ~40 bounded-repetition patterns has to determinize the
+//!   product of all their counters (digit runs x hex runs x e-mail local parts x ...) ahead of
+//!   time, which takes seconds and hundreds of MB (see the `dense_build_cost` test); the
+//!   lazy DFA builds only the states real text visits, which is a small set that stays in
+//!   its cache, after which it runs at the same one-table-lookup-per-byte speed. `meta`
+//!   would pick the same lazy DFA but cannot run the anchored overlapping (`All`) search
+//!   used for alternatives, and may fall back to a slow NFA when its cache thrashes; here
+//!   the cache is simply cleared and rebuilt (never an error, never a panic).
+//! * **Bounded.** Every pattern has a maximum length (patterns with unbounded repetition
+//!   are refused at load); validators that extend a match (PEM blocks, JWTs) do so by a
+//!   bounded amount. [`TextRedactor::max_match_len`] reports the maximum.
+//! * **Context.** All context words of all detectors are compiled into one more small
+//!   lazy DFA, run over the window of `context_window` characters around a candidate
+//!   only when the decision depends on it. Labels precede values in every format we see
+//!   (`DOB: ...`, `né le ...`, `"bsn": "..."`), so only the window *before* a candidate is
+//!   searched (this also keeps the decision unchanged when later values get masked). A
+//!   detector's words found there raise its confidence; a generic identifier word ("order",
+//!   "invoice", "version", ...) right before a number (same line, at most 16 bytes, after the
+//!   detector's own words) lowers it. Words inside mask tokens (`[PASSPORT:...]`) are
+//!   ignored. A candidate is reported at confidence >= 0.5.
+//! * **Memory.** [`Engine::redact_cow`] returns the input borrowed when nothing is masked
+//!   and otherwise writes the result into one output buffer; matches are kept as offsets.
+//!   So redaction adds at most one copy of the payload (plus, for texts that had findings,
+//!   the verification rescan below, which reuses that buffer). [`TextRedactor::redact`]
+//!   must return a `String` and so always makes that one copy.
+//! * **Closure.** After masking, the output is scanned again around each mask (a pattern
+//!   length before, the context window and a pattern length after: the only places where a
+//!   decision can change); anything that became detectable because its surroundings changed
+//!   is masked too, up to a fixed number of rounds. So the output of `redact_with` never contains a
+//!   validated match of the engine except entities shown in clear, and redacting twice
+//!   changes nothing (masks never match: they are `[ENTITY]`, `[ENTITY:8 hex]`, `****1234`).
+
+mod detectors;
+mod validate;
+
+#[cfg(test)]
+mod corpus;
+#[cfg(test)]
+mod tests;
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::panic::{RefUnwindSafe, UnwindSafe};
+use std::sync::Arc;
+
+use hmac::{Hmac, Mac};
+use regex_automata::hybrid;
+use regex_automata::util::pool::Pool;
+use regex_automata::util::syntax;
+use regex_automata::{Anchored, Input, MatchKind};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+use super::{Finding, TextRedactor};
+use detectors::{BUILTINS, NEGATIVE_GAP, NEGATIVE_WORDS, PENALTY, STRONG, THRESHOLD};
+pub use validate::Validator;
+
+/// The longest pattern a custom detector may have (bytes).
+pub const MAX_PATTERN_LEN: usize = 4096;
+/// Rounds of the verification rescan after masking.
+const CLOSURE_ROUNDS: usize = 4;
+/// Lazy DFA transition cache per automaton and thread.
+const CACHE_CAPACITY: usize = 16 * 1024 * 1024;
+
+/// How values of one entity type are masked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MaskMode {
+    /// `[EMAIL]`
+    Remove,
+    /// `****1234`: the last four digits when the value has at least eight, else `****`.
+    Partial,
+    /// `[EMAIL:4f1c9a2b]`: the keyed pseudonym of the normalised value.
+    #[default]
+    Pseudonymize,
+}
+
+/// Tuning of a built-in detector (built-ins not listed stay enabled as they are).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DetectorSpec {
+    /// Entity type of the built-in, e.g. `EMAIL`, `IBAN`, `PASSPORT`.
+    pub entity: String,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// More context words that raise its confidence.
+    #[serde(default)]
+    pub context: Vec<String>,
+    /// Report only with a context word around.
+    #[serde(default)]
+    pub require_context: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A detector defined by the policy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CustomDetector {
+    pub entity: String,
+    /// Pattern in `regex` syntax, ASCII mode (`\b`, `\d`, `\w` are ASCII); every repetition
+    /// must be bounded and the whole at most [`MAX_PATTERN_LEN`] bytes long.
+    pub pattern: String,
+    #[serde(default = "no_validator")]
+    pub validator: Validator,
+    #[serde(default)]
+    pub context: Vec<String>,
+    /// Report only with one of `context` within the window.
+    #[serde(default)]
+    pub require_context: bool,
+    /// Confidence when validated (default 0.9; with `require_context`, 0.3 + 0.6 boost).
+    #[serde(default)]
+    pub confidence: Option<f32>,
+}
+
+fn no_validator() -> Validator {
+    Validator::None
+}
+
+/// What to detect and how to mask it (one per policy).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EngineConfig {
+    /// Tuning of built-ins; an empty list means all built-ins as they are.
+    pub detectors: Vec<DetectorSpec>,
+    pub custom: Vec<CustomDetector>,
+    /// Mask mode per entity type; others get `default_mask`.
+    pub masking: HashMap<String, MaskMode>,
+    pub default_mask: MaskMode,
+    /// Entity types shown in clear (still detected, counted in `released_in_clear`).
+    pub clear: HashSet<String>,
+    /// Characters before and after a candidate searched for context words.
+    pub context_window: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            detectors: Vec::new(),
+            custom: Vec::new(),
+            masking: HashMap::new(),
+            default_mask: MaskMode::Pseudonymize,
+            clear: HashSet::new(),
+            context_window: 40,
+        }
+    }
+}
+
+/// The masking decision for one role: modes per entity and entities it may see in clear.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MaskView {
+    pub masking: HashMap<String, MaskMode>,
+    pub default_mask: MaskMode,
+    pub clear: HashSet<String>,
+}
+
+impl MaskView {
+    /// `None` when the entity is shown in clear.
+    pub fn mode(&self, entity: &str) -> Option<MaskMode> {
+        if self.clear.contains(entity) {
+            None
+        } else {
+            Some(
+                self.masking
+                    .get(entity)
+                    .copied()
+                    .unwrap_or(self.default_mask),
+            )
+        }
+    }
+}
+
+impl From<&EngineConfig> for MaskView {
+    fn from(c: &EngineConfig) -> Self {
+        MaskView {
+            masking: c.masking.clone(),
+            default_mask: c.default_mask,
+            clear: c.clear.clone(),
+        }
+    }
+}
+
+/// The agent's pseudonymisation key (HMAC-SHA256).
+#[derive(Clone)]
+pub struct PseudonymKey(Hmac<Sha256>);
+
+impl PseudonymKey {
+    pub fn new(key: [u8; 32]) -> PseudonymKey {
+        PseudonymKey::from_slice(&key)
+    }
+
+    pub fn from_slice(key: &[u8]) -> PseudonymKey {
+        // HMAC accepts keys of any length.
+        PseudonymKey(<Hmac<Sha256> as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!()))
+    }
+
+    /// First 8 hex digits of HMAC-SHA256(key, entity || 0 || normalised value).
+    pub fn pseudonym(&self, entity: &str, normalised: &str) -> String {
+        let mut mac = self.0.clone();
+        mac.update(entity.as_bytes());
+        mac.update(&[0]);
+        mac.update(normalised.as_bytes());
+        let tag = mac.finalize().into_bytes();
+        hex::encode(&tag[..4])
+    }
+}
+
+impl fmt::Debug for PseudonymKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PseudonymKey(..)")
+    }
+}
+
+/// A validated detection.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Match {
+    pub entity: Arc<str>,
+    /// Byte range in the scanned text.
+    pub start: usize,
+    pub end: usize,
+    pub confidence: f32,
+    detector: u32,
+}
+
+/// A redacted text and its evidence.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Redacted {
+    pub text: String,
+    /// One per masked value, in order: entity and pseudonym (never the value).
+    pub findings: Vec<Finding>,
+    /// Masked values per entity type.
+    pub counts: BTreeMap<String, u32>,
+    /// Values left in clear per entity type, because the view allows it.
+    pub released_in_clear: BTreeMap<String, u32>,
+}
+
+/// Evidence of a redaction without the text (see [`Engine::redact_cow`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Evidence {
+    pub findings: Vec<Finding>,
+    pub counts: BTreeMap<String, u32>,
+    pub released_in_clear: BTreeMap<String, u32>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("detector {entity}: bad pattern: {error}")]
+    Pattern { entity: String, error: String },
+    #[error("detector {entity}: pattern has no maximum length (use bounded repetitions)")]
+    Unbounded { entity: String },
+    #[error("detector {entity}: pattern can match {len} bytes, at most {max} allowed")]
+    TooLong {
+        entity: String,
+        len: usize,
+        max: usize,
+    },
+    #[error("detector {entity}: pattern can match the empty string")]
+    Empty { entity: String },
+    #[error("unknown built-in detector {0:?}")]
+    UnknownDetector(String),
+    #[error("building the automaton: {0}")]
+    Build(String),
+}
+
+struct Detector {
+    entity: Arc<str>,
+    check: Validator,
+    base: f32,
+    boost: f32,
+    /// Context word ids, sorted.
+    context: Vec<u32>,
+    negative: bool,
+}
+
+type PoolFn<T> = Box<dyn Fn() -> T + Send + Sync + UnwindSafe + RefUnwindSafe>;
+type CachePool<T> = Pool<T, PoolFn<T>>;
+/// The context-word automaton and its caches.
+type ContextDfa = (Arc<hybrid::dfa::DFA>, CachePool<hybrid::dfa::Cache>);
+
+struct Inner {
+    re: Arc<hybrid::regex::Regex>,
+    re_caches: CachePool<hybrid::regex::Cache>,
+    all: Arc<hybrid::dfa::DFA>,
+    all_caches: CachePool<hybrid::dfa::Cache>,
+    /// Context words, case-insensitive; pattern id = word id.
+    ctx: Option<ContextDfa>,
+    words: Vec<Word>,
+    /// Detectors of each pattern (several when shapes coincide, e.g. 9 digits).
+    patterns: Vec<Vec<u32>>,
+    sources: Vec<String>,
+    /// The longest match of any pattern, before validators extend it.
+    max_pattern_len: usize,
+    detectors: Vec<Detector>,
+    key: PseudonymKey,
+    view: MaskView,
+    window: usize,
+    max_len: usize,
+}
+
+struct Word {
+    len: usize,
+    negative: bool,
+    /// Checks the byte after the word (not for words ending in punctuation, like `tel.`).
+    end_boundary: bool,
+}
+
+/// The redaction engine: compiled once per policy, shared by all connections.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Engine")
+            .field("patterns", &self.inner.patterns.len())
+            .field("detectors", &self.inner.detectors.len())
+            .field("max_match_len", &self.inner.max_len)
+            .finish()
+    }
+}
+
+fn syntax_config() -> syntax::Config {
+    syntax::Config::new().unicode(false).utf8(true)
+}
+
+fn escape(word: &str) -> String {
+    let mut out = String::with_capacity(word.len() + 4);
+    for c in word.chars() {
+        if "\\.+*?()|[]{}^$#&-~ ".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A hit of a context word in a window.
+#[derive(Clone, Copy)]
+struct Hit {
+    word: u32,
+    end: usize,
+}
+
+/// Per-scan scratch space.
+#[derive(Default)]
+struct Scratch<'l> {
+    /// Name of the field the text is the value of: context before the text's start.
+    label: &'l str,
+    hits: Vec<Hit>,
+    alts: Vec<(u32, usize)>,
+    /// Candidate start (and floor) the hits were computed for.
+    hits_for: Option<(usize, usize)>,
+    /// End of the last accepted match: a label before it belongs to that value, not to the
+    /// next one.
+    floor: usize,
+}
+
+struct Accepted {
+    detector: u32,
+    start: usize,
+    end: usize,
+    confidence: f32,
+}
+
+impl Engine {
+    /// Compiles the detectors of `cfg` into one automaton.
+    pub fn new(cfg: &EngineConfig, key: PseudonymKey) -> Result<Engine, EngineError> {
+        let mut detectors: Vec<Detector> = Vec::new();
+        let mut sources: Vec<String> = Vec::new();
+        let mut patterns: Vec<Vec<u32>> = Vec::new();
+        let mut words: Vec<String> = Vec::new();
+        let mut word_neg: Vec<bool> = Vec::new();
+        let word_id =
+            |w: &str, neg: bool, words: &mut Vec<String>, word_neg: &mut Vec<bool>| -> u32 {
+                let w = w.to_lowercase();
+                if let Some(i) = words.iter().position(|x| *x == w) {
+                    word_neg[i] |= neg;
+                    return i as u32;
+                }
+                words.push(w);
+                word_neg.push(neg);
+                (words.len() - 1) as u32
+            };
+        for w in NEGATIVE_WORDS {
+            word_id(w, true, &mut words, &mut word_neg);
+        }
+        for spec in &cfg.detectors {
+            if !BUILTINS.iter().any(|b| b.entity == spec.entity) {
+                return Err(EngineError::UnknownDetector(spec.entity.clone()));
+            }
+        }
+        let add_pattern =
+            |src: String, det: u32, sources: &mut Vec<String>, patterns: &mut Vec<Vec<u32>>| {
+                if let Some(i) = sources.iter().position(|s| *s == src) {
+                    patterns[i].push(det);
+                } else {
+                    sources.push(src);
+                    patterns.push(vec![det]);
+                }
+            };
+        for b in BUILTINS {
+            let spec = cfg.detectors.iter().find(|s| s.entity == b.entity);
+            if spec.is_some_and(|s| !s.enabled) {
+                continue;
+            }
+            let mut context: Vec<u32> = b
+                .context
+                .iter()
+                .map(|w| word_id(w, false, &mut words, &mut word_neg))
+                .collect();
+            let (mut base, mut boost) = (b.base, b.boost);
+            if let Some(s) = spec {
+                context.extend(
+                    s.context
+                        .iter()
+                        .map(|w| word_id(w, false, &mut words, &mut word_neg)),
+                );
+                if s.require_context {
+                    base = base.min(0.3);
+                    boost = boost.max(0.6);
+                }
+            }
+            context.sort_unstable();
+            context.dedup();
+            let det = detectors.len() as u32;
+            detectors.push(Detector {
+                entity: b.entity.into(),
+                check: b.check,
+                base,
+                boost,
+                context,
+                negative: b.negative,
+            });
+            for p in b.patterns {
+                add_pattern(detectors::expand(p), det, &mut sources, &mut patterns);
+            }
+        }
+        for c in &cfg.custom {
+            let hir = syntax::parse_with(&c.pattern, &syntax_config()).map_err(|e| {
+                EngineError::Pattern {
+                    entity: c.entity.clone(),
+                    error: e.to_string(),
+                }
+            })?;
+            let props = hir.properties();
+            match props.maximum_len() {
+                None => {
+                    return Err(EngineError::Unbounded {
+                        entity: c.entity.clone(),
+                    });
+                }
+                Some(l) if l > MAX_PATTERN_LEN => {
+                    return Err(EngineError::TooLong {
+                        entity: c.entity.clone(),
+                        len: l,
+                        max: MAX_PATTERN_LEN,
+                    });
+                }
+                Some(_) => {}
+            }
+            if props.minimum_len().unwrap_or(0) == 0 {
+                return Err(EngineError::Empty {
+                    entity: c.entity.clone(),
+                });
+            }
+            let mut context: Vec<u32> = c
+                .context
+                .iter()
+                .map(|w| word_id(w, false, &mut words, &mut word_neg))
+                .collect();
+            context.sort_unstable();
+            context.dedup();
+            let (base, boost) = if c.require_context {
+                (0.3, 0.6)
+            } else {
+                (c.confidence.unwrap_or(0.9).clamp(0.0, 1.0), 0.1)
+            };
+            let det = detectors.len() as u32;
+            detectors.push(Detector {
+                entity: c.entity.as_str().into(),
+                check: c.validator,
+                base,
+                boost,
+                context,
+                negative: false,
+            });
+            add_pattern(c.pattern.clone(), det, &mut sources, &mut patterns);
+        }
+        if sources.is_empty() {
+            // An engine that detects nothing: a pattern that cannot match.
+            sources.push("[a&&b]".into());
+            patterns.push(Vec::new());
+        }
+
+        let mut pattern_len = Vec::with_capacity(sources.len());
+        let mut max_len = 0;
+        for (src, dets) in sources.iter().zip(&patterns) {
+            let hir =
+                syntax::parse_with(src, &syntax_config()).map_err(|e| EngineError::Pattern {
+                    entity: entity_of(&detectors, dets),
+                    error: e.to_string(),
+                })?;
+            let len = hir
+                .properties()
+                .maximum_len()
+                .ok_or_else(|| EngineError::Unbounded {
+                    entity: entity_of(&detectors, dets),
+                })?;
+            pattern_len.push(len);
+            let extent = dets
+                .iter()
+                .map(|&d| detectors[d as usize].check.extent())
+                .max()
+                .unwrap_or(0);
+            max_len = max_len.max(len).max(extent);
+        }
+
+        let dfa_config = hybrid::dfa::Config::new().cache_capacity(CACHE_CAPACITY);
+        let re = hybrid::regex::Regex::builder()
+            .syntax(syntax_config())
+            .dfa(dfa_config.clone())
+            .build_many(&sources)
+            .map_err(|e| EngineError::Build(e.to_string()))?;
+        let all = hybrid::dfa::DFA::builder()
+            .syntax(syntax_config())
+            .configure(
+                dfa_config
+                    .match_kind(MatchKind::All)
+                    .starts_for_each_pattern(false),
+            )
+            .build_many(&sources)
+            .map_err(|e| EngineError::Build(e.to_string()))?;
+        let ctx = if words.is_empty() {
+            None
+        } else {
+            let pats: Vec<String> = words.iter().map(|w| format!("(?i){}", escape(w))).collect();
+            let dfa = hybrid::dfa::DFA::builder()
+                .syntax(syntax_config())
+                .configure(
+                    hybrid::dfa::Config::new()
+                        .match_kind(MatchKind::All)
+                        .cache_capacity(1 << 20),
+                )
+                .build_many(&pats)
+                .map_err(|e| EngineError::Build(e.to_string()))?;
+            let dfa = Arc::new(dfa);
+            let dfa2 = Arc::clone(&dfa);
+            let caches: CachePool<hybrid::dfa::Cache> =
+                Pool::new(Box::new(move || dfa2.create_cache()));
+            Some((dfa, caches))
+        };
+        let words = words
+            .iter()
+            .zip(&word_neg)
+            .map(|(w, &negative)| Word {
+                len: w.len(),
+                negative,
+                end_boundary: w
+                    .as_bytes()
+                    .last()
+                    .is_some_and(|b| b.is_ascii_alphanumeric() || *b >= 0x80),
+            })
+            .collect();
+        let (re, all) = (Arc::new(re), Arc::new(all));
+        let (re2, all2) = (Arc::clone(&re), Arc::clone(&all));
+        let inner = Inner {
+            re_caches: Pool::new(Box::new(move || re2.create_cache())),
+            re,
+            all_caches: Pool::new(Box::new(move || all2.create_cache())),
+            all,
+            ctx,
+            words,
+            patterns,
+            sources,
+            max_pattern_len: pattern_len.iter().copied().max().unwrap_or(0),
+            detectors,
+            key,
+            view: MaskView::from(cfg),
+            window: cfg.context_window,
+            max_len,
+        };
+        Ok(Engine {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// All built-in detectors, pseudonymize by default.
+    pub fn builtin(key: PseudonymKey) -> Engine {
+        match Engine::new(&EngineConfig::default(), key) {
+            Ok(e) => e,
+            // The built-in table is fixed; its compilation is covered by the tests.
+            Err(e) => unreachable!("built-in detectors do not compile: {e}"),
+        }
+    }
+
+    /// The default view (the policy's masking and clear set).
+    pub fn default_view(&self) -> &MaskView {
+        &self.inner.view
+    }
+
+    /// Number of patterns in the automaton.
+    pub fn pattern_count(&self) -> usize {
+        self.inner.patterns.len()
+    }
+
+    /// The patterns of the automaton, in priority order (for tooling, and for the naive
+    /// one-regex-per-pattern baseline of the benchmark).
+    #[doc(hidden)]
+    pub fn pattern_sources(&self) -> &[String] {
+        &self.inner.sources
+    }
+
+    /// Runs the validators and context checks of pattern `pattern` on the candidate
+    /// `text[start..end]` (as the naive baseline of the benchmark does for each regex match).
+    #[doc(hidden)]
+    pub fn check_candidate(
+        &self,
+        text: &str,
+        pattern: usize,
+        start: usize,
+        end: usize,
+    ) -> Option<Match> {
+        if start >= end
+            || end > text.len()
+            || !text.is_char_boundary(start)
+            || !text.is_char_boundary(end)
+        {
+            return None;
+        }
+        let mut scratch = Scratch::default();
+        let a = self.evaluate(text, u32::try_from(pattern).ok()?, start, end, &mut scratch)?;
+        let det = &self.inner.detectors[a.detector as usize];
+        Some(Match {
+            entity: det.entity.clone(),
+            start: a.start,
+            end: a.end,
+            confidence: a.confidence,
+            detector: a.detector,
+        })
+    }
+
+    /// Masks the given matches (from [`Engine::scan`] of the same text, in order, not
+    /// overlapping) for a view, without the closure rescan of [`Engine::redact_with`]. Matches
+    /// that are not in order or not on char boundaries fall back to `redact_with`.
+    pub fn redact_matches(&self, text: &str, matches: &[Match], view: &MaskView) -> Redacted {
+        let mut ev = Evidence::default();
+        let sorted = matches.windows(2).all(|w| w[0].end <= w[1].start)
+            && matches.iter().all(|m| {
+                m.start < m.end
+                    && m.end <= text.len()
+                    && text.is_char_boundary(m.start)
+                    && text.is_char_boundary(m.end)
+            });
+        if !sorted {
+            // Not what `scan` returns: never mask less than the engine would.
+            return self.redact_with(text, view);
+        }
+        let out = self
+            .apply(text, matches, view, &mut ev, true)
+            .map(|(t, _)| t);
+        Redacted {
+            text: out.unwrap_or_else(|| text.to_string()),
+            findings: ev.findings,
+            counts: ev.counts,
+            released_in_clear: ev.released_in_clear,
+        }
+    }
+
+    /// Validated matches in `text`, in order, not overlapping.
+    pub fn scan(&self, text: &str) -> Vec<Match> {
+        let mut out = Vec::new();
+        self.scan_into(text, &mut out);
+        out
+    }
+
+    fn scan_into(&self, text: &str, out: &mut Vec<Match>) {
+        self.scan_range("", text, 0, text.len(), out);
+    }
+
+    /// Validated matches that start in `from..stop` (`from` on a char boundary).
+    fn scan_range(&self, label: &str, text: &str, from: usize, stop: usize, out: &mut Vec<Match>) {
+        let inner = &*self.inner;
+        let hay = text.as_bytes();
+        // Candidates starting before `stop` end before this.
+        let search_end = if stop >= hay.len() {
+            hay.len()
+        } else {
+            hay.len()
+                .min(stop.saturating_add(inner.max_pattern_len + 1))
+        };
+        let mut cache = inner.re_caches.get();
+        let mut scratch = Scratch {
+            label,
+            ..Scratch::default()
+        };
+        let mut pos = from;
+        // End of the last rejected candidate: a candidate wholly inside it is a fragment of a
+        // rejected structure (`0044 0532 0130 00` inside a bad IBAN) and is skipped.
+        let mut rejected_end = 0;
+        while pos < stop {
+            let input = Input::new(hay).span(pos..search_end);
+            let m = match inner.re.try_search(&mut cache, &input) {
+                Ok(Some(m)) if m.start() < stop => m,
+                // No match, or (never with this configuration) a search error.
+                Ok(_) | Err(_) => break,
+            };
+            let (s, e, pid) = (m.start(), m.end(), m.pattern().as_u32());
+            let found = if e <= rejected_end {
+                None
+            } else {
+                match self.evaluate(text, pid, s, e, &mut scratch) {
+                    Some(a) if a.confidence >= STRONG => Some(a),
+                    first => match (first, self.alternatives(text, s, pid, e, &mut scratch)) {
+                        (Some(a), Some(b)) => Some(if b.confidence > a.confidence { b } else { a }),
+                        (a, b) => a.or(b),
+                    },
+                }
+            };
+            if found.is_none() {
+                rejected_end = rejected_end
+                    .max(e)
+                    .max(scratch.alts.iter().map(|a| a.1).max().unwrap_or(0));
+            }
+            match found {
+                Some(a) => {
+                    scratch.floor = a.end;
+                    let det = &inner.detectors[a.detector as usize];
+                    out.push(Match {
+                        entity: det.entity.clone(),
+                        start: a.start,
+                        end: a.end,
+                        confidence: a.confidence,
+                        detector: a.detector,
+                    });
+                    pos = a.end.max(s + 1);
+                }
+                None => pos = s + 1,
+            }
+            while pos < stop && !text.is_char_boundary(pos) {
+                pos += 1;
+            }
+        }
+    }
+
+    /// Every other pattern, and every shorter end, matching at `s`; the most confident that
+    /// validates (ties: pattern priority, then the longest).
+    fn alternatives(
+        &self,
+        text: &str,
+        s: usize,
+        pid0: u32,
+        e0: usize,
+        scratch: &mut Scratch<'_>,
+    ) -> Option<Accepted> {
+        let inner = &*self.inner;
+        let hay = text.as_bytes();
+        let end = hay.len().min(s.saturating_add(inner.max_pattern_len + 1));
+        let input = Input::new(hay).span(s..end).anchored(Anchored::Yes);
+        let mut cache = inner.all_caches.get();
+        let mut state = hybrid::dfa::OverlappingState::start();
+        scratch.alts.clear();
+        loop {
+            if inner
+                .all
+                .try_search_overlapping_fwd(&mut cache, &input, &mut state)
+                .is_err()
+            {
+                break;
+            }
+            match state.get_match() {
+                Some(hm) => {
+                    let (p, e) = (hm.pattern().as_u32(), hm.offset());
+                    if (p, e) != (pid0, e0) && e > s && text.is_char_boundary(e) {
+                        scratch.alts.push((p, e));
+                    }
+                }
+                None => break,
+            }
+            if scratch.alts.len() > 256 {
+                break;
+            }
+        }
+        drop(cache);
+        let mut alts = std::mem::take(&mut scratch.alts);
+        alts.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+        alts.dedup();
+        let mut found: Option<Accepted> = None;
+        for &(p, e) in &alts {
+            if let Some(a) = self.evaluate(text, p, s, e, scratch) {
+                if found.as_ref().is_none_or(|f| a.confidence > f.confidence) {
+                    found = Some(a);
+                }
+            }
+        }
+        scratch.alts = alts;
+        found
+    }
+
+    /// Runs the validators of the pattern's detectors on `text[s..e]`; the most confident
+    /// one at or above the threshold.
+    fn evaluate(
+        &self,
+        text: &str,
+        pid: u32,
+        s: usize,
+        e: usize,
+        scratch: &mut Scratch<'_>,
+    ) -> Option<Accepted> {
+        let inner = &*self.inner;
+        let mut best: Option<Accepted> = None;
+        for &d in inner.patterns.get(pid as usize)? {
+            let det = &inner.detectors[d as usize];
+            let Some(v) = det.check.check(text, s, e) else {
+                continue;
+            };
+            if v.start >= v.end
+                || v.end > text.len()
+                || !text.is_char_boundary(v.start)
+                || !text.is_char_boundary(v.end)
+            {
+                continue;
+            }
+            let base = v.base.unwrap_or(det.base);
+            let conf = if base >= THRESHOLD && !det.negative {
+                base
+            } else if base + det.boost < THRESHOLD {
+                continue;
+            } else {
+                self.context_hits(text, v.start, scratch);
+                let mut c = base;
+                let relevant = |h: &Hit| det.context.binary_search(&h.word).is_ok();
+                let last_relevant = scratch
+                    .hits
+                    .iter()
+                    .filter(|h| relevant(h))
+                    .map(|h| h.end)
+                    .max();
+                if last_relevant.is_some() {
+                    c += det.boost;
+                }
+                if det.negative {
+                    let hay = text.as_bytes();
+                    let penalised = scratch.hits.iter().any(|h| {
+                        inner.words[h.word as usize].negative
+                            && !relevant(h)
+                            && last_relevant.is_none_or(|r| h.end > r)
+                            && v.start - h.end <= NEGATIVE_GAP
+                            && !hay[h.end..v.start].contains(&b'\n')
+                    });
+                    if penalised {
+                        c -= PENALTY;
+                    }
+                }
+                c.clamp(0.0, 1.0)
+            };
+            if conf >= THRESHOLD && best.as_ref().is_none_or(|b| conf > b.confidence) {
+                best = Some(Accepted {
+                    detector: d,
+                    start: v.start,
+                    end: v.end,
+                    confidence: conf,
+                });
+            }
+        }
+        best
+    }
+
+    /// Context words within the window before `text[s..]`, with word boundaries, not inside
+    /// mask tokens.
+    fn context_hits(&self, text: &str, s: usize, scratch: &mut Scratch<'_>) {
+        if scratch.hits_for == Some((s, scratch.floor)) {
+            return;
+        }
+        scratch.hits_for = Some((s, scratch.floor));
+        scratch.hits.clear();
+        let inner = &*self.inner;
+        let Some((ctx, caches)) = &inner.ctx else {
+            return;
+        };
+        let mut cache = caches.get();
+        let hay = text.as_bytes();
+        let ws = text[..s]
+            .char_indices()
+            .rev()
+            .take(inner.window)
+            .last()
+            .map_or(s, |(i, _)| i)
+            .max(scratch.floor.min(s));
+        if ws == 0 && !scratch.label.is_empty() {
+            // The field name counts as the text before the value (`"bsn": "..."`).
+            let label = scratch.label.as_bytes();
+            let mut state = hybrid::dfa::OverlappingState::start();
+            let input = Input::new(label);
+            while ctx
+                .try_search_overlapping_fwd(&mut cache, &input, &mut state)
+                .is_ok()
+            {
+                let Some(hm) = state.get_match() else { break };
+                let w = hm.pattern().as_u32();
+                let Some(word) = inner.words.get(w as usize) else {
+                    break;
+                };
+                let end = hm.offset();
+                let Some(start) = end.checked_sub(word.len) else {
+                    continue;
+                };
+                let before_ok = start == 0
+                    || !(label[start - 1].is_ascii_alphanumeric() || label[start - 1] >= 0x80);
+                let after_ok = !word.end_boundary
+                    || end >= label.len()
+                    || !(label[end].is_ascii_alphanumeric() || label[end] >= 0x80);
+                if before_ok && after_ok {
+                    scratch.hits.push(Hit { word: w, end: 0 });
+                }
+            }
+        }
+        let input = Input::new(hay).span(ws..s);
+        let mut state = hybrid::dfa::OverlappingState::start();
+        // `_` separates words here (JSON keys like `date_of_birth`).
+        let word_byte = |b: u8| b.is_ascii_alphanumeric() || b >= 0x80;
+        // Inside a mask token (`[NL_BSN:...]`, `[DOB]`): the word follows `[` and capitals.
+        let in_mask = |start: usize| {
+            let mut i = start;
+            while i > 0 && (hay[i - 1].is_ascii_uppercase() || hay[i - 1] == b'_') {
+                i -= 1;
+            }
+            i > 0 && hay[i - 1] == b'['
+        };
+        while ctx
+            .try_search_overlapping_fwd(&mut cache, &input, &mut state)
+            .is_ok()
+        {
+            let Some(hm) = state.get_match() else { break };
+            let w = hm.pattern().as_u32();
+            let Some(word) = inner.words.get(w as usize) else {
+                break;
+            };
+            let end = hm.offset();
+            let Some(start) = end.checked_sub(word.len) else {
+                continue;
+            };
+            let before_ok = (start == 0 || !word_byte(hay[start - 1])) && !in_mask(start);
+            let after_ok =
+                !word.end_boundary || end >= hay.len() || !word_byte(hay[end]) || end == s;
+            if before_ok && after_ok {
+                scratch.hits.push(Hit { word: w, end });
+            }
+        }
+    }
+
+    /// Masks `text` for the default view.
+    pub fn redact(&self, text: &str) -> Redacted {
+        self.redact_with(text, &self.inner.view)
+    }
+
+    /// Masks `text` for a role's view.
+    pub fn redact_with(&self, text: &str, view: &MaskView) -> Redacted {
+        let (out, ev) = self.redact_cow(text, view);
+        Redacted {
+            text: out.into_owned(),
+            findings: ev.findings,
+            counts: ev.counts,
+            released_in_clear: ev.released_in_clear,
+        }
+    }
+
+    /// Masks `text` for a role's view without copying it when nothing is masked.
+    pub fn redact_cow<'a>(&self, text: &'a str, view: &MaskView) -> (Cow<'a, str>, Evidence) {
+        self.redact_field_cow("", text, view)
+    }
+
+    /// Like [`Engine::scan`] for the value of a field: `label` (a JSON key, a CSV column
+    /// name) is context before the text, so `{"bsn": "111222333"}` redacted value by value
+    /// still sees its label.
+    pub fn scan_field(&self, label: &str, text: &str) -> Vec<Match> {
+        let mut out = Vec::new();
+        self.scan_range(label, text, 0, text.len(), &mut out);
+        out
+    }
+
+    /// Like [`Engine::redact_with`] for the value of a field (see [`Engine::scan_field`]).
+    pub fn redact_field(&self, label: &str, text: &str, view: &MaskView) -> Redacted {
+        let (out, ev) = self.redact_field_cow(label, text, view);
+        Redacted {
+            text: out.into_owned(),
+            findings: ev.findings,
+            counts: ev.counts,
+            released_in_clear: ev.released_in_clear,
+        }
+    }
+
+    /// Like [`Engine::redact_cow`] for the value of a field (see [`Engine::scan_field`]).
+    pub fn redact_field_cow<'a>(
+        &self,
+        label: &str,
+        text: &'a str,
+        view: &MaskView,
+    ) -> (Cow<'a, str>, Evidence) {
+        let mut ev = Evidence::default();
+        let mut matches = Vec::new();
+        self.scan_range(label, text, 0, text.len(), &mut matches);
+        let Some((mut cur, mut masks)) = self.apply(text, &matches, view, &mut ev, true) else {
+            return (Cow::Borrowed(text), ev);
+        };
+        for _ in 1..CLOSURE_ROUNDS {
+            matches.clear();
+            self.rescan_near(label, &cur, &masks, &mut matches);
+            match self.apply(&cur, &matches, view, &mut ev, false) {
+                Some((next, next_masks)) => (cur, masks) = (next, next_masks),
+                None => break,
+            }
+        }
+        (Cow::Owned(cur), ev)
+    }
+
+    /// Scans the parts of `text` whose decisions a mask can have changed: the mask itself
+    /// and a pattern length before it (new neighbours), and the context window (in bytes, 4
+    /// per char) plus a pattern length after it (labels, floors). Everything else is byte for
+    /// byte what the previous round scanned, with the same result.
+    fn rescan_near(&self, label: &str, text: &str, masks: &[(usize, usize)], out: &mut Vec<Match>) {
+        let inner = &*self.inner;
+        let before = inner.max_pattern_len + 1;
+        let after = inner
+            .window
+            .saturating_mul(4)
+            .saturating_add(inner.max_pattern_len + 1);
+        let mut i = 0;
+        let mut done = 0;
+        while i < masks.len() {
+            let mut a = masks[i].0.saturating_sub(before).max(done);
+            let mut b = masks[i].1.saturating_add(after).min(text.len());
+            i += 1;
+            while i < masks.len() && masks[i].0.saturating_sub(before) <= b {
+                b = masks[i].1.saturating_add(after).min(text.len());
+                i += 1;
+            }
+            while a > 0 && !text.is_char_boundary(a) {
+                a -= 1;
+            }
+            if a < b {
+                let n = out.len();
+                self.scan_range(label, text, a, b, out);
+                done = out[n..].last().map_or(b, |m| m.end.max(b));
+            }
+        }
+    }
+
+    /// Writes `text` with `matches` masked into a new buffer, with the spans of the masks in
+    /// it; `None` if nothing is masked.
+    fn apply(
+        &self,
+        text: &str,
+        matches: &[Match],
+        view: &MaskView,
+        ev: &mut Evidence,
+        first: bool,
+    ) -> Option<(String, Vec<(usize, usize)>)> {
+        let mut out: Option<String> = None;
+        let mut spans = Vec::new();
+        let mut last = 0;
+        for m in matches {
+            let Some(mode) = view.mode(&m.entity) else {
+                if first {
+                    *ev.released_in_clear
+                        .entry(m.entity.to_string())
+                        .or_default() += 1;
+                }
+                continue;
+            };
+            let buf = out.get_or_insert_with(|| String::with_capacity(text.len() + 64));
+            let value = &text[m.start..m.end];
+            buf.push_str(&text[last..m.start]);
+            let det = &self.inner.detectors[m.detector as usize];
+            let pseudonym = self
+                .inner
+                .key
+                .pseudonym(&m.entity, &det.check.normalize(value));
+            let mask_start = buf.len();
+            match mode {
+                MaskMode::Remove => {
+                    buf.push('[');
+                    buf.push_str(&m.entity);
+                    buf.push(']');
+                }
+                MaskMode::Pseudonymize => {
+                    buf.push('[');
+                    buf.push_str(&m.entity);
+                    buf.push(':');
+                    buf.push_str(&pseudonym);
+                    buf.push(']');
+                }
+                MaskMode::Partial => {
+                    let ds: Vec<char> = value.chars().filter(char::is_ascii_digit).collect();
+                    buf.push_str("****");
+                    if ds.len() >= 8 {
+                        buf.extend(&ds[ds.len() - 4..]);
+                    }
+                }
+            }
+            spans.push((mask_start, buf.len()));
+            last = m.end;
+            match ev.counts.get_mut(&*m.entity) {
+                Some(c) => *c += 1,
+                None => {
+                    ev.counts.insert(m.entity.to_string(), 1);
+                }
+            }
+            ev.findings.push(Finding {
+                entity: m.entity.to_string(),
+                pseudonym,
+            });
+        }
+        let mut buf = out?;
+        buf.push_str(&text[last..]);
+        Some((buf, spans))
+    }
+}
+
+fn entity_of(detectors: &[Detector], dets: &[u32]) -> String {
+    dets.first()
+        .and_then(|&d| detectors.get(d as usize))
+        .map_or_else(String::new, |d| d.entity.to_string())
+}
+
+impl TextRedactor for Engine {
+    fn max_match_len(&self) -> usize {
+        self.inner.max_len
+    }
+
+    fn redact(&self, text: &str) -> (String, Vec<Finding>) {
+        let (out, ev) = self.redact_cow(text, &self.inner.view);
+        (out.into_owned(), ev.findings)
+    }
+}

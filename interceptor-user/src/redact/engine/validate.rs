@@ -1,0 +1,1023 @@
+//! Validators: each candidate found by the automaton is checked here (check digits, parsed
+//! addresses, calendar dates, issuer tables, boundaries). A validator may narrow the span
+//! (e.g. drop a stray leading `:`) or extend it by a bounded amount (PEM blocks, JWTs), and
+//! may lower the base confidence of weak shapes (which then need a context word).
+//!
+//! Every function here works on byte offsets that the caller took from a match of the
+//! automaton on `text`, and never panics on any input: slices are taken only at ASCII
+//! positions or at offsets the automaton returned, through `get`.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use super::detectors::MONTH_NAMES;
+
+/// The longest PEM block (header to end line) masked as one value.
+pub(crate) const PEM_MAX: usize = 16 * 1024;
+/// The longest JWT masked as one value.
+pub(crate) const JWT_MAX: usize = 8 * 1024;
+
+/// A validator: built-in ones are named after their entity; custom detectors may pick any
+/// of them, typically `none`, `luhn`, `mod97` or `mod11`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Validator {
+    /// Accept every match of the pattern.
+    None,
+    /// Luhn checksum over the digits (cards, IMEI, SE personnummer...).
+    Luhn,
+    /// ISO 7064 MOD 97-10 over the alphanumerics (letters as 10..35), remainder 1.
+    Mod97,
+    /// Weighted 11-test over the digits (weights n..2, last digit weight -1), as for NL BSN.
+    Mod11,
+    /// The token ends at a non-token byte (for prefixed secrets).
+    TokenEnd,
+    SlackToken,
+    PemBlock,
+    Jwt,
+    Iban,
+    Email,
+    ItCf,
+    Nino,
+    EsNie,
+    EsDni,
+    Mac,
+    Ipv6,
+    Ipv4,
+    Card,
+    FrNir,
+    Ssn,
+    SePnr,
+    Dob,
+    Phone,
+    NlBsn,
+    PlPesel,
+    DeTaxId,
+    Passport,
+    Bic,
+}
+
+pub(crate) type Check = Validator;
+
+/// What a validator decided about a candidate.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Verdict {
+    pub start: usize,
+    pub end: usize,
+    /// Replaces the detector's base confidence (weak shapes of a strong detector).
+    pub base: Option<f32>,
+}
+
+impl Verdict {
+    fn span(start: usize, end: usize) -> Option<Verdict> {
+        Some(Verdict {
+            start,
+            end,
+            base: None,
+        })
+    }
+    fn weak(start: usize, end: usize, base: f32) -> Option<Verdict> {
+        Some(Verdict {
+            start,
+            end,
+            base: Some(base),
+        })
+    }
+}
+
+fn digits(v: &[u8]) -> impl Iterator<Item = u32> + '_ {
+    v.iter()
+        .filter(|b| b.is_ascii_digit())
+        .map(|b| u32::from(b - b'0'))
+}
+
+fn digit_vec(v: &[u8]) -> Vec<u32> {
+    digits(v).collect()
+}
+
+fn is_word(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_'
+}
+
+fn byte_at(t: &[u8], i: usize) -> Option<u8> {
+    t.get(i).copied()
+}
+
+fn prev(t: &[u8], s: usize) -> Option<u8> {
+    s.checked_sub(1).and_then(|i| byte_at(t, i))
+}
+
+/// `.5`, `-7`, `/3` right after a number: part of a longer dotted or dashed sequence.
+fn continues_numeric(t: &[u8], e: usize, seps: &[u8]) -> bool {
+    matches!(byte_at(t, e), Some(c) if seps.contains(&c))
+        && matches!(byte_at(t, e + 1), Some(d) if d.is_ascii_digit())
+}
+
+fn preceded_numeric(t: &[u8], s: usize, seps: &[u8]) -> bool {
+    s >= 2
+        && matches!(byte_at(t, s - 1), Some(c) if seps.contains(&c))
+        && matches!(byte_at(t, s - 2), Some(d) if d.is_ascii_alphanumeric())
+}
+
+pub(crate) fn luhn(ds: &[u32]) -> bool {
+    if ds.len() < 2 {
+        return false;
+    }
+    let mut sum = 0;
+    for (i, &d) in ds.iter().rev().enumerate() {
+        sum += if i % 2 == 1 {
+            let x = d * 2;
+            if x > 9 { x - 9 } else { x }
+        } else {
+            d
+        };
+    }
+    sum % 10 == 0
+}
+
+/// ISO 7064 MOD 97-10 over alphanumerics (letters as 10..35); `None` for other bytes.
+fn mod97(chars: impl Iterator<Item = u8>) -> Option<u32> {
+    let mut r: u32 = 0;
+    for c in chars {
+        let v = match c {
+            b'0'..=b'9' => u32::from(c - b'0'),
+            b'A'..=b'Z' => u32::from(c - b'A') + 10,
+            b'a'..=b'z' => u32::from(c - b'a') + 10,
+            _ => return None,
+        };
+        r = if v >= 10 {
+            (r * 100 + v) % 97
+        } else {
+            (r * 10 + v) % 97
+        };
+    }
+    Some(r)
+}
+
+fn mod11(ds: &[u32]) -> bool {
+    let n = ds.len();
+    if n < 2 {
+        return false;
+    }
+    let mut sum: i64 = 0;
+    for (i, &d) in ds.iter().enumerate() {
+        let w = if i + 1 == n { -1 } else { (n - i) as i64 };
+        sum += w * i64::from(d);
+    }
+    sum % 11 == 0
+}
+
+fn leap(y: u32) -> bool {
+    (y.is_multiple_of(4) && !y.is_multiple_of(100)) || y.is_multiple_of(400)
+}
+
+fn valid_date(y: u32, m: u32, d: u32) -> bool {
+    let dim = match m {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap(y) => 29,
+        2 => 28,
+        _ => return false,
+    };
+    d >= 1 && d <= dim
+}
+
+fn num(ds: &[u32]) -> u32 {
+    ds.iter()
+        .fold(0u32, |a, &d| a.saturating_mul(10).saturating_add(d))
+}
+
+const ISO_COUNTRIES: &str = "ADAEAFAGAIALAMAOAQARASATAUAWAXAZBABBBDBEBFBGBHBIBJBLBMBNBOBQBRBSBTBVBWBYBZCACCCDCFCGCHCICKCLCMCNCOCRCUCVCWCXCYCZDEDJDKDMDODZECEEEGEHERESETFIFJFKFMFOFRGAGBGDGEGFGGGHGIGLGMGNGPGQGRGSGTGUGWGYHKHMHNHRHTHUIDIEILIMINIOIQIRISITJEJMJOJPKEKGKHKIKMKNKPKRKWKYKZLALBLCLILKLRLSLTLULVLYMAMCMDMEMFMGMHMKMLMMMNMOMPMQMRMSMTMUMVMWMXMYMZNANCNENFNGNINLNONPNRNUNZOMPAPEPFPGPHPKPLPMPNPRPSPTPWPYQARERORSRURWSASBSCSDSESGSHSISJSKSLSMSNSOSRSSSTSVSXSYSZTCTDTFTGTHTJTKTLTMTNTOTRTTTVTWTZUAUGUMUSUYUZVAVCVEVGVIVNVUWFWSXKYEYTZAZMZW";
+
+fn is_country(c: &[u8]) -> bool {
+    c.len() == 2 && ISO_COUNTRIES.as_bytes().chunks(2).any(|x| x == c)
+}
+
+const IBAN_LENGTHS: &[(&[u8; 2], usize)] = &[
+    (b"AD", 24),
+    (b"AE", 23),
+    (b"AL", 28),
+    (b"AT", 20),
+    (b"AZ", 28),
+    (b"BA", 20),
+    (b"BE", 16),
+    (b"BG", 22),
+    (b"BH", 22),
+    (b"BR", 29),
+    (b"BY", 28),
+    (b"CH", 21),
+    (b"CR", 22),
+    (b"CY", 28),
+    (b"CZ", 24),
+    (b"DE", 22),
+    (b"DK", 18),
+    (b"DO", 28),
+    (b"EE", 20),
+    (b"EG", 29),
+    (b"ES", 24),
+    (b"FI", 18),
+    (b"FO", 18),
+    (b"FR", 27),
+    (b"GB", 22),
+    (b"GE", 22),
+    (b"GI", 23),
+    (b"GL", 18),
+    (b"GR", 27),
+    (b"GT", 28),
+    (b"HR", 21),
+    (b"HU", 28),
+    (b"IE", 22),
+    (b"IL", 23),
+    (b"IQ", 23),
+    (b"IS", 26),
+    (b"IT", 27),
+    (b"JO", 30),
+    (b"KW", 30),
+    (b"KZ", 20),
+    (b"LB", 28),
+    (b"LC", 32),
+    (b"LI", 21),
+    (b"LT", 20),
+    (b"LU", 20),
+    (b"LV", 21),
+    (b"MC", 27),
+    (b"MD", 24),
+    (b"ME", 22),
+    (b"MK", 19),
+    (b"MR", 27),
+    (b"MT", 31),
+    (b"MU", 30),
+    (b"NL", 18),
+    (b"NO", 15),
+    (b"PK", 24),
+    (b"PL", 28),
+    (b"PS", 29),
+    (b"PT", 25),
+    (b"QA", 29),
+    (b"RO", 24),
+    (b"RS", 22),
+    (b"SA", 24),
+    (b"SC", 31),
+    (b"SE", 24),
+    (b"SI", 19),
+    (b"SK", 24),
+    (b"SM", 27),
+    (b"ST", 25),
+    (b"SV", 28),
+    (b"TL", 23),
+    (b"TN", 24),
+    (b"TR", 26),
+    (b"UA", 29),
+    (b"VA", 22),
+    (b"VG", 24),
+    (b"XK", 20),
+];
+
+/// Groups of four separated by single spaces, the last one 1..=4 long.
+fn groups_of_four(v: &[u8]) -> bool {
+    let groups: Vec<&[u8]> = v.split(|&b| b == b' ').collect();
+    let n = groups.len();
+    groups.iter().enumerate().all(|(i, g)| {
+        if i + 1 < n {
+            g.len() == 4
+        } else {
+            (1..=4).contains(&g.len())
+        }
+    })
+}
+
+fn iban(v: &[u8]) -> bool {
+    let compact: Vec<u8> = v.iter().copied().filter(|&b| b != b' ').collect();
+    if compact.len() < 15 || !compact[..2].iter().all(u8::is_ascii_uppercase) {
+        return false;
+    }
+    let Some(&(_, len)) = IBAN_LENGTHS.iter().find(|(c, _)| c[..] == compact[..2]) else {
+        return false;
+    };
+    if compact.len() != len || (v.contains(&b' ') && !groups_of_four(v)) {
+        return false;
+    }
+    let rearranged = compact[4..].iter().chain(compact[..4].iter()).copied();
+    mod97(rearranged) == Some(1)
+}
+
+fn card_issuer(ds: &[u32]) -> bool {
+    let n = ds.len();
+    let p = |k: usize| num(&ds[..k.min(n)]);
+    let (p1, p2, p3, p4, p6) = (p(1), p(2), p(3), p(4), p(6));
+    match p1 {
+        // 13-digit Visa and Maestro numbers are no longer issued; 13 digits starting 4 or 5
+        // are far more often EAN-13 barcodes.
+        4 => matches!(n, 16 | 19),
+        5 => match p2 {
+            51..=55 => n == 16,
+            50 | 56..=59 => (16..=19).contains(&n),
+            _ => false,
+        },
+        2 => {
+            ((2221..=2720).contains(&p4) && n == 16)
+                || ((2200..=2204).contains(&p4) && (16..=19).contains(&n))
+        }
+        3 => match p2 {
+            34 | 37 => n == 15,
+            36 => (14..=19).contains(&n),
+            38 | 39 => (16..=19).contains(&n),
+            30 => (300..=305).contains(&p3) && (14..=19).contains(&n),
+            35 => (3528..=3589).contains(&p4) && (16..=19).contains(&n),
+            _ => false,
+        },
+        6 => {
+            (p4 == 6011
+                || (644..=649).contains(&p3)
+                || p2 == 65
+                || p2 == 62
+                || (622_126..=622_925).contains(&p6)
+                || p2 == 63
+                || p2 == 67)
+                && (16..=19).contains(&n)
+        }
+        _ => false,
+    }
+}
+
+fn card_groups(v: &[u8]) -> bool {
+    let seps: Vec<u8> = v.iter().copied().filter(|b| !b.is_ascii_digit()).collect();
+    if seps.is_empty() {
+        return true;
+    }
+    if seps.iter().any(|&s| s != seps[0]) {
+        return false;
+    }
+    let g: Vec<usize> = v.split(|b| !b.is_ascii_digit()).map(<[u8]>::len).collect();
+    let n = g.len();
+    if g[..n - 1].iter().all(|&l| l == 4) && (1..=4).contains(&g[n - 1]) {
+        return true;
+    }
+    matches!(
+        g.as_slice(),
+        [4, 6, 5] | [4, 6, 4] | [4, 4, 5] | [4, 4, 4, 4, 3]
+    )
+}
+
+/// A numeric date: `Y-M-D`, `D.M.Y`, `D/M/Y`, `M/D/Y` (two-digit years allowed). Returns the
+/// normalised `YYYY-MM-DD` (or `YY-MM-DD`).
+fn numeric_date(v: &[u8]) -> Option<String> {
+    let sep = *v.iter().find(|b| matches!(b, b'.' | b'/' | b'-'))?;
+    let parts: Vec<&[u8]> = v.split(|&b| b == sep).collect();
+    if parts.len() != 3
+        || parts
+            .iter()
+            .any(|p| p.is_empty() || !p.iter().all(u8::is_ascii_digit))
+    {
+        return None;
+    }
+    let n: Vec<u32> = parts.iter().map(|p| num(&digit_vec(p))).collect();
+    let year_ok = |y: u32, len: usize| len == 2 || (len == 4 && (1900..=2025).contains(&y));
+    if parts[0].len() == 4 {
+        let (y, m, d) = (n[0], n[1], n[2]);
+        return (year_ok(y, 4) && valid_date(y, m, d)).then(|| format!("{y:04}-{m:02}-{d:02}"));
+    }
+    let ylen = parts[2].len();
+    if ylen != 2 && ylen != 4 {
+        return None;
+    }
+    let y = n[2];
+    if !year_ok(y, ylen) {
+        return None;
+    }
+    let yy = if ylen == 2 { 2000 } else { y };
+    if valid_date(yy, n[1], n[0]) {
+        Some(format!("{y:04}-{:02}-{:02}", n[1], n[0]))
+    } else if valid_date(yy, n[0], n[1]) {
+        Some(format!("{y:04}-{:02}-{:02}", n[0], n[1]))
+    } else {
+        None
+    }
+}
+
+/// A date with a month name, in any of the supported languages' word orders.
+fn named_date(v: &str) -> Option<String> {
+    let mut month = None;
+    let mut nums: Vec<(u32, usize)> = Vec::new();
+    for tok in v.split([' ', ',', '.']) {
+        if tok.is_empty() {
+            continue;
+        }
+        let lead: String = tok.chars().take_while(char::is_ascii_digit).collect();
+        if !lead.is_empty() {
+            nums.push((lead.parse().ok()?, lead.len()));
+            continue;
+        }
+        let lower = tok.to_lowercase();
+        if let Some(&(_, m)) = MONTH_NAMES.iter().find(|(name, _)| *name == lower) {
+            month = Some(m);
+        }
+    }
+    let m = month?;
+    let d = nums.iter().find(|(_, l)| *l <= 2)?.0;
+    let y = nums.iter().find(|(_, l)| *l == 4)?.0;
+    ((1900..=2025).contains(&y) && valid_date(y, m, d)).then(|| format!("{y:04}-{m:02}-{d:02}"))
+}
+
+fn looks_like_date(v: &[u8]) -> bool {
+    numeric_date(v).is_some()
+}
+
+fn pesel(ds: &[u32]) -> bool {
+    if ds.len() != 11 {
+        return false;
+    }
+    const W: [u32; 10] = [1, 3, 7, 9, 1, 3, 7, 9, 1, 3];
+    let sum: u32 = ds.iter().zip(W).map(|(d, w)| d * w).sum();
+    if (10 - sum % 10) % 10 != ds[10] {
+        return false;
+    }
+    let (yy, mm, dd) = (num(&ds[0..2]), num(&ds[2..4]), num(&ds[4..6]));
+    let (century, m) = match mm {
+        1..=12 => (1900, mm),
+        21..=32 => (2000, mm - 20),
+        41..=52 => (2100, mm - 40),
+        61..=72 => (2200, mm - 60),
+        81..=92 => (1800, mm - 80),
+        _ => return false,
+    };
+    valid_date(century + yy, m, dd)
+}
+
+fn de_tax_id(ds: &[u32]) -> bool {
+    if ds.len() != 11 || ds[0] == 0 {
+        return false;
+    }
+    let mut counts = [0u8; 10];
+    for &d in &ds[..10] {
+        counts[d as usize] += 1;
+    }
+    let repeated = counts.iter().filter(|&&c| c >= 2).count();
+    if repeated != 1 || counts.iter().any(|&c| c > 3) {
+        return false;
+    }
+    let mut product = 10;
+    for &d in &ds[..10] {
+        let mut sum = (d + product) % 10;
+        if sum == 0 {
+            sum = 10;
+        }
+        product = (2 * sum) % 11;
+    }
+    let check = (11 - product) % 10;
+    check == ds[10]
+}
+
+fn se_pnr(ds: &[u32]) -> bool {
+    let ten = match ds.len() {
+        10 => ds,
+        12 if matches!(num(&ds[..2]), 18..=20) => &ds[2..],
+        _ => return false,
+    };
+    let (yy, mm, dd) = (num(&ten[0..2]), num(&ten[2..4]), num(&ten[4..6]));
+    let dd = if dd > 60 { dd - 60 } else { dd };
+    valid_date(2000 + yy, mm, dd) && luhn(ten)
+}
+
+fn nir(v: &[u8]) -> bool {
+    let compact: Vec<u8> = v.iter().copied().filter(|&b| b != b' ').collect();
+    if compact.len() != 15 {
+        return false;
+    }
+    let month = num(&digit_vec(&compact[3..5]));
+    if !(matches!(month, 1..=12) || month >= 20) {
+        return false;
+    }
+    let body: Vec<u8> = match &compact[5..7] {
+        b"2A" => [&compact[..5], b"19", &compact[7..13]].concat(),
+        b"2B" => [&compact[..5], b"18", &compact[7..13]].concat(),
+        _ => compact[..13].to_vec(),
+    };
+    if !body.iter().all(u8::is_ascii_digit) || !compact[13..].iter().all(u8::is_ascii_digit) {
+        return false;
+    }
+    let n: u64 = body.iter().fold(0u64, |a, &b| a * 10 + u64::from(b - b'0'));
+    let key = u64::from(num(&digit_vec(&compact[13..15])));
+    97 - n % 97 == key
+}
+
+fn it_cf(v: &[u8]) -> bool {
+    if v.len() != 16 {
+        return false;
+    }
+    const ODD: [u32; 26] = [
+        1, 0, 5, 7, 9, 13, 15, 17, 19, 21, 2, 4, 18, 20, 11, 3, 6, 8, 12, 14, 16, 10, 22, 25, 24,
+        23,
+    ];
+    let mut sum = 0;
+    for (i, &c) in v[..15].iter().enumerate() {
+        let k = match c {
+            b'0'..=b'9' => (c - b'0') as usize,
+            b'A'..=b'Z' => (c - b'A') as usize,
+            _ => return false,
+        };
+        sum += if i % 2 == 0 { ODD[k] } else { k as u32 };
+    }
+    u32::from(v[15]) == u32::from(b'A') + sum % 26
+}
+
+const DNI_LETTERS: &[u8; 23] = b"TRWAGMYFPDXBNJZSQVHLCKE";
+
+fn dni_letter(n: u32) -> u8 {
+    DNI_LETTERS[(n % 23) as usize]
+}
+
+fn ssn(ds: &[u32]) -> bool {
+    if ds.len() != 9 {
+        return false;
+    }
+    let (area, group, serial) = (num(&ds[..3]), num(&ds[3..5]), num(&ds[5..]));
+    let n = num(ds);
+    area != 0
+        && area != 666
+        && area < 900
+        && group != 0
+        && serial != 0
+        && n != 78_051_120
+        && n != 219_099_999
+}
+
+fn nino(v: &[u8]) -> bool {
+    if v.len() < 9 {
+        return false;
+    }
+    let spaces = v.iter().filter(|&&b| b == b' ').count();
+    if spaces != 0 && spaces != 4 {
+        return false;
+    }
+    let p = &v[..2];
+    !matches!(p, b"BG" | b"GB" | b"KN" | b"NK" | b"NT" | b"TN" | b"ZZ")
+}
+
+fn phone(t: &[u8], s: usize, e: usize) -> Option<Verdict> {
+    let v = &t[s..e];
+    if v.iter().filter(|&&b| b == b'(').count() != v.iter().filter(|&&b| b == b')').count() {
+        return None;
+    }
+    if continues_numeric(t, e, b".-/:")
+        || preceded_numeric(t, s, b".-/")
+        || prev(t, s).is_some_and(|b| b == b'+' || is_word(b))
+    {
+        return None;
+    }
+    // A date (and time) is not a phone number: `09/02/2017 06`.
+    let third_group_end = v
+        .iter()
+        .enumerate()
+        .filter(|&(i, b)| b.is_ascii_digit() && v.get(i + 1).is_none_or(|n| !n.is_ascii_digit()))
+        .nth(2)
+        .map(|(i, _)| i + 1);
+    let year4 = |d: &[u8]| d.split(|b| !b.is_ascii_digit()).any(|g| g.len() == 4);
+    if third_group_end.is_some_and(|end| year4(&v[..end]) && looks_like_date(&v[..end])) {
+        return None;
+    }
+    let n = digits(v).count();
+    if v[0] == b'+' {
+        return (8..=15).contains(&n).then_some(Verdict {
+            start: s,
+            end: e,
+            base: None,
+        });
+    }
+    if v.starts_with(b"00") {
+        // `0049 30 1234567`; without separators only a full-length number.
+        let bare = v.iter().all(u8::is_ascii_digit);
+        let range = if bare { 12..=17 } else { 10..=17 };
+        return range.contains(&n).then_some(Verdict {
+            start: s,
+            end: e,
+            base: None,
+        });
+    }
+    if looks_like_date(v) {
+        return None;
+    }
+    // Ranges: two equal-length groups around a dash ("1200-1299").
+    let groups: Vec<&[u8]> = v
+        .split(|b| !b.is_ascii_digit())
+        .filter(|g| !g.is_empty())
+        .collect();
+    if groups.len() == 2 && groups[0].len() == groups[1].len() && v.contains(&b'-') {
+        return None;
+    }
+    let starts0 = v[0] == b'0' || v.starts_with(b"(0");
+    if starts0 {
+        // Without separators: 10 digits (`0612345678`), or a UK / German mobile
+        // (`07700900123`, `015112345678`).
+        let ok = if groups.len() == 1 {
+            n == 10
+                || ((11..=12).contains(&n)
+                    && (v.starts_with(b"07")
+                        || v.starts_with(b"015")
+                        || v.starts_with(b"016")
+                        || v.starts_with(b"017")))
+        } else {
+            (9..=12).contains(&n)
+        };
+        // A bare run of digits is a weaker phone number (and compared with other readings).
+        let base = if groups.len() == 1 { Some(0.6) } else { None };
+        return ok.then_some(Verdict {
+            start: s,
+            end: e,
+            base,
+        });
+    }
+    // NANP: 3-3-4 with an area and exchange code that are not N11.
+    if n == 10 && groups.len() >= 2 {
+        let ds = digit_vec(v);
+        let n11 = |a: &[u32]| a[1] == 1 && a[2] == 1;
+        if ds[0] >= 2
+            && ds[3] >= 2
+            && !n11(&ds[0..3])
+            && !n11(&ds[3..6])
+            && groups.last().is_some_and(|g| g.len() == 4)
+        {
+            return Some(Verdict {
+                start: s,
+                end: e,
+                base: None,
+            });
+        }
+    }
+    // A national number without trunk prefix (PL, ES, IT mobiles): only with a context word.
+    (9..=10).contains(&n).then_some(Verdict {
+        start: s,
+        end: e,
+        base: Some(0.25),
+    })
+}
+
+fn email(t: &[u8], s: usize, e: usize) -> Option<Verdict> {
+    let v = &t[s..e];
+    let at = v.iter().position(|&b| b == b'@')?;
+    let (local, domain) = (&v[..at], &v[at + 1..]);
+    if local.ends_with(b".") || local.windows(2).any(|w| w == b"..") {
+        return None;
+    }
+    if domain
+        .split(|&b| b == b'.')
+        .any(|l| l.is_empty() || l.starts_with(b"-") || l.ends_with(b"-"))
+    {
+        return None;
+    }
+    Verdict::span(s, e)
+}
+
+fn ipv4(t: &[u8], s: usize, e: usize) -> Option<Verdict> {
+    let v = std::str::from_utf8(&t[s..e]).ok()?;
+    Ipv4Addr::from_str(v).ok()?;
+    let suffix =
+        byte_at(t, e) == Some(b'-') && byte_at(t, e + 1).is_some_and(|b| b.is_ascii_alphabetic());
+    if prev(t, s) == Some(b'.')
+        || continues_numeric(t, e, b".")
+        || preceded_numeric(t, s, b"-")
+        || suffix
+    {
+        return None;
+    }
+    Verdict::span(s, e)
+}
+
+fn ipv6(t: &[u8], s: usize, e: usize) -> Option<Verdict> {
+    let v = t.get(s..e)?;
+    // Part of a longer run of groups, or glued to a word (`io::Error`); a colon after a word
+    // is a label (`ip:fe80::1`).
+    let glued = match prev(t, s) {
+        Some(b':') => s >= 2 && (t[s - 2].is_ascii_hexdigit() || t[s - 2] == b':'),
+        Some(b) => is_word(b) || b == b'.',
+        None => false,
+    };
+    if glued || byte_at(t, e).is_some_and(|b| is_word(b) || b == b':') {
+        return None;
+    }
+    let colons = v.iter().filter(|&&b| b == b':').count();
+    let double = v.windows(2).any(|w| w == b"::");
+    if !(double || colons == 7) {
+        return None;
+    }
+    let hex = v.iter().filter(|b| b.is_ascii_hexdigit()).count();
+    let groups = v.split(|&b| b == b':').filter(|g| !g.is_empty()).count();
+    if hex < 4 || groups < 2 {
+        return None;
+    }
+    Ipv6Addr::from_str(std::str::from_utf8(v).ok()?).ok()?;
+    Verdict::span(s, e)
+}
+
+fn mac(t: &[u8], s: usize, e: usize) -> Option<Verdict> {
+    let v = &t[s..e];
+    let seps: Vec<u8> = v
+        .iter()
+        .copied()
+        .filter(|b| !b.is_ascii_hexdigit())
+        .collect();
+    if seps.iter().any(|&c| c != seps[0]) || v.iter().all(|&b| b == b'0' || !b.is_ascii_hexdigit())
+    {
+        return None;
+    }
+    if matches!(byte_at(t, e), Some(b':' | b'-' | b'.'))
+        && byte_at(t, e + 1).is_some_and(|b| b.is_ascii_hexdigit())
+    {
+        return None;
+    }
+    if matches!(prev(t, s), Some(b':' | b'-' | b'.'))
+        && prev(t, s - 1).is_some_and(|b| b.is_ascii_hexdigit())
+    {
+        return None;
+    }
+    Verdict::span(s, e)
+}
+
+fn pem(t: &[u8], s: usize, e: usize) -> Option<Verdict> {
+    let limit = t.len().min(s + PEM_MAX);
+    let body = t.get(e..limit)?;
+    if let Some(i) = body.windows(9).position(|w| w == b"-----END ") {
+        let after = e + i + 9;
+        let tail = t.get(after..limit)?;
+        if let Some(j) = tail.windows(5).take(64).position(|w| w == b"-----") {
+            return Verdict::span(s, after + j + 5);
+        }
+    }
+    // No end line in reach: mask the header and the key material that follows it.
+    let mut end = e;
+    while end < limit && (t[end].is_ascii_alphanumeric() || b"+/=\r\n\t \\".contains(&t[end])) {
+        end += 1;
+    }
+    Verdict::span(s, end)
+}
+
+fn b64url(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
+}
+
+fn jwt(t: &[u8], s: usize) -> Option<Verdict> {
+    let limit = t.len().min(s + JWT_MAX);
+    let run = |from: usize| {
+        let mut i = from;
+        while i < limit && b64url(t[i]) {
+            i += 1;
+        }
+        i
+    };
+    let e1 = run(s);
+    if byte_at(t, e1) != Some(b'.') || !t.get(e1 + 1..).is_some_and(|r| r.starts_with(b"eyJ")) {
+        return None;
+    }
+    let e2 = run(e1 + 1);
+    if byte_at(t, e2) != Some(b'.') {
+        return None;
+    }
+    let e3 = run(e2 + 1);
+    use base64::Engine as _;
+    let header = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(&t[s..e1])
+        .ok()?;
+    if !header.starts_with(b"{")
+        || !header
+            .windows(5)
+            .any(|w| w == b"\"alg\"" || w == b"\"typ\"")
+    {
+        return None;
+    }
+    Verdict::span(s, e3)
+}
+
+impl Validator {
+    /// How far past the automaton's match this validator may extend a value.
+    pub(crate) fn extent(self) -> usize {
+        match self {
+            Validator::PemBlock => PEM_MAX,
+            Validator::Jwt => JWT_MAX,
+            _ => 0,
+        }
+    }
+
+    /// Checks the candidate `text[s..e]` (an automaton match, so on char boundaries).
+    pub(crate) fn check(self, text: &str, s: usize, e: usize) -> Option<Verdict> {
+        let t = text.as_bytes();
+        let v = t.get(s..e)?;
+        if v.is_empty() {
+            return None;
+        }
+        let ok = |b: bool| if b { Verdict::span(s, e) } else { None };
+        match self {
+            Validator::None => Verdict::span(s, e),
+            Validator::Luhn => ok(luhn(&digit_vec(v))),
+            Validator::Mod97 => {
+                ok(mod97(v.iter().copied().filter(u8::is_ascii_alphanumeric)) == Some(1))
+            }
+            Validator::Mod11 => ok(mod11(&digit_vec(v))),
+            Validator::TokenEnd => ok(!byte_at(t, e).is_some_and(b64url)),
+            Validator::SlackToken => {
+                ok(!byte_at(t, e).is_some_and(b64url)
+                    && v.iter().filter(|&&b| b == b'-').count() >= 2)
+            }
+            Validator::PemBlock => pem(t, s, e),
+            Validator::Jwt => jwt(t, s),
+            Validator::Iban => ok(iban(v)),
+            Validator::Email => email(t, s, e),
+            Validator::ItCf => ok(it_cf(v)),
+            Validator::Nino => ok(nino(v)),
+            Validator::EsNie => {
+                let compact: Vec<u8> = v.iter().copied().filter(|&b| b != b'-').collect();
+                if compact.len() != 9 || !compact[1..8].iter().all(u8::is_ascii_digit) {
+                    return None;
+                }
+                let lead = u32::from(compact[0].wrapping_sub(b'X'));
+                let ds = digit_vec(&compact[1..8]);
+                ok(lead <= 2 && dni_letter(lead * 10_000_000 + num(&ds)) == compact[8])
+            }
+            Validator::EsDni => {
+                let ds = digit_vec(v);
+                ok(ds.len() == 8 && v.last().is_some_and(|&l| dni_letter(num(&ds)) == l))
+            }
+            Validator::Mac => mac(t, s, e),
+            Validator::Ipv6 => ipv6(t, s, e),
+            Validator::Ipv4 => ipv4(t, s, e),
+            Validator::Card => {
+                let ds = digit_vec(v);
+                ok((13..=19).contains(&ds.len())
+                    && card_groups(v)
+                    && card_issuer(&ds)
+                    && luhn(&ds)
+                    && !continues_numeric(t, e, b".-"))
+            }
+            Validator::FrNir => ok(nir(v)),
+            Validator::Ssn => {
+                let ds = digit_vec(v);
+                if !ssn(&ds) || continues_numeric(t, e, b".-/") || preceded_numeric(t, s, b".-/") {
+                    None
+                } else if v.contains(&b'-') {
+                    Verdict::span(s, e)
+                } else {
+                    Verdict::weak(s, e, if v.contains(&b' ') { 0.45 } else { 0.3 })
+                }
+            }
+            Validator::SePnr => {
+                if !se_pnr(&digit_vec(v)) || continues_numeric(t, e, b".-/") {
+                    None
+                } else if v.iter().any(|b| !b.is_ascii_digit()) {
+                    Verdict::span(s, e)
+                } else {
+                    Verdict::weak(s, e, 0.35)
+                }
+            }
+            Validator::Dob => {
+                if continues_numeric(t, e, b".-/:") || preceded_numeric(t, s, b".-/:") {
+                    return None;
+                }
+                let text_v = std::str::from_utf8(v).ok()?;
+                ok(numeric_date(v).is_some() || named_date(text_v).is_some())
+            }
+            Validator::Phone => phone(t, s, e),
+            Validator::NlBsn => {
+                let ds = digit_vec(v);
+                ok(ds.len() == 9
+                    && num(&ds[..8]) != 0
+                    && mod11(&ds)
+                    && !continues_numeric(t, e, b".-/"))
+            }
+            Validator::PlPesel => ok(pesel(&digit_vec(v)) && !continues_numeric(t, e, b".-/")),
+            Validator::DeTaxId => ok(de_tax_id(&digit_vec(v)) && !continues_numeric(t, e, b".-/")),
+            Validator::Passport => {
+                ok(!continues_numeric(t, e, b".-/") && v.iter().any(u8::is_ascii_digit))
+            }
+            Validator::Bic => {
+                ok(v.len() >= 8 && is_country(&v[4..6]) && v[6] != b'0' && v[7] != b'O')
+            }
+        }
+    }
+
+    /// The value as it is hashed into its pseudonym: the same person's data written
+    /// differently gives the same pseudonym.
+    pub(crate) fn normalize(self, v: &str) -> String {
+        let alnum_upper = || {
+            v.chars()
+                .filter(char::is_ascii_alphanumeric)
+                .map(|c| c.to_ascii_uppercase())
+                .collect()
+        };
+        let digits_only = || v.chars().filter(char::is_ascii_digit).collect();
+        match self {
+            Validator::Email => v.to_ascii_lowercase(),
+            Validator::Luhn
+            | Validator::Mod11
+            | Validator::Card
+            | Validator::Ssn
+            | Validator::SePnr
+            | Validator::NlBsn
+            | Validator::PlPesel
+            | Validator::DeTaxId => digits_only(),
+            Validator::Phone => {
+                let d: String = digits_only();
+                match d.strip_prefix("00") {
+                    Some(rest) if v.starts_with("00") => rest.to_string(),
+                    _ => d,
+                }
+            }
+            Validator::Mod97
+            | Validator::Iban
+            | Validator::Bic
+            | Validator::ItCf
+            | Validator::Nino
+            | Validator::EsNie
+            | Validator::EsDni
+            | Validator::FrNir
+            | Validator::Passport => alnum_upper(),
+            Validator::Mac => v
+                .chars()
+                .filter(char::is_ascii_hexdigit)
+                .map(|c| c.to_ascii_lowercase())
+                .collect(),
+            Validator::Ipv4 => Ipv4Addr::from_str(v)
+                .map(|a| a.to_string())
+                .unwrap_or_else(|_| v.to_string()),
+            Validator::Ipv6 => Ipv6Addr::from_str(v)
+                .map(|a| a.to_string())
+                .unwrap_or_else(|_| v.to_ascii_lowercase()),
+            Validator::Dob => numeric_date(v.as_bytes())
+                .or_else(|| named_date(v))
+                .unwrap_or_else(digits_only),
+            Validator::None
+            | Validator::TokenEnd
+            | Validator::SlackToken
+            | Validator::PemBlock
+            | Validator::Jwt => v.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod checks {
+    //! Check-digit generators for the corpus and the tests.
+    use super::*;
+
+    pub fn luhn_complete(prefix: &[u32]) -> u32 {
+        (0..10)
+            .find(|&c| {
+                let mut v = prefix.to_vec();
+                v.push(c);
+                luhn(&v)
+            })
+            .unwrap_or(0)
+    }
+    pub fn iban_check(country: &str, bban: &str) -> String {
+        let s = format!("{bban}{country}00");
+        let r = mod97(s.bytes()).unwrap_or(0);
+        format!("{:02}", 98 - r)
+    }
+    pub fn de_tax_check(ds: &[u32]) -> u32 {
+        let mut product = 10;
+        for &d in ds {
+            let mut sum = (d + product) % 10;
+            if sum == 0 {
+                sum = 10;
+            }
+            product = (2 * sum) % 11;
+        }
+        (11 - product) % 10
+    }
+    pub fn pesel_check(ds: &[u32]) -> u32 {
+        const W: [u32; 10] = [1, 3, 7, 9, 1, 3, 7, 9, 1, 3];
+        let sum: u32 = ds.iter().zip(W).map(|(d, w)| d * w).sum();
+        (10 - sum % 10) % 10
+    }
+    pub fn nir_key(first13: u64) -> u64 {
+        97 - first13 % 97
+    }
+    pub fn cf_check(v: &[u8]) -> u8 {
+        const ODD: [u32; 26] = [
+            1, 0, 5, 7, 9, 13, 15, 17, 19, 21, 2, 4, 18, 20, 11, 3, 6, 8, 12, 14, 16, 10, 22, 25,
+            24, 23,
+        ];
+        let mut sum = 0;
+        for (i, &c) in v.iter().enumerate() {
+            let k = if c.is_ascii_digit() {
+                (c - b'0') as usize
+            } else {
+                (c - b'A') as usize
+            };
+            sum += if i % 2 == 0 { ODD[k] } else { k as u32 };
+        }
+        b'A' + (sum % 26) as u8
+    }
+    pub fn dni(n: u32) -> char {
+        dni_letter(n) as char
+    }
+    pub fn bsn_ok(ds: &[u32]) -> bool {
+        mod11(ds)
+    }
+    pub fn is_de_tax(ds: &[u32]) -> bool {
+        de_tax_id(ds)
+    }
+    pub fn is_iban(v: &str) -> bool {
+        iban(v.as_bytes())
+    }
+}
