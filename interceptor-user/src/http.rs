@@ -533,6 +533,18 @@ fn refuse(
     json_response(status, mcp::error_response(id, code, what, None), close)
 }
 
+/// The request's target could not be turned into an upstream request.
+fn bad_target(ctx: &ConnCtx, e: &ProxyError) -> Response<RespBody> {
+    refuse(
+        ctx,
+        StatusCode::BAD_REQUEST,
+        mcp::INVALID_REQUEST,
+        None,
+        &e.to_string(),
+        true,
+    )
+}
+
 fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
     h.get(name).and_then(|v| v.to_str().ok())
 }
@@ -986,16 +998,7 @@ async fn handle_post(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<Resp
     }
     let mut up = match upstream_request(&ctx, &parts, bytes) {
         Ok(r) => r,
-        Err(e) => {
-            return refuse(
-                &ctx,
-                StatusCode::BAD_REQUEST,
-                mcp::INVALID_REQUEST,
-                None,
-                &e.to_string(),
-                true,
-            );
-        }
+        Err(e) => return bad_target(&ctx, &e),
     };
     ctx.svc.pipeline.upstream_request(&view, up.headers_mut());
 
@@ -1150,16 +1153,7 @@ async fn forward_stream(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<R
     let (parts, _body) = req.into_parts();
     let up = match upstream_request(&ctx, &parts, Bytes::new()) {
         Ok(r) => r,
-        Err(e) => {
-            return refuse(
-                &ctx,
-                StatusCode::BAD_REQUEST,
-                mcp::INVALID_REQUEST,
-                None,
-                &e.to_string(),
-                true,
-            );
-        }
+        Err(e) => return bad_target(&ctx, &e),
     };
     let resp = match ctx.svc.client.request(up).await {
         Ok(r) => r,
@@ -1210,16 +1204,7 @@ async fn forward_buffered(
 ) -> Response<RespBody> {
     let up = match upstream_request(&ctx, &parts, bytes) {
         Ok(r) => r,
-        Err(e) => {
-            return refuse(
-                &ctx,
-                StatusCode::BAD_REQUEST,
-                mcp::INVALID_REQUEST,
-                None,
-                &e.to_string(),
-                true,
-            );
-        }
+        Err(e) => return bad_target(&ctx, &e),
     };
     match ctx.svc.client.request(up).await {
         Ok(r) => {
