@@ -955,12 +955,9 @@ async fn handle_post(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<Resp
         }
         authn = Some(a);
     }
-    let per_msg = |m: &mcp::Message| {
+    // The record of message `i`, with who asked and what the policy decided about it.
+    let decided = |i: usize, m: &mcp::Message| {
         let mut rec = per_msg(m);
-        let i = messages
-            .iter()
-            .position(|x| std::ptr::eq(x, m))
-            .unwrap_or(0);
         annotate(
             &mut rec,
             authn.as_ref(),
@@ -980,8 +977,8 @@ async fn handle_post(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<Resp
         rule,
     } = ctx.svc.pipeline.request_parsed(&view)
     {
-        for m in messages {
-            let mut rec = per_msg(m);
+        for (i, m) in messages.iter().enumerate() {
+            let mut rec = decided(i, m);
             rec.outcome = "denied".into();
             rec.http_status = http_status;
             rec.error_code = Some(code);
@@ -1005,8 +1002,8 @@ async fn handle_post(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<Resp
     // The exchanges this request opens, keyed by JSON-RPC id.
     let mut pending: HashMap<String, Pending> = HashMap::new();
     let mut no_reply = Vec::new();
-    for m in messages {
-        let rec = per_msg(m);
+    for (i, m) in messages.iter().enumerate() {
+        let rec = decided(i, m);
         match (&m.kind, &m.id) {
             (mcp::Kind::Request, Some(id)) => {
                 pending.insert(id.to_string(), Pending { rec, started });
