@@ -130,9 +130,10 @@ LD_LIBRARY_PATH="$QEMU_LIBS" "$QEMU" --version >/dev/null 2>"$QROOT/check.err" |
 
 # --- cargo-deb -----------------------------------------------------------------------------
 CARGO_HOME="${CARGO_HOME:-$HOME/.cargo}"
-if ! [ -x "$CARGO_HOME/bin/cargo-deb" ]; then
-  log "cargo install cargo-deb (about 2 minutes, once)"
-  cargo install --locked cargo-deb@2.0.0 --quiet || die "cargo install cargo-deb failed"
+CARGO_DEB_VERSION=3.8.0 # 2.x cannot read edition 2024 / resolver 3 manifests
+if ! "$CARGO_HOME/bin/cargo-deb" --version 2>/dev/null | grep -q " $CARGO_DEB_VERSION"; then
+  log "cargo install cargo-deb $CARGO_DEB_VERSION (about 3 minutes, once)"
+  cargo install --locked "cargo-deb@$CARGO_DEB_VERSION" --quiet || die "cargo install cargo-deb failed"
 fi
 
 # --- kernels -------------------------------------------------------------------------------
