@@ -93,11 +93,20 @@ fn run_all(args: &VmArgs) -> Result<()> {
 
     let t1 = Instant::now();
     let deb = build_deb(&root, args.release, &out)?;
-    let bin = root.join(if args.release {
-        "target/release/interceptor"
-    } else {
-        "target/debug/interceptor"
-    });
+    // `interceptor install` gets the same binary, without debug info (scp into the guest).
+    let bin = out.join("interceptor");
+    run_ok(
+        Command::new("strip")
+            .arg("--strip-debug")
+            .arg("-o")
+            .arg(&bin)
+            .arg(root.join(if args.release {
+                "target/release/interceptor"
+            } else {
+                "target/debug/interceptor"
+            })),
+        "strip",
+    )?;
     println!(
         "vm-test: build + package {:.1}s",
         t1.elapsed().as_secs_f64()
@@ -193,7 +202,7 @@ pub fn build_deb(root: &Path, release: bool, out: &Path) -> Result<PathBuf> {
     let mut deb = Command::new("cargo");
     deb.current_dir(root)
         .args(["deb", "-p", "interceptor-user", "--no-build", "--output"]);
-    deb.arg(&deb_dir);
+    deb.arg(&deb_dir).arg("--strip");
     if !release {
         deb.args(["--profile", "dev"]);
     }
@@ -365,6 +374,22 @@ impl Vm {
             if let Ok(o) = vm.ssh_raw("true", Duration::from_secs(20))
                 && o.0 == 0
             {
+                // One master connection for every later command (key exchange is slow under
+                // TCG); stdio detached so nothing waits on its pipes.
+                let mut m = vm.ssh_base();
+                m.args([
+                    "-o",
+                    "ControlMaster=yes",
+                    "-o",
+                    "ControlPersist=900",
+                    "-N",
+                    "-f",
+                ])
+                .arg("root@127.0.0.1")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+                let _ = m.status();
                 return Ok(vm);
             }
             if Instant::now() > deadline {
@@ -394,9 +419,7 @@ impl Vm {
                 "-o",
                 "ConnectTimeout=15",
                 "-o",
-                "ControlMaster=auto",
-                "-o",
-                "ControlPersist=300",
+                "ControlMaster=no",
             ])
             .arg("-o")
             .arg(format!("ControlPath={}", self.control.display()));
@@ -512,6 +535,12 @@ impl Vm {
 
 impl Drop for Vm {
     fn drop(&mut self) {
+        let mut exit = self.ssh_base();
+        exit.args(["-O", "exit", "root@127.0.0.1"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let _ = exit.status();
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.control);
