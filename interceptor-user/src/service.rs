@@ -25,8 +25,8 @@ use anyhow::{Context as _, Result, bail};
 pub const UNIT_NAME: &str = "interceptor.service";
 pub const UNIT_TEMPLATE: &str = include_str!("../../packaging/interceptor.service.in");
 pub const CONFIG_SKELETON: &str = include_str!("../../packaging/interceptor.toml");
-pub const SYSUSERS: &str = include_str!("../../packaging/sysusers.conf");
-pub const TMPFILES: &str = include_str!("../../packaging/tmpfiles.conf");
+pub const SYSUSERS: &str = include_str!("../../packaging/sysusers.d/interceptor.conf");
+pub const TMPFILES: &str = include_str!("../../packaging/tmpfiles.d/interceptor.conf");
 pub const SERVICE_ACCOUNT: &str = "interceptor";
 pub const CONFIG_PATH: &str = "/etc/interceptor/interceptor.toml";
 pub const STATE_DIR: &str = "/var/lib/interceptor";
@@ -356,6 +356,7 @@ mod tests {
             "StateDirectory=interceptor",
             "RuntimeDirectory=interceptor",
             "ReadWritePaths=/sys/fs/bpf",
+            "ProtectControlGroups=yes",
             "WantedBy=multi-user.target",
         ] {
             assert!(lines.contains(&want), "missing {want:?} in\n{u}");
@@ -365,6 +366,14 @@ mod tests {
             "no watchdog"
         );
         assert!(!u.contains("CAP_SYS_ADMIN\n") && !u.contains("CAP_SYS_ADMIN "));
+        // /sys is read-only except the pins (ProtectKernelTunables= would pin it read-only).
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("ReadOnlyPaths=/sys ") && l.contains("-/proc/sys ")),
+            "{u}"
+        );
+        assert!(!lines.contains(&"ProtectKernelTunables=yes"), "{u}");
         // Every non-comment line is `Key=Value` or a section header.
         for l in lines
             .iter()

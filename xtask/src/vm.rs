@@ -434,13 +434,33 @@ impl Vm {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = c.spawn()?;
+        // Drain both pipes while waiting: a large journal must not block ssh on a full pipe.
+        let drain = |p: Option<Box<dyn std::io::Read + Send>>| {
+            std::thread::spawn(move || {
+                let mut s = String::new();
+                if let Some(mut p) = p {
+                    let _ = p.read_to_string(&mut s);
+                }
+                s
+            })
+        };
+        let out = drain(
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+        );
+        let err = drain(
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+        );
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(st) = child.try_wait()? {
-                let mut o = String::new();
-                let mut e = String::new();
-                child.stdout.take().map(|mut s| s.read_to_string(&mut o));
-                child.stderr.take().map(|mut s| s.read_to_string(&mut e));
+                let o = out.join().unwrap_or_default();
+                let e = err.join().unwrap_or_default();
                 return Ok((st.code().unwrap_or(-1), o, e));
             }
             if Instant::now() > deadline {
@@ -900,7 +920,7 @@ fn guest_checks(
                 ("CLIENT_ID", "crm-batch"),
                 ("ROLE", "batch"),
                 ("SYSLOG_IDENTIFIER", "interceptor"),
-                ("PRIORITY", "6"),
+                ("PRIORITY", "6"), // informational
             ] {
                 if r[k] != want {
                     bail!("{k} = {}, want {want}: {r}", r[k]);
