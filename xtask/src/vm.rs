@@ -131,6 +131,7 @@ fn run_all(args: &VmArgs) -> Result<()> {
             Install::Command(bin.clone())
         };
         let t = Instant::now();
+        let hung_phase = !args.lean || i + 1 == kernels.len();
         let res = run_kernel(
             &env,
             &root,
@@ -139,7 +140,7 @@ fn run_all(args: &VmArgs) -> Result<()> {
             Path::new(kernel),
             &install,
             &oidc,
-            args,
+            hung_phase,
         );
         let secs = t.elapsed().as_secs_f64();
         match res {
