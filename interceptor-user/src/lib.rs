@@ -14,6 +14,9 @@
 //! - [`policy`]: roles, grants, argument constraints, purpose and lawful basis.
 //! - [`control`]: the local control socket used by the CLI.
 //! - [`agent`]: the `run` command: wiring, signals, graceful shutdown.
+//! - [`notify`]: the systemd notification protocol (readiness, reload, watchdog).
+//! - [`service`]: `install`/`uninstall` as a systemd service; the unit file.
+//! - [`journal`]: structured logging to the systemd journal.
 //! - [`cli`]: the command-line interface.
 //! - [`config`]: the configuration file.
 //! - [`error`]: which side failed, and whether to retry.
@@ -29,11 +32,14 @@ pub mod ebpf;
 pub mod error;
 pub mod http;
 pub mod identity;
+pub mod journal;
 pub mod mcp;
 pub mod net;
+pub mod notify;
 pub mod oidc;
 pub mod pipeline;
 pub mod policy;
 pub mod redact;
+pub mod service;
 pub mod sys;
 pub mod tls;
