@@ -54,6 +54,11 @@ pub enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// The tamper-evident audit log: verify, export, search, tail, show, prune, keys.
+    Audit {
+        #[command(subcommand)]
+        command: crate::audit::cli::AuditCommand,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -141,6 +146,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Policy { command } => policy_command(command),
+        Command::Audit { command } => crate::audit::cli::run(command),
         Command::CheckConfig { config } => {
             let cfg = load(&config)?;
             println!(

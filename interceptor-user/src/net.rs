@@ -109,6 +109,8 @@ impl DataPath {
         let services: Vec<Arc<ServiceConfig>> =
             config.services.iter().cloned().map(Arc::new).collect();
         let mut mcp = Vec::with_capacity(services.len());
+        // The pseudonym key in force (newest of the key ring), loaded once for every service.
+        let mut pseudonym_key: Option<(String, [u8; 32])> = None;
         for s in &services {
             mcp.push(match s.mode {
                 ServiceMode::Tcp => None,
@@ -120,7 +122,11 @@ impl DataPath {
                     auth.clone(),
                     match &s.redact {
                         Some(r) => {
-                            Some(redactor_for(&s.name, r, &config.agent.pseudonym_key_file)?)
+                            if pseudonym_key.is_none() {
+                                pseudonym_key = Some(load_pseudonym_key(&config.agent)?);
+                            }
+                            let key = pseudonym_key.as_ref().map(|k| k.1).unwrap_or_default();
+                            Some(redactor_for(&s.name, r, key)?)
                         }
                         None => None,
                     },
@@ -192,14 +198,20 @@ impl DataPath {
     }
 }
 
+/// The pseudonym key in force: id and key (the ring's first key is created when empty).
+pub fn load_pseudonym_key(agent: &crate::config::AgentSettings) -> Result<(String, [u8; 32])> {
+    let dir = agent.pseudonym_keys();
+    crate::audit::keys::KeyRing::new(&dir)
+        .current_or_create()
+        .with_context(|| format!("agent.pseudonym_key_dir {}", dir.display()))
+}
+
 /// The redaction engine of a service, keyed with the agent's pseudonym key.
 fn redactor_for(
     service: &str,
     cfg: &crate::redact::engine::EngineConfig,
-    key_file: &std::path::Path,
+    key: [u8; 32],
 ) -> Result<Arc<dyn crate::redact::TextRedactor>> {
-    let key = crate::redact::load_or_create_key(key_file)
-        .with_context(|| format!("agent.pseudonym_key_file {}", key_file.display()))?;
     let engine =
         crate::redact::engine::Engine::new(cfg, crate::redact::engine::PseudonymKey::new(key))
             .map_err(|e| anyhow::anyhow!("services.{service}.redact: {e}"))?;
