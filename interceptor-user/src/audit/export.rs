@@ -36,6 +36,9 @@ pub struct BundleRecord {
     pub leaf: Hash,
     pub proof: Vec<Hash>,
     pub body: Option<String>,
+    /// CSV only: the service, subject, method, target and outcome columns (copies of the body's
+    /// fields, checked against it).
+    pub columns: Option<Vec<String>>,
 }
 
 /// The latest checkpoint stored in the database (its note and content; not verified here).
@@ -252,6 +255,7 @@ pub fn read_bundle_records(dir: &Path) -> Result<Vec<BundleRecord>> {
                     .transpose()?
                     .unwrap_or_default(),
                 body: v["body"].as_str().map(str::to_string),
+                columns: None,
             });
         }
         return Ok(out);
@@ -273,6 +277,7 @@ pub fn read_bundle_records(dir: &Path) -> Result<Vec<BundleRecord>> {
                 .map(hash_of)
                 .collect::<Result<_>>()?,
             body: Some(row[10].clone()).filter(|b| !b.is_empty()),
+            columns: Some(row[3..8].to_vec()),
         });
     }
     Ok(out)

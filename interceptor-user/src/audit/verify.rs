@@ -573,6 +573,15 @@ pub fn verify_bundle(dir: &Path, key: &Verifier) -> anyhow::Result<BundleReport>
                     rep.findings.push(bad("modified", format!("record {}: body does not hash to its leaf", r.seq)));
                     continue;
                 }
+                if let Some(cols) = &r.columns {
+                    let v: serde_json::Value = serde_json::from_str(b).unwrap_or_default();
+                    let i = Index::of_body(&v);
+                    let want = [i.service, i.subject, i.method, i.target, i.outcome]
+                        .map(|c| c.unwrap_or_default());
+                    if cols[..] != want[..] {
+                        rep.findings.push(bad("modified", format!("record {}: columns disagree with the signed body", r.seq)));
+                    }
+                }
                 h
             }
             None => {
