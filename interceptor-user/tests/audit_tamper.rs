@@ -8,9 +8,7 @@ use std::{
     process::Command,
 };
 
-use interceptor::audit::{
-    checkpoint, keys::KeyRing, merkle, note::Signer, store,
-};
+use interceptor::audit::{checkpoint, keys::KeyRing, merkle, note::Signer, store};
 use interceptor::redact::engine::{Engine, EngineConfig, PseudonymKey};
 
 struct Fixture {
@@ -135,13 +133,19 @@ fn untouched_log_passes() {
     let f = fixture("clean");
     let (ok, out) = verify(&f, &[]);
     assert!(ok, "{out}");
-    assert!(out.contains("20 records") && out.contains("3 stored, 4 verified"), "{out}");
+    assert!(
+        out.contains("20 records") && out.contains("3 stored, 4 verified"),
+        "{out}"
+    );
     // JSON report says the same.
     let (ok, out) = verify(&f, &["--json"]);
     assert!(ok);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["pass"], true);
-    assert_eq!(v["checkpoints_verified"], 4, "3 stored + the external one: {v}");
+    assert_eq!(
+        v["checkpoints_verified"], 4,
+        "3 stored + the external one: {v}"
+    );
 }
 
 #[test]
@@ -221,7 +225,11 @@ fn swapped_records_are_reported() {
     assert!(ok, "{out}");
     assert_fails_with(
         &f,
-        &["FAIL reordered record 3:", "FAIL reordered record 8:", "swapped"],
+        &[
+            "FAIL reordered record 3:",
+            "FAIL reordered record 8:",
+            "swapped",
+        ],
     );
 }
 
@@ -297,7 +305,10 @@ fn replaced_checkpoint_signature_is_reported() {
     );
     let (ok, out) = sqlite(&f.db, &sql);
     assert!(ok, "{out}");
-    assert_fails_with(&f, &["FAIL checkpoint_forged: checkpoint #2", "does not verify"]);
+    assert_fails_with(
+        &f,
+        &["FAIL checkpoint_forged: checkpoint #2", "does not verify"],
+    );
 }
 
 fn base64_root(db: &Path) -> String {
@@ -335,7 +346,14 @@ fn consistent_rewrite_is_caught_by_the_signed_checkpoints() {
     std::fs::remove_file(checkpoint::latest_path(&f.db)).unwrap();
     // Every record hashes fine now; only the signatures know better, and they narrow it down
     // to the records between the checkpoints of size 5 and 10.
-    assert_fails_with(&f, &["FAIL checkpoint_mismatch", "checkpoint #2 (size 10)", "in 5..9"]);
+    assert_fails_with(
+        &f,
+        &[
+            "FAIL checkpoint_mismatch",
+            "checkpoint #2 (size 10)",
+            "in 5..9",
+        ],
+    );
     let (_, out) = verify(&f, &[]);
     assert!(!out.contains("FAIL modified"), "{out}");
 }
@@ -347,11 +365,27 @@ fn bundles_verify_offline_and_catch_edits() {
     for fmt in ["jsonl", "csv"] {
         let dir = f.dir.join(format!("bundle-{fmt}"));
         let out = bin()
-            .args(["audit", "export", "--format", fmt, "--from", "2000-01-01", "--to", "2100-01-01", "--config", &cfg, "--out"])
+            .args([
+                "audit",
+                "export",
+                "--format",
+                fmt,
+                "--from",
+                "2000-01-01",
+                "--to",
+                "2100-01-01",
+                "--config",
+                &cfg,
+                "--out",
+            ])
             .arg(&dir)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let check = |d: &Path| {
             let o = bin()
                 .args(["audit", "verify", "--bundle"])
@@ -360,7 +394,10 @@ fn bundles_verify_offline_and_catch_edits() {
                 .arg(&f.pubkey)
                 .output()
                 .unwrap();
-            (o.status.success(), String::from_utf8_lossy(&o.stdout).to_string())
+            (
+                o.status.success(),
+                String::from_utf8_lossy(&o.stdout).to_string(),
+            )
         };
         let (ok, out) = check(&dir);
         assert!(ok && out.contains("20 records (0..19)"), "{fmt}: {out}");
@@ -369,7 +406,8 @@ fn bundles_verify_offline_and_catch_edits() {
         std::fs::write(&file, text.replacen("alice", "eve", 1)).unwrap();
         let (ok, out) = check(&dir);
         assert!(
-            !ok && (out.contains("record 0: body does not hash") || out.contains("record 0: columns disagree")),
+            !ok && (out.contains("record 0: body does not hash")
+                || out.contains("record 0: columns disagree")),
             "{fmt}: {out}"
         );
         // Dropping a line is noticed too.
@@ -383,7 +421,10 @@ fn bundles_verify_offline_and_catch_edits() {
             .collect();
         std::fs::write(&file, fewer).unwrap();
         let (ok, out) = check(&dir);
-        assert!(!ok && out.contains("expected record 3 next"), "{fmt}: {out}");
+        assert!(
+            !ok && out.contains("expected record 3 next"),
+            "{fmt}: {out}"
+        );
     }
 }
 
@@ -416,29 +457,55 @@ fn prune_keeps_the_log_verifiable_and_erased_keys_unlink() {
     }
     let search = |v: &str| {
         let o = bin()
-            .args(["audit", "search", "--subject", v, "--json", "--config", &cfg])
+            .args([
+                "audit",
+                "search",
+                "--subject",
+                v,
+                "--json",
+                "--config",
+                &cfg,
+            ])
             .output()
             .unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-        v["hits"].as_array().unwrap().iter().map(|h| h["seq"].as_u64().unwrap()).collect::<Vec<_>>()
+        v["hits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["seq"].as_u64().unwrap())
+            .collect::<Vec<_>>()
     };
     // Written differently, the same address is found (normalised like the engine does).
     assert_eq!(search("jane.doe@EXAMPLE.com"), vec![20]);
     assert!(search("john@example.com").is_empty());
     // Retention: the 20 older bodies go, the log still verifies.
     let o = bin()
-        .args(["audit", "prune", "--before", &cut.to_string(), "--config", &cfg])
+        .args([
+            "audit",
+            "prune",
+            "--before",
+            &cut.to_string(),
+            "--config",
+            &cfg,
+        ])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stdout).contains("removed 20 record bodies"));
     let (ok, out) = verify(&f, &[]);
     assert!(ok && out.contains("pruned by retention: 20"), "{out}");
-    let (_, dump) = sqlite(&f.db, "SELECT count(*) FROM bodies WHERE body LIKE '%alice%'");
+    let (_, dump) = sqlite(
+        &f.db,
+        "SELECT count(*) FROM bodies WHERE body LIKE '%alice%'",
+    );
     assert_eq!(dump.trim(), "0");
     // A body removed by hand (not by prune) is not accepted.
-    let (ok, o2) = sqlite(&f.db, "DROP TRIGGER bodies_no_delete; DELETE FROM bodies WHERE seq = 20");
+    let (ok, o2) = sqlite(
+        &f.db,
+        "DROP TRIGGER bodies_no_delete; DELETE FROM bodies WHERE seq = 20",
+    );
     assert!(ok, "{o2}");
     assert_fails_with(&f, &["FAIL body_removed record 20:"]);
     // Key erasure: rotate (a new key in force), erase the old one: no longer linkable.
@@ -463,7 +530,15 @@ fn prune_keeps_the_log_verifiable_and_erased_keys_unlink() {
     }
     let search = |v: &str| {
         let o = bin()
-            .args(["audit", "search", "--subject", v, "--json", "--config", &cfg])
+            .args([
+                "audit",
+                "search",
+                "--subject",
+                v,
+                "--json",
+                "--config",
+                &cfg,
+            ])
             .output()
             .unwrap();
         let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -481,5 +556,8 @@ fn prune_keeps_the_log_verifiable_and_erased_keys_unlink() {
     }
     assert_eq!(search("jane.doe@example.com"), 0);
     let (ok, out) = verify(&f, &[]);
-    assert!(ok, "the key events are records too and the log verifies: {out}");
+    assert!(
+        ok,
+        "the key events are records too and the log verifies: {out}"
+    );
 }

@@ -628,6 +628,12 @@ pub struct AgentConfig {
     pub services: Vec<ServiceCfg>,
     /// Raw TOML appended to the `[agent]` table (for negative tests).
     pub extra_agent_toml: String,
+    /// The agent's state directory (audit database, pseudonym keys).
+    pub state_dir: PathBuf,
+    /// Raw TOML for the `[audit]` table (its `signing_key` is set to a file in the node).
+    pub audit_toml: String,
+    /// The audit signing key file.
+    pub audit_key: PathBuf,
     /// Where [`Node::write_config`] writes it.
     pub path: PathBuf,
 }
@@ -680,7 +686,14 @@ impl AgentConfig {
         let _ = writeln!(s, "grace_period_ms = {}", self.grace_period_ms);
         let _ = writeln!(s, "connect_timeout_ms = {}", self.connect_timeout_ms);
         s.push_str("log_format = \"json\"\n");
+        let _ = writeln!(s, "state_dir = {}", p(&self.state_dir));
         s.push_str(&self.extra_agent_toml);
+        if !s.ends_with('\n') {
+            s.push('\n');
+        }
+        s.push_str("\n[audit]\n");
+        let _ = writeln!(s, "signing_key = {}", p(&self.audit_key));
+        s.push_str(&self.audit_toml);
         if !s.ends_with('\n') {
             s.push('\n');
         }
@@ -926,6 +939,9 @@ impl Node {
             connect_timeout_ms: 2000,
             services: Vec::new(),
             extra_agent_toml: String::new(),
+            state_dir: self.dir.join("state"),
+            audit_toml: String::new(),
+            audit_key: self.dir.join("keys/audit-signing.key"),
             path: self.dir.join("agent.toml"),
         }
     }

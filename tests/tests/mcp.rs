@@ -766,10 +766,6 @@ fn personal_data_reaches_the_client_masked() {
             p2,
             "[services.redact]\ndefault_mask = \"remove\"\n",
         );
-    cfg.extra_agent_toml = format!(
-        "pseudonym_key_file = {:?}\n",
-        node.dir.join("pseudonym.key").display().to_string()
-    );
     let agent = node.start_agent(&cfg);
     let url = format!("http://{SERVER_IP}:{p1}/mcp");
     let c = node.mcp_client(

@@ -204,7 +204,11 @@ pub fn run(cmd: AuditCommand) -> Result<ExitCode> {
                     }
                     println!("{}", if rep.pass { "PASS" } else { "FAIL" });
                 }
-                return Ok(if rep.pass { ExitCode::SUCCESS } else { ExitCode::from(1) });
+                return Ok(if rep.pass {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                });
             }
             let db = db_path(db, &config)?;
             let mut external = Vec::new();
@@ -238,7 +242,9 @@ pub fn run(cmd: AuditCommand) -> Result<ExitCode> {
                     "checkpoints: {} stored, {} verified, last covers {} records; {} external",
                     rep.checkpoints,
                     rep.checkpoints_verified,
-                    rep.last_checkpoint_size.map(|s| s.to_string()).unwrap_or("-".into()),
+                    rep.last_checkpoint_size
+                        .map(|s| s.to_string())
+                        .unwrap_or("-".into()),
                     external.len()
                 );
                 if rep.pruned > 0 {
@@ -250,7 +256,11 @@ pub fn run(cmd: AuditCommand) -> Result<ExitCode> {
                         c.service,
                         c.kernel_steered,
                         c.connection_records,
-                        if c.ok { "every steered connection is recorded" } else { "SHORTFALL" }
+                        if c.ok {
+                            "every steered connection is recorded"
+                        } else {
+                            "SHORTFALL"
+                        }
                     );
                 }
                 if !rep.incomplete_exchanges.is_empty() {
@@ -270,7 +280,11 @@ pub fn run(cmd: AuditCommand) -> Result<ExitCode> {
                 }
                 println!("{}", if rep.pass { "PASS" } else { "FAIL" });
             }
-            Ok(if rep.pass { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            Ok(if rep.pass {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         AuditCommand::Pubkey { out, config } => {
             let cfg = load(&config)?;
@@ -289,12 +303,17 @@ pub fn run(cmd: AuditCommand) -> Result<ExitCode> {
             let s = signer(&cfg)?;
             let db = cfg.audit_db();
             let mut w = store::Writer::open(&db).map_err(reason)?;
-            let origin = w.meta_default("origin", &cfg.audit_origin()).map_err(reason)?;
+            let origin = w
+                .meta_default("origin", &cfg.audit_origin())
+                .map_err(reason)?;
             let names: Vec<String> = cfg.services.iter().map(|s| s.name.clone()).collect();
             let snap = counters::read(&cfg.agent.pin_root(), &names);
             let cp = checkpoint::sign(&mut w, &s, &origin, snap.as_ref(), "request", Some(&db))
                 .map_err(reason)?;
-            println!("checkpoint #{} signed: size {}, root {}", cp.id, cp.size, cp.root_hex);
+            println!(
+                "checkpoint #{} signed: size {}, root {}",
+                cp.id, cp.size, cp.root_hex
+            );
             print!("{}", cp.note);
             Ok(ExitCode::SUCCESS)
         }
@@ -444,11 +463,20 @@ pub fn run(cmd: AuditCommand) -> Result<ExitCode> {
                     };
                     // The bundle's proofs need a checkpoint covering the period: sign one now.
                     let mut w = store::Writer::open(&db).map_err(reason)?;
-                    let origin = w.meta_default("origin", &cfg.audit_origin()).map_err(reason)?;
+                    let origin = w
+                        .meta_default("origin", &cfg.audit_origin())
+                        .map_err(reason)?;
                     let names: Vec<String> = cfg.services.iter().map(|s| s.name.clone()).collect();
                     let snap = counters::read(&cfg.agent.pin_root(), &names);
-                    checkpoint::sign(&mut w, &signer(&cfg)?, &origin, snap.as_ref(), "export", Some(&db))
-                        .map_err(reason)?;
+                    checkpoint::sign(
+                        &mut w,
+                        &signer(&cfg)?,
+                        &origin,
+                        snap.as_ref(),
+                        "export",
+                        Some(&db),
+                    )
+                    .map_err(reason)?;
                     let f = if format == "jsonl" {
                         export::BundleFormat::Jsonl
                     } else {
@@ -501,16 +529,28 @@ pub fn run(cmd: AuditCommand) -> Result<ExitCode> {
                 let cfg = load(&config)?;
                 let ring = KeyRing::new(&cfg.agent.pseudonym_keys());
                 let id = ring.rotate()?;
-                let seq = record(&cfg, "keys", serde_json::json!({"action": "rotate", "id": id}))?;
-                println!("new pseudonym key {id} (in force from the next agent start); recorded as record {seq}");
+                let seq = record(
+                    &cfg,
+                    "keys",
+                    serde_json::json!({"action": "rotate", "id": id}),
+                )?;
+                println!(
+                    "new pseudonym key {id} (in force from the next agent start); recorded as record {seq}"
+                );
                 Ok(ExitCode::SUCCESS)
             }
             KeysCommand::Erase { id, config } => {
                 let cfg = load(&config)?;
                 let ring = KeyRing::new(&cfg.agent.pseudonym_keys());
                 ring.erase(&id)?;
-                let seq = record(&cfg, "keys", serde_json::json!({"action": "erase", "id": id}))?;
-                println!("pseudonym key {id} erased: its pseudonyms can no longer be linked to any value; recorded as record {seq}");
+                let seq = record(
+                    &cfg,
+                    "keys",
+                    serde_json::json!({"action": "erase", "id": id}),
+                )?;
+                println!(
+                    "pseudonym key {id} erased: its pseudonyms can no longer be linked to any value; recorded as record {seq}"
+                );
                 Ok(ExitCode::SUCCESS)
             }
         },

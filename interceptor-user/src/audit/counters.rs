@@ -84,10 +84,7 @@ pub fn read(pin_root: &std::path::Path, services: &[String]) -> Option<Snapshot>
     // The generation directory's name plus its inode: re-created pins get a new inode.
     let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&dir).ok()?);
     Some(Snapshot {
-        generation: format!(
-            "{}#{ino}",
-            dir.file_name()?.to_string_lossy()
-        ),
+        generation: format!("{}#{ino}", dir.file_name()?.to_string_lossy()),
         services: services
             .iter()
             .cloned()

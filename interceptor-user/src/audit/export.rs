@@ -251,7 +251,11 @@ pub fn read_bundle_records(dir: &Path) -> Result<Vec<BundleRecord>> {
                 leaf: hash_of(v["leaf_hash"].as_str().unwrap_or(""))?,
                 proof: v["proof"]
                     .as_array()
-                    .map(|a| a.iter().map(|p| hash_of(p.as_str().unwrap_or(""))).collect())
+                    .map(|a| {
+                        a.iter()
+                            .map(|p| hash_of(p.as_str().unwrap_or("")))
+                            .collect()
+                    })
                     .transpose()?
                     .unwrap_or_default(),
                 body: v["body"].as_str().map(str::to_string),
@@ -264,7 +268,11 @@ pub fn read_bundle_records(dir: &Path) -> Result<Vec<BundleRecord>> {
         .with_context(|| format!("{}: neither records.jsonl nor records.csv", dir.display()))?;
     for (i, row) in parse_csv(&text).into_iter().enumerate().skip(1) {
         if row.len() != 11 {
-            bail!("records.csv row {}: {} fields, expected 11", i + 1, row.len());
+            bail!(
+                "records.csv row {}: {} fields, expected 11",
+                i + 1,
+                row.len()
+            );
         }
         out.push(BundleRecord {
             seq: row[0]
@@ -321,7 +329,12 @@ pub struct Art30 {
 }
 
 /// Builds the record of processing activities for `from_ms <= time < to_ms`.
-pub fn art30(conn: &Connection, cfg: &crate::config::Config, from_ms: i64, to_ms: i64) -> Result<Art30> {
+pub fn art30(
+    conn: &Connection,
+    cfg: &crate::config::Config,
+    from_ms: i64,
+    to_ms: i64,
+) -> Result<Art30> {
     // Purposes per policy version, as the agent recorded them when it loaded each policy.
     let mut policies: BTreeMap<String, Vec<crate::policy::PurposeRecord>> = BTreeMap::new();
     {
@@ -358,14 +371,26 @@ pub fn art30(conn: &Connection, cfg: &crate::config::Config, from_ms: i64, to_ms
     let mut rows = st.query([from_ms, to_ms])?;
     while let Some(row) = rows.next()? {
         let t: i64 = row.get(0)?;
-        let v: serde_json::Value = serde_json::from_str(&row.get::<_, String>(1)?).unwrap_or_default();
+        let v: serde_json::Value =
+            serde_json::from_str(&row.get::<_, String>(1)?).unwrap_or_default();
         let d = &v["data"];
         if matches!(d["outcome"].as_str(), Some("denied") | None) {
             continue; // nothing was processed for a denied call
         }
         let s = |k: &str| d[k].as_str().unwrap_or("").to_string();
+        // Protocol and list calls carry no purpose; they count when they disclosed personal
+        // data (then the missing purpose shows in the record), not otherwise.
+        let disclosed = d["masked"].as_object().is_some_and(|m| !m.is_empty())
+            || d["released"].as_object().is_some_and(|m| !m.is_empty())
+            || d["released"].as_array().is_some_and(|m| !m.is_empty());
+        if d["purpose"].is_null() && !disclosed {
+            continue;
+        }
         let service = s("service");
-        let purpose = d["purpose"].as_str().unwrap_or("(no purpose: service without a policy)").to_string();
+        let purpose = d["purpose"]
+            .as_str()
+            .unwrap_or("(no purpose: service without a policy)")
+            .to_string();
         let basis = d["lawful_basis"].as_str().unwrap_or("(none)").to_string();
         let role = d["role"].as_str().map(str::to_string);
         let key = (service.clone(), purpose.clone(), basis.clone());
@@ -430,7 +455,9 @@ pub fn art30(conn: &Connection, cfg: &crate::config::Config, from_ms: i64, to_ms
             .or_else(|| current.as_ref().map(|p| p.services_purposes()))
             .unwrap_or_default();
         for g in grants.iter().filter(|g| {
-            g.service == service && g.purpose == purpose && role.as_deref().is_none_or(|r| r == g.role)
+            g.service == service
+                && g.purpose == purpose
+                && role.as_deref().is_none_or(|r| r == g.role)
         }) {
             for ds in &g.data_subjects {
                 if !a.data_subject_categories.contains(ds) {
@@ -457,15 +484,25 @@ pub fn art30(conn: &Connection, cfg: &crate::config::Config, from_ms: i64, to_ms
         "Transparent interception in the kernel (eBPF): protected MCP servers cannot be reached around the interceptor; connections are refused when it is down".to_string(),
     ];
     let n = |f: &dyn Fn(&crate::config::ServiceConfig) -> bool| -> Vec<String> {
-        cfg.services.iter().filter(|s| f(s)).map(|s| s.name.clone()).collect()
+        cfg.services
+            .iter()
+            .filter(|s| f(s))
+            .map(|s| s.name.clone())
+            .collect()
     };
     let tls = n(&|s| s.tls.is_some());
     if !tls.is_empty() {
-        measures.push(format!("TLS termination toward callers (services: {})", tls.join(", ")));
+        measures.push(format!(
+            "TLS termination toward callers (services: {})",
+            tls.join(", ")
+        ));
     }
     let up_tls = n(&|s| s.upstream.tls.is_some());
     if !up_tls.is_empty() {
-        measures.push(format!("TLS toward the MCP servers, certificates verified (services: {})", up_tls.join(", ")));
+        measures.push(format!(
+            "TLS toward the MCP servers, certificates verified (services: {})",
+            up_tls.join(", ")
+        ));
     }
     let auth = n(&|s| s.auth.is_some());
     if !auth.is_empty() {
@@ -481,7 +518,11 @@ pub fn art30(conn: &Connection, cfg: &crate::config::Config, from_ms: i64, to_ms
             red.join(", ")
         ));
     }
-    let approvals: i64 = conn.query_row("SELECT count(*) FROM records WHERE kind = 'approval'", [], |r| r.get(0))?;
+    let approvals: i64 = conn.query_row(
+        "SELECT count(*) FROM records WHERE kind = 'approval'",
+        [],
+        |r| r.get(0),
+    )?;
     if approvals > 0 {
         measures.push("Human approval of privileged calls before they are forwarded".into());
     }
@@ -521,8 +562,20 @@ struct PurposeIn {
 pub fn art30_markdown(a: &Art30) -> String {
     use std::fmt::Write as _;
     let mut s = String::new();
-    let or = |x: &str| if x.is_empty() { "(not configured)".to_string() } else { x.to_string() };
-    let list = |v: &[String]| if v.is_empty() { "(none observed)".to_string() } else { v.join(", ") };
+    let or = |x: &str| {
+        if x.is_empty() {
+            "(not configured)".to_string()
+        } else {
+            x.to_string()
+        }
+    };
+    let list = |v: &[String]| {
+        if v.is_empty() {
+            "(none observed)".to_string()
+        } else {
+            v.join(", ")
+        }
+    };
     let _ = writeln!(s, "# Record of processing activities (GDPR Art. 30(1))\n");
     let _ = writeln!(s, "Period: {} to {}\n", a.period.0, a.period.1);
     let _ = writeln!(s, "## Controller\n");
@@ -536,19 +589,41 @@ pub fn art30_markdown(a: &Art30) -> String {
     }
     for act in &a.activities {
         let _ = writeln!(s, "### {} — {}\n", act.service, act.purpose);
-        let _ = writeln!(s, "- Lawful basis: {} {}", act.lawful_basis, act.lawful_basis_article);
-        let _ = writeln!(s, "- Categories of data subjects: {}", list(&act.data_subject_categories));
-        let _ = writeln!(s, "- Categories of personal data: {}", list(&act.personal_data_categories));
+        let _ = writeln!(
+            s,
+            "- Lawful basis: {} {}",
+            act.lawful_basis, act.lawful_basis_article
+        );
+        let _ = writeln!(
+            s,
+            "- Categories of data subjects: {}",
+            list(&act.data_subject_categories)
+        );
+        let _ = writeln!(
+            s,
+            "- Categories of personal data: {}",
+            list(&act.personal_data_categories)
+        );
         let _ = writeln!(s, "- Recipients (roles): {}", list(&act.recipient_roles));
         let _ = writeln!(s, "- Recipients (identities): {}", list(&act.recipients));
-        let _ = writeln!(s, "- Exchanges: {} ({} to {})\n", act.exchanges, act.first_seen, act.last_seen);
+        let _ = writeln!(
+            s,
+            "- Exchanges: {} ({} to {})\n",
+            act.exchanges, act.first_seen, act.last_seen
+        );
     }
     let _ = writeln!(s, "## Transfers to third countries\n");
     if a.transfers.is_empty() {
         let _ = writeln!(s, "None configured.\n");
     }
     for t in &a.transfers {
-        let _ = writeln!(s, "- {} ({}): {}", t.recipient, t.country, or(&t.safeguards));
+        let _ = writeln!(
+            s,
+            "- {} ({}): {}",
+            t.recipient,
+            t.country,
+            or(&t.safeguards)
+        );
     }
     let _ = writeln!(s, "## Retention\n\n{}\n", a.retention);
     let _ = writeln!(s, "## Technical and organisational security measures\n");
@@ -570,6 +645,9 @@ mod tests {
         let text = format!("h1,h2,h3,h4,h5\n{}\n", line.join(","));
         let rows = parse_csv(&text);
         assert_eq!(rows.len(), 2);
-        assert_eq!(rows[1], fields.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(
+            rows[1],
+            fields.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+        );
     }
 }

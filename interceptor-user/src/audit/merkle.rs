@@ -254,7 +254,9 @@ mod tests {
     use super::*;
 
     fn leaves(n: usize) -> Vec<Hash> {
-        (0..n).map(|i| leaf_hash(format!("leaf {i}").as_bytes())).collect()
+        (0..n)
+            .map(|i| leaf_hash(format!("leaf {i}").as_bytes()))
+            .collect()
     }
 
     #[test]
@@ -291,7 +293,10 @@ mod tests {
             &[0x30, 0x31],
             &[0x40, 0x41, 0x42, 0x43],
             &[0x50, 0x51, 0x52, 0x53, 0x54, 0x55, 0x56, 0x57],
-            &[0x60, 0x61, 0x62, 0x63, 0x64, 0x65, 0x66, 0x67, 0x68, 0x69, 0x6a, 0x6b, 0x6c, 0x6d, 0x6e, 0x6f],
+            &[
+                0x60, 0x61, 0x62, 0x63, 0x64, 0x65, 0x66, 0x67, 0x68, 0x69, 0x6a, 0x6b, 0x6c, 0x6d,
+                0x6e, 0x6f,
+            ],
         ]
         .iter()
         .map(|d| leaf_hash(d))
@@ -309,7 +314,11 @@ mod tests {
         for size in 1..=45 {
             assert_eq!(t.root(size), root_of(&l[..size]));
             for m in 0..size {
-                assert_eq!(t.proof(m, size), inclusion_proof(m, &l[..size]), "m={m} n={size}");
+                assert_eq!(
+                    t.proof(m, size),
+                    inclusion_proof(m, &l[..size]),
+                    "m={m} n={size}"
+                );
             }
         }
     }
@@ -321,9 +330,18 @@ mod tests {
             let root = root_of(&l);
             for i in 0..n {
                 let p = inclusion_proof(i, &l);
-                assert!(verify_inclusion(i as u64, n as u64, &l[i], &p, &root), "n={n} i={i}");
+                assert!(
+                    verify_inclusion(i as u64, n as u64, &l[i], &p, &root),
+                    "n={n} i={i}"
+                );
                 if n > 1 {
-                    assert!(!verify_inclusion(((i + 1) % n) as u64, n as u64, &l[i], &p, &root));
+                    assert!(!verify_inclusion(
+                        ((i + 1) % n) as u64,
+                        n as u64,
+                        &l[i],
+                        &p,
+                        &root
+                    ));
                     let mut bad = p.clone();
                     bad[0][0] ^= 1;
                     assert!(!verify_inclusion(i as u64, n as u64, &l[i], &bad, &root));

@@ -95,9 +95,29 @@ impl AuditEvent {
     }
 }
 
+/// The policy in force, as the Art. 30 export needs it later: version, files, and each
+/// grant's service, role, purpose, lawful basis and categories of data subjects.
+pub fn policy_event(policy: &crate::policy::PolicySet, why: &str) -> AuditEvent {
+    AuditEvent::new(
+        "policy",
+        serde_json::json!({
+            "event": why,
+            "version": policy.version(),
+            "files": policy.files(),
+            "purposes": policy.services_purposes(),
+        }),
+    )
+}
+
 enum Job {
-    Append(store::Entry, Option<oneshot::Sender<Result<u64, AuditError>>>),
-    Checkpoint(String, oneshot::Sender<Result<checkpoint::Signed, AuditError>>),
+    Append(
+        store::Entry,
+        Option<oneshot::Sender<Result<u64, AuditError>>>,
+    ),
+    Checkpoint(
+        String,
+        oneshot::Sender<Result<checkpoint::Signed, AuditError>>,
+    ),
     Shutdown(oneshot::Sender<Result<Option<checkpoint::Signed>, AuditError>>),
 }
 
@@ -140,9 +160,8 @@ fn failed_ack(why: &str) -> Ack {
 impl Audit {
     /// Opens the database and starts the writer thread.
     pub fn start(opts: Options) -> anyhow::Result<Arc<Audit>> {
-        let writer = store::Writer::open(&opts.db).map_err(|e| {
-            anyhow::anyhow!("audit.db {}: {}", opts.db.display(), e.reason())
-        })?;
+        let writer = store::Writer::open(&opts.db)
+            .map_err(|e| anyhow::anyhow!("audit.db {}: {}", opts.db.display(), e.reason()))?;
         let origin = writer.meta_default("origin", &opts.origin)?;
         if origin != opts.origin {
             warn!(event = "audit_origin", stored = %origin, configured = %opts.origin, "the database keeps its origin");
@@ -251,12 +270,7 @@ impl Audit {
     }
 }
 
-fn writer_thread(
-    mut w: store::Writer,
-    origin: String,
-    opts: Options,
-    mut rx: mpsc::Receiver<Job>,
-) {
+fn writer_thread(mut w: store::Writer, origin: String, opts: Options, mut rx: mpsc::Receiver<Job>) {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
@@ -280,8 +294,15 @@ fn writer_thread(
     };
     // A checkpoint at start records where this run begins (and the kernel counters).
     match sign(&mut w, "start") {
-        Ok(s) => info!(event = "audit_checkpoint", size = s.size, reason = "start", "checkpoint signed"),
-        Err(e) => error!(event = "audit_checkpoint_failed", error = %e.reason(), "checkpoint failed"),
+        Ok(s) => info!(
+            event = "audit_checkpoint",
+            size = s.size,
+            reason = "start",
+            "checkpoint signed"
+        ),
+        Err(e) => {
+            error!(event = "audit_checkpoint_failed", error = %e.reason(), "checkpoint failed")
+        }
     }
     let mut last_cp = (Instant::now(), w.size());
     let mut last_prune = Instant::now() - Duration::from_secs(3600);
@@ -348,7 +369,9 @@ fn writer_thread(
                 let r = sign(&mut w, "shutdown")
                     .map(Some)
                     .map_err(|e| AuditError(e.reason()));
-                let _ = w.conn().query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+                let _ = w
+                    .conn()
+                    .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
                 let _ = reply.send(r);
                 return;
             }
@@ -374,10 +397,17 @@ fn writer_thread(
             let before = store::now_ms() - keep.as_millis() as i64;
             match prune::prune(&mut w, before, "retention") {
                 Ok(p) if p.bodies_removed > 0 => {
-                    info!(event = "audit_pruned", removed = p.bodies_removed, before_ms = before, "record bodies past retention removed")
+                    info!(
+                        event = "audit_pruned",
+                        removed = p.bodies_removed,
+                        before_ms = before,
+                        "record bodies past retention removed"
+                    )
                 }
                 Ok(_) => {}
-                Err(e) => error!(event = "audit_prune_failed", error = %e.reason(), "retention prune failed"),
+                Err(e) => {
+                    error!(event = "audit_prune_failed", error = %e.reason(), "retention prune failed")
+                }
             }
         }
     }

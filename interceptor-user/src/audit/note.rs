@@ -123,7 +123,12 @@ impl Signer {
     pub fn verifier(&self) -> Verifier {
         Verifier {
             name: self.name.clone(),
-            public: self.pair.public_key().as_ref().try_into().unwrap_or([0; 32]),
+            public: self
+                .pair
+                .public_key()
+                .as_ref()
+                .try_into()
+                .unwrap_or([0; 32]),
             hash: self.hash,
         }
     }
@@ -140,8 +145,9 @@ impl Signer {
     /// Reads the key file, or creates it (mode 0600, parent directories 0700) with a new key.
     pub fn load_or_create(path: &Path, name: &str) -> Result<Signer, NoteError> {
         match std::fs::read_to_string(path) {
-            Ok(t) => Signer::parse(&t)
-                .map_err(|e| NoteError::Key(format!("{}: {e}", path.display()))),
+            Ok(t) => {
+                Signer::parse(&t).map_err(|e| NoteError::Key(format!("{}: {e}", path.display())))
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let s = Signer::generate(name)?;
                 if let Some(dir) = path.parent() {
@@ -198,7 +204,12 @@ impl Verifier {
     pub fn text(&self) -> String {
         let mut raw = vec![ALG_ED25519];
         raw.extend_from_slice(&self.public);
-        format!("{}+{}+{}", self.name, hex::encode(self.hash), B64.encode(raw))
+        format!(
+            "{}+{}+{}",
+            self.name,
+            hex::encode(self.hash),
+            B64.encode(raw)
+        )
     }
 
     /// Splits a note into its text and checks that this key signed it. `Ok(None)`: the note is
@@ -255,7 +266,12 @@ pub struct Checkpoint {
 
 impl Checkpoint {
     pub fn text(&self) -> String {
-        let mut s = format!("{}\n{}\n{}\n", self.origin, self.size, B64.encode(self.root));
+        let mut s = format!(
+            "{}\n{}\n{}\n",
+            self.origin,
+            self.size,
+            B64.encode(self.root)
+        );
         for e in &self.extensions {
             s.push_str(e);
             s.push('\n');
@@ -265,9 +281,14 @@ impl Checkpoint {
 
     pub fn parse(text: &str) -> Result<Checkpoint, NoteError> {
         let bad = |w: &str| NoteError::Malformed(format!("checkpoint: {w}"));
-        let body = text.strip_suffix('\n').ok_or_else(|| bad("no final newline"))?;
+        let body = text
+            .strip_suffix('\n')
+            .ok_or_else(|| bad("no final newline"))?;
         let mut lines = body.split('\n');
-        let origin = lines.next().filter(|o| !o.is_empty()).ok_or_else(|| bad("no origin"))?;
+        let origin = lines
+            .next()
+            .filter(|o| !o.is_empty())
+            .ok_or_else(|| bad("no origin"))?;
         let size = lines
             .next()
             .and_then(|s| s.parse::<u64>().ok())

@@ -39,7 +39,11 @@ pub fn candidates(
     ring: &KeyRing,
     value: &str,
 ) -> anyhow::Result<Vec<(String, Vec<String>)>> {
-    let mut sets: Vec<EngineConfig> = cfg.services.iter().filter_map(|s| s.redact.clone()).collect();
+    let mut sets: Vec<EngineConfig> = cfg
+        .services
+        .iter()
+        .filter_map(|s| s.redact.clone())
+        .collect();
     if sets.is_empty() {
         sets.push(EngineConfig::default());
     }
@@ -79,8 +83,14 @@ pub fn search(
                 .query_map(rusqlite::params![id, p], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<Result<_, _>>()?;
             for (seq, pseudonym) in rows {
-                let Some(row) = store::row(conn, seq as u64)? else { continue };
-                let d = row.body.as_ref().map(|b| b["data"].clone()).unwrap_or_default();
+                let Some(row) = store::row(conn, seq as u64)? else {
+                    continue;
+                };
+                let d = row
+                    .body
+                    .as_ref()
+                    .map(|b| b["data"].clone())
+                    .unwrap_or_default();
                 let s = |k: &str| d[k].as_str().map(str::to_string);
                 hits.push(Hit {
                     seq: seq as u64,
@@ -88,7 +98,9 @@ pub fn search(
                     pseudonym,
                     key_id: id.clone(),
                     service: s("service"),
-                    caller: s("subject").or_else(|| s("client_id")).or_else(|| s("peer")),
+                    caller: s("subject")
+                        .or_else(|| s("client_id"))
+                        .or_else(|| s("peer")),
                     role: s("role"),
                     purpose: s("purpose"),
                     method: s("method"),

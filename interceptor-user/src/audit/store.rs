@@ -173,7 +173,12 @@ pub struct Entry {
 
 impl std::fmt::Debug for Entry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Entry({}, {})", self.kind, String::from_utf8_lossy(&self.prefix))
+        write!(
+            f,
+            "Entry({}, {})",
+            self.kind,
+            String::from_utf8_lossy(&self.prefix)
+        )
     }
 }
 
@@ -234,7 +239,10 @@ impl Entry {
         body.extend_from_slice(&self.prefix);
         body.extend_from_slice(tail.as_bytes());
         // Serialised by serde_json from Rust strings: valid UTF-8.
-        (String::from_utf8_lossy(&body).into_owned(), h.finalize().into())
+        (
+            String::from_utf8_lossy(&body).into_owned(),
+            h.finalize().into(),
+        )
     }
 }
 
@@ -637,7 +645,9 @@ pub(crate) mod tests {
         let mut w = Writer::open(&p).unwrap();
         let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        let e = |i: u32| Entry::new("test", &[], &serde_json::json!({"i": i, "service": "crm"})).unwrap();
+        let e = |i: u32| {
+            Entry::new("test", &[], &serde_json::json!({"i": i, "service": "crm"})).unwrap()
+        };
         let s = w.append(&[e(0), e(1)]).unwrap();
         assert_eq!(s, vec![0, 1]);
         let s = w.append(&[e(2)]).unwrap();

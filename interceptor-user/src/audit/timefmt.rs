@@ -101,7 +101,10 @@ mod tests {
         let t = parse("2026-03-01T13:45:07.250Z").unwrap();
         assert_eq!(rfc3339(t), "2026-03-01T13:45:07.250Z");
         assert_eq!(parse(&t.to_string()).unwrap(), t);
-        assert_eq!(parse("2024-02-29").unwrap() + 86_400_000, parse("2024-03-01").unwrap());
+        assert_eq!(
+            parse("2024-02-29").unwrap() + 86_400_000,
+            parse("2024-03-01").unwrap()
+        );
         assert!(parse("2024-13-01").is_err());
         assert!(parse("yesterday").is_err());
     }

@@ -88,7 +88,11 @@ struct DbRow {
 
 /// Verifies the database at `db` against `key`, and against the checkpoints in `external`
 /// (notes kept outside the database).
-pub fn verify_db(db: &Path, key: &Verifier, external: &[(String, String)]) -> Result<Report, StoreError> {
+pub fn verify_db(
+    db: &Path,
+    key: &Verifier,
+    external: &[(String, String)],
+) -> Result<Report, StoreError> {
     let conn = store::open_read_only(db)?;
     verify_conn(&conn, key, external)
 }
@@ -101,7 +105,11 @@ pub fn verify_conn(
     let mut rep = Report::default();
     let integrity: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
     if integrity != "ok" {
-        rep.find("database_corrupt", None, format!("SQLite quick_check: {integrity}"));
+        rep.find(
+            "database_corrupt",
+            None,
+            format!("SQLite quick_check: {integrity}"),
+        );
     }
     rep.origin = store::meta(conn, "origin")?;
     let rows = load_rows(conn)?;
@@ -118,7 +126,10 @@ pub fn verify_conn(
     let mut prunes: Vec<(u64, i64)> = Vec::new();
     for r in &rows {
         if r.kind == "prune"
-            && let Some(b) = r.body.as_deref().and_then(|b| serde_json::from_str::<serde_json::Value>(b).ok())
+            && let Some(b) = r
+                .body
+                .as_deref()
+                .and_then(|b| serde_json::from_str::<serde_json::Value>(b).ok())
             && let Some(before) = b["data"]["before_ms"].as_i64()
         {
             prunes.push((r.seq, before));
@@ -148,13 +159,19 @@ pub fn verify_conn(
     let mut conn_opens: HashMap<String, u64> = HashMap::new();
     for r in &rows {
         let Some(body) = &r.body else {
-            if prunes.iter().any(|(ps, before)| *ps > r.seq && r.time_ms < *before) {
+            if prunes
+                .iter()
+                .any(|(ps, before)| *ps > r.seq && r.time_ms < *before)
+            {
                 rep.pruned += 1;
             } else {
                 rep.find(
                     "body_removed",
                     Some(r.seq),
-                    format!("record {}: body removed without a retention (prune) record", r.seq),
+                    format!(
+                        "record {}: body removed without a retention (prune) record",
+                        r.seq
+                    ),
                 );
             }
             continue;
@@ -171,7 +188,10 @@ pub fn verify_conn(
                     rep.find(
                         "modified",
                         Some(r.seq),
-                        format!("record {}: body was altered (it does not hash to the committed leaf)", r.seq),
+                        format!(
+                            "record {}: body was altered (it does not hash to the committed leaf)",
+                            r.seq
+                        ),
                     );
                 }
                 continue;
@@ -181,18 +201,23 @@ pub fn verify_conn(
                 rep.find(
                     "modified",
                     Some(r.seq),
-                    format!("record {}: body was altered (it does not hash to the committed leaf)", r.seq),
+                    format!(
+                        "record {}: body was altered (it does not hash to the committed leaf)",
+                        r.seq
+                    ),
                 );
                 continue;
             }
         }
         let Some(v) = v else { continue };
-        if v["kind"].as_str() != Some(r.kind.as_str()) || v["time_ms"].as_i64() != Some(r.time_ms)
-        {
+        if v["kind"].as_str() != Some(r.kind.as_str()) || v["time_ms"].as_i64() != Some(r.time_ms) {
             rep.find(
                 "modified",
                 Some(r.seq),
-                format!("record {}: kind/time columns disagree with the signed body", r.seq),
+                format!(
+                    "record {}: kind/time columns disagree with the signed body",
+                    r.seq
+                ),
             );
         }
         let want = Index::of_body(&v);
@@ -208,7 +233,11 @@ pub fn verify_conn(
         }
         let mut ps: Vec<String> = v["data"]["pseudonyms"]
             .as_array()
-            .map(|a| a.iter().filter_map(|p| p.as_str().map(str::to_string)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|p| p.as_str().map(str::to_string))
+                    .collect()
+            })
             .unwrap_or_default();
         ps.sort();
         ps.dedup();
@@ -218,7 +247,10 @@ pub fn verify_conn(
             rep.find(
                 "modified",
                 Some(r.seq),
-                format!("record {}: pseudonym index disagrees with the signed body", r.seq),
+                format!(
+                    "record {}: pseudonym index disagrees with the signed body",
+                    r.seq
+                ),
             );
         }
         match r.kind.as_str() {
@@ -236,7 +268,10 @@ pub fn verify_conn(
             _ => {}
         }
     }
-    rep.incomplete_exchanges = requests.into_iter().filter(|s| !completed.contains(s)).collect();
+    rep.incomplete_exchanges = requests
+        .into_iter()
+        .filter(|s| !completed.contains(s))
+        .collect();
     classify_moves(&moved, &mut rep);
 
     // Bodies without a record row.
@@ -245,7 +280,11 @@ pub fn verify_conn(
         .query_map([], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
     for o in orphans {
-        rep.find("deleted", Some(o as u64), format!("record {o}: its tree entry was deleted (body left behind)"));
+        rep.find(
+            "deleted",
+            Some(o as u64),
+            format!("record {o}: its tree entry was deleted (body left behind)"),
+        );
     }
 
     // Tree state: records beyond it were inserted, records it counts but are gone, deleted.
@@ -256,7 +295,10 @@ pub fn verify_conn(
                 rep.find(
                     "inserted",
                     Some(r.seq),
-                    format!("record {}: not part of the tree (the tree holds {} records)", r.seq, st.size),
+                    format!(
+                        "record {}: not part of the tree (the tree holds {} records)",
+                        r.seq, st.size
+                    ),
                 );
             }
             let have = max_seq.map(|m| m + 1).unwrap_or(0);
@@ -265,13 +307,20 @@ pub fn verify_conn(
                     rep.find(
                         "deleted",
                         Some(s),
-                        format!("records {have}..{} missing at the end: tail truncated", st.size - 1),
+                        format!(
+                            "records {have}..{} missing at the end: tail truncated",
+                            st.size - 1
+                        ),
                     );
                 }
             }
             let covered = (st.size as usize).min(leaves.len());
             if merkle::root_of(&leaves[..covered]) != st.root && rep.findings.is_empty() {
-                rep.find("tree_state", None, "the stored tree state does not match the records".into());
+                rep.find(
+                    "tree_state",
+                    None,
+                    "the stored tree state does not match the records".into(),
+                );
             }
         }
         Err(e) => rep.find("tree_state", None, format!("tree state unreadable: {e}")),
@@ -291,22 +340,41 @@ pub fn verify_conn(
         match open_checkpoint(key, note) {
             Ok(cp) => {
                 if cp.size != *size as u64 {
-                    rep.find("checkpoint_mismatch", None, format!("{label}: size column {size} disagrees with the signed size {}", cp.size));
+                    rep.find(
+                        "checkpoint_mismatch",
+                        None,
+                        format!(
+                            "{label}: size column {size} disagrees with the signed size {}",
+                            cp.size
+                        ),
+                    );
                 }
                 if let Some(o) = &rep.origin
                     && *o != cp.origin
                 {
-                    rep.find("checkpoint_forged", None, format!("{label}: origin {:?} is not this log's {:?}", cp.origin, o));
+                    rep.find(
+                        "checkpoint_forged",
+                        None,
+                        format!("{label}: origin {:?} is not this log's {:?}", cp.origin, o),
+                    );
                 }
                 good.push((label, cp));
             }
-            Err(why) => rep.find("checkpoint_forged", None, format!("{label} (size {size}): {why}")),
+            Err(why) => rep.find(
+                "checkpoint_forged",
+                None,
+                format!("{label} (size {size}): {why}"),
+            ),
         }
     }
     for (i, (src, note)) in external.iter().enumerate() {
         match open_checkpoint(key, note) {
             Ok(cp) => good.push((format!("external checkpoint {src}"), cp)),
-            Err(why) => rep.find("checkpoint_forged", None, format!("external checkpoint {src} (#{i}): {why}")),
+            Err(why) => rep.find(
+                "checkpoint_forged",
+                None,
+                format!("external checkpoint {src} (#{i}): {why}"),
+            ),
         }
     }
     // Roots at every signed size, in one pass.
@@ -333,7 +401,11 @@ pub fn verify_conn(
     for (label, cp) in by_size {
         match roots.get(&cp.size) {
             None => {
-                let kind = if label.starts_with("external") { "rolled_back" } else { "deleted" };
+                let kind = if label.starts_with("external") {
+                    "rolled_back"
+                } else {
+                    "deleted"
+                };
                 rep.find(
                     kind,
                     Some(leaves.len() as u64),
@@ -347,7 +419,11 @@ pub fn verify_conn(
                 );
             }
             Some(r) if *r != cp.root => {
-                let kind = if label.starts_with("external") { "rolled_back" } else { "checkpoint_mismatch" };
+                let kind = if label.starts_with("external") {
+                    "rolled_back"
+                } else {
+                    "checkpoint_mismatch"
+                };
                 rep.find(
                     kind,
                     None,
@@ -374,7 +450,9 @@ pub fn verify_conn(
     let last = good.iter().map(|(_, c)| c).max_by_key(|c| c.size);
     rep.last_checkpoint_size = last.map(|c| c.size);
     match last {
-        None => rep.warnings.push("no valid signed checkpoint: nothing is covered by a signature".into()),
+        None => rep
+            .warnings
+            .push("no valid signed checkpoint: nothing is covered by a signature".into()),
         Some(c) if (c.size as usize) < leaves.len() => rep.warnings.push(format!(
             "records {}..{} come after the last signed checkpoint (not yet covered by a signature)",
             c.size,
@@ -390,9 +468,15 @@ pub fn verify_conn(
         .max_by_key(|c| c.size)
     {
         for e in &c.extensions {
-            let Some(rest) = e.strip_prefix("counters ") else { continue };
-            let Some((svc, vals)) = rest.split_once(' ') else { continue };
-            let Some(v) = Values::parse(vals) else { continue };
+            let Some(rest) = e.strip_prefix("counters ") else {
+                continue;
+            };
+            let Some((svc, vals)) = rest.split_once(' ') else {
+                continue;
+            };
+            let Some(v) = Values::parse(vals) else {
+                continue;
+            };
             let have = conn_opens.get(svc).copied().unwrap_or(0);
             let ok = have >= v.steered;
             if !ok {
@@ -410,7 +494,8 @@ pub fn verify_conn(
             });
         }
     }
-    rep.findings.sort_by_key(|f| (f.record.unwrap_or(u64::MAX), f.kind));
+    rep.findings
+        .sort_by_key(|f| (f.record.unwrap_or(u64::MAX), f.kind));
     rep.findings.dedup();
     rep.pass = rep.findings.is_empty();
     Ok(rep)
@@ -431,7 +516,11 @@ fn classify_moves(moved: &BTreeMap<u64, u64>, rep: &mut Report) {
                 rep.find(
                     "reordered",
                     Some(a),
-                    format!("records {} and {} were swapped (record {a} holds record {b})", p.min(c), p.max(c)),
+                    format!(
+                        "records {} and {} were swapped (record {a} holds record {b})",
+                        p.min(c),
+                        p.max(c)
+                    ),
                 );
             }
         }
@@ -445,7 +534,10 @@ fn classify_moves(moved: &BTreeMap<u64, u64>, rep: &mut Report) {
             rep.find(
                 "inserted",
                 Some(p - 1),
-                format!("record {}: inserted (later records were pushed along by one)", p - 1),
+                format!(
+                    "record {}: inserted (later records were pushed along by one)",
+                    p - 1
+                ),
             );
         } else if c == p + 1 && !moved.contains_key(&(p.wrapping_sub(1))) {
             rep.find(
@@ -570,7 +662,10 @@ pub fn verify_bundle(dir: &Path, key: &Verifier) -> anyhow::Result<BundleReport>
                     .ok()
                     .and_then(|v| v["seq"].as_u64());
                 if h != r.leaf || claimed != Some(r.seq) {
-                    rep.findings.push(bad("modified", format!("record {}: body does not hash to its leaf", r.seq)));
+                    rep.findings.push(bad(
+                        "modified",
+                        format!("record {}: body does not hash to its leaf", r.seq),
+                    ));
                     continue;
                 }
                 if let Some(cols) = &r.columns {
@@ -579,7 +674,10 @@ pub fn verify_bundle(dir: &Path, key: &Verifier) -> anyhow::Result<BundleReport>
                     let want = [i.service, i.subject, i.method, i.target, i.outcome]
                         .map(|c| c.unwrap_or_default());
                     if cols[..] != want[..] {
-                        rep.findings.push(bad("modified", format!("record {}: columns disagree with the signed body", r.seq)));
+                        rep.findings.push(bad(
+                            "modified",
+                            format!("record {}: columns disagree with the signed body", r.seq),
+                        ));
                     }
                 }
                 h
@@ -590,7 +688,13 @@ pub fn verify_bundle(dir: &Path, key: &Verifier) -> anyhow::Result<BundleReport>
             }
         };
         if !merkle::verify_inclusion(r.seq, cp.size, &leaf, &r.proof, &cp.root) {
-            rep.findings.push(bad("proof", format!("record {}: inclusion proof does not lead to the signed root", r.seq)));
+            rep.findings.push(bad(
+                "proof",
+                format!(
+                    "record {}: inclusion proof does not lead to the signed root",
+                    r.seq
+                ),
+            ));
         }
     }
     rep.records = records.len() as u64;
@@ -606,7 +710,9 @@ pub fn verify_bundle(dir: &Path, key: &Verifier) -> anyhow::Result<BundleReport>
             ),
         });
     }
-    if manifest["last_seq"].as_u64() != rep.last_seq || manifest["first_seq"].as_u64() != rep.first_seq {
+    if manifest["last_seq"].as_u64() != rep.last_seq
+        || manifest["first_seq"].as_u64() != rep.first_seq
+    {
         rep.findings.push(Finding {
             kind: "deleted",
             record: None,

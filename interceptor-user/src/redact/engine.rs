@@ -1171,7 +1171,9 @@ impl Engine {
                 format!(
                     "{}:{}",
                     d.entity,
-                    self.inner.key.pseudonym(&d.entity, &d.check.normalize(value))
+                    self.inner
+                        .key
+                        .pseudonym(&d.entity, &d.check.normalize(value))
                 )
             })
             .collect();
