@@ -325,7 +325,7 @@ fn spawn_cert_reload(dp: Arc<DataPath>, every: std::time::Duration) {
                             Err(e) => {
                                 error!(event = "policy_reload_failed", error = %e, "invalid policy; the running policy stays in force");
                                 if let Some(a) = &dp.audit {
-                                    let _ = a.submit(AuditEvent::new(
+                                    a.record(AuditEvent::new(
                                         "policy_rejected",
                                         serde_json::json!({"error": e.to_string(), "in_force": auth.policy().version()}),
                                     ));

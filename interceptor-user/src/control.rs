@@ -122,7 +122,7 @@ async fn handle(stream: UnixStream, dp: Arc<DataPath>, started: std::time::Insta
                 Err(e) => {
                     tracing::error!(event = "policy_reload_failed", error = %e, "invalid policy; the running policy stays in force");
                     if let Some(a) = &dp.audit {
-                        let _ = a.submit(crate::audit::AuditEvent::new(
+                        a.record(crate::audit::AuditEvent::new(
                             "policy_rejected",
                             serde_json::json!({"error": e.to_string(), "in_force": auth.policy().version()}),
                         ));

@@ -309,7 +309,7 @@ pub async fn serve_connection(
         Err(e) => {
             warn!(event = "conn_rejected", %peer, %local, side = ?e.side, error = %e, "closing connection");
             if let Some(a) = &dp.audit {
-                let _ = a.submit(crate::audit::AuditEvent::new(
+                a.record(crate::audit::AuditEvent::new(
                     "conn_rejected",
                     serde_json::json!({"peer": peer.to_string(), "local": local.to_string(), "error": e.to_string()}),
                 ));
@@ -392,7 +392,7 @@ fn conn_json(i: &ConnInfo, close: Option<(u64, u64, &str)>) -> serde_json::Value
 
 fn record_close(dp: &DataPath, i: &ConnInfo, up: u64, down: u64, reason: &str) {
     if let Some(a) = &dp.audit {
-        let _ = a.submit(crate::audit::AuditEvent::new(
+        a.record(crate::audit::AuditEvent::new(
             "conn_close",
             conn_json(i, Some((up, down, reason))),
         ));

@@ -50,7 +50,7 @@ fn sqlite(db: &Path, sql: &str) -> (bool, String) {
 fn record(i: u64) -> serde_json::Value {
     serde_json::json!({
         "service": "crm",
-        "subject": if i % 2 == 0 { "alice" } else { "bob" },
+        "subject": if i.is_multiple_of(2) { "alice" } else { "bob" },
         "method": "tools/call",
         "target": "customer_lookup",
         "outcome": "result",

@@ -758,7 +758,7 @@ fn personal_data_reaches_the_client_masked() {
     let (p1, p2) = (node.port(0), node.port(1));
     let s1 = node.mcp_server(Sdk::Py2, p1, &[]);
     let s2 = node.mcp_server(Sdk::Py1, p2, &["--transport", "sse"]);
-    let mut cfg = node
+    let cfg = node
         .agent_config()
         .mcp_service("crm", p1, "[services.redact]\n")
         .mcp_service(

@@ -335,15 +335,17 @@ pub fn run(cmd: AuditCommand) -> Result<ExitCode> {
             for r in &rows {
                 print_row(&conn, r, json)?;
             }
-            while follow {
-                std::thread::sleep(std::time::Duration::from_millis(500));
-                let rows: Vec<store::Row> = conn
-                    .prepare("SELECT r.seq, r.time_ms, r.kind, b.body FROM records r LEFT JOIN bodies b ON b.seq = r.seq WHERE r.seq > ?1 ORDER BY r.seq")?
-                    .query_map([last], store::read_row)?
-                    .collect::<Result<_, _>>()?;
-                for r in &rows {
-                    print_row(&conn, r, json)?;
-                    last = r.seq as i64;
+            if follow {
+                loop {
+                    std::thread::sleep(std::time::Duration::from_millis(500));
+                    let rows: Vec<store::Row> = conn
+                        .prepare("SELECT r.seq, r.time_ms, r.kind, b.body FROM records r LEFT JOIN bodies b ON b.seq = r.seq WHERE r.seq > ?1 ORDER BY r.seq")?
+                        .query_map([last], store::read_row)?
+                        .collect::<Result<_, _>>()?;
+                    for r in &rows {
+                        print_row(&conn, r, json)?;
+                        last = r.seq as i64;
+                    }
                 }
             }
             Ok(ExitCode::SUCCESS)

@@ -83,7 +83,7 @@ impl Frontier {
     }
 
     pub fn from_bytes(b: &[u8]) -> Option<Frontier> {
-        if b.len() < 8 || (b.len() - 8) % 33 != 0 {
+        if b.len() < 8 || !(b.len() - 8).is_multiple_of(33) {
             return None;
         }
         let size = u64::from_be_bytes(b[..8].try_into().ok()?);

@@ -111,7 +111,7 @@ pub fn policy_event(policy: &crate::policy::PolicySet, why: &str) -> AuditEvent 
 
 enum Job {
     Append(
-        store::Entry,
+        Box<store::Entry>,
         Option<oneshot::Sender<Result<u64, AuditError>>>,
     ),
     Checkpoint(
@@ -182,7 +182,7 @@ impl Audit {
     /// Queues a record; the acknowledgement says when it is durable.
     pub fn submit_entry(&self, entry: store::Entry) -> Ack {
         let (tx, rx) = oneshot::channel();
-        match self.tx.try_send(Job::Append(entry, Some(tx))) {
+        match self.tx.try_send(Job::Append(Box::new(entry), Some(tx))) {
             Ok(()) => rx,
             Err(mpsc::error::TrySendError::Full(_)) => failed_ack("audit queue full"),
             Err(mpsc::error::TrySendError::Closed(_)) => failed_ack("audit writer stopped"),
@@ -193,7 +193,7 @@ impl Audit {
     pub async fn append_entry(&self, entry: store::Entry) -> Result<u64, AuditError> {
         let (tx, rx) = oneshot::channel();
         self.tx
-            .send(Job::Append(entry, Some(tx)))
+            .send(Job::Append(Box::new(entry), Some(tx)))
             .await
             .map_err(|_| AuditError("audit writer stopped".into()))?;
         rx.await
@@ -207,6 +207,11 @@ impl Audit {
     /// Records an event and waits until it is durable.
     pub async fn append(&self, ev: AuditEvent) -> Result<u64, AuditError> {
         self.append_entry(Self::event_entry(&ev)?).await
+    }
+
+    /// Records an event without waiting for it (failures are logged by the writer).
+    pub fn record(&self, ev: AuditEvent) {
+        drop(self.submit(ev));
     }
 
     /// Records an event without waiting (the acknowledgement may be dropped).
@@ -320,12 +325,12 @@ fn writer_thread(mut w: store::Writer, origin: String, opts: Options, mut rx: mp
             Err(_) => {}
             Ok(None) => break,
             Ok(Some(Job::Append(e, a))) => {
-                batch.push(e);
+                batch.push(*e);
                 acks.push(a);
                 while batch.len() < opts.max_batch {
                     match rx.try_recv() {
                         Ok(Job::Append(e, a)) => {
-                            batch.push(e);
+                            batch.push(*e);
                             acks.push(a);
                         }
                         Ok(other) => {
