@@ -530,6 +530,21 @@ fn refuse(
         reason = what,
         "request refused"
     );
+    if let Some(a) = ctx.svc.pipeline.audit() {
+        a.record(crate::audit::AuditEvent::new(
+            "refused",
+            serde_json::json!({
+                "service": ctx.svc.cfg.name,
+                "conn_id": ctx.info.id,
+                "caller_kind": ctx.info.caller.kind(),
+                "peer": ctx.info.caller.peer().to_string(),
+                "http_status": status.as_u16(),
+                "error_code": code,
+                "reason": what,
+                "malformed": malformed,
+            }),
+        ));
+    }
     json_response(status, mcp::error_response(id, code, what, None), close)
 }
 

@@ -239,7 +239,16 @@ impl Audit {
         {
             extra.push(("pseudonym_key", serde_json::json!(k)));
         }
-        let e = store::Entry::new(kind, &extra, rec).map_err(|e| AuditError(e.to_string()))?;
+        let index = store::Index {
+            service: Some(rec.service.clone()),
+            subject: rec.subject.clone(),
+            method: rec.method.clone(),
+            target: rec.target.clone(),
+            outcome: Some(rec.outcome.clone()),
+            request_seq,
+        };
+        let e = store::Entry::with_index(kind, &extra, rec, index)
+            .map_err(|e| AuditError(e.to_string()))?;
         let mut ps = rec.pseudonyms.clone();
         ps.sort();
         ps.dedup();

@@ -48,7 +48,6 @@ CREATE TABLE records (
     leaf_hash BLOB NOT NULL
 );
 CREATE INDEX records_time ON records(time_ms);
-CREATE INDEX records_kind ON records(kind);
 CREATE TABLE bodies (
     seq INTEGER PRIMARY KEY,
     body TEXT NOT NULL,
@@ -59,7 +58,6 @@ CREATE TABLE bodies (
     outcome TEXT,
     request_seq INTEGER
 );
-CREATE INDEX bodies_subject ON bodies(subject);
 CREATE TABLE pseudonyms (
     pseudonym TEXT NOT NULL,
     key_id TEXT,
@@ -190,6 +188,21 @@ impl Entry {
         extra: &[(&str, serde_json::Value)],
         data: &impl Serialize,
     ) -> Result<Entry, serde_json::Error> {
+        let index = Index::of_body(&serde_json::json!({
+            "data": serde_json::to_value(data)?,
+            "request_seq": extra.iter().find(|(k, _)| *k == "request_seq").map(|(_, v)| v.clone()),
+        }));
+        Entry::with_index(kind, extra, data, index)
+    }
+
+    /// Like [`Entry::new`], with the query columns given (they must be what
+    /// [`Index::of_body`] finds in the body: `verify` checks).
+    pub fn with_index(
+        kind: &str,
+        extra: &[(&str, serde_json::Value)],
+        data: &impl Serialize,
+        index: Index,
+    ) -> Result<Entry, serde_json::Error> {
         let time_ms = now_ms();
         let mut p = Vec::with_capacity(512);
         p.extend_from_slice(b"{\"kind\":");
@@ -208,10 +221,6 @@ impl Entry {
         let mut hasher = Sha256::new();
         hasher.update([0u8]);
         hasher.update(&p);
-        let index = Index::of_body(&serde_json::json!({
-            "data": serde_json::to_value(data)?,
-            "request_seq": extra.iter().find(|(k, _)| *k == "request_seq").map(|(_, v)| v.clone()),
-        }));
         Ok(Entry {
             kind: kind.to_string(),
             time_ms,
