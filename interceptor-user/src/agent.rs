@@ -250,7 +250,12 @@ fn start_audit(config: &Config) -> Result<Arc<Audit>> {
         .map_err(|e| anyhow::anyhow!("audit.signing_key {}: {e}", au.signing_key.display()))?;
     let pin_root = config.agent.pin_root();
     let names: Vec<String> = config.services.iter().map(|s| s.name.clone()).collect();
-    let pseudonym_key = if config.services.iter().any(|s| s.redact.is_some()) {
+    // Every MCP service redacts at least request parameters with the key in force.
+    let pseudonym_key = if config
+        .services
+        .iter()
+        .any(|s| s.mode == crate::config::ServiceMode::Mcp)
+    {
         Some(crate::net::load_pseudonym_key(&config.agent)?.0)
     } else {
         None

@@ -24,6 +24,7 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::{
+    redact::engine::{Engine, PseudonymKey},
     config::{Config, ServiceConfig, ServiceMode},
     ebpf::{Kernel, socket_addr_of},
     error::ProxyError,
@@ -112,28 +113,37 @@ impl DataPath {
             config.services.iter().cloned().map(Arc::new).collect();
         let audit = pipeline.audit().cloned();
         let mut mcp = Vec::with_capacity(services.len());
-        // The pseudonym key in force (newest of the key ring), loaded once for every service.
-        let mut pseudonym_key: Option<(String, [u8; 32])> = None;
+        // Request parameters are redacted before any log or record, on every MCP service: a
+        // service without its own `[services.redact]` uses the built-in detectors for that.
+        // The pseudonym key is the one in force in the key ring (newest), loaded once.
+        let mut key = None;
+        let mut builtin = None;
         for s in &services {
             mcp.push(match s.mode {
                 ServiceMode::Tcp => None,
-                ServiceMode::Mcp => Some(Arc::new(McpService::new(
-                    s.clone(),
-                    mark,
-                    config.agent.connect_timeout(),
-                    pipeline.clone(),
-                    auth.clone(),
-                    match &s.redact {
+                ServiceMode::Mcp => {
+                    if key.is_none() {
+                        key = Some(PseudonymKey::new(load_pseudonym_key(&config.agent)?.1));
+                    }
+                    let key = key.clone().unwrap_or_else(|| unreachable!());
+                    let (responses, records) = match &s.redact {
                         Some(r) => {
-                            if pseudonym_key.is_none() {
-                                pseudonym_key = Some(load_pseudonym_key(&config.agent)?);
-                            }
-                            let key = pseudonym_key.as_ref().map(|k| k.1).unwrap_or_default();
-                            Some(redactor_for(&s.name, r, key)?)
+                            let e = Engine::new(r, key)
+                                .map_err(|e| anyhow::anyhow!("services.{}.redact: {e}", s.name))?;
+                            (Some(e.clone()), e)
                         }
-                        None => None,
-                    },
-                )?)),
+                        None => (None, builtin.get_or_insert_with(|| Engine::builtin(key)).clone()),
+                    };
+                    Some(Arc::new(McpService::new(
+                        s.clone(),
+                        mark,
+                        config.agent.connect_timeout(),
+                        pipeline.clone(),
+                        auth.clone(),
+                        responses,
+                        records,
+                    )?))
+                }
             });
         }
         Ok(DataPath {
@@ -208,18 +218,6 @@ pub fn load_pseudonym_key(agent: &crate::config::AgentSettings) -> Result<(Strin
     crate::audit::keys::KeyRing::new(&dir)
         .current_or_create()
         .with_context(|| format!("agent.pseudonym_key_dir {}", dir.display()))
-}
-
-/// The redaction engine of a service, keyed with the agent's pseudonym key.
-fn redactor_for(
-    service: &str,
-    cfg: &crate::redact::engine::EngineConfig,
-    key: [u8; 32],
-) -> Result<Arc<dyn crate::redact::TextRedactor>> {
-    let engine =
-        crate::redact::engine::Engine::new(cfg, crate::redact::engine::PseudonymKey::new(key))
-            .map_err(|e| anyhow::anyhow!("services.{service}.redact: {e}"))?;
-    Ok(Arc::new(engine))
 }
 
 /// Connects to the real server with the agent's socket mark, so the kernel neither redirects
