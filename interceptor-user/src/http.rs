@@ -21,7 +21,6 @@ use std::{
 };
 
 use bytes::Bytes;
-use sha2::{Digest, Sha256};
 use http::{
     HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, header,
 };
@@ -35,6 +34,7 @@ use hyper_util::{
     },
     rt::{TokioExecutor, TokioIo},
 };
+use sha2::{Digest, Sha256};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::TcpStream,
@@ -1925,7 +1925,8 @@ impl ResponseDigest {
     fn update(&mut self, data: &[u8]) {
         self.hash.update(data);
         let room = self.max.saturating_sub(self.excerpt.len());
-        self.excerpt.extend_from_slice(&data[..room.min(data.len())]);
+        self.excerpt
+            .extend_from_slice(&data[..room.min(data.len())]);
     }
     fn record(self, rec: &mut ExchangeRecord) {
         rec.response_sha256 = Some(hex::encode(self.hash.finalize()));
@@ -2106,7 +2107,11 @@ impl SseObserver {
             p.rec.response_bytes = ev.bytes;
             if let Some(mut s) = seen.take() {
                 // What the caller saw in clear (released) never goes into a record.
-                s.max = if p.rec.released.is_empty() { excerpt } else { 0 };
+                s.max = if p.rec.released.is_empty() {
+                    excerpt
+                } else {
+                    0
+                };
                 s.excerpt.truncate(s.max);
                 s.record(&mut p.rec);
             }

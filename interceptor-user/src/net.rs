@@ -24,13 +24,13 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::{
-    redact::engine::{Engine, PseudonymKey},
     config::{Config, ServiceConfig, ServiceMode},
     ebpf::{Kernel, socket_addr_of},
     error::ProxyError,
     http::McpService,
     identity::{Caller, CgroupResolver},
     pipeline::Pipeline,
+    redact::engine::{Engine, PseudonymKey},
 };
 
 /// Relay buffer size per direction.
@@ -132,7 +132,10 @@ impl DataPath {
                                 .map_err(|e| anyhow::anyhow!("services.{}.redact: {e}", s.name))?;
                             (Some(e.clone()), e)
                         }
-                        None => (None, builtin.get_or_insert_with(|| Engine::builtin(key)).clone()),
+                        None => (
+                            None,
+                            builtin.get_or_insert_with(|| Engine::builtin(key)).clone(),
+                        ),
                     };
                     Some(Arc::new(McpService::new(
                         s.clone(),

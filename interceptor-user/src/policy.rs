@@ -2643,7 +2643,10 @@ lawful_basis = "legitimate_interests"
         assert_eq!(d.release, vec!["PHONE".to_string()]);
         // Builtin rules carry none: the service's own masking applies.
         let l = decide(&s, "crm", &user(&["g"]), "tools/list", None, None);
-        assert!(l.allowed && l.masking.is_empty() && l.release.is_empty(), "{l:?}");
+        assert!(
+            l.allowed && l.masking.is_empty() && l.release.is_empty(),
+            "{l:?}"
+        );
         // Denials release nothing.
         let d = tool(&s, &user(&["g"]), "other", json!({}));
         assert!(!d.allowed && d.release.is_empty());

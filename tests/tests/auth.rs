@@ -281,7 +281,10 @@ fn each_role_sees_what_its_purpose_allows() {
 
     let a = call(&f, &alice, "customer_lookup", &json!({"id": "42"}));
     let a = a.assert_ok().to_string();
-    assert!(a.contains("+44 20 7946 0958"), "support sees the phone: {a}");
+    assert!(
+        a.contains("+44 20 7946 0958"),
+        "support sees the phone: {a}"
+    );
     assert!(!a.contains("jane.doe@example.com"), "{a}");
     assert!(a.contains("[EMAIL:"), "{a}");
     let e = last_exchange(&agent, "tools/call", |e| e["subject"] == "alice");
@@ -289,7 +292,10 @@ fn each_role_sees_what_its_purpose_allows() {
     assert_eq!(e["released"], "PHONE", "{e}");
     // Released values are still evidence (counted, pseudonymised), never in a record.
     assert!(!e.to_string().contains("7946 0958"), "{e}");
-    assert!(e["response_excerpt"].is_null(), "no excerpt of a released answer: {e}");
+    assert!(
+        e["response_excerpt"].is_null(),
+        "no excerpt of a released answer: {e}"
+    );
 
     let c = call(&f, &carol, "customer_lookup", &json!({"id": "42"}));
     let c = c.assert_ok().to_string();
@@ -298,13 +304,19 @@ fn each_role_sees_what_its_purpose_allows() {
     let e = last_exchange(&agent, "tools/call", |e| e["subject"] == "carol");
     assert_eq!(e["released"], "", "{e}");
     assert!(
-        e["response_excerpt"].as_str().unwrap_or("").contains("[EMAIL:"),
+        e["response_excerpt"]
+            .as_str()
+            .unwrap_or("")
+            .contains("[EMAIL:"),
         "{e}"
     );
 
     let b = call(&f, &bob, "export_customers", &json!({"limit": 3}));
     let b = b.assert_ok().to_string();
-    assert!(b.contains("[EMAIL]") && !b.contains("[EMAIL:"), "analysts get no pseudonyms: {b}");
+    assert!(
+        b.contains("[EMAIL]") && !b.contains("[EMAIL:"),
+        "analysts get no pseudonyms: {b}"
+    );
     assert!(!b.contains("@example.com"), "{b}");
     drop(server);
 }

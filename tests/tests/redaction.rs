@@ -34,7 +34,10 @@ fn no_pii(what: &str, s: &str) {
 
 fn has_mask(what: &str, v: &Value) {
     let s = v.to_string();
-    assert!(s.contains("[EMAIL:"), "{what} carries no e-mail pseudonym: {s}");
+    assert!(
+        s.contains("[EMAIL:"),
+        "{what} carries no e-mail pseudonym: {s}"
+    );
 }
 
 /// The pseudonyms ("4f1c9a2b") of e-mail masks in a text.
@@ -60,13 +63,22 @@ fn check_pii_scenario(out: &Value, notifications: bool) {
     assert_eq!(out["rpc_error"]["code"], -32603, "{out}");
     has_mask("JSON-RPC error message", &out["rpc_error"]["message"]);
     has_mask("resource contents", &out["resource"]["contents"][0]["text"]);
-    has_mask("prompt message", &out["prompt"]["messages"][0]["content"]["text"]);
-    has_mask("completion values", &out["completion"]["completion"]["values"]);
+    has_mask(
+        "prompt message",
+        &out["prompt"]["messages"][0]["content"]["text"],
+    );
+    has_mask(
+        "completion values",
+        &out["completion"]["completion"]["values"],
+    );
     if !notifications {
         return;
     }
     let events = out["events"].as_array().expect("events");
-    let log = events.iter().find(|e| e["type"] == "log").unwrap_or_else(|| panic!("no log notification: {out}"));
+    let log = events
+        .iter()
+        .find(|e| e["type"] == "log")
+        .unwrap_or_else(|| panic!("no log notification: {out}"));
     has_mask("logging notification", &log["data"]);
     let progress = events
         .iter()
@@ -92,7 +104,11 @@ fn personal_data_in_every_kind_of_answer_reaches_the_client_masked() {
     let agent = node.start_agent(&cfg);
     let mut pseudonyms = Vec::new();
     // 2026-07-28 (stateless) and the initialize handshake era (session, GET stream, 202s).
-    for (port, mode) in [(sse_port, "auto"), (sse_port, "legacy"), (json_port, "auto")] {
+    for (port, mode) in [
+        (sse_port, "auto"),
+        (sse_port, "legacy"),
+        (json_port, "auto"),
+    ] {
         let url = format!("http://{SERVER_IP}:{port}/mcp");
         let out = node.mcp_client(
             &node.client,
@@ -106,7 +122,12 @@ fn personal_data_in_every_kind_of_answer_reaches_the_client_masked() {
     }
     // The same value gets the same pseudonym, whatever the transport.
     assert!(!pseudonyms[0].is_empty());
-    assert!(pseudonyms.iter().all(|p| p.first() == pseudonyms[0].first()), "{pseudonyms:?}");
+    assert!(
+        pseudonyms
+            .iter()
+            .all(|p| p.first() == pseudonyms[0].first()),
+        "{pseudonyms:?}"
+    );
 
     for service in ["crm", "crm-json"] {
         let e = agent.wait_event("exchange", |e| {
@@ -204,12 +225,22 @@ fn a_100000_record_export_streams_through_masked_in_bounded_memory() {
             &node.client,
             Sdk::Py2,
             &url,
-            &["--scenario", "export", "--limit", "100000", "--timeout", "300"],
+            &[
+                "--scenario",
+                "export",
+                "--limit",
+                "100000",
+                "--timeout",
+                "300",
+            ],
         );
         let peak = peak_kb(agent.pid());
         let x = &out.assert_ok()["export"];
         assert_eq!(x["records"], 100_000, "{service}: {x}");
-        assert_eq!(x["parsed"], 100_000, "{service}: every line still JSON: {x}");
+        assert_eq!(
+            x["parsed"], 100_000,
+            "{service}: every line still JSON: {x}"
+        );
         assert_eq!(x["emails_in_clear"], 0, "{service}: {x}");
         assert_eq!(x["email_masks"], 100_000, "{service}: {x}");
         assert_eq!(x["iban_masks"], 100_000, "{service}: {x}");

@@ -75,14 +75,22 @@ pub fn recordable_params(r: &dyn TextRedactor, params: &Value) -> (Value, Vec<Fi
         Value::Object(m) => Value::Object(
             m.iter()
                 .filter(|(k, _)| k.as_str() != "_meta")
-                .map(|(k, v)| (redact_str(r, k, &mut findings), redact_value(r, v, &mut findings)))
+                .map(|(k, v)| {
+                    (
+                        redact_str(r, k, &mut findings),
+                        redact_value(r, v, &mut findings),
+                    )
+                })
                 .collect(),
         ),
         other => redact_value(r, other, &mut findings),
     };
     let len = serde_json::to_vec(&v).map(|b| b.len()).unwrap_or(0);
     if len > MAX_RECORDED_PARAMS {
-        return (serde_json::json!({"truncated": true, "bytes": len}), findings);
+        return (
+            serde_json::json!({"truncated": true, "bytes": len}),
+            findings,
+        );
     }
     (v, findings)
 }
@@ -150,7 +158,11 @@ mod tests {
         let v = common_view(&base, &[(&a, &ra), (&b, &rb)]);
         assert!(v.clear.contains("PHONE"));
         assert!(!v.clear.contains("EMAIL"));
-        assert_eq!(v.mode("EMAIL"), base.mode("EMAIL"), "modes disagree: service's");
+        assert_eq!(
+            v.mode("EMAIL"),
+            base.mode("EMAIL"),
+            "modes disagree: service's"
+        );
         let one = common_view(&base, &[(&a, &ra)]);
         assert!(one.clear.contains("EMAIL"));
     }
