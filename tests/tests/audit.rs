@@ -285,6 +285,10 @@ fn exchanges_are_recorded_verified_and_reported_per_article_30() {
             .entry(e["purpose"].as_str().unwrap().to_string())
             .or_default();
         set.extend(m.as_object().unwrap().keys().cloned());
+        // Entity types released in clear by the grant count as disclosed categories too.
+        if let Some(r) = e["released"].as_str() {
+            set.extend(r.split(',').filter(|x| !x.is_empty()).map(str::to_string));
+        }
     }
     for a in acts {
         let p = a["purpose"].as_str().unwrap();
