@@ -15,6 +15,7 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use crate::{
+    audit::{Audit, AuditEvent},
     auth::Auth,
     config::Config,
     control::ControlServer,
@@ -59,6 +60,17 @@ pub async fn run(config: Config) -> Result<()> {
     }
 
     let listeners = Listeners::bind(a.listen_port)?;
+    // The audit log opens before the programs are (re)attached: its first checkpoint reads the
+    // kernel counters of the generation in place, which a new generation would reset.
+    let audit = if config.audit.enabled {
+        Some(start_audit(&config)?)
+    } else {
+        warn!(
+            event = "audit_disabled",
+            "audit.enabled = false: exchanges are logged but not recorded durably"
+        );
+        None
+    };
     let cgroup2 = ensure_cgroup2(a.cgroup2.as_deref(), &a.runtime_dir.join("cgroup2"))?;
     let cgroup_dir = cgroup_dir(&cgroup2, &a.cgroup_path);
     if !cgroup_dir.is_dir() {
@@ -112,7 +124,34 @@ pub async fn run(config: Config) -> Result<()> {
     } else {
         None
     };
-    let pipeline = Pipeline::new().with(Arc::new(ExchangeLog));
+    if let Some(audit) = &audit {
+        audit
+            .append(AuditEvent::new(
+                "agent_start",
+                serde_json::json!({
+                    "pid": std::process::id(),
+                    "version": env!("CARGO_PKG_VERSION"),
+                    "instance": a.instance,
+                    "takeover": kernel.took_over,
+                    "services": config.services.iter().map(|s| serde_json::json!({
+                        "name": s.name, "port": s.port, "address": s.address,
+                        "mode": format!("{:?}", s.mode).to_lowercase(),
+                        "tls": s.tls.is_some(), "auth": s.auth.is_some(), "redact": s.redact.is_some(),
+                    })).collect::<Vec<_>>(),
+                }),
+            ))
+            .await
+            .map_err(|e| anyhow::anyhow!("audit.db: cannot record the agent start: {e}"))?;
+        if let Some(auth) = &auth {
+            audit
+                .append(crate::audit::policy_event(&auth.policy(), "start"))
+                .await
+                .map_err(|e| anyhow::anyhow!("audit.db: cannot record the policy: {e}"))?;
+        }
+    }
+    let pipeline = Pipeline::new()
+        .with(Arc::new(ExchangeLog))
+        .with_audit(audit.clone());
     let dp = Arc::new(DataPath::new(
         config.clone(),
         kernel.clone(),
@@ -200,11 +239,65 @@ pub async fn run(config: Config) -> Result<()> {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
     }
+    if let Some(audit) = &audit {
+        let _ = audit
+            .append(AuditEvent::new(
+                "agent_stop",
+                serde_json::json!({"pid": std::process::id(), "connections_cut": left}),
+            ))
+            .await;
+        match audit.shutdown().await {
+            Ok(Some(cp)) => {
+                info!(event = "audit_checkpoint", size = cp.size, root = %cp.root_hex, reason = "shutdown", "final checkpoint signed")
+            }
+            Ok(None) => {}
+            Err(e) => {
+                error!(event = "audit_checkpoint_failed", error = %e, "final checkpoint failed")
+            }
+        }
+    }
     info!(
         event = "stopped",
         "interceptor agent stopped; programs stay pinned"
     );
     Ok(())
+}
+
+/// Opens the audit log: database, signing key (created on first start), kernel counters.
+fn start_audit(config: &Config) -> Result<Arc<Audit>> {
+    let au = &config.audit;
+    let origin = config.audit_origin();
+    let signer = crate::audit::note::Signer::load_or_create(&au.signing_key, &origin)
+        .map_err(|e| anyhow::anyhow!("audit.signing_key {}: {e}", au.signing_key.display()))?;
+    let pin_root = config.agent.pin_root();
+    let names: Vec<String> = config.services.iter().map(|s| s.name.clone()).collect();
+    // Every MCP service redacts at least request parameters with the key in force.
+    let pseudonym_key = if config
+        .services
+        .iter()
+        .any(|s| s.mode == crate::config::ServiceMode::Mcp)
+    {
+        Some(crate::net::load_pseudonym_key(&config.agent)?.0)
+    } else {
+        None
+    };
+    let db = config.audit_db();
+    let audit = Audit::start(crate::audit::Options {
+        db: db.clone(),
+        signer,
+        origin,
+        checkpoint_interval: std::time::Duration::from_secs(au.checkpoint_interval_secs),
+        checkpoint_max_records: au.checkpoint_max_records,
+        retention: (au.retention_days > 0)
+            .then(|| std::time::Duration::from_secs(au.retention_days * 86_400)),
+        max_batch: au.max_batch,
+        counters: Some(Box::new(move || {
+            crate::audit::counters::read(&pin_root, &names)
+        })),
+        pseudonym_key,
+    })?;
+    info!(event = "audit_ready", db = %db.display(), "audit log open");
+    Ok(audit)
 }
 
 fn spawn_local_addr_refresh(kernel: Arc<Kernel>, every_ms: u64, mut stop: watch::Receiver<bool>) {
@@ -283,10 +376,23 @@ fn spawn_cert_reload(dp: Arc<DataPath>, notifier: Arc<Notifier>, every: std::tim
                 _ = hup.recv() => {
                     info!(event = "reload", "SIGHUP: reloading policy and certificates");
                     let _ = notifier.reloading();
-                    if let Some(auth) = &dp.auth
-                        && let Err(e) = auth.reload_policy()
-                    {
-                        error!(event = "policy_reload_failed", error = %e, "invalid policy; the running policy stays in force");
+                    if let Some(auth) = &dp.auth {
+                        match auth.reload_policy() {
+                            Ok(_) => {
+                                if let Some(a) = &dp.audit {
+                                    let _ = a.append(crate::audit::policy_event(&auth.policy(), "reload")).await;
+                                }
+                            }
+                            Err(e) => {
+                                error!(event = "policy_reload_failed", error = %e, "invalid policy; the running policy stays in force");
+                                if let Some(a) = &dp.audit {
+                                    a.record(AuditEvent::new(
+                                        "policy_rejected",
+                                        serde_json::json!({"error": e.to_string(), "in_force": auth.policy().version()}),
+                                    ));
+                                }
+                            }
+                        }
                     }
                     reload_certs(&dp);
                     let _ = notifier.ready("reloaded");

@@ -58,6 +58,11 @@ pub enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// The tamper-evident audit log: verify, export, search, tail, show, prune, keys.
+    Audit {
+        #[command(subcommand)]
+        command: crate::audit::cli::AuditCommand,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -147,6 +152,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Policy { command } => policy_command(command),
         Command::Install(args) => crate::service::install_command(args),
         Command::Uninstall(args) => crate::service::uninstall_command(args),
+        Command::Audit { command } => crate::audit::cli::run(command),
         Command::CheckConfig { config } => {
             let cfg = load(&config)?;
             println!(

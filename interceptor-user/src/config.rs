@@ -23,6 +23,75 @@ pub struct Config {
     pub services: Vec<ServiceConfig>,
     #[serde(default)]
     pub auth: AuthSettings,
+    #[serde(default)]
+    pub audit: AuditSettings,
+}
+
+/// The tamper-evident audit log (see `audit`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditSettings {
+    /// Record every exchange durably before it is answered (default). Turning this off means
+    /// exchanges are only logged; the benchmark uses it as its baseline.
+    pub enabled: bool,
+    /// The SQLite database; default `<agent.state_dir>/audit.db`.
+    pub db: Option<PathBuf>,
+    /// Ed25519 checkpoint signing key (C2SP note private key), created when missing. Keep it
+    /// apart from the database: whoever can rewrite the database must not be able to sign.
+    pub signing_key: PathBuf,
+    /// Checkpoint origin line and key name; default `<hostname>/interceptor/<instance>`.
+    pub origin: Option<String>,
+    /// A checkpoint is signed when the log has grown and this much time has passed...
+    pub checkpoint_interval_secs: u64,
+    /// ...or this many records were added since the last one.
+    pub checkpoint_max_records: u64,
+    /// Bodies of records older than this are removed (the tree stays verifiable); 0 = keep.
+    pub retention_days: u64,
+    /// Most records committed in one transaction (group commit).
+    pub max_batch: usize,
+    /// The controller named in the GDPR Art. 30 export.
+    pub controller: Controller,
+    /// Transfers of personal data to third countries or international organisations, as the
+    /// Art. 30(1)(e) record lists them.
+    pub transfers: Vec<Transfer>,
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        AuditSettings {
+            enabled: true,
+            db: None,
+            signing_key: "/etc/interceptor/audit-signing.key".into(),
+            origin: None,
+            checkpoint_interval_secs: 10,
+            checkpoint_max_records: 10_000,
+            retention_days: 0,
+            max_batch: 1024,
+            controller: Controller::default(),
+            transfers: Vec::new(),
+        }
+    }
+}
+
+/// Art. 30(1)(a): name and contact details of the controller, its representative and DPO.
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Controller {
+    pub name: String,
+    pub contact: String,
+    pub representative: String,
+    pub dpo: String,
+}
+
+/// Art. 30(1)(e): a transfer to a third country or international organisation.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Transfer {
+    pub recipient: String,
+    pub country: String,
+    /// Art. 46/49 safeguards (e.g. "standard contractual clauses").
+    #[serde(default)]
+    pub safeguards: String,
 }
 
 /// Identity providers and policy files, shared by every service.
@@ -93,9 +162,11 @@ pub struct AgentSettings {
     pub log_format: String,
     /// How often certificate files are checked for replacement (also on SIGHUP).
     pub cert_reload_ms: u64,
-    /// Key of the keyed pseudonyms (32 bytes, created with mode 0600 when missing). It never
-    /// goes into the audit store; erasing it makes the pseudonyms unlinkable.
-    pub pseudonym_key_file: PathBuf,
+    /// The agent's state: the audit database (by default) and the pseudonym keys.
+    pub state_dir: PathBuf,
+    /// The pseudonym key ring (`<id>.key`, newest in force); default `<state_dir>/pseudonym-keys`.
+    /// Keys never go into the audit store; erasing one makes its pseudonyms unlinkable.
+    pub pseudonym_key_dir: Option<PathBuf>,
 }
 
 impl Default for AgentSettings {
@@ -112,7 +183,8 @@ impl Default for AgentSettings {
             local_addrs_refresh_ms: 2_000,
             log_format: "text".into(),
             cert_reload_ms: 5_000,
-            pseudonym_key_file: "/var/lib/interceptor/pseudonym.key".into(),
+            state_dir: "/var/lib/interceptor".into(),
+            pseudonym_key_dir: None,
         }
     }
 }
@@ -129,6 +201,32 @@ impl AgentSettings {
     }
     pub fn control_socket(&self) -> PathBuf {
         self.runtime_dir.join(format!("{}.sock", self.instance))
+    }
+    pub fn pseudonym_keys(&self) -> PathBuf {
+        self.pseudonym_key_dir
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("pseudonym-keys"))
+    }
+}
+
+impl Config {
+    /// The audit database path.
+    pub fn audit_db(&self) -> PathBuf {
+        self.audit
+            .db
+            .clone()
+            .unwrap_or_else(|| self.agent.state_dir.join("audit.db"))
+    }
+    /// The checkpoint origin (also the signing key's name).
+    pub fn audit_origin(&self) -> String {
+        self.audit.origin.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "localhost".into());
+            format!("{host}/interceptor/{}", self.agent.instance)
+        })
     }
 }
 
@@ -317,6 +415,24 @@ impl Config {
                 "agent.local_addrs_refresh_ms".into(),
                 "must be at least 100".into(),
             ));
+        }
+        let au = &self.audit;
+        if let Some(o) = &au.origin
+            && (o.is_empty() || !o.is_ascii() || o.contains(['+', ' ', '\n', '\t']))
+        {
+            return Err(err(
+                "audit.origin".into(),
+                format!("{o:?} must be non-empty ASCII without '+' or whitespace"),
+            ));
+        }
+        if au.checkpoint_interval_secs == 0 || au.checkpoint_max_records == 0 {
+            return Err(err(
+                "audit.checkpoint_interval_secs".into(),
+                "checkpoint_interval_secs and checkpoint_max_records must not be 0".into(),
+            ));
+        }
+        if au.max_batch == 0 || au.max_batch > 65_536 {
+            return Err(err("audit.max_batch".into(), "must be 1..=65536".into()));
         }
         if self.services.is_empty() {
             return Err(err(

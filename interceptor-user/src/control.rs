@@ -1,7 +1,7 @@
 //! The local control socket: how the CLI talks to a running agent.
 //!
 //! A Unix stream socket in the runtime directory (mode 0600, root only). One request line, one
-//! JSON response line. Commands: `status`. Later issues add approvals and policy reload.
+//! JSON response line. Commands: `status`, `policy-reload`, `audit-checkpoint`.
 use std::{
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
@@ -111,13 +111,33 @@ async fn handle(stream: UnixStream, dp: Arc<DataPath>, started: std::time::Insta
             }
             Some(auth) => match auth.reload_policy() {
                 Ok((old, new)) => {
+                    if let Some(a) = &dp.audit {
+                        let _ = a
+                            .append(crate::audit::policy_event(&auth.policy(), "reload"))
+                            .await;
+                    }
                     serde_json::json!({"ok": true, "old_version": old, "new_version": new})
                         .to_string()
                 }
                 Err(e) => {
                     tracing::error!(event = "policy_reload_failed", error = %e, "invalid policy; the running policy stays in force");
+                    if let Some(a) = &dp.audit {
+                        a.record(crate::audit::AuditEvent::new(
+                            "policy_rejected",
+                            serde_json::json!({"error": e.to_string(), "in_force": auth.policy().version()}),
+                        ));
+                    }
                     serde_json::json!({"ok": false, "error": e, "in_force": auth.policy().version()}).to_string()
                 }
+            },
+        },
+        "audit-checkpoint" => match &dp.audit {
+            None => {
+                serde_json::json!({"ok": false, "error": "the audit log is disabled"}).to_string()
+            }
+            Some(a) => match a.checkpoint("request").await {
+                Ok(s) => serde_json::json!({"ok": true, "checkpoint": s}).to_string(),
+                Err(e) => serde_json::json!({"ok": false, "error": e.to_string()}).to_string(),
             },
         },
         other => serde_json::json!({"error": format!("unknown command {other:?}")}).to_string(),

@@ -48,7 +48,7 @@ use crate::{
     error::ProxyError,
     mcp,
     net::ConnInfo,
-    pipeline::{Decision, ExchangeRecord, Pipeline, RequestView, Transport},
+    pipeline::{Decision, ExchangeRecord, Pipeline, RequestView, Transport, durable},
     policy::{PolicyDecision, PolicyRequest, Principal},
     redact::{
         Finding, TextRedactor,
@@ -542,6 +542,21 @@ fn refuse(
         reason = what,
         "request refused"
     );
+    if let Some(a) = ctx.svc.pipeline.audit() {
+        a.record(crate::audit::AuditEvent::new(
+            "refused",
+            serde_json::json!({
+                "service": ctx.svc.cfg.name,
+                "conn_id": ctx.info.id,
+                "caller_kind": ctx.info.caller.kind(),
+                "peer": ctx.info.caller.peer().to_string(),
+                "http_status": status.as_u16(),
+                "error_code": code,
+                "reason": what,
+                "malformed": malformed,
+            }),
+        ));
+    }
     json_response(status, mcp::error_response(id, code, what, None), close)
 }
 
@@ -600,7 +615,7 @@ async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<RespBody>
                 .authenticate(sa, header_str(h, "authorization"), &ctx.info.caller)
                 .await
             {
-                return deny_authn(&ctx, sa, &f, Vec::new());
+                return deny_authn(&ctx, sa, &f, Vec::new()).await;
             }
         }
     }
@@ -711,6 +726,7 @@ fn new_record(
         response_excerpt: None,
         started: SystemTime::now(),
         duration_ms: 0,
+        request_record: None,
     }
 }
 
@@ -947,7 +963,8 @@ async fn handle_post(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<Resp
                         .enumerate()
                         .map(|(i, m)| per_msg(i, m))
                         .collect(),
-                );
+                )
+                .await;
             }
         };
         let policy = auth.policy();
@@ -969,14 +986,16 @@ async fn handle_post(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<Resp
             decisions[i] = Some(d);
         }
         if let Some(d) = denied {
+            let mut acks = Vec::new();
             for (i, m) in messages.iter().enumerate() {
                 let mut rec = per_msg(i, m);
                 annotate(&mut rec, Some(&a), decisions[i].as_ref().or(Some(&d)));
                 rec.outcome = "denied".into();
                 rec.http_status = 403;
                 rec.error_code = Some(mcp::INVALID_REQUEST);
-                ctx.svc.pipeline.exchange_complete(&rec);
+                acks.push(ctx.svc.pipeline.exchange_complete(&rec));
             }
+            record_denial(&ctx, acks).await;
             warn!(
                 event = "request_denied",
                 service = %ctx.svc.cfg.name,
@@ -1023,14 +1042,16 @@ async fn handle_post(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<Resp
         rule,
     } = ctx.svc.pipeline.request_parsed(&view)
     {
+        let mut acks = Vec::new();
         for (i, m) in messages.iter().enumerate() {
             let mut rec = decided(i, m);
             rec.outcome = "denied".into();
             rec.http_status = http_status;
             rec.error_code = Some(code);
             rec.rule = Some(rule.clone());
-            ctx.svc.pipeline.exchange_complete(&rec);
+            acks.push(ctx.svc.pipeline.exchange_complete(&rec));
         }
+        record_denial(&ctx, acks).await;
         let id = messages.first().and_then(|m| m.id.as_ref());
         let status = StatusCode::from_u16(http_status).unwrap_or(StatusCode::FORBIDDEN);
         return json_response(
@@ -1076,6 +1097,31 @@ async fn handle_post(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<Resp
             _ => no_reply.push(rec),
         }
     }
+    // No access without its record: every message is recorded durably before it goes upstream.
+    if ctx.svc.pipeline.audit().is_some() {
+        let acks: Vec<_> = pending
+            .values()
+            .map(|p| &p.rec)
+            .chain(no_reply.iter())
+            .map(|r| ctx.svc.pipeline.record_request(r))
+            .collect();
+        match durable(acks).await {
+            Ok(seqs) => {
+                let recs = pending
+                    .values_mut()
+                    .map(|p| &mut p.rec)
+                    .chain(no_reply.iter_mut());
+                for (rec, seq) in recs.zip(seqs) {
+                    rec.request_record = Some(seq);
+                }
+            }
+            Err(e) => {
+                let id = messages.first().and_then(|m| m.id.as_ref());
+                let recs = pending.into_values().map(|p| p.rec).chain(no_reply);
+                return audit_unavailable(&ctx, recs, id, &e);
+            }
+        }
+    }
     // Legacy transport: the responses come on the session's GET /sse stream, possibly before
     // this POST's 202 does, so the exchanges are registered before anything is sent.
     let mut legacy_keys: Vec<(String, String)> = Vec::new();
@@ -1092,7 +1138,7 @@ async fn handle_post(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<Resp
                 reg.insert((session.clone(), id), p);
             } else {
                 p.rec.outcome = "incomplete".into();
-                finish(&ctx.svc.pipeline, p);
+                let _ = finish(&ctx.svc.pipeline, p);
             }
         }
     }
@@ -1112,7 +1158,7 @@ async fn handle_post(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<Resp
             for mut p in failed {
                 p.rec.outcome = "upstream_error".into();
                 p.rec.http_status = 502;
-                finish(&ctx.svc.pipeline, p);
+                let _ = finish(&ctx.svc.pipeline, p);
             }
             return upstream_failed(&ctx, &e);
         }
@@ -1120,11 +1166,15 @@ async fn handle_post(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<Resp
 
     let (rparts, rbody) = resp.into_parts();
     let status = rparts.status.as_u16();
+    let mut acks = Vec::new();
     for mut rec in no_reply {
         rec.outcome = "notification".into();
         rec.http_status = status;
         rec.duration_ms = started.elapsed().as_millis() as u64;
-        ctx.svc.pipeline.exchange_complete(&rec);
+        acks.push(ctx.svc.pipeline.exchange_complete(&rec));
+    }
+    if let Err(e) = durable(acks).await {
+        return audit_failed_response(&ctx, &e);
     }
     let ct = header_str(&rparts.headers, "content-type")
         .unwrap_or("")
@@ -1274,6 +1324,9 @@ where
 /// GET streams: the Streamable HTTP GET stream and the legacy `GET /sse` channel.
 async fn forward_stream(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<RespBody> {
     let (parts, _body) = req.into_parts();
+    if let Err(r) = record_http(&ctx, &parts, "stream_open").await {
+        return r;
+    }
     let up = match upstream_request(&ctx, &parts, Bytes::new()) {
         Ok(r) => r,
         Err(e) => return bad_target(&ctx, &e),
@@ -1320,6 +1373,14 @@ async fn forward_buffered(
     parts: http::request::Parts,
     bytes: Bytes,
 ) -> Response<RespBody> {
+    let what = if parts.method == Method::DELETE && parts.headers.contains_key("mcp-session-id") {
+        "session_end"
+    } else {
+        "http_forward"
+    };
+    if let Err(r) = record_http(&ctx, &parts, what).await {
+        return r;
+    }
     let up = match upstream_request(&ctx, &parts, bytes) {
         Ok(r) => r,
         Err(e) => return bad_target(&ctx, &e),
@@ -1333,12 +1394,119 @@ async fn forward_buffered(
     }
 }
 
-fn finish(pipeline: &Pipeline, mut p: Pending) {
+/// Completes an exchange: its final record goes to every phase and to the audit log; the
+/// acknowledgement says when that record is durable.
+fn finish(pipeline: &Pipeline, mut p: Pending) -> Option<crate::audit::Ack> {
     p.rec.duration_ms = p.started.elapsed().as_millis() as u64;
     if p.rec.outcome.is_empty() {
         p.rec.outcome = "incomplete".into();
     }
-    pipeline.exchange_complete(&p.rec);
+    pipeline.exchange_complete(&p.rec)
+}
+
+/// Waits for the records of a denial (logged when they cannot be written: the denial stands).
+async fn record_denial(ctx: &ConnCtx, acks: Vec<Option<crate::audit::Ack>>) {
+    if let Err(e) = durable(acks).await {
+        tracing::error!(
+            event = "audit_unavailable",
+            service = %ctx.svc.cfg.name,
+            conn_id = ctx.info.id,
+            side = "internal",
+            error = %e,
+            "a denial could not be recorded"
+        );
+    }
+}
+
+/// The audit log cannot record the request: it is refused and never forwarded (fail closed).
+fn audit_unavailable(
+    ctx: &ConnCtx,
+    recs: impl Iterator<Item = ExchangeRecord>,
+    id: Option<&mcp::Id>,
+    e: &crate::audit::AuditError,
+) -> Response<RespBody> {
+    for mut rec in recs {
+        rec.outcome = "denied".into();
+        rec.http_status = 503;
+        rec.error_code = Some(mcp::INTERNAL_ERROR);
+        rec.rule = Some("audit/unavailable".into());
+        rec.request_record = None;
+        let _ = ctx.svc.pipeline.exchange_complete(&rec);
+    }
+    tracing::error!(
+        event = "audit_unavailable",
+        service = %ctx.svc.cfg.name,
+        conn_id = ctx.info.id,
+        peer = %ctx.info.caller.peer(),
+        side = "internal",
+        error = %e,
+        "request refused: it could not be recorded in the audit log"
+    );
+    json_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        mcp::error_response(
+            id,
+            mcp::INTERNAL_ERROR,
+            &format!("request refused: the interceptor cannot record it ({e})"),
+            Some(serde_json::json!({ "rule": "audit/unavailable" })),
+        ),
+        false,
+    )
+}
+
+/// A response that was obtained but whose record could not be made durable: withheld.
+fn audit_failed_response(ctx: &ConnCtx, e: &crate::audit::AuditError) -> Response<RespBody> {
+    tracing::error!(
+        event = "audit_unavailable",
+        service = %ctx.svc.cfg.name,
+        conn_id = ctx.info.id,
+        side = "internal",
+        error = %e,
+        "response withheld: its exchange could not be recorded in the audit log"
+    );
+    json_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        mcp::error_response(
+            None,
+            mcp::INTERNAL_ERROR,
+            &format!("response withheld: the interceptor cannot record it ({e})"),
+            Some(serde_json::json!({ "rule": "audit/unavailable" })),
+        ),
+        false,
+    )
+}
+
+/// Records a forwarded HTTP request that is not a JSON-RPC exchange (GET stream, session
+/// DELETE, non-MCP traffic let through) before it goes upstream.
+async fn record_http(
+    ctx: &ConnCtx,
+    parts: &http::request::Parts,
+    what: &str,
+) -> Result<(), Response<RespBody>> {
+    let Some(audit) = ctx.svc.pipeline.audit() else {
+        return Ok(());
+    };
+    let p = ctx.info.caller.process();
+    let ev = crate::audit::AuditEvent::new(
+        what,
+        serde_json::json!({
+            "service": ctx.svc.cfg.name,
+            "conn_id": ctx.info.id,
+            "caller_kind": ctx.info.caller.kind(),
+            "peer": ctx.info.caller.peer().to_string(),
+            "tgid": p.map(|p| p.tgid),
+            "uid": p.map(|p| p.uid),
+            "comm": p.map(|p| p.comm.clone()),
+            "http_method": parts.method.as_str(),
+            "path": parts.uri.path(),
+            "session": header_str(&parts.headers, "mcp-session-id"),
+        }),
+    );
+    audit
+        .append(ev)
+        .await
+        .map(|_| ())
+        .map_err(|e| audit_unavailable(ctx, std::iter::empty(), None, &e))
 }
 
 fn is_list_method(m: &str) -> bool {
@@ -1367,7 +1535,7 @@ fn annotate(rec: &mut ExchangeRecord, a: Option<&Authenticated>, d: Option<&Poli
 
 /// 401 (or 403 for a local-binding violation) with the RFC 9728 challenge; every message of
 /// the request is recorded as denied.
-fn deny_authn(
+async fn deny_authn(
     ctx: &ConnCtx,
     sa: &ServiceAuth,
     f: &AuthnFailure,
@@ -1379,12 +1547,14 @@ fn deny_authn(
     };
     let rule = f.rule();
     let reason = f.reason();
+    let mut acks = Vec::new();
     for mut rec in records {
         rec.outcome = "denied".into();
         rec.http_status = status.as_u16();
         rec.rule = Some(rule.clone());
-        ctx.svc.pipeline.exchange_complete(&rec);
+        acks.push(ctx.svc.pipeline.exchange_complete(&rec));
     }
+    record_denial(ctx, acks).await;
     warn!(
         event = "authn_failed",
         service = %ctx.svc.cfg.name,
@@ -1435,7 +1605,7 @@ async fn filtered_list_response(
         Err(e) => {
             for (_, mut p) in pending.drain() {
                 p.rec.outcome = "upstream_error".into();
-                finish(&ctx.svc.pipeline, p);
+                let _ = finish(&ctx.svc.pipeline, p);
             }
             return upstream_failed(ctx, &format!("reading a list response: {e}"));
         }
@@ -1514,7 +1684,7 @@ async fn filtered_list_response(
                 Err(e) => {
                     for (_, mut p) in pending.drain() {
                         p.rec.outcome = "upstream_error".into();
-                        finish(&ctx.svc.pipeline, p);
+                        let _ = finish(&ctx.svc.pipeline, p);
                     }
                     return upstream_failed(ctx, &format!("redacting a list response: {e}"));
                 }
@@ -1522,6 +1692,7 @@ async fn filtered_list_response(
         }
     };
     let len = out.len() as u64;
+    let mut acks = Vec::new();
     let digest = hex::encode(Sha256::digest(&out));
     for (_, mut p) in pending.drain() {
         p.rec.http_status = status;
@@ -1531,7 +1702,10 @@ async fn filtered_list_response(
         if p.rec.outcome.is_empty() {
             p.rec.outcome = "incomplete".into();
         }
-        finish(&ctx.svc.pipeline, p);
+        acks.push(finish(&ctx.svc.pipeline, p));
+    }
+    if let Err(e) = durable(acks).await {
+        return audit_failed_response(ctx, &e);
     }
     if removed > 0 {
         debug!(service = %ctx.svc.cfg.name, removed, "list filtered by policy");
@@ -1557,9 +1731,13 @@ enum End {
     Dropped,
 }
 
+/// Acknowledgements of the audit records an observed frame completed: the frame is released
+/// only once they are durable.
+type Acks = Vec<crate::audit::Ack>;
+
 trait Observer: Send {
-    fn data(&mut self, chunk: &Bytes);
-    fn end(&mut self, how: End);
+    fn data(&mut self, chunk: &Bytes) -> Acks;
+    fn end(&mut self, how: End) -> Acks;
     /// Where the redaction of this response reports what it masked.
     fn set_evidence(&mut self, evidence: crate::redact::stream::Evidence);
 }
@@ -1578,12 +1756,19 @@ fn apply_evidence(rec: &mut ExchangeRecord, evidence: &Option<crate::redact::str
 }
 
 /// A response body that lets an observer see every data frame it forwards.
+///
+/// A frame that completes an exchange (or the end of the body, when that is what completes
+/// it) is held back until the exchange's audit record is durable; if that record cannot be
+/// written the body ends with an error instead, so the caller never gets a complete response
+/// that is not recorded.
 struct Observed<B: http_body::Body = Incoming> {
     inner: B,
     observer: Option<Box<dyn Observer>>,
     /// The body's announced length, when it has one.
     expected: Option<u64>,
     seen: u64,
+    /// A frame (`None`: the end of the body) waiting for its records to be durable.
+    held: Option<(Option<Frame<Bytes>>, Acks)>,
 }
 
 impl<B: http_body::Body> Observed<B> {
@@ -1593,6 +1778,7 @@ impl<B: http_body::Body> Observed<B> {
             inner,
             observer: Some(observer),
             seen: 0,
+            held: None,
         }
     }
 
@@ -1616,43 +1802,87 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Some(Ok(frame))) => {
-                if let (Some(data), Some(o)) = (frame.data_ref(), this.observer.as_mut()) {
-                    this.seen += data.len() as u64;
-                    o.data(data);
+        loop {
+            if let Some((_, acks)) = this.held.as_mut() {
+                while let Some(a) = acks.last_mut() {
+                    match Pin::new(a).poll(cx) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(Ok(Ok(_))) => {
+                            acks.pop();
+                        }
+                        Poll::Ready(Ok(Err(e))) => {
+                            this.held = None;
+                            this.observer = None;
+                            return Poll::Ready(Some(Err(withheld(e))));
+                        }
+                        Poll::Ready(Err(_)) => {
+                            this.held = None;
+                            this.observer = None;
+                            return Poll::Ready(Some(Err(withheld(crate::audit::AuditError(
+                                "audit writer stopped".into(),
+                            )))));
+                        }
+                    }
                 }
-                // hyper stops polling once the body says it has ended; finish here then.
-                if this.finished()
-                    && let Some(mut o) = this.observer.take()
-                {
-                    o.end(End::Complete);
-                }
-                Poll::Ready(Some(Ok(frame)))
+                let frame = this.held.take().and_then(|(f, _)| f);
+                return Poll::Ready(frame.map(Ok));
             }
-            Poll::Ready(Some(Err(e))) => {
-                if let Some(mut o) = this.observer.take() {
-                    o.end(End::Error);
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(frame))) => {
+                    let mut acks = Acks::new();
+                    if let (Some(data), Some(o)) = (frame.data_ref(), this.observer.as_mut()) {
+                        this.seen += data.len() as u64;
+                        acks = o.data(data);
+                    }
+                    // hyper stops polling once the body says it has ended; finish here then.
+                    if this.finished()
+                        && let Some(mut o) = this.observer.take()
+                    {
+                        acks.extend(o.end(End::Complete));
+                    }
+                    if acks.is_empty() {
+                        return Poll::Ready(Some(Ok(frame)));
+                    }
+                    this.held = Some((Some(frame), acks));
                 }
-                Poll::Ready(Some(Err(e.into())))
-            }
-            Poll::Ready(None) => {
-                if let Some(mut o) = this.observer.take() {
-                    o.end(End::Complete);
+                Poll::Ready(Some(Err(e))) => {
+                    if let Some(mut o) = this.observer.take() {
+                        o.end(End::Error);
+                    }
+                    return Poll::Ready(Some(Err(e.into())));
                 }
-                Poll::Ready(None)
+                Poll::Ready(None) => {
+                    let acks = match this.observer.take() {
+                        Some(mut o) => o.end(End::Complete),
+                        None => Acks::new(),
+                    };
+                    if acks.is_empty() {
+                        return Poll::Ready(None);
+                    }
+                    this.held = Some((None, acks));
+                }
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.held.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
     }
+}
+
+fn withheld(e: crate::audit::AuditError) -> BoxError {
+    tracing::error!(
+        event = "audit_unavailable",
+        side = "internal",
+        error = %e,
+        "response cut before its end: its exchange could not be recorded in the audit log"
+    );
+    Box::new(e)
 }
 
 impl<B: http_body::Body> Drop for Observed<B> {
@@ -1726,12 +1956,14 @@ impl Observer for JsonObserver {
     fn set_evidence(&mut self, evidence: crate::redact::stream::Evidence) {
         self.evidence = Some(evidence);
     }
-    fn data(&mut self, chunk: &Bytes) {
+    fn data(&mut self, chunk: &Bytes) -> Acks {
         self.bytes += chunk.len() as u64;
         self.scanner.push(chunk);
         self.seen.update(chunk);
+        Acks::new()
     }
-    fn end(&mut self, how: End) {
+    fn end(&mut self, how: End) -> Acks {
+        let mut acks = Acks::new();
         let summary = self.scanner.summary();
         let single = self.pending.len() == 1;
         let seen = std::mem::replace(&mut self.seen, ResponseDigest::new(0));
@@ -1755,8 +1987,9 @@ impl Observer for JsonObserver {
                 End::Dropped => "client_gone".into(),
             };
             apply_evidence(&mut p.rec, &self.evidence);
-            finish(&self.pipeline, p);
+            acks.extend(finish(&self.pipeline, p));
         }
+        acks
     }
 }
 
@@ -1776,6 +2009,8 @@ struct SseObserver {
     tokens: mcp::SseTokenizer,
     event: SseEventState,
     notifications: u32,
+    /// Acknowledgements of exchanges completed by the frame being observed.
+    acks: Acks,
 }
 
 /// What is known of the event being read.
@@ -1823,6 +2058,7 @@ impl SseObserver {
             tokens: mcp::SseTokenizer::new(),
             event: SseEventState::new(excerpt),
             notifications: 0,
+            acks: Acks::new(),
         }
     }
 
@@ -1888,7 +2124,7 @@ impl SseObserver {
             }
             apply_evidence(&mut p.rec, &self.evidence);
             self.svc.pipeline.response_event(&p.rec, msg);
-            finish(&self.svc.pipeline, p);
+            self.acks.extend(finish(&self.svc.pipeline, p));
         }
     }
 }
@@ -1897,7 +2133,7 @@ impl Observer for SseObserver {
     fn set_evidence(&mut self, evidence: crate::redact::stream::Evidence) {
         self.evidence = Some(evidence);
     }
-    fn data(&mut self, chunk: &Bytes) {
+    fn data(&mut self, chunk: &Bytes) -> Acks {
         let mut done: Vec<SseEventState> = Vec::new();
         let excerpt = excerpt_len(&self.svc);
         let event = &mut self.event;
@@ -1921,15 +2157,17 @@ impl Observer for SseObserver {
         for ev in done {
             self.on_event(ev);
         }
+        std::mem::take(&mut self.acks)
     }
-    fn end(&mut self, how: End) {
+    fn end(&mut self, how: End) -> Acks {
+        let mut acks = std::mem::take(&mut self.acks);
         for (_, mut p) in self.pending.drain() {
             p.rec.outcome = match how {
                 End::Dropped => "client_gone".into(),
                 End::Error => "upstream_error".into(),
                 End::Complete => "incomplete".into(),
             };
-            finish(&self.svc.pipeline, p);
+            acks.extend(finish(&self.svc.pipeline, p));
         }
         if let Some(session) = self.legacy.as_ref().and_then(|l| l.session.clone()) {
             let mut reg = self
@@ -1948,8 +2186,9 @@ impl Observer for SseObserver {
             drop(reg);
             for mut p in left {
                 p.rec.outcome = "incomplete".into();
-                finish(&self.svc.pipeline, p);
+                acks.extend(finish(&self.svc.pipeline, p));
             }
         }
+        acks
     }
 }

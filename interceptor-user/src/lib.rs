@@ -6,6 +6,7 @@
 //! - [`mcp`]: JSON-RPC/MCP message parsing, revisions, header checks, SSE framing.
 //! - [`http`]: HTTP/1.1 and HTTP/2 toward callers and servers, limits, MCP transports.
 //! - [`redact`]: one-pass DFA detection and masking of personal data, JSON-aware, streaming.
+//! - [`audit`]: the tamper-evident audit log (SQLite, Merkle tree, signed checkpoints).
 //! - [`pipeline`]: the exchange phases later capabilities plug into, and exchange records.
 //! - [`net`]: listeners, accepted connections, original destination, upstream, relay.
 //! - [`identity`]: who the caller is (process, user, cgroup/unit, peer address).
@@ -24,6 +25,7 @@
 #![deny(unsafe_code)]
 
 pub mod agent;
+pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod config;

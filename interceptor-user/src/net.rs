@@ -96,6 +96,8 @@ pub struct DataPath {
     pub mcp: Vec<Option<Arc<McpService>>>,
     /// Identity and policy, when any service requires authentication.
     pub auth: Option<Arc<crate::auth::Auth>>,
+    /// The audit log (None when `audit.enabled = false`).
+    pub audit: Option<Arc<crate::audit::Audit>>,
 }
 
 impl DataPath {
@@ -109,9 +111,11 @@ impl DataPath {
     ) -> Result<Self> {
         let services: Vec<Arc<ServiceConfig>> =
             config.services.iter().cloned().map(Arc::new).collect();
+        let audit = pipeline.audit().cloned();
         let mut mcp = Vec::with_capacity(services.len());
         // Request parameters are redacted before any log or record, on every MCP service: a
         // service without its own `[services.redact]` uses the built-in detectors for that.
+        // The pseudonym key is the one in force in the key ring (newest), loaded once.
         let mut key = None;
         let mut builtin = None;
         for s in &services {
@@ -119,7 +123,7 @@ impl DataPath {
                 ServiceMode::Tcp => None,
                 ServiceMode::Mcp => {
                     if key.is_none() {
-                        key = Some(pseudonym_key(&config.agent.pseudonym_key_file)?);
+                        key = Some(PseudonymKey::new(load_pseudonym_key(&config.agent)?.1));
                     }
                     let key = key.clone().unwrap_or_else(|| unreachable!());
                     let (responses, records) = match &s.redact {
@@ -148,6 +152,7 @@ impl DataPath {
         Ok(DataPath {
             mcp,
             auth,
+            audit,
             listen_port: config.agent.listen_port,
             config,
             kernel,
@@ -210,11 +215,12 @@ impl DataPath {
     }
 }
 
-/// The agent's pseudonym key (created on first use).
-fn pseudonym_key(key_file: &std::path::Path) -> Result<PseudonymKey> {
-    let key = crate::redact::load_or_create_key(key_file)
-        .with_context(|| format!("agent.pseudonym_key_file {}", key_file.display()))?;
-    Ok(PseudonymKey::new(key))
+/// The pseudonym key in force: id and key (the ring's first key is created when empty).
+pub fn load_pseudonym_key(agent: &crate::config::AgentSettings) -> Result<(String, [u8; 32])> {
+    let dir = agent.pseudonym_keys();
+    crate::audit::keys::KeyRing::new(&dir)
+        .current_or_create()
+        .with_context(|| format!("agent.pseudonym_key_dir {}", dir.display()))
 }
 
 /// Connects to the real server with the agent's socket mark, so the kernel neither redirects
@@ -303,20 +309,45 @@ pub async fn serve_connection(
         Ok(i) => i,
         Err(e) => {
             warn!(event = "conn_rejected", %peer, %local, side = ?e.side, error = %e, "closing connection");
+            if let Some(a) = &dp.audit {
+                a.record(crate::audit::AuditEvent::new(
+                    "conn_rejected",
+                    serde_json::json!({"peer": peer.to_string(), "local": local.to_string(), "error": e.to_string()}),
+                ));
+            }
             return;
         }
     };
     log_open(&info);
+    // The connection is recorded before a byte of it is served. A tcp service relays bytes
+    // nobody inspects, so it is closed when that fails; on an MCP service every request is
+    // recorded (or refused with a clear error) on its own.
+    if let Some(a) = &dp.audit
+        && let Err(e) = a
+            .append(crate::audit::AuditEvent::new(
+                "conn_open",
+                conn_json(&info, None),
+            ))
+            .await
+    {
+        tracing::error!(event = "audit_unavailable", conn_id = info.id, service = %info.service.name, side = "internal", error = %e, "the connection could not be recorded in the audit log");
+        if info.service.mode == ServiceMode::Tcp {
+            log_close(&info, 0, 0, "refused: audit log unavailable");
+            return;
+        }
+    }
     let _ = client.set_nodelay(true);
     if let Some(svc) = dp.mcp.get(info.service_idx as usize).cloned().flatten() {
         let (up, down, reason) = crate::http::serve(svc, info.clone(), client, hard_stop).await;
         log_close(&info, up, down, &reason);
+        record_close(&dp, &info, up, down, &reason);
         return;
     }
     let upstream = match dp.connect_upstream(info.orig_dst).await {
         Ok(u) => u,
         Err(e) => {
             log_close(&info, 0, 0, &e.to_string());
+            record_close(&dp, &info, 0, 0, &e.to_string());
             return;
         }
     };
@@ -331,6 +362,42 @@ pub async fn serve_connection(
         _ = wait_true(&mut hard_stop) => (0, 0, "agent shutdown: grace period over".to_string()),
     };
     log_close(&info, up, down, &reason);
+    record_close(&dp, &info, up, down, &reason);
+}
+
+/// A connection as the audit log records it (open, and close with its byte counts).
+fn conn_json(i: &ConnInfo, close: Option<(u64, u64, &str)>) -> serde_json::Value {
+    let p = i.caller.process();
+    let mut v = serde_json::json!({
+        "service": i.service.name,
+        "conn_id": i.id,
+        "orig_dst": i.orig_dst.to_string(),
+        "caller_kind": i.caller.kind(),
+        "peer": i.caller.peer().to_string(),
+        "tgid": p.map(|p| p.tgid),
+        "pid": p.map(|p| p.pid),
+        "uid": p.map(|p| p.uid),
+        "gid": p.map(|p| p.gid),
+        "comm": p.map(|p| p.comm.clone()),
+        "cgroup": p.and_then(|p| p.cgroup.clone()),
+        "unit": p.and_then(|p| p.unit.clone()),
+    });
+    if let Some((up, down, reason)) = close {
+        v["bytes_to_server"] = up.into();
+        v["bytes_to_client"] = down.into();
+        v["duration_ms"] = (i.accepted_at.elapsed().as_millis() as u64).into();
+        v["close_reason"] = reason.into();
+    }
+    v
+}
+
+fn record_close(dp: &DataPath, i: &ConnInfo, up: u64, down: u64, reason: &str) {
+    if let Some(a) = &dp.audit {
+        a.record(crate::audit::AuditEvent::new(
+            "conn_close",
+            conn_json(i, Some((up, down, reason))),
+        ));
+    }
 }
 
 async fn wait_true(rx: &mut watch::Receiver<bool>) {

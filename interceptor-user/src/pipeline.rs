@@ -125,6 +125,10 @@ pub struct ExchangeRecord {
     #[serde(with = "unix_ms")]
     pub started: SystemTime,
     pub duration_ms: u64,
+    /// Sequence number of this exchange's `request` record in the audit log (the final record
+    /// links to it as `request_seq`).
+    #[serde(skip)]
+    pub request_record: Option<u64>,
 }
 
 mod unix_ms {
@@ -160,6 +164,8 @@ pub trait Phase: Send + Sync {
 #[derive(Clone, Default)]
 pub struct Pipeline {
     phases: Vec<Arc<dyn Phase>>,
+    /// The audit log, when enabled: exchanges are recorded durably through it.
+    audit: Option<Arc<crate::audit::Audit>>,
 }
 
 impl Pipeline {
@@ -169,6 +175,24 @@ impl Pipeline {
     pub fn with(mut self, phase: Arc<dyn Phase>) -> Self {
         self.phases.push(phase);
         self
+    }
+    pub fn with_audit(mut self, audit: Option<Arc<crate::audit::Audit>>) -> Self {
+        self.audit = audit;
+        self
+    }
+    /// The audit log, for modules that record events of their own (approvals, reloads):
+    /// `pipeline.audit().map(|a| a.submit(AuditEvent::new("approval", json)))`.
+    pub fn audit(&self) -> Option<&Arc<crate::audit::Audit>> {
+        self.audit.as_ref()
+    }
+    /// Records that a request is about to be forwarded. `None` when there is no audit log;
+    /// otherwise the request may only go upstream once the acknowledgement says it is durable.
+    pub fn record_request(&self, rec: &ExchangeRecord) -> Option<crate::audit::Ack> {
+        let audit = self.audit.as_ref()?;
+        Some(match audit.exchange_entry(rec, None, "request") {
+            Ok(e) => audit.submit_entry(e),
+            Err(e) => failed(e),
+        })
     }
     pub fn connection_accepted(&self, conn: &ConnInfo) -> Decision {
         self.first_denial(|p| p.connection_accepted(conn))
@@ -186,10 +210,20 @@ impl Pipeline {
             p.response_event(rec, msg);
         }
     }
-    pub fn exchange_complete(&self, rec: &ExchangeRecord) {
+    /// The exchange is over: every phase sees the final record, and the audit log records it.
+    /// The acknowledgement says when that record is durable: the response's last bytes wait
+    /// for it.
+    pub fn exchange_complete(&self, rec: &ExchangeRecord) -> Option<crate::audit::Ack> {
         for p in &self.phases {
             p.exchange_complete(rec);
         }
+        let audit = self.audit.as_ref()?;
+        Some(
+            match audit.exchange_entry(rec, rec.request_record, "exchange") {
+                Ok(e) => audit.submit_entry(e),
+                Err(e) => failed(e),
+            },
+        )
     }
     fn first_denial(&self, f: impl Fn(&dyn Phase) -> Decision) -> Decision {
         for p in &self.phases {
@@ -210,6 +244,27 @@ impl Pipeline {
         }
         Decision::Continue
     }
+}
+
+fn failed(e: crate::audit::AuditError) -> crate::audit::Ack {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let _ = tx.send(Err(e));
+    rx
+}
+
+/// Waits until every record is durable; the first failure wins.
+pub async fn durable(
+    acks: impl IntoIterator<Item = Option<crate::audit::Ack>>,
+) -> Result<Vec<u64>, crate::audit::AuditError> {
+    let mut out = Vec::new();
+    for a in acks.into_iter().flatten() {
+        match a.await {
+            Ok(Ok(s)) => out.push(s),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(crate::audit::AuditError("audit writer stopped".into())),
+        }
+    }
+    Ok(out)
 }
 
 /// Writes one structured log line per completed exchange.

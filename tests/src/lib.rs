@@ -625,11 +625,15 @@ pub struct AgentConfig {
     pub runtime_dir: PathBuf,
     pub grace_period_ms: u64,
     pub connect_timeout_ms: u64,
-    /// The agent's pseudonym key (inside the node's directory, never the host's default).
-    pub pseudonym_key_file: PathBuf,
     pub services: Vec<ServiceCfg>,
     /// Raw TOML appended to the `[agent]` table (for negative tests).
     pub extra_agent_toml: String,
+    /// The agent's state directory (audit database, pseudonym keys).
+    pub state_dir: PathBuf,
+    /// Raw TOML for the `[audit]` table (its `signing_key` is set to a file in the node).
+    pub audit_toml: String,
+    /// The audit signing key file.
+    pub audit_key: PathBuf,
     /// Where [`Node::write_config`] writes it.
     pub path: PathBuf,
 }
@@ -682,8 +686,14 @@ impl AgentConfig {
         let _ = writeln!(s, "grace_period_ms = {}", self.grace_period_ms);
         let _ = writeln!(s, "connect_timeout_ms = {}", self.connect_timeout_ms);
         s.push_str("log_format = \"json\"\n");
-        let _ = writeln!(s, "pseudonym_key_file = {}", p(&self.pseudonym_key_file));
+        let _ = writeln!(s, "state_dir = {}", p(&self.state_dir));
         s.push_str(&self.extra_agent_toml);
+        if !s.ends_with('\n') {
+            s.push('\n');
+        }
+        s.push_str("\n[audit]\n");
+        let _ = writeln!(s, "signing_key = {}", p(&self.audit_key));
+        s.push_str(&self.audit_toml);
         if !s.ends_with('\n') {
             s.push('\n');
         }
@@ -927,9 +937,11 @@ impl Node {
             runtime_dir: self.dir.join("run"),
             grace_period_ms: 3000,
             connect_timeout_ms: 2000,
-            pseudonym_key_file: self.dir.join("pseudonym.key"),
             services: Vec::new(),
             extra_agent_toml: String::new(),
+            state_dir: self.dir.join("state"),
+            audit_toml: String::new(),
+            audit_key: self.dir.join("keys/audit-signing.key"),
             path: self.dir.join("agent.toml"),
         }
     }

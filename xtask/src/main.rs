@@ -1,7 +1,8 @@
 //! Project tasks: `cargo xtask vm-test` (the service in a VM, see `vm.rs`), `cargo xtask deb`,
 //! `cargo xtask bench` (L4 benchmark against a direct connection) and
 //! `cargo xtask bench-mcp` (the MCP-aware data path: see `mcp.rs`) and `cargo xtask bench-auth`
-//! (identity and policy per request: see `auth.rs`).
+//! (identity and policy per request: see `auth.rs`) and `cargo xtask bench-audit` (the durable
+//! audit log per exchange: see `audit.rs`).
 //!
 //! The benchmark builds a fake node out of network namespaces (a server host and a client
 //! host joined by veth), runs a small echo/sink server on two ports of the server host, and
@@ -22,6 +23,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod audit;
 mod auth;
 mod load;
 mod mcp;
@@ -62,6 +64,10 @@ enum Cmd {
     VmTest(vm::VmArgs),
     /// Build the Debian package (release) into target/debian/.
     Deb,
+    /// Cost of the durable audit log per exchange: tools/call through the same agent with
+    /// `audit.enabled = false` and with the audit log (restarted between runs); c=1 p50/p99,
+    /// RPS at concurrency 32, the ratio; the log written under load is verified at the end.
+    BenchAudit(audit::AuditArgs),
     /// (internal) MCP load generator used by bench-mcp and bench-auth; prints one JSON line.
     BenchMcpClient {
         #[arg(long)]
@@ -140,6 +146,7 @@ fn main() -> Result<()> {
             println!("{}", deb.display());
             Ok(())
         }
+        Cmd::BenchAudit(args) => audit::bench_audit(args),
         Cmd::BenchMcpClient {
             addr,
             mode,

@@ -175,16 +175,25 @@ impl Node {
     /// Writes the agent configuration: the `[agent]` table for this node plus `services`
     /// (TOML `[[services]]` tables).
     pub fn write_agent_config(&mut self, services: &str) -> Result<PathBuf> {
+        self.write_agent_config_with(services, "")
+    }
+
+    /// Like [`Node::write_agent_config`], with extra keys for the `[audit]` table (the audit
+    /// log lives in the node's directory: `state/audit.db`, key `keys/audit-signing.key`).
+    pub fn write_agent_config_with(&mut self, services: &str, audit: &str) -> Result<PathBuf> {
         let cfg = self.dir.join("agent.toml");
         std::fs::write(
             &cfg,
             format!(
                 "[agent]\ninstance = \"{id}\"\nbpffs = \"{b}\"\ncgroup2 = \"{c}\"\nruntime_dir = \"{r}\"\n\
-                 log_format = \"json\"\nlisten_port = 15001\n{services}",
+                 log_format = \"json\"\nlisten_port = 15001\nstate_dir = \"{st}\"\n\
+                 [audit]\nsigning_key = \"{k}\"\n{audit}\n{services}",
                 id = self.id,
                 b = self.dir.join("bpf").display(),
                 c = self.dir.join("cg2").display(),
                 r = self.dir.join("run").display(),
+                st = self.dir.join("state").display(),
+                k = self.dir.join("keys/audit-signing.key").display(),
             ),
         )?;
         self.agent_cfg = Some(cfg.clone());

@@ -615,7 +615,7 @@ fn guest_config(oidc_port: u16) -> String {
 instance = "default"
 log_format = "journal"
 runtime_dir = "/run/interceptor"
-pseudonym_key_file = "/var/lib/interceptor/pseudonym.key"
+state_dir = "/var/lib/interceptor"
 grace_period_ms = 2000
 
 [auth]

@@ -1158,6 +1158,41 @@ fn entity_of(detectors: &[Detector], dets: &[u32]) -> String {
         .map_or_else(String::new, |d| d.entity.to_string())
 }
 
+impl Engine {
+    /// The pseudonyms `value` would get with this engine's key: one per entity type (the value
+    /// normalised the way that type's values are), plus those of the values the detectors
+    /// find in it. The audit log's data-subject search matches these (`ENTITY:hex`).
+    pub fn pseudonyms_of(&self, value: &str) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .inner
+            .detectors
+            .iter()
+            .map(|d| {
+                format!(
+                    "{}:{}",
+                    d.entity,
+                    self.inner
+                        .key
+                        .pseudonym(&d.entity, &d.check.normalize(value))
+                )
+            })
+            .collect();
+        let everything = MaskView {
+            default_mask: MaskMode::Pseudonymize,
+            ..Default::default()
+        };
+        let (_, ev) = self.redact_cow(value, &everything);
+        out.extend(
+            ev.findings
+                .into_iter()
+                .map(|f| format!("{}:{}", f.entity, f.pseudonym)),
+        );
+        out.sort();
+        out.dedup();
+        out
+    }
+}
+
 impl TextRedactor for Engine {
     fn max_match_len(&self) -> usize {
         self.inner.max_len
