@@ -30,6 +30,8 @@ pub const TMPFILES: &str = include_str!("../../packaging/tmpfiles.d/interceptor.
 pub const SERVICE_ACCOUNT: &str = "interceptor";
 pub const CONFIG_PATH: &str = "/etc/interceptor/interceptor.toml";
 pub const STATE_DIR: &str = "/var/lib/interceptor";
+/// The default `audit.signing_key`.
+pub const SIGNING_KEY: &str = "/etc/interceptor/audit-signing.key";
 
 /// The unit file for a binary at `bin` reading `config`.
 pub fn render_unit(bin: &Path, config: &Path) -> String {
@@ -138,6 +140,16 @@ pub fn install(opts: &InstallOptions) -> Result<Report> {
         write_file(&config, CONFIG_SKELETON.as_bytes(), 0o640)?;
         report.push(format!("installed the skeleton {}", config.display()));
     }
+    // The checkpoint signing key lives in /etc, which the service cannot write
+    // (ProtectSystem=strict): it is made here, once, and kept across reinstalls.
+    let key = under(root, SIGNING_KEY);
+    let (created, _) = crate::audit::init_signing_key(&key, &crate::audit::default_key_name())?;
+    report.push(format!(
+        "{} the audit signing key {} (public key: {})",
+        if created { "created" } else { "kept" },
+        key.display(),
+        crate::audit::public_key_path(&key).display()
+    ));
     if opts.activate {
         // The account first, so tmpfiles can hand the directories to its group.
         run(&mut report, "systemd-sysusers", &["interceptor.conf"])?;
@@ -453,10 +465,19 @@ mod tests {
             .collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");
 
-        // A second install keeps an edited configuration.
+        // The signing key is made at install time (the service cannot write /etc).
+        let key = root.join("etc/interceptor/audit-signing.key");
+        assert_eq!(mode(&key), 0o600);
+        let key_text = std::fs::read_to_string(&key).unwrap();
+        let public = std::fs::read_to_string(root.join("etc/interceptor/audit-signing.key.pub"))
+            .unwrap();
+        assert!(public.contains("/interceptor+"), "{public}");
+
+        // A second install keeps an edited configuration and the key.
         std::fs::write(&cfg, "# edited\n").unwrap();
         let r = install(&opts).unwrap();
         assert_eq!(std::fs::read_to_string(&cfg).unwrap(), "# edited\n");
+        assert_eq!(std::fs::read_to_string(&key).unwrap(), key_text);
         assert!(
             r.iter().any(|l| l.starts_with("kept the existing")),
             "{r:?}"

@@ -1061,9 +1061,30 @@ fn guest_checks(
         })(),
     );
 
-    // TODO(audit): when `interceptor audit verify` lands (audit store, another branch), add here:
-    //   c.result("audit log verifies", vm.sh(&format!("{bin} audit verify")).map(|_| String::new()));
-    // and assert the number of audited exchanges equals the exchange records counted above.
+    // --- the audit log, after restarts, kill -9 and a hang: verifies offline, misses nothing ---
+    c.result(
+        "audit log verifies offline and holds every journalled exchange",
+        (|| {
+            let verdict = vm.sh(&format!(
+                "{bin} audit verify --pubkey /etc/interceptor/audit-signing.key.pub 2>&1"
+            ))?;
+            let audited: usize = vm
+                .sh(&format!(
+                    "{bin} audit tail -n 1000000 --json | grep -c '\"kind\":\"exchange\"' || true"
+                ))?
+                .trim()
+                .parse()
+                .context("counting audited exchanges")?;
+            let journalled = vm.journal("interceptor", "EVENT=exchange")?.len();
+            if audited == 0 || audited < journalled {
+                bail!("{audited} exchanges audited, {journalled} in the journal");
+            }
+            Ok(format!(
+                "{audited} exchanges audited ({journalled} journalled); {}",
+                verdict.lines().last().unwrap_or("")
+            ))
+        })(),
+    );
 
     // --- uninstall: the service goes, the pins stay (fail closed) ---
     c.result("uninstall removes the service; pinned programs keep the port closed", (|| {

@@ -38,6 +38,15 @@ pub enum AuditCommand {
         #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
+    /// Create the checkpoint signing key if it is missing (installation does this) and write
+    /// its public key to `<key>.pub`. Needs no configuration.
+    InitKey {
+        #[arg(long, default_value = "/etc/interceptor/audit-signing.key")]
+        key: PathBuf,
+        /// Key name in signed notes (default `<hostname>/interceptor`).
+        #[arg(long)]
+        name: Option<String>,
+    },
     /// Print (or write) the public key auditors verify checkpoints with.
     Pubkey {
         #[arg(long)]
@@ -285,6 +294,17 @@ pub fn run(cmd: AuditCommand) -> Result<ExitCode> {
             } else {
                 ExitCode::from(1)
             })
+        }
+        AuditCommand::InitKey { key, name } => {
+            let name = name.unwrap_or_else(super::default_key_name);
+            let (created, public) = super::init_signing_key(&key, &name)?;
+            println!(
+                "{} {}; public key in {}:\n{public}",
+                if created { "created" } else { "kept the existing" },
+                key.display(),
+                super::public_key_path(&key).display()
+            );
+            Ok(ExitCode::SUCCESS)
         }
         AuditCommand::Pubkey { out, config } => {
             let cfg = load(&config)?;

@@ -97,6 +97,39 @@ impl AuditEvent {
 
 /// The policy in force, as the Art. 30 export needs it later: version, files, and each
 /// grant's service, role, purpose, lawful basis and categories of data subjects.
+/// Where the checkpoint signing key's public half is written: `<key file>.pub`
+/// (`audit-signing.key` → `audit-signing.key.pub`).
+pub fn public_key_path(key: &std::path::Path) -> std::path::PathBuf {
+    let mut p = key.as_os_str().to_owned();
+    p.push(".pub");
+    p.into()
+}
+
+/// Creates the checkpoint signing key when it is missing (mode 0600) and (re)writes its public
+/// key beside it (0644). Installation does this, so a service whose `/etc` is read-only
+/// (`ProtectSystem=strict`) never has to. Returns whether a key was created, and the public key.
+pub fn init_signing_key(key: &std::path::Path, name: &str) -> anyhow::Result<(bool, String)> {
+    use anyhow::Context as _;
+    let existed = key.exists();
+    let signer = note::Signer::load_or_create(key, name)
+        .with_context(|| format!("audit signing key {}", key.display()))?;
+    let public = signer.verifier().text();
+    let pub_path = public_key_path(key);
+    std::fs::write(&pub_path, format!("{public}\n"))
+        .with_context(|| format!("writing {}", pub_path.display()))?;
+    Ok((!existed, public))
+}
+
+/// The key name a fresh installation signs with: `<hostname>/interceptor`.
+pub fn default_key_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    format!("{host}/interceptor")
+}
+
 pub fn policy_event(policy: &crate::policy::PolicySet, why: &str) -> AuditEvent {
     AuditEvent::new(
         "policy",
