@@ -68,6 +68,8 @@ mod detectors;
 mod validate;
 
 #[cfg(test)]
+mod accuracy;
+#[cfg(test)]
 mod corpus;
 #[cfg(test)]
 mod tests;
