@@ -1,10 +1,12 @@
 //! Fuzzes the streaming JSON redactor: arbitrary bytes never panic; chunking never changes the
-//! result; when the input parses as JSON, the output parses too and no match of the test
-//! redactor survives in any string value.
+//! result; when the input parses as JSON, the output parses too, equals redacting the parsed
+//! document value by value (`redact_value`, same labels), and no match of the test redactor
+//! survives in any string value, under its key.
 //!
 //! Run: `cd fuzz && cargo +nightly fuzz run redact_json`.
 #![no_main]
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
@@ -22,16 +24,26 @@ pub struct Finding {
 pub trait TextRedactor: Send + Sync {
     fn max_match_len(&self) -> usize;
     fn redact(&self, text: &str) -> (String, Vec<Finding>);
+    fn redact_labelled<'t>(
+        &self,
+        label: Option<&str>,
+        text: &'t str,
+    ) -> (Cow<'t, str>, Vec<Finding>) {
+        let _ = label;
+        let (out, findings) = self.redact(text);
+        (Cow::Owned(out), findings)
+    }
 }
 
 #[allow(dead_code)]
 #[path = "../../interceptor-user/src/redact/json.rs"]
 mod json;
 
-use json::{JsonLimits, JsonRedactor};
+use json::{JsonLimits, JsonRedactor, key_label, redact_value};
 
 /// Masks every maximal run of email-ish characters that holds an `@` and is at most `max`
-/// bytes long (the same as the unit tests' redactor).
+/// bytes long, and under a label containing `pin` a run of 3 or more digits starting within
+/// the first 6 bytes (the same as the unit tests' redactor).
 struct TestRedactor {
     max: usize,
 }
@@ -45,6 +57,15 @@ impl TextRedactor for TestRedactor {
         self.max
     }
     fn redact(&self, text: &str) -> (String, Vec<Finding>) {
+        let (out, f) = self.redact_labelled(None, text);
+        (out.into_owned(), f)
+    }
+    fn redact_labelled<'t>(
+        &self,
+        label: Option<&str>,
+        text: &'t str,
+    ) -> (Cow<'t, str>, Vec<Finding>) {
+        let pin = label.is_some_and(|l| l.to_lowercase().contains("pin"));
         let mut out = String::with_capacity(text.len());
         let mut findings = Vec::new();
         let mut rest = text;
@@ -54,10 +75,21 @@ impl TextRedactor for TestRedactor {
             rest = &rest[start..];
             let end = rest.find(|c| !email_char(c)).unwrap_or(rest.len());
             let token = &rest[..end];
+            let at = text.len() - rest.len();
             if token.contains('@') && token.len() <= self.max {
                 out.push_str("[EMAIL]");
                 findings.push(Finding {
                     entity: "EMAIL".into(),
+                    pseudonym: String::new(),
+                });
+            } else if pin
+                && at < 6
+                && (3..=self.max).contains(&token.len())
+                && token.bytes().all(|b| b.is_ascii_digit())
+            {
+                out.push_str("[PIN]");
+                findings.push(Finding {
+                    entity: "PIN".into(),
                     pseudonym: String::new(),
                 });
             } else {
@@ -65,7 +97,11 @@ impl TextRedactor for TestRedactor {
             }
             rest = &rest[end..];
         }
-        (out, findings)
+        if out == text {
+            (Cow::Borrowed(text), findings)
+        } else {
+            (Cow::Owned(out), findings)
+        }
     }
 }
 
@@ -89,17 +125,20 @@ fn run(
 }
 
 fn assert_clean(v: &Value, r: &dyn TextRedactor, keys: bool) {
-    let mut stack = vec![v];
-    while let Some(v) = stack.pop() {
+    let mut stack: Vec<(&Value, Option<&str>)> = vec![(v, None)];
+    while let Some((v, label)) = stack.pop() {
         match v {
-            Value::String(s) => assert!(r.redact(s).1.is_empty(), "match survived in {s:?}"),
-            Value::Array(a) => stack.extend(a.iter()),
+            Value::String(s) => assert!(
+                r.redact_labelled(label, s).1.is_empty(),
+                "match survived in {s:?} under {label:?}"
+            ),
+            Value::Array(a) => stack.extend(a.iter().map(|x| (x, label))),
             Value::Object(m) => {
                 for (k, x) in m {
                     if keys {
                         assert!(r.redact(k).1.is_empty(), "match survived in key {k:?}");
                     }
-                    stack.push(x);
+                    stack.push((x, key_label(k)));
                 }
             }
             _ => {}
@@ -131,9 +170,13 @@ fuzz_target!(|input: &[u8]| {
     let whole = run(&r, limits, keys, data, data.len());
     let chunked = run(&r, limits, keys, data, chunk);
     assert_eq!(whole, chunked, "chunking changed the result");
-    if serde_json::from_slice::<Value>(data).is_ok() {
+    if let Ok(mut reference) = serde_json::from_slice::<Value>(data) {
         let out = whole.expect("valid JSON must be accepted");
         let parsed: Value = serde_json::from_slice(&out).expect("output must be JSON");
         assert_clean(&parsed, r.as_ref(), keys);
+        if !keys {
+            redact_value(&mut reference, r.as_ref());
+            assert_eq!(parsed, reference, "differs from value-by-value redaction");
+        }
     }
 });

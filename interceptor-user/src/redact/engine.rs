@@ -68,6 +68,8 @@ mod detectors;
 mod validate;
 
 #[cfg(test)]
+mod accuracy;
+#[cfg(test)]
 mod corpus;
 #[cfg(test)]
 mod tests;
@@ -382,6 +384,8 @@ struct Hit {
 struct Scratch<'l> {
     /// Name of the field the text is the value of: context before the text's start.
     label: &'l str,
+    /// Context words found in `label` (computed once per scan, when first needed).
+    label_words: Option<Vec<u32>>,
     hits: Vec<Hit>,
     alts: Vec<(u32, usize)>,
     /// Candidate start (and floor) the hits were computed for.
@@ -924,30 +928,19 @@ impl Engine {
             .max(scratch.floor.min(s));
         if ws == 0 && !scratch.label.is_empty() {
             // The field name counts as the text before the value (`"bsn": "..."`).
-            let label = scratch.label.as_bytes();
-            let mut state = hybrid::dfa::OverlappingState::start();
-            let input = Input::new(label);
-            while ctx
-                .try_search_overlapping_fwd(&mut cache, &input, &mut state)
-                .is_ok()
-            {
-                let Some(hm) = state.get_match() else { break };
-                let w = hm.pattern().as_u32();
-                let Some(word) = inner.words.get(w as usize) else {
-                    break;
-                };
-                let end = hm.offset();
-                let Some(start) = end.checked_sub(word.len) else {
-                    continue;
-                };
-                let before_ok = start == 0
-                    || !(label[start - 1].is_ascii_alphanumeric() || label[start - 1] >= 0x80);
-                let after_ok = !word.end_boundary
-                    || end >= label.len()
-                    || !(label[end].is_ascii_alphanumeric() || label[end] >= 0x80);
-                if before_ok && after_ok {
-                    scratch.hits.push(Hit { word: w, end: 0 });
+            if scratch.label_words.is_none() {
+                let mut words = Vec::new();
+                label_words(ctx, &mut cache, &inner.words, scratch.label, &mut words);
+                let split = split_label(scratch.label);
+                if split != scratch.label {
+                    label_words(ctx, &mut cache, &inner.words, &split, &mut words);
                 }
+                words.sort_unstable();
+                words.dedup();
+                scratch.label_words = Some(words);
+            }
+            for &w in scratch.label_words.iter().flatten() {
+                scratch.hits.push(Hit { word: w, end: 0 });
             }
         }
         let input = Input::new(hay).span(ws..s);
@@ -1152,6 +1145,65 @@ impl Engine {
     }
 }
 
+/// `dateOfBirth` -> `date Of Birth`, `passport_no` -> `passport no`: the words of a field name
+/// as the context words are written.
+fn split_label(label: &str) -> String {
+    let mut out = String::with_capacity(label.len() + 4);
+    let mut prev: Option<char> = None;
+    for c in label.chars() {
+        if c == '_' {
+            out.push(' ');
+        } else {
+            if c.is_uppercase() && prev.is_some_and(|p| p.is_lowercase() || p.is_ascii_digit()) {
+                out.push(' ');
+            }
+            out.push(c);
+        }
+        prev = Some(c);
+    }
+    out
+}
+
+/// Context words in a field name, with word boundaries; a plural `s` after a word still ends
+/// it (`passports`, `phones`).
+fn label_words(
+    ctx: &hybrid::dfa::DFA,
+    cache: &mut hybrid::dfa::Cache,
+    words: &[Word],
+    label: &str,
+    out: &mut Vec<u32>,
+) {
+    let label = label.as_bytes();
+    let word_byte = |i: usize| {
+        label
+            .get(i)
+            .is_some_and(|&b| b.is_ascii_alphanumeric() || b >= 0x80)
+    };
+    let mut state = hybrid::dfa::OverlappingState::start();
+    let input = Input::new(label);
+    while ctx
+        .try_search_overlapping_fwd(cache, &input, &mut state)
+        .is_ok()
+    {
+        let Some(hm) = state.get_match() else { break };
+        let w = hm.pattern().as_u32();
+        let Some(word) = words.get(w as usize) else {
+            break;
+        };
+        let end = hm.offset();
+        let Some(start) = end.checked_sub(word.len) else {
+            continue;
+        };
+        let before_ok = start == 0 || !word_byte(start - 1);
+        let after_ok = !word.end_boundary
+            || !word_byte(end)
+            || (matches!(label.get(end), Some(b's' | b'S')) && !word_byte(end + 1));
+        if before_ok && after_ok {
+            out.push(w);
+        }
+    }
+}
+
 fn entity_of(detectors: &[Detector], dets: &[u32]) -> String {
     dets.first()
         .and_then(|&d| detectors.get(d as usize))
@@ -1201,5 +1253,14 @@ impl TextRedactor for Engine {
     fn redact(&self, text: &str) -> (String, Vec<Finding>) {
         let (out, ev) = self.redact_cow(text, &self.inner.view);
         (out.into_owned(), ev.findings)
+    }
+
+    fn redact_labelled<'t>(
+        &self,
+        label: Option<&str>,
+        text: &'t str,
+    ) -> (Cow<'t, str>, Vec<Finding>) {
+        let (out, ev) = self.redact_field_cow(label.unwrap_or(""), text, &self.inner.view);
+        (out, ev.findings)
     }
 }

@@ -11,6 +11,13 @@
 //! Chunk boundaries may fall anywhere (inside strings, escapes, surrogate pairs, multi-byte
 //! UTF-8, numbers, literals); the output does not depend on them.
 //!
+//! # Keys as labels
+//! Each string value is redacted with [`TextRedactor::redact_labelled`] under the key of its
+//! member (decoded, at most [`MAX_LABEL`] bytes), or, inside an array, the key of the member
+//! holding the array, so `{"bsn": "111222333"}` or `{"passports": ["X1234567"]}` get the
+//! context that their bare values lack. Only the current key of each open object is kept
+//! (at most `max_depth * MAX_LABEL` bytes). [`redact_value`] labels values the same way.
+//!
 //! # Bounded memory
 //! Only the string being read is buffered. A string longer than the window
 //! ([`JsonLimits::window`]) is processed in segments: the buffered window `W` is redacted as a
@@ -29,6 +36,7 @@
 //! by design), and string content only after redaction. A failing `push` leaves `out` as it was
 //! before the call; the redactor then refuses further input until [`JsonRedactor::reset`].
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -42,6 +50,18 @@ use super::{Finding, TextRedactor};
 #[cfg(test)]
 #[path = "json/tests.rs"]
 mod tests;
+
+/// The longest key passed as a label (bytes; longer keys are cut at a char boundary).
+pub const MAX_LABEL: usize = 128;
+
+/// The label a key gives the values under it: `None` for the empty key, long keys cut to
+/// [`MAX_LABEL`] bytes.
+pub fn key_label(key: &str) -> Option<&str> {
+    let k = key
+        .get(..floor_boundary(key, MAX_LABEL))
+        .unwrap_or_default();
+    (!k.is_empty()).then_some(k)
+}
 
 /// Sizes and limits of a [`JsonRedactor`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,6 +180,14 @@ enum Container {
     Object,
 }
 
+/// An open array or object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Frame {
+    c: Container,
+    /// Where the key of the enclosing object began in `keys` before this one was opened.
+    outer_label: Option<usize>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Esc {
     None,
@@ -259,7 +287,14 @@ pub struct JsonRedactor {
     redact_keys: bool,
     status: Status,
     state: State,
-    stack: Vec<Container>,
+    stack: Vec<Frame>,
+    /// The current key (decoded, at most [`MAX_LABEL`] bytes) of each open object, outermost
+    /// first.
+    keys: String,
+    /// Where the current key of the innermost open object starts in `keys`.
+    label_at: Option<usize>,
+    /// The key being read did not fit in [`MAX_LABEL`] bytes: the rest of it is dropped.
+    key_full: bool,
     /// Bytes of input consumed before the current chunk.
     offset: u64,
     utf8: Utf8Pending,
@@ -270,6 +305,9 @@ pub struct JsonRedactor {
     /// Raw length at which the current string is processed in a segment.
     threshold: usize,
     cur_changed: bool,
+    /// A head of the current string was already emitted: what remains does not start the
+    /// value, so it is redacted without the label.
+    seg_emitted: bool,
     summary: Summary,
     peak_buffered: usize,
 }
@@ -341,12 +379,16 @@ impl JsonRedactor {
             status: Status::Active,
             state: State::Value { allow_close: false },
             stack: Vec::new(),
+            keys: String::new(),
+            label_at: None,
+            key_full: false,
             offset: 0,
             utf8: Utf8Pending::default(),
             decoded: String::new(),
             raw: Vec::new(),
             threshold: window,
             cur_changed: false,
+            seg_emitted: false,
             summary: Summary::default(),
             peak_buffered: 0,
         }
@@ -393,6 +435,9 @@ impl JsonRedactor {
         self.status = Status::Active;
         self.state = State::Value { allow_close: false };
         self.stack.clear();
+        self.keys.clear();
+        self.label_at = None;
+        self.key_full = false;
         self.offset = 0;
         self.utf8 = Utf8Pending::default();
         self.clear_string();
@@ -405,6 +450,7 @@ impl JsonRedactor {
         self.raw.clear();
         self.threshold = self.limits.window;
         self.cur_changed = false;
+        self.seg_emitted = false;
     }
 
     /// Reads the next chunk of the document and appends to `out` everything that can be
@@ -483,7 +529,13 @@ impl JsonRedactor {
         if self.stack.len() >= self.limits.max_depth {
             return Err(self.err(i, JsonErrorKind::TooDeep(self.limits.max_depth)));
         }
-        self.stack.push(c);
+        self.stack.push(Frame {
+            c,
+            outer_label: self.label_at,
+        });
+        if c == Container::Object {
+            self.label_at = Some(self.keys.len());
+        }
         self.state = match c {
             Container::Array => State::Value { allow_close: true },
             Container::Object => State::Key { allow_close: true },
@@ -492,16 +544,25 @@ impl JsonRedactor {
     }
 
     fn close(&mut self, c: Container, b: u8, i: usize) -> Result<(), JsonError> {
-        if self.stack.last() != Some(&c) {
+        let Some(frame) = self.stack.pop().filter(|f| f.c == c) else {
             return Err(self.err(i, JsonErrorKind::UnexpectedByte(b)));
+        };
+        if let (Container::Object, Some(at)) = (c, self.label_at) {
+            self.keys.truncate(at);
         }
-        self.stack.pop();
+        self.label_at = frame.outer_label;
         self.value_done();
         Ok(())
     }
 
     fn start_string(&mut self, key: bool) {
         self.clear_string();
+        if key {
+            if let Some(at) = self.label_at {
+                self.keys.truncate(at);
+            }
+            self.key_full = false;
+        }
         self.state = State::Str(Str {
             key,
             buffered: !key || self.redact_keys,
@@ -593,7 +654,7 @@ impl JsonRedactor {
                     b':' => self.state = State::Value { allow_close: false },
                     _ => return Err(self.err(i, unexpected)),
                 },
-                State::AfterValue => match (b, self.stack.last()) {
+                State::AfterValue => match (b, self.stack.last().map(|f| f.c)) {
                     (b',', Some(Container::Array)) => {
                         self.state = State::Value { allow_close: false }
                     }
@@ -642,7 +703,7 @@ impl JsonRedactor {
                             run
                         };
                         let bytes = &rest[..take];
-                        self.utf8_feed(bytes, s.buffered, i)?;
+                        self.utf8_feed(bytes, s.buffered, s.key, i)?;
                         if s.buffered {
                             self.raw.extend_from_slice(bytes);
                             self.appended(out, i)?;
@@ -756,6 +817,10 @@ impl JsonRedactor {
         i: usize,
     ) -> Result<(), JsonError> {
         let esc = s.esc_buf.get(..usize::from(s.esc_len)).unwrap_or_default();
+        if s.key {
+            let mut buf = [0u8; 4];
+            self.capture_key(ch.encode_utf8(&mut buf));
+        }
         if s.buffered {
             self.raw.extend_from_slice(esc);
             self.decoded.push(ch);
@@ -768,9 +833,34 @@ impl JsonRedactor {
         Ok(())
     }
 
+    /// Appends a decoded piece of the key being read to `keys`, up to [`MAX_LABEL`] bytes;
+    /// from the first character that does not fit on, nothing more (whatever the chunking).
+    fn capture_key(&mut self, text: &str) {
+        let Some(at) = self.label_at else {
+            return;
+        };
+        if self.key_full {
+            return;
+        }
+        let room = MAX_LABEL.saturating_sub(self.keys.len().saturating_sub(at));
+        if text.len() <= room {
+            self.keys.push_str(text);
+        } else {
+            self.keys
+                .push_str(text.get(..floor_boundary(text, room)).unwrap_or_default());
+            self.key_full = true;
+        }
+    }
+
     /// Validates UTF-8 across chunk boundaries; appends the complete characters to `decoded`
-    /// when `sink`.
-    fn utf8_feed(&mut self, mut bytes: &[u8], sink: bool, i: usize) -> Result<(), JsonError> {
+    /// when `sink`, and to the current key when `key`.
+    fn utf8_feed(
+        &mut self,
+        mut bytes: &[u8],
+        sink: bool,
+        key: bool,
+        i: usize,
+    ) -> Result<(), JsonError> {
         let bad = |this: &Self| this.err(i, JsonErrorKind::InvalidUtf8);
         if self.utf8.len > 0 {
             let width = utf8_width(self.utf8.buf[0]);
@@ -782,10 +872,14 @@ impl JsonRedactor {
             self.utf8.buf[self.utf8.len..self.utf8.len + take].copy_from_slice(head);
             self.utf8.len += take;
             bytes = rest;
-            match std::str::from_utf8(&self.utf8.buf[..self.utf8.len]) {
+            let pending = self.utf8.buf;
+            match std::str::from_utf8(&pending[..self.utf8.len]) {
                 Ok(ch) => {
                     if sink {
                         self.decoded.push_str(ch);
+                    }
+                    if key {
+                        self.capture_key(ch);
                     }
                     self.utf8.len = 0;
                 }
@@ -798,6 +892,9 @@ impl JsonRedactor {
                 if sink {
                     self.decoded.push_str(text);
                 }
+                if key {
+                    self.capture_key(text);
+                }
             }
             Err(e) => {
                 let (valid, rest) = bytes.split_at(e.valid_up_to());
@@ -807,9 +904,14 @@ impl JsonRedactor {
                         kind: JsonErrorKind::InvalidUtf8,
                     });
                 }
-                if sink {
+                if sink || key {
                     let valid = std::str::from_utf8(valid).map_err(|_| bad(self))?;
-                    self.decoded.push_str(valid);
+                    if sink {
+                        self.decoded.push_str(valid);
+                    }
+                    if key {
+                        self.capture_key(valid);
+                    }
                 }
                 self.utf8.buf[..rest.len()].copy_from_slice(rest);
                 self.utf8.len = rest.len();
@@ -834,29 +936,37 @@ impl JsonRedactor {
         let n = text.len();
         let h = self.holdback;
         if n >= h.saturating_mul(2) {
-            let (whole, _) = self.redactor.redact(text);
+            // The label is context before the value's start: for the first window only, and
+            // never for the part after a cut.
+            let label = if self.seg_emitted {
+                None
+            } else {
+                label_of(&self.keys, self.label_at)
+            };
+            let (whole, _) = self.redactor.redact_labelled(label, text);
             for c in cut_candidates(text, h) {
                 let (Some(head_in), Some(tail_in)) = (text.get(..c), text.get(c..)) else {
                     continue;
                 };
-                let (head, findings) = self.redactor.redact(head_in);
-                if !whole.starts_with(head.as_str()) {
+                let (head, findings) = self.redactor.redact_labelled(label, head_in);
+                if !whole.starts_with(&*head) {
                     continue;
                 }
-                let (tail, _) = self.redactor.redact(tail_in);
-                if whole.len() != head.len() + tail.len() || !whole.ends_with(tail.as_str()) {
+                let (tail, _) = self.redactor.redact_labelled(None, tail_in);
+                if whole.len() != head.len() + tail.len() || !whole.ends_with(&*tail) {
                     continue;
                 }
                 let raw_c = raw_offset(&self.raw, c)
                     .filter(|&r| r <= self.raw.len())
                     .ok_or(JsonErrorKind::Internal)?;
-                if head == head_in {
+                if *head == *head_in {
                     out.extend_from_slice(&self.raw[..raw_c]);
                 } else {
                     encode_into(&head, out);
                     self.cur_changed = true;
                 }
                 self.summary.record(findings, self.limits.max_findings);
+                self.seg_emitted = true;
                 self.decoded.drain(..c);
                 self.raw.drain(..raw_c);
                 self.threshold = self
@@ -877,8 +987,14 @@ impl JsonRedactor {
 
     fn end_string(&mut self, s: Str, out: &mut Vec<u8>, i: usize) -> Result<(), JsonError> {
         if s.buffered {
-            let (red, findings) = self.redactor.redact(&self.decoded);
-            if red == self.decoded {
+            // Keys (redacted only with key redaction) have no label of their own.
+            let label = if s.key || self.seg_emitted {
+                None
+            } else {
+                label_of(&self.keys, self.label_at)
+            };
+            let (red, findings) = self.redactor.redact_labelled(label, &self.decoded);
+            if unchanged(&red, &self.decoded) {
                 out.extend_from_slice(&self.raw);
             } else {
                 encode_into(&red, out);
@@ -901,6 +1017,17 @@ impl JsonRedactor {
         }
         Ok(())
     }
+}
+
+/// The current key of the innermost open object, if any and not empty.
+fn label_of(keys: &str, at: Option<usize>) -> Option<&str> {
+    keys.get(at?..).filter(|k| !k.is_empty())
+}
+
+/// Whether a redactor's result is its input (without comparing when it is the input itself,
+/// returned borrowed).
+fn unchanged(red: &str, input: &str) -> bool {
+    (red.as_ptr() == input.as_ptr() && red.len() == input.len()) || red == input
 }
 
 fn push_esc(s: &mut Str, b: u8) {
@@ -1047,22 +1174,29 @@ pub fn redact_json(
 }
 
 /// Redacts every string value (not the keys) of an already parsed document in place, e.g.
-/// tool arguments or resource URIs before they are logged. Returns the findings in document
-/// order. Iterative: any depth is fine.
+/// tool arguments or resource URIs before they are logged, with the same labels as
+/// [`JsonRedactor`] (the member's key; in arrays, the key of the member holding the array).
+/// Returns the findings in document order. Iterative: any depth is fine.
 pub fn redact_value(value: &mut Value, redactor: &dyn TextRedactor) -> Vec<Finding> {
     let mut findings = Vec::new();
-    let mut stack = vec![value];
-    while let Some(v) = stack.pop() {
+    let mut stack: Vec<(&mut Value, Option<&str>)> = vec![(value, None)];
+    while let Some((v, label)) = stack.pop() {
         match v {
             Value::String(s) => {
-                let (red, f) = redactor.redact(s);
-                if red != *s {
-                    *s = red;
+                let (red, f) = redactor.redact_labelled(label, s);
+                let changed = match red {
+                    Cow::Borrowed(r) => (r != s.as_str()).then(|| r.to_owned()),
+                    Cow::Owned(r) => (r != *s).then_some(r),
+                };
+                if let Some(r) = changed {
+                    *s = r;
                 }
                 findings.extend(f);
             }
-            Value::Array(items) => stack.extend(items.iter_mut().rev()),
-            Value::Object(map) => stack.extend(map.values_mut().rev()),
+            Value::Array(items) => stack.extend(items.iter_mut().rev().map(|x| (x, label))),
+            Value::Object(map) => {
+                stack.extend(map.iter_mut().rev().map(|(k, x)| (x, key_label(k))));
+            }
             Value::Null | Value::Bool(_) | Value::Number(_) => {}
         }
     }

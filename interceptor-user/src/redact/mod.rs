@@ -4,9 +4,9 @@
 //! - [`engine`]: all detectors compiled into one multi-pattern DFA (regex-automata), one pass
 //!   per text, candidates checked by validators and context words; masking per entity type.
 //! - [`json`]: a streaming, JSON-aware rewriter that finds every string value of a JSON
-//!   document (decoding escapes), redacts it with a [`TextRedactor`], and re-encodes it,
-//!   in bounded memory and for any split of the input into chunks.
-//!
+//!   document (decoding escapes), redacts it with a [`TextRedactor`] under the key it belongs
+//!   to (the label that checksum-only identifiers need), and re-encodes it, in bounded memory
+//!   and for any split of the input into chunks.
 //! - [`stream`]: response bodies (JSON and SSE) rewritten frame by frame as they pass.
 //!
 //! The two meet at [`TextRedactor`], so each can be tested on its own.
@@ -14,6 +14,8 @@ pub mod engine;
 pub mod json;
 pub mod stream;
 pub mod view;
+
+use std::borrow::Cow;
 
 use serde::Serialize;
 
@@ -33,6 +35,23 @@ pub trait TextRedactor: Send + Sync {
     fn max_match_len(&self) -> usize;
     /// Returns the text with every detected value masked, and what was masked.
     fn redact(&self, text: &str) -> (String, Vec<Finding>);
+    /// Like [`redact`](Self::redact) for the value of a named field: `label` is the name of
+    /// the field (the JSON key of the member whose string value `text` is; for an element of
+    /// an array, the key of the member holding the array; `None` when there is none, or when
+    /// `text` is not the start of the value). A label is context right before the text, so
+    /// `{"bsn": "111222333"}` is a BSN although the string `111222333` alone is not.
+    ///
+    /// Returns the text borrowed when nothing changed (no copy). The default ignores the
+    /// label and calls `redact`.
+    fn redact_labelled<'t>(
+        &self,
+        label: Option<&str>,
+        text: &'t str,
+    ) -> (Cow<'t, str>, Vec<Finding>) {
+        let _ = label;
+        let (out, findings) = self.redact(text);
+        (Cow::Owned(out), findings)
+    }
 }
 
 /// Reads the 32-byte pseudonym key, creating it (random, mode 0600) when the file is missing.

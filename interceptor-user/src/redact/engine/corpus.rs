@@ -1,6 +1,7 @@
 //! Deterministic generator of the labelled redaction corpus (`tests/redaction/corpus.jsonl`
 //! at the workspace root): every entity type in prose, JSON, CSV and JSONL, formatted the
-//! EN/DE/FR/ES/IT/NL/PL/SE ways, plus hard negatives that must not be masked.
+//! EN/DE/FR/ES/IT/NL/PL/SE ways, plus hard negatives that must not be masked; and API-style
+//! JSON records (`json_keys`) in which only the key says what a value is.
 //!
 //! Regenerate with `REDACTION_CORPUS_WRITE=1 cargo test -p interceptor-user --lib
 //! redact::engine::tests::corpus_is_current`; the test fails when the committed file differs
@@ -1515,6 +1516,306 @@ fn jsonl_doc(r: &mut Rng, lang: &str) -> W {
     w
 }
 
+// ---- JSON records whose keys are the only labels ------------------------------------------
+
+/// What an API would call a field holding `entity`, in a few spellings (snake_case,
+/// camelCase, upper case, the language's words).
+fn field_key(r: &mut Rng, entity: &str, lang: &str) -> &'static str {
+    let k: &[&str] = match (entity, lang) {
+        ("DOB", "de") => &["geburtsdatum", "geburtsDatum", "geb_datum"],
+        ("DOB", "fr") => &["date_naissance", "dateDeNaissance", "date_de_naissance"],
+        ("DOB", "es") => &["fecha_nacimiento", "fechaNacimiento"],
+        ("DOB", "it") => &["data_nascita", "dataDiNascita"],
+        ("DOB", "nl") => &["geboortedatum", "geboorteDatum"],
+        ("DOB", "pl") => &["data_urodzenia", "dataUrodzenia"],
+        ("DOB", "se") => &["fodelsedatum", "födelsedatum"],
+        ("DOB", _) => &[
+            "date_of_birth",
+            "dateOfBirth",
+            "birthDate",
+            "birth_date",
+            "dob",
+            "DOB",
+            "birthday",
+        ],
+        ("PASSPORT", "de") => &["reisepass", "passnummer", "reisepassNummer"],
+        ("PASSPORT", "fr") => &["passeport", "numero_passeport", "numeroPasseport"],
+        ("PASSPORT", "es") => &["pasaporte", "numero_pasaporte"],
+        ("PASSPORT", "it") => &["passaporto", "numero_passaporto"],
+        ("PASSPORT", "nl") => &["paspoort", "paspoortnummer"],
+        ("PASSPORT", "pl") => &["paszport", "nr_paszportu"],
+        ("PASSPORT", "se") => &["pass", "passnummer"],
+        ("PASSPORT", _) => &[
+            "passport",
+            "passport_no",
+            "passportNumber",
+            "passport_number",
+        ],
+        ("BIC", _) => &["bic", "swift", "swift_code", "bicCode", "BIC"],
+        ("NL_BSN", _) => &["bsn", "burgerservicenummer", "bsnNummer", "BSN"],
+        ("PL_PESEL", _) => &["pesel", "nr_pesel", "peselNumber", "PESEL"],
+        ("DE_TAX_ID", _) => &[
+            "steuer_id",
+            "steuerId",
+            "steuer-id",
+            "tax_id",
+            "taxId",
+            "idnr",
+        ],
+        ("SE_PERSONNUMMER", _) => &["personnummer", "personNummer", "pnr"],
+        ("US_SSN", _) => &[
+            "ssn",
+            "social_security_number",
+            "socialSecurityNumber",
+            "SSN",
+        ],
+        ("UK_NINO", _) => &["nino", "ni_number", "nationalInsuranceNumber"],
+        ("FR_NIR", _) => &["nir", "numero_securite_sociale", "insee"],
+        ("IT_CODICE_FISCALE", _) => &["codice_fiscale", "codiceFiscale", "cf"],
+        ("ES_DNI", _) => &["dni", "nif", "documento"],
+        ("ES_NIE", _) => &["nie", "numero_nie"],
+        ("PHONE", _) => &["phone", "phoneNumber", "mobile", "telefon", "tel"],
+        ("EMAIL", _) => &["email", "emailAddress", "mail"],
+        ("IBAN", _) => &["iban", "bank_account", "accountIban"],
+        _ => &["value"],
+    };
+    k[r.below(k.len())]
+}
+
+/// A value of `entity` in the form that says nothing by itself (digits without separators,
+/// no phone prefix), so only its key makes it detectable.
+fn bare_value(r: &mut Rng, entity: &str, lang: &str) -> String {
+    match entity {
+        "US_SSN" | "SE_PERSONNUMMER" | "DE_TAX_ID" => value(r, entity, lang)
+            .1
+            .chars()
+            .filter(char::is_ascii_digit)
+            .collect(),
+        "PHONE" => {
+            let (v, bare) = phone(r, lang);
+            if bare || !matches!(lang, "es" | "pl") {
+                v
+            } else {
+                loop {
+                    let (v, bare) = phone(r, lang);
+                    if bare {
+                        break v;
+                    }
+                }
+            }
+        }
+        _ => value(r, entity, lang).1,
+    }
+}
+
+/// A look-alike of a key-dependent value under a key that says it is something else: the
+/// kind, the key and the value (checksum-valid where the look-alike has a checksum).
+fn key_negative(r: &mut Rng, lang: &str) -> (&'static str, &'static str, String) {
+    match r.below(7) {
+        0 => (
+            "order id",
+            *r.pick(&[
+                "order_id",
+                "orderId",
+                "invoice_no",
+                "invoiceNumber",
+                "ticket_id",
+                "reference",
+            ]),
+            bsn(r),
+        ),
+        1 => (
+            "tracking",
+            *r.pick(&["tracking_number", "trackingNo", "parcel_id", "sku"]),
+            pesel(r),
+        ),
+        2 => (
+            "account id",
+            *r.pick(&["account_id", "customerId", "transaction_id", "batch"]),
+            value(r, "DE_TAX_ID", lang)
+                .1
+                .chars()
+                .filter(char::is_ascii_digit)
+                .collect(),
+        ),
+        3 => {
+            let (y, m, d) = date(r, 1950, 2025);
+            let v = if r.chance(0.5) {
+                format!("{y}-{m:02}-{d:02}")
+            } else {
+                format!("{d:02}.{m:02}.{y}")
+            };
+            (
+                "date",
+                *r.pick(&[
+                    "created_at",
+                    "updatedAt",
+                    "due_date",
+                    "shipped_on",
+                    "valid_until",
+                    "founded",
+                ]),
+                v,
+            )
+        }
+        4 => (
+            "serial",
+            *r.pick(&["serial", "build", "model", "part_number", "sku"]),
+            passport(r, lang),
+        ),
+        5 => (
+            "code",
+            *r.pick(&["code", "promo_code", "voucher", "warehouse"]),
+            format!("{}{}", r.chars(4, UPPER), r.chars(4, UPPER)),
+        ),
+        _ => (
+            "numeric id",
+            *r.pick(&["user_id", "ticketId", "count"]),
+            ssn(r).replace('-', ""),
+        ),
+    }
+}
+
+/// The key-dependent entity types for a language, and a few self-evident ones.
+fn key_pool(lang: &str) -> Vec<&'static str> {
+    let mut pool = vec!["DOB", "PASSPORT", "BIC", "PHONE", "DOB", "PASSPORT"];
+    pool.extend(national(lang));
+    pool.extend(national(lang));
+    pool.extend(["EMAIL", "IBAN"]);
+    pool
+}
+
+impl W {
+    /// Like `json_inner`, writing some characters as `\u00XX` escapes.
+    fn json_inner_escaped(&mut self, other: &W, r: &mut Rng, p: f64) {
+        let mut esc = W::default();
+        let mut map = Vec::with_capacity(other.text.len() + 1);
+        for (i, c) in other.text.char_indices() {
+            while map.len() <= i {
+                map.push(esc.text.len());
+            }
+            if c.is_ascii_graphic() && c != '\\' && c != '"' && r.chance(p) {
+                esc.text.push_str(&format!("\\u{:04x}", c as u32));
+            } else {
+                esc.text.push_str(&json_escape(&c.to_string()));
+            }
+        }
+        while map.len() <= other.text.len() {
+            map.push(esc.text.len());
+        }
+        let base = self.text.len();
+        self.text.push_str(&esc.text);
+        for (src, dst) in [
+            (&other.pii, &mut self.pii),
+            (&other.negatives, &mut self.negatives),
+        ] {
+            for s in src {
+                dst.push(Span {
+                    label: s.label.clone(),
+                    start: base + map[s.start],
+                    end: base + map[s.end],
+                });
+            }
+        }
+    }
+}
+
+/// A key and its values: (positive, entity or kind of negative, value).
+type Member<'a> = (String, Vec<(bool, &'a str, String)>);
+
+fn key_member(r: &mut Rng, w: &mut W, key: &str, values: &[(bool, &str, String)]) {
+    w.raw(&format!("\"{}\": ", json_escape(key)));
+    let array = values.len() > 1;
+    if array {
+        w.raw("[");
+    }
+    for (i, (positive, label, v)) in values.iter().enumerate() {
+        if i > 0 {
+            w.raw(", ");
+        }
+        let mut inner = W::default();
+        if *positive {
+            inner.pii(label, v);
+        } else {
+            inner.neg(label, v);
+        }
+        w.raw("\"");
+        w.json_inner_escaped(&inner, r, 0.03);
+        w.raw("\"");
+    }
+    if array {
+        w.raw("]");
+    }
+}
+
+/// One API-style record: key-dependent values under their keys (some as arrays under a
+/// plural key), look-alikes under unrelated keys, numbers.
+fn key_record(r: &mut Rng, w: &mut W, lang: &str) {
+    let pool = key_pool(lang);
+    w.raw(&format!(
+        "{{\"id\": {}, \"type\": \"{}\", \"attributes\": {{",
+        r.range(1000, 999_999),
+        r.pick(&["customer", "employee", "patient", "applicant"])
+    ));
+    let mut members: Vec<Member<'_>> = Vec::new();
+    for _ in 0..r.range(3, 5) {
+        let e = *r.pick(&pool);
+        let mut key = field_key(r, e, lang).to_string();
+        if members.iter().any(|(k, _)| k.starts_with(key.as_str())) {
+            continue;
+        }
+        let n = if r.chance(0.2) { 2 } else { 1 };
+        if n == 2 && !key.ends_with('s') {
+            key.push('s');
+        }
+        let values = (0..n).map(|_| (true, e, bare_value(r, e, lang))).collect();
+        members.push((key, values));
+    }
+    for _ in 0..r.range(1, 3) {
+        let (kind, key, v) = key_negative(r, lang);
+        if !members.iter().any(|(k, _)| k == key) {
+            members.push((key.to_string(), vec![(false, kind, v)]));
+        }
+    }
+    for i in (1..members.len()).rev() {
+        let j = r.below(i + 1);
+        members.swap(i, j);
+    }
+    for (i, (key, values)) in members.iter().enumerate() {
+        if i > 0 {
+            w.raw(", ");
+        }
+        key_member(r, w, key, values);
+    }
+    w.raw(&format!(
+        "}}, \"meta\": {{\"version\": {}, \"order_id\": {}}}}}",
+        r.range(1, 40),
+        r.range(100_000_000, 999_999_999)
+    ));
+}
+
+/// JSON documents (half of them JSON lines) of records whose keys are the only labels.
+fn json_keys_doc(r: &mut Rng, lang: &str) -> W {
+    let mut w = W::default();
+    let n = r.range(2, 5);
+    if r.chance(0.5) {
+        for _ in 0..n {
+            key_record(r, &mut w, lang);
+            w.raw("\n");
+        }
+    } else {
+        w.raw("{\"data\": [");
+        for i in 0..n {
+            if i > 0 {
+                w.raw(", ");
+            }
+            key_record(r, &mut w, lang);
+        }
+        w.raw("], \"next\": null}");
+    }
+    w
+}
+
 /// The whole corpus, deterministic for [`SEED`].
 pub fn generate() -> Vec<Doc> {
     let mut r = Rng::new(SEED);
@@ -1537,6 +1838,21 @@ pub fn generate() -> Vec<Doc> {
                     negatives: w.negatives,
                 });
             }
+        }
+    }
+    // Its own stream, so that adding it left the documents above as they were.
+    let mut r = Rng::new(SEED ^ 0x4A53_4F4E_4B45_5953);
+    for lang in LANGS {
+        for i in 0..DOCS_PER_LANG_AND_FORMAT {
+            let w = json_keys_doc(&mut r, lang);
+            docs.push(Doc {
+                id: format!("{lang}-json_keys-{i:03}"),
+                format: "json_keys".into(),
+                lang: lang.to_string(),
+                text: w.text,
+                pii: w.pii,
+                negatives: w.negatives,
+            });
         }
     }
     docs

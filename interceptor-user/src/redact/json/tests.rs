@@ -1,8 +1,11 @@
 use super::*;
 use proptest::prelude::*;
+use std::borrow::Cow;
 
 /// Masks every maximal run of email-ish characters that holds an `@` and is at most `max`
-/// bytes long (longer runs are not matches, so `max` really is the longest match).
+/// bytes long (longer runs are not matches, so `max` really is the longest match). Under a
+/// label that contains `pin`, also a run of 3 or more digits that starts within the first
+/// [`PIN_REACH`] bytes (the label is context before the text, as for the engine).
 struct TestRedactor {
     max: usize,
 }
@@ -19,11 +22,22 @@ fn pseudonym(s: &str) -> String {
     format!("p{h:016x}")
 }
 
+const PIN_REACH: usize = 6;
+
 impl TextRedactor for TestRedactor {
     fn max_match_len(&self) -> usize {
         self.max
     }
     fn redact(&self, text: &str) -> (String, Vec<Finding>) {
+        let (out, f) = self.redact_labelled(None, text);
+        (out.into_owned(), f)
+    }
+    fn redact_labelled<'t>(
+        &self,
+        label: Option<&str>,
+        text: &'t str,
+    ) -> (Cow<'t, str>, Vec<Finding>) {
+        let pin = label.is_some_and(|l| l.to_lowercase().contains("pin"));
         let mut out = String::with_capacity(text.len());
         let mut findings = Vec::new();
         let mut rest = text;
@@ -33,10 +47,21 @@ impl TextRedactor for TestRedactor {
             rest = &rest[start..];
             let end = rest.find(|c| !email_char(c)).unwrap_or(rest.len());
             let token = &rest[..end];
+            let at = text.len() - rest.len();
             if token.contains('@') && token.len() <= self.max {
                 out.push_str("[EMAIL]");
                 findings.push(Finding {
                     entity: "EMAIL".into(),
+                    pseudonym: pseudonym(token),
+                });
+            } else if pin
+                && at < PIN_REACH
+                && (3..=self.max).contains(&token.len())
+                && token.bytes().all(|b| b.is_ascii_digit())
+            {
+                out.push_str("[PIN]");
+                findings.push(Finding {
+                    entity: "PIN".into(),
                     pseudonym: pseudonym(token),
                 });
             } else {
@@ -44,7 +69,11 @@ impl TextRedactor for TestRedactor {
             }
             rest = &rest[end..];
         }
-        (out, findings)
+        if out == text {
+            (Cow::Borrowed(text), findings)
+        } else {
+            (Cow::Owned(out), findings)
+        }
     }
 }
 
@@ -278,6 +307,98 @@ fn error_leaves_out_untouched_and_poisons() {
 }
 
 #[test]
+fn keys_are_labels() {
+    // The bare number is masked under a `pin` key only: members, arrays of the member,
+    // nested objects under their own keys; not past the reach.
+    let input = r#"{"pin":"1234","other":"1234","pins":["5678",["999"],{"x":"111"}],"n":{"pin_code":"4321, then 4321"},"after":"1234","pin2":"abcdefgh 1234"}"#;
+    assert_eq!(
+        out_str(input),
+        r#"{"pin":"[PIN]","other":"1234","pins":["[PIN]",["[PIN]"],{"x":"111"}],"n":{"pin_code":"[PIN], then 4321"},"after":"1234","pin2":"abcdefgh 1234"}"#
+    );
+    // Keys with escapes (split anywhere by `out_str`) are decoded before they are used.
+    let input = r#"{"p\u0069n":"1234","\u0050IN":"77777","a":{"b":"1"},"PI\n":"123"}"#;
+    assert_eq!(
+        out_str(input),
+        r#"{"p\u0069n":"[PIN]","\u0050IN":"[PIN]","a":{"b":"1"},"PI\n":"123"}"#
+    );
+    // A top-level string or array has no label; the label of a closed object is gone.
+    assert_eq!(out_str(r#"["1234"]"#), r#"["1234"]"#);
+    assert_eq!(
+        out_str(r#"{"pin":{"a":"1"},"b":"1234"}"#),
+        r#"{"pin":{"a":"1"},"b":"1234"}"#
+    );
+    assert_eq!(
+        out_str(r#"[{"pin":"123"},"456"]"#),
+        r#"[{"pin":"[PIN]"},"456"]"#
+    );
+    // Key redaction on: the key is redacted, the value still gets the original key.
+    let (out, _) = run_chunks(
+        test_redactor(),
+        JsonLimits::default(),
+        true,
+        &[br#"{"pin a@b.cd":"123"}"#],
+    )
+    .expect("keys");
+    assert_eq!(out, br#"{"pin [EMAIL]":"[PIN]"}"#);
+}
+
+#[test]
+fn long_keys_are_cut_the_same_whatever_the_chunking() {
+    for (pad, tail) in [
+        (120, "pin"),
+        (126, "pin"),
+        (125, "\\u00e9pin"),
+        (124, "\u{e9}\u{e9}pin"),
+    ] {
+        let key = format!("{}{tail}", "k".repeat(pad));
+        let input = format!(r#"{{"{key}":"123","x":["{key}"]}}"#);
+        let out = out_str(&input);
+        let v: Value = serde_json::from_str(&input).expect("json");
+        let decoded = v
+            .as_object()
+            .and_then(|m| m.keys().find(|k| k.len() > 100).cloned())
+            .expect("key");
+        let labelled = key_label(&decoded).is_some_and(|l| l.contains("pin"));
+        assert_eq!(out.contains("[PIN]"), labelled, "{input} -> {out}");
+        assert_eq!(
+            serde_json::from_str::<Value>(&out).expect("json"),
+            reference(input.as_bytes(), test_redactor().as_ref())
+        );
+    }
+    assert_eq!(key_label(""), None);
+    assert_eq!(key_label(&"\u{e9}".repeat(100)).map(str::len), Some(128));
+    assert_eq!(
+        key_label(&format!("a{}", "\u{e9}".repeat(100))).map(str::len),
+        Some(127)
+    );
+}
+
+#[test]
+fn label_applies_to_the_first_window_of_a_long_value_only() {
+    let limits = JsonLimits {
+        window: 64,
+        max_window: 4096,
+        context: 2,
+        ..JsonLimits::default()
+    };
+    let r: Arc<dyn TextRedactor> = Arc::new(TestRedactor { max: 8 });
+    let text = format!("123 {} 456", "word ".repeat(200));
+    let input = serde_json::to_vec(&serde_json::json!({ "pin": text })).expect("ser");
+    let (whole, s) = run_chunks(r.clone(), limits, false, &[&input]).expect("whole");
+    let chunks: Vec<&[u8]> = input.chunks(5).collect();
+    let (chunked, _) = run_chunks(r.clone(), limits, false, &chunks).expect("chunked");
+    assert_eq!(whole, chunked);
+    let v: Value = serde_json::from_slice(&whole).expect("json");
+    let out = v["pin"].as_str().expect("str");
+    assert!(
+        out.starts_with("[PIN] word") && out.ends_with("word  456"),
+        "{out}"
+    );
+    assert_eq!(s.counts.get("PIN"), Some(&1));
+    assert_eq!(v, reference(&input, r.as_ref()));
+}
+
+#[test]
 fn redact_value_in_place() {
     let mut v = serde_json::json!({
         "name": "tool",
@@ -286,6 +407,12 @@ fn redact_value_in_place() {
     });
     let f = redact_value(&mut v, &TestRedactor { max: 64 });
     assert_eq!(f.len(), 3);
+    let mut w = serde_json::json!({"pin": "123", "pins": ["456", {"a": "789"}], "x": "123"});
+    redact_value(&mut w, &TestRedactor { max: 64 });
+    assert_eq!(
+        w,
+        serde_json::json!({"pin": "[PIN]", "pins": ["[PIN]", {"a": "789"}], "x": "123"})
+    );
     assert_eq!(
         v,
         serde_json::json!({
@@ -454,6 +581,7 @@ fn helpers() {
 fn arb_string() -> impl Strategy<Value = String> {
     prop_oneof![
         "[a-z ]{0,12}",
+        "(pin|PIN|x)?[0-9]{1,6}( [0-9]{3})?",
         "[a-z]{1,8}@[a-z]{1,6}\\.(com|io)",
         "[a-zA-Z0-9@._ \"\\\\/\n\t\u{1}\u{7f}\u{e9}\u{2028}\u{1F600}-]{0,30}",
         "(([a-z]{1,8}@[a-z]{1,6}\\.com)|[a-z ]{1,10}|\u{e9}|\u{1F600}|\\\\| ){0,12}",
