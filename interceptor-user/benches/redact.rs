@@ -5,18 +5,34 @@
 //!   hashes, URLs, version strings, prose), one personal value every ~10 KB;
 //! - `dense_text`: ~1 MB of prose with a personal value every ~60-80 bytes, all entity types.
 //!
-//! For each, the engine (one multi-pattern lazy DFA pass + validators) and the naive baseline
-//! (one `regex::Regex` per pattern, one pass each over the text, the same validators and
-//! context checks, overlaps resolved, same masking) are measured by criterion (throughput in
-//! MB/s), then once more by a plain timing loop whose MB/s and engine/naive ratio are printed.
-//! Also printed: the build time of the engine, and what a dense (ahead-of-time) DFA of the
-//! same patterns would cost to build.
+//! For each, three ways:
+//! - `engine`: the engine over the whole text (`Engine::redact_cow`: one prefiltered DFA pass +
+//!   validators + masking);
+//! - `agent`: what the agent does with a response body: the streaming JSON rewriter in 16 KiB
+//!   chunks, each string value redacted through `TextRedactor::redact_labelled` with its key
+//!   (the dense text travels as the text of an MCP tool result);
+//! - `naive`: the baseline, one `regex::Regex` per pattern, one pass each over the text, the
+//!   same validators and context checks, overlaps resolved, same masking.
+//!
+//! criterion measures each (wall clock, MB/s); then a plain loop measures each again and
+//! prints MB/s per second of wall clock and per second of CPU time of the measuring thread
+//! (`/proc/thread-self/schedstat`: on a machine shared with other work, the wall clock
+//! includes the time the thread waited for a core), the ratios to the naive baseline, and how
+//! much CPU other processes took meanwhile. Also printed: the build time of the engine, and
+//! what a dense (ahead-of-time) DFA of the same patterns would cost to build.
+//!
+//! `REDACT_BENCH_PROFILE=sparse|dense|sparse_agent|dense_agent [REDACT_BENCH_ITERS=n]` runs one
+//! workload alone (for `perf record` or `valgrind --tool=callgrind`); `REDACT_BENCH_SUMMARY=1`
+//! skips criterion and prints the summary only.
 
 use std::hint::black_box;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
+use interceptor::redact::TextRedactor;
 use interceptor::redact::engine::{Engine, MaskView, Match, PseudonymKey, Redacted};
+use interceptor::redact::json::{JsonLimits, JsonRedactor};
 
 struct Rng(u64);
 
@@ -298,78 +314,152 @@ impl Naive {
     }
 }
 
-fn mb_per_s(bytes: usize, f: &mut dyn FnMut()) -> f64 {
+/// Nanoseconds this thread has run on a CPU (`/proc/thread-self/schedstat`, first field).
+fn thread_cpu_ns() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    s.split_whitespace().next()?.parse().ok()
+}
+
+/// (busy, total) jiffies of the whole machine (`/proc/stat`, first line).
+fn machine_jiffies() -> Option<(u64, u64)> {
+    let s = std::fs::read_to_string("/proc/stat").ok()?;
+    let v: Vec<u64> = s
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3)? + v.get(4).copied().unwrap_or(0);
+    Some((total - idle, total))
+}
+
+struct Rate {
+    wall: f64,
+    cpu: f64,
+}
+
+/// Best MB/s over repetitions for >= 2 s, by wall clock and by this thread's CPU time.
+fn mb_per_s(bytes: usize, f: &mut dyn FnMut()) -> Rate {
     f();
-    let mut best = f64::MAX;
+    let (mut wall, mut cpu) = (f64::MAX, f64::MAX);
     let start = Instant::now();
     let mut runs = 0;
     while start.elapsed() < Duration::from_secs(2) || runs < 3 {
+        let c = thread_cpu_ns();
         let t = Instant::now();
         f();
-        best = best.min(t.elapsed().as_secs_f64());
+        let w = t.elapsed().as_secs_f64();
+        wall = wall.min(w);
+        if let (Some(a), Some(b)) = (c, thread_cpu_ns()) {
+            cpu = cpu.min((b.saturating_sub(a)).max(1) as f64 / 1e9);
+        }
         runs += 1;
     }
-    bytes as f64 / best / 1e6
+    let cpu = if cpu == f64::MAX { wall } else { cpu };
+    Rate {
+        wall: bytes as f64 / wall / 1e6,
+        cpu: bytes as f64 / cpu / 1e6,
+    }
+}
+
+/// The dense text as an MCP tool result.
+fn tool_result(text: &str) -> String {
+    serde_json::json!({
+        "jsonrpc": "2.0",
+        "id": 7,
+        "result": {"content": [{"type": "text", "text": text}], "isError": false}
+    })
+    .to_string()
+}
+
+/// The agent's path: the streaming JSON rewriter over 16 KiB chunks.
+fn agent(r: &Arc<dyn TextRedactor>, doc: &[u8], out: &mut Vec<u8>) -> u64 {
+    let mut j = JsonRedactor::new(r.clone(), JsonLimits::default());
+    out.clear();
+    for c in doc.chunks(16 << 10) {
+        j.push(c, out).expect("valid JSON");
+    }
+    j.finish(out).expect("complete").total()
 }
 
 fn main() {
     let t = Instant::now();
     let engine = Engine::builtin(PseudonymKey::new([42; 32]));
-    println!(
-        "engine: {} patterns, built in {:?}, max_match_len {}",
-        engine.pattern_count(),
-        t.elapsed(),
-        interceptor::redact::TextRedactor::max_match_len(&engine)
-    );
+    println!("engine built in {:?}: {engine:?}", t.elapsed());
+    let shared: Arc<dyn TextRedactor> = Arc::new(engine.clone());
+    let view = engine.default_view().clone();
+    let sparse = sparse_json(4 << 20);
+    let dense = dense_text(1 << 20);
+    let dense_doc = tool_result(&dense);
     if let Ok(which) = std::env::var("REDACT_BENCH_PROFILE") {
-        // For `perf record`: one workload through the engine for ~5 s, nothing else.
-        let text = if which == "dense" {
-            dense_text(1 << 20)
-        } else {
-            sparse_json(4 << 20)
+        // For `perf record` / callgrind: one workload alone, for ~5 s or n iterations.
+        let iters: Option<u64> = std::env::var("REDACT_BENCH_ITERS")
+            .ok()
+            .and_then(|v| v.parse().ok());
+        let text = match which.as_str() {
+            "dense" => dense.as_str(),
+            "dense_agent" => dense_doc.as_str(),
+            _ => sparse.as_str(),
         };
-        if let Ok(path) = std::env::var("REDACT_BENCH_DUMP") {
-            std::fs::write(path, &text).expect("dump");
-        }
-        let view = engine.default_view().clone();
+        let agent_path = which.ends_with("_agent");
+        // REDACT_BENCH_NO_PREFILTER=1: the same without the prefilter.
+        let engine = engine.with_prefilter(std::env::var_os("REDACT_BENCH_NO_PREFILTER").is_none());
+        let shared: Arc<dyn TextRedactor> = Arc::new(engine.clone());
+        let mut out = Vec::with_capacity(text.len() + (1 << 16));
         let start = Instant::now();
         let mut n = 0;
-        while start.elapsed() < Duration::from_secs(5) {
-            black_box(engine.redact_cow(black_box(&text), &view));
+        while iters.map_or(start.elapsed() < Duration::from_secs(5), |i| n < i) {
+            if agent_path {
+                black_box(agent(&shared, black_box(text.as_bytes()), &mut out));
+            } else {
+                black_box(engine.redact_cow(black_box(text), &view));
+            }
             n += 1;
         }
         println!(
-            "{which}: {:.1} MB/s",
-            (n * text.len()) as f64 / start.elapsed().as_secs_f64() / 1e6
+            "{which}: {n} runs, {:.1} MB/s",
+            (n as usize * text.len()) as f64 / start.elapsed().as_secs_f64() / 1e6
         );
         return;
     }
     let naive = Naive::new(&engine);
-    let view = engine.default_view().clone();
-    let sparse = sparse_json(4 << 20);
-    let dense = dense_text(1 << 20);
 
-    // Sanity: the baseline finds the same as the engine (before timing anything).
-    for (name, text) in [("sparse_json", &sparse), ("dense_text", &dense)] {
+    // Sanity: the baseline finds the same as the engine (before timing anything), and the
+    // agent's path at least as much (keys are labels there).
+    for (name, text, doc) in [
+        ("sparse_json", &sparse, &sparse),
+        ("dense_text", &dense, &dense_doc),
+    ] {
         let a = engine.redact_with(text, &view);
         let b = naive.redact(&engine, text, &view);
+        let mut out = Vec::new();
+        let c = agent(&shared, doc.as_bytes(), &mut out);
         let total = |r: &Redacted| r.counts.values().sum::<u32>();
         println!(
-            "{name}: {} bytes, engine masks {} values, naive masks {}",
+            "{name}: {} bytes, engine masks {} values, naive {}, agent path {}",
             text.len(),
             total(&a),
-            total(&b)
+            total(&b),
+            c
         );
     }
 
+    // REDACT_BENCH_SUMMARY=1: only the summary below (quicker).
+    let criterion_too = std::env::var_os("REDACT_BENCH_SUMMARY").is_none();
     let mut c = Criterion::default()
         .sample_size(10)
         .measurement_time(Duration::from_secs(6))
         .warm_up_time(Duration::from_secs(1))
         .configure_from_args();
-    {
+    if criterion_too {
         let mut g = c.benchmark_group("redact");
-        for (name, text) in [("sparse_json", &sparse), ("dense_text", &dense)] {
+        let mut out = Vec::new();
+        for (name, text, doc) in [
+            ("sparse_json", &sparse, &sparse),
+            ("dense_text", &dense, &dense_doc),
+        ] {
             g.throughput(Throughput::Bytes(text.len() as u64));
             g.bench_function(format!("engine/{name}"), |b| {
                 b.iter(|| engine.redact_cow(black_box(text), &view).1.findings.len())
@@ -377,27 +467,75 @@ fn main() {
             g.bench_function(format!("engine_scan_only/{name}"), |b| {
                 b.iter(|| engine.scan(black_box(text)).len())
             });
+            g.throughput(Throughput::Bytes(doc.len() as u64));
+            g.bench_function(format!("agent/{name}"), |b| {
+                b.iter(|| agent(&shared, black_box(doc.as_bytes()), &mut out))
+            });
+            g.throughput(Throughput::Bytes(text.len() as u64));
             g.bench_function(format!("naive/{name}"), |b| {
                 b.iter(|| naive.redact(&engine, black_box(text), &view).findings.len())
             });
         }
         g.finish();
+        c.final_summary();
     }
-    c.final_summary();
 
-    println!("\nsummary (best of >= 2 s each, single thread):");
+    println!("\nsummary: best of >= 2 s each, one thread; MB/s per second of wall clock / of CPU");
     println!(
-        "{:<12} {:>12} {:>12} {:>8}",
-        "workload", "engine MB/s", "naive MB/s", "ratio"
+        "load average before: {}",
+        std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim()
     );
-    for (name, text) in [("sparse_json", &sparse), ("dense_text", &dense)] {
+    println!(
+        "{:<12} {:>17} {:>17} {:>17} {:>17} {:>14}",
+        "workload", "engine MB/s", "agent MB/s", "no prefilter MB/s", "naive MB/s", "ratio (CPU)"
+    );
+    let plain = engine.clone().with_prefilter(false);
+    let j0 = machine_jiffies();
+    let c0 = thread_cpu_ns();
+    let w0 = Instant::now();
+    let mut out = Vec::new();
+    for (name, text, doc) in [
+        ("sparse_json", &sparse, &sparse),
+        ("dense_text", &dense, &dense_doc),
+    ] {
         let e = mb_per_s(text.len(), &mut || {
             black_box(engine.redact_cow(black_box(text), &view));
+        });
+        let a = mb_per_s(doc.len(), &mut || {
+            black_box(agent(&shared, black_box(doc.as_bytes()), &mut out));
+        });
+        let p = mb_per_s(text.len(), &mut || {
+            black_box(plain.redact_cow(black_box(text), &view));
         });
         let n = mb_per_s(text.len(), &mut || {
             black_box(naive.redact(&engine, black_box(text), &view));
         });
-        println!("{name:<12} {e:>12.1} {n:>12.1} {:>7.1}x", e / n);
+        println!(
+            "{name:<12} {:>8.1} / {:>6.1} {:>8.1} / {:>6.1} {:>8.1} / {:>6.1} {:>8.1} / {:>6.1} {:>6.1}x {:>5.1}x",
+            e.wall,
+            e.cpu,
+            a.wall,
+            a.cpu,
+            p.wall,
+            p.cpu,
+            n.wall,
+            n.cpu,
+            e.cpu / n.cpu,
+            a.cpu / n.cpu
+        );
+    }
+    if let (Some((b0, t0)), Some((b1, t1)), Some(c0), Some(c1)) =
+        (j0, machine_jiffies(), c0, thread_cpu_ns())
+    {
+        // Jiffies are 10 ms on this kernel's USER_HZ; ours are in ns.
+        let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let busy = (b1 - b0) as f64 / (t1 - t0).max(1) as f64 * ncpu;
+        let ours = (c1 - c0) as f64 / 1e9 / w0.elapsed().as_secs_f64();
+        println!(
+            "while measuring: machine busy {busy:.2} of {ncpu:.0} CPUs, this thread {ours:.2}: \
+             other processes took {:.2} CPUs",
+            (busy - ours).max(0.0)
+        );
     }
 
     // What the ahead-of-time dense DFA of the same patterns would cost (why `hybrid`).

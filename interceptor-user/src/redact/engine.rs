@@ -65,6 +65,7 @@
 //! evidence strings), sparse JSON by the DFA loop above.
 
 mod detectors;
+mod prefilter;
 mod validate;
 
 #[cfg(test)]
@@ -82,14 +83,16 @@ use std::sync::Arc;
 
 use hmac::{Hmac, Mac};
 use regex_automata::hybrid;
+use regex_automata::hybrid::LazyStateID;
 use regex_automata::util::pool::Pool;
-use regex_automata::util::syntax;
+use regex_automata::util::{start, syntax};
 use regex_automata::{Anchored, Input, MatchKind};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 use super::{Finding, TextRedactor};
 use detectors::{BUILTINS, NEGATIVE_GAP, NEGATIVE_WORDS, PENALTY, STRONG, THRESHOLD};
+use prefilter::{Cursor, Prefilter};
 pub use validate::Validator;
 
 /// The longest pattern a custom detector may have (bytes).
@@ -327,6 +330,8 @@ struct Inner {
     sources: Vec<String>,
     /// The longest match of any pattern, before validators extend it.
     max_pattern_len: usize,
+    /// What the automaton may skip (`None`: some pattern has no usable anchors).
+    prefilter: Option<Prefilter>,
     detectors: Vec<Detector>,
     key: PseudonymKey,
     view: MaskView,
@@ -345,6 +350,8 @@ struct Word {
 #[derive(Clone)]
 pub struct Engine {
     inner: Arc<Inner>,
+    /// Whether scans use the prefilter (always, but for comparisons in tests and benchmarks).
+    use_prefilter: bool,
 }
 
 impl fmt::Debug for Engine {
@@ -353,6 +360,7 @@ impl fmt::Debug for Engine {
             .field("patterns", &self.inner.patterns.len())
             .field("detectors", &self.inner.detectors.len())
             .field("max_match_len", &self.inner.max_len)
+            .field("prefilter", &self.inner.prefilter)
             .finish()
     }
 }
@@ -534,6 +542,7 @@ impl Engine {
 
         let mut pattern_len = Vec::with_capacity(sources.len());
         let mut max_len = 0;
+        let mut hirs = Vec::with_capacity(sources.len());
         for (src, dets) in sources.iter().zip(&patterns) {
             let hir =
                 syntax::parse_with(src, &syntax_config()).map_err(|e| EngineError::Pattern {
@@ -553,7 +562,9 @@ impl Engine {
                 .max()
                 .unwrap_or(0);
             max_len = max_len.max(len).max(extent);
+            hirs.push(hir);
         }
+        let prefilter = Prefilter::new(&hirs);
 
         let dfa_config = hybrid::dfa::Config::new().cache_capacity(CACHE_CAPACITY);
         let re = hybrid::regex::Regex::builder()
@@ -613,6 +624,7 @@ impl Engine {
             patterns,
             sources,
             max_pattern_len: pattern_len.iter().copied().max().unwrap_or(0),
+            prefilter,
             detectors,
             key,
             view: MaskView::from(cfg),
@@ -621,7 +633,22 @@ impl Engine {
         };
         Ok(Engine {
             inner: Arc::new(inner),
+            use_prefilter: true,
         })
+    }
+
+    /// The same engine with the prefilter on or off (the results are the same; for tests and
+    /// benchmarks).
+    #[doc(hidden)]
+    pub fn with_prefilter(mut self, on: bool) -> Engine {
+        self.use_prefilter = on;
+        self
+    }
+
+    /// Whether the patterns have a prefilter (custom patterns without rare anchor bytes, such
+    /// as all-lowercase words, leave the automaton to read every byte).
+    pub fn has_prefilter(&self) -> bool {
+        self.inner.prefilter.is_some()
     }
 
     /// All built-in detectors, pseudonymize by default.
@@ -728,17 +755,38 @@ impl Engine {
             hay.len()
                 .min(stop.saturating_add(inner.max_pattern_len + 1))
         };
+        let mut cursor = Cursor::default();
+        let pf = inner.prefilter.as_ref().filter(|_| self.use_prefilter);
+        let limit = stop.saturating_add(pf.map_or(0, Prefilter::max_lb));
+        let mut pos = from;
+        if let Some(pf) = pf {
+            // Most short values hold no anchor at all: no automaton, no cache.
+            match pf.next_start(hay, from, limit, &mut cursor) {
+                Some(t) => pos = t,
+                None => return,
+            }
+        }
+        let mut starts = None;
         let mut cache = inner.re_caches.get();
         let mut scratch = Scratch {
             label,
             ..Scratch::default()
         };
-        let mut pos = from;
         // End of the last rejected candidate: a candidate wholly inside it is a fragment of a
         // rejected structure (`0044 0532 0130 00` inside a bad IBAN) and is skipped.
         let mut rejected_end = 0;
         while pos < stop {
-            let input = Input::new(hay).span(pos..search_end);
+            let pos_from = match pf {
+                Some(pf) => {
+                    let bounds = (stop, search_end, limit);
+                    match self.skip(pf, hay, pos, bounds, &mut cache, &mut cursor, &mut starts) {
+                        Some(p) => p,
+                        None => break,
+                    }
+                }
+                None => pos,
+            };
+            let input = Input::new(hay).span(pos_from..search_end);
             let m = match inner.re.try_search(&mut cache, &input) {
                 Ok(Some(m)) if m.start() < stop => m,
                 // No match, or (never with this configuration) a search error.
@@ -779,6 +827,93 @@ impl Engine {
             while pos < stop && !text.is_char_boundary(pos) {
                 pos += 1;
             }
+        }
+    }
+
+    /// A position `p >= pos` such that no match starts in `[pos, p)`, so that a search from
+    /// `p` finds the same leftmost match as one from `pos`; `None` when no match starts in
+    /// `[pos, stop)` (see `prefilter`). Runs the forward automaton only from where the
+    /// prefilter says a match may start, and jumps ahead whenever it is back in its start
+    /// state with no anchor close enough.
+    #[allow(clippy::too_many_arguments)]
+    fn skip(
+        &self,
+        pf: &Prefilter,
+        hay: &[u8],
+        pos: usize,
+        (stop, end, limit): (usize, usize, usize),
+        cache: &mut hybrid::regex::Cache,
+        cursor: &mut Cursor,
+        starts: &mut Option<(usize, LazyStateID)>,
+    ) -> Option<usize> {
+        let dfa = self.inner.re.forward();
+        let fc = cache.forward_mut();
+        let mut t = pf.next_start(hay, pos, limit, cursor)?;
+        'jump: loop {
+            if t >= stop {
+                return None;
+            }
+            let Ok(mut sid) = dfa.start_state_forward(fc, &Input::new(hay).span(t..end)) else {
+                return Some(t);
+            };
+            let generation = fc.clear_count();
+            // The start state after a non-word byte: where the automaton is back to when
+            // nothing is in progress (ids are valid until the cache is cleared).
+            let start = match *starts {
+                Some((g, s)) if g == generation => s,
+                _ => {
+                    let cfg = start::Config::new()
+                        .anchored(Anchored::No)
+                        .look_behind(Some(b' '));
+                    match dfa.start_state(fc, &cfg) {
+                        Ok(s) if fc.clear_count() == generation => {
+                            *starts = Some((generation, s));
+                            s
+                        }
+                        _ => return Some(t),
+                    }
+                }
+            };
+            let mut q = t;
+            while let Some(&b) = hay.get(q).filter(|_| q < end) {
+                let mut next = dfa.next_state_untagged(fc, sid, b);
+                if next.is_tagged() {
+                    if !next.is_unknown() {
+                        // A match (or dead, or quit): the full search takes over.
+                        return Some(t);
+                    }
+                    next = match dfa.next_state(fc, sid, b) {
+                        Ok(n) if !n.is_tagged() && fc.clear_count() == generation => n,
+                        _ => return Some(t),
+                    };
+                }
+                sid = next;
+                q += 1;
+                if sid == start {
+                    // Nothing in progress at `q`.
+                    let next = match pf.cached(cursor, q) {
+                        Some(next) => next,
+                        None => pf.next_start(hay, q, limit, cursor),
+                    };
+                    match next {
+                        None => return None,
+                        Some(t2) if t2 > q => {
+                            t = t2;
+                            continue 'jump;
+                        }
+                        Some(_) => {}
+                    }
+                }
+            }
+            // Matches are reported one byte late: the byte after the span, or the end.
+            let last = match hay.get(end) {
+                Some(&b) => dfa.next_state(fc, sid, b),
+                None => dfa.next_eoi_state(fc, sid),
+            };
+            return match last {
+                Ok(s) if !s.is_match() => None,
+                _ => Some(t),
+            };
         }
     }
 

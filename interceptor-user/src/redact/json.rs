@@ -573,12 +573,24 @@ impl JsonRedactor {
     }
 
     fn run(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Result<(), JsonError> {
+        // The chunk's text checked as UTF-8 once, from its first to its last char boundary:
+        // strings inside need no check of their own (their quotes are ASCII, so char
+        // boundaries). Anything else (characters split by the chunk's ends, invalid bytes)
+        // takes the byte-wise path, which reports errors.
+        let valid = valid_text(chunk);
         let mut i = 0;
         while i < chunk.len() {
             let b = chunk[i];
             match self.state {
                 State::Str(s) => {
                     i = self.string_bytes(s, chunk, i, out)?;
+                    continue;
+                }
+                State::Number(Num::Int | Num::Frac | Num::ExpDigits) if b.is_ascii_digit() => {
+                    // A run of digits at once (the state does not change).
+                    let k = chunk[i..].iter().take_while(|c| c.is_ascii_digit()).count();
+                    out.extend_from_slice(&chunk[i..i + k]);
+                    i += k;
                     continue;
                 }
                 State::Number(n) => {
@@ -621,7 +633,17 @@ impl JsonRedactor {
                     b'{' => self.open(Container::Object, i)?,
                     b'[' => self.open(Container::Array, i)?,
                     b']' if allow_close => self.close(Container::Array, b, i)?,
-                    b'"' => self.start_string(false),
+                    b'"' => {
+                        out.push(b);
+                        i = match self.whole_string(false, valid, chunk, i + 1, out) {
+                            Some(next) => next,
+                            None => {
+                                self.start_string(false);
+                                i + 1
+                            }
+                        };
+                        continue;
+                    }
                     b'-' => self.state = State::Number(Num::Minus),
                     b'0' => self.state = State::Number(Num::Zero),
                     b'1'..=b'9' => self.state = State::Number(Num::Int),
@@ -646,7 +668,17 @@ impl JsonRedactor {
                     _ => return Err(self.err(i, unexpected)),
                 },
                 State::Key { allow_close } => match b {
-                    b'"' => self.start_string(true),
+                    b'"' => {
+                        out.push(b);
+                        i = match self.whole_string(true, valid, chunk, i + 1, out) {
+                            Some(next) => next,
+                            None => {
+                                self.start_string(true);
+                                i + 1
+                            }
+                        };
+                        continue;
+                    }
                     b'}' if allow_close => self.close(Container::Object, b, i)?,
                     _ => return Err(self.err(i, unexpected)),
                 },
@@ -676,6 +708,58 @@ impl JsonRedactor {
         Ok(())
     }
 
+    /// The common case at once: a string whose content starts at `chunk[i]` (just after its
+    /// opening quote) and ends in this chunk, without escapes, shorter than a window (and not
+    /// a key to redact). Redacted straight from the chunk, nothing copied but the output; the
+    /// same result as the byte-wise path ([`start_string`], [`string_bytes`]). Returns the
+    /// index after the closing quote, or `None` to take the byte-wise path (which also
+    /// reports any error).
+    ///
+    /// [`start_string`]: Self::start_string
+    /// [`string_bytes`]: Self::string_bytes
+    fn whole_string(
+        &mut self,
+        key: bool,
+        (off, valid): (usize, &str),
+        chunk: &[u8],
+        i: usize,
+        out: &mut Vec<u8>,
+    ) -> Option<usize> {
+        if key && self.redact_keys {
+            return None;
+        }
+        let rest = chunk.get(i..)?;
+        let run = plain_run(rest);
+        if rest.get(run) != Some(&b'"') || run >= self.limits.window {
+            return None;
+        }
+        let text = i.checked_sub(off).and_then(|k| valid.get(k..k + run))?;
+        if key {
+            if let Some(at) = self.label_at {
+                self.keys.truncate(at);
+            }
+            self.key_full = false;
+            self.capture_key(text);
+            out.extend_from_slice(text.as_bytes());
+            self.state = State::Colon;
+        } else {
+            let label = label_of(&self.keys, self.label_at);
+            let (red, findings) = self.redactor.redact_labelled(label, text);
+            if unchanged(&red, text) {
+                out.extend_from_slice(text.as_bytes());
+            } else {
+                encode_into(&red, out);
+                self.summary.strings_redacted += 1;
+            }
+            if !findings.is_empty() {
+                self.summary.record(findings, self.limits.max_findings);
+            }
+            self.value_done();
+        }
+        out.push(b'"');
+        Some(i + run + 1)
+    }
+
     /// Reads string bytes from `chunk[i..]`; returns the index of the first byte not consumed
     /// (the end of the chunk, or just after the closing quote).
     fn string_bytes(
@@ -690,10 +774,7 @@ impl JsonRedactor {
             match s.esc {
                 Esc::None => {
                     let rest = &chunk[i..];
-                    let run = rest
-                        .iter()
-                        .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
-                        .unwrap_or(rest.len());
+                    let run = plain_run(rest);
                     if run > 0 {
                         // A buffered run stops exactly at the segment threshold, so segments
                         // fall at the same place whatever the chunking.
@@ -1028,6 +1109,41 @@ fn label_of(keys: &str, at: Option<usize>) -> Option<&str> {
 /// returned borrowed).
 fn unchanged(red: &str, input: &str) -> bool {
     (red.as_ptr() == input.as_ptr() && red.len() == input.len()) || red == input
+}
+
+/// The longest stretch of `chunk` that is valid UTF-8 once the partial characters at its ends
+/// are left out: its offset and text.
+fn valid_text(chunk: &[u8]) -> (usize, &str) {
+    let is_cont = |b: u8| (0x80..0xC0).contains(&b);
+    let off = chunk.iter().take(3).take_while(|&&b| is_cont(b)).count();
+    let mut end = chunk.len();
+    // A character cut at the end: its lead byte is within the last 3 bytes.
+    if let Some(k) = (end.saturating_sub(3)..end).rev().find(|&k| !is_cont(chunk[k])) {
+        if chunk[k] >= 0xC0 && k + utf8_width(chunk[k]) > end {
+            end = k;
+        }
+    }
+    let body = chunk.get(off..end.max(off)).unwrap_or_default();
+    match std::str::from_utf8(body) {
+        Ok(v) => (off, v),
+        Err(e) => (
+            off,
+            std::str::from_utf8(&body[..e.valid_up_to()]).unwrap_or_default(),
+        ),
+    }
+}
+
+/// The length of the run of plain string bytes `b` starts with: up to the first `"`, `\` or
+/// control character.
+fn plain_run(b: &[u8]) -> usize {
+    let end = memchr::memchr2(b'"', b'\\', b).unwrap_or(b.len());
+    let run = &b[..end];
+    // Control characters are invalid (rare): one pass over the run that vectorises.
+    if run.iter().fold(0u8, |a, &c| a | u8::from(c < 0x20)) != 0 {
+        run.iter().position(|&c| c < 0x20).unwrap_or(end)
+    } else {
+        end
+    }
 }
 
 fn push_esc(s: &mut Str, b: u8) {

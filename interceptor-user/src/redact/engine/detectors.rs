@@ -105,6 +105,12 @@ pub(crate) const NEGATIVE_WORDS: &[&str] = &[
 
 const MONTHS: &str = "(?i:january|february|march|april|may|june|july|august|september|october|november|december|jan|feb|mar|apr|jun|jul|aug|sep|sept|oct|nov|dec|januar|februar|märz|maerz|mai|juni|juli|oktober|dezember|jänner|janvier|février|fevrier|mars|avril|juin|juillet|août|aout|septembre|octobre|novembre|décembre|decembre|enero|febrero|marzo|abril|mayo|junio|julio|agosto|septiembre|setiembre|octubre|noviembre|diciembre|gennaio|febbraio|aprile|maggio|giugno|luglio|settembre|ottobre|dicembre|januari|februari|maart|mei|augustus|mrt|okt|stycznia|lutego|marca|kwietnia|maja|czerwca|lipca|sierpnia|września|wrzesnia|października|pazdziernika|listopada|grudnia|augusti|maj)";
 
+/// Month-first dates (`March 12, 1984`, `Sept. 3 1990`) are English usage, and English month
+/// names are written with a capital: requiring it keeps the pattern anchored on a rare byte
+/// (see `prefilter`), where a lowercase month name would make every digit a possible date
+/// 15 bytes into a match.
+const MONTHS_EN: &str = "(?:J(?i:anuary|an|une|un|uly|ul)|F(?i:ebruary|eb)|M(?i:arch|ar|ay)|A(?i:pril|pr|ugust|ug)|S(?i:eptember|ept|ep)|O(?i:ctober|ct)|N(?i:ovember|ov)|D(?i:ecember|ec))";
+
 /// Month names of the supported languages, lowercase, with their number.
 pub(crate) const MONTH_NAMES: &[(&str, u32)] = &[
     ("january", 1),
@@ -535,7 +541,7 @@ pub(crate) const BUILTINS: &[Builtin] = &[
             r"\b(?:19|20)[0-9]{2}-[01]?[0-9]-[0-3]?[0-9]\b",
             r"\b[0-3]?[0-9][./-][0-3]?[0-9][./-](?:19|20)?[0-9]{2}\b",
             r"\b[0-3]?[0-9](?:\.|er|st|nd|rd|th)?(?: de)? MONTHS\.?(?: de)?,? (?:19|20)[0-9]{2}\b",
-            r"\bMONTHS\.? [0-3]?[0-9](?:st|nd|rd|th)?,? (?:19|20)[0-9]{2}\b",
+            r"\bMONTHS_EN\.? [0-3]?[0-9](?:st|nd|rd|th)?,? (?:19|20)[0-9]{2}\b",
         ],
         check: Check::Dob,
         base: 0.1,
@@ -619,7 +625,9 @@ pub(crate) const BUILTINS: &[Builtin] = &[
     },
 ];
 
-/// The month-name placeholder used in the date patterns.
+/// The month-name placeholders used in the date patterns.
 pub(crate) fn expand(pattern: &str) -> String {
-    pattern.replace("MONTHS", MONTHS)
+    pattern
+        .replace("MONTHS_EN", MONTHS_EN)
+        .replace("MONTHS", MONTHS)
 }

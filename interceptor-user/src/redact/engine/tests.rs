@@ -439,6 +439,16 @@ proptest! {
     }
 
     #[test]
+    fn prefilter_changes_nothing(s in fragment(), t in "\\PC{0,120}|[\\x00-\\x7f]{0,120}", label in "(bsn|dob|order_id|x)?") {
+        let e = engine();
+        let plain = e.clone().with_prefilter(false);
+        for text in [&s, &t] {
+            prop_assert_eq!(e.scan_field(&label, text), plain.scan_field(&label, text), "{:?}", text);
+            prop_assert_eq!(e.redact_field(&label, text, e.default_view()), plain.redact_field(&label, text, e.default_view()));
+        }
+    }
+
+    #[test]
     fn output_has_no_detections_and_masks_are_stable(s in fragment()) {
         let e = engine();
         for view in [e.default_view().clone(), remove_view()] {
@@ -473,4 +483,38 @@ fn field_labels_are_context() {
     assert_eq!(e.scan_field("phone", "0612345678").len(), 1);
     let r = e.redact_field("passport", "X1234567", e.default_view());
     assert_eq!(r.counts.get("PASSPORT"), Some(&1), "{}", r.text);
+}
+
+#[test]
+fn prefilter_changes_nothing_on_the_corpus() {
+    let e = engine();
+    println!("{e:?}");
+    assert!(e.has_prefilter(), "{e:?}");
+    let plain = e.clone().with_prefilter(false);
+    for d in corpus::generate() {
+        assert_eq!(e.scan(&d.text), plain.scan(&d.text), "{}", d.id);
+        let (a, b) = (
+            e.redact_with(&d.text, e.default_view()),
+            plain.redact_with(&d.text, e.default_view()),
+        );
+        assert_eq!(a, b, "{}", d.id);
+    }
+    // A custom detector without rare bytes turns the prefilter off; one with them keeps it.
+    let lower = Engine::new(
+        &EngineConfig {
+            custom: vec![CustomDetector {
+                entity: "CODE".into(),
+                pattern: "\\bzz[a-z]{4}\\b".into(),
+                validator: Validator::None,
+                context: vec![],
+                require_context: false,
+                confidence: None,
+            }],
+            ..EngineConfig::default()
+        },
+        key(),
+    )
+    .expect("engine");
+    assert!(!lower.has_prefilter());
+    assert_eq!(lower.scan("see zzabcd now").len(), 1);
 }

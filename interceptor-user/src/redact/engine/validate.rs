@@ -93,7 +93,62 @@ fn digits(v: &[u8]) -> impl Iterator<Item = u32> + '_ {
         .map(|b| u32::from(b - b'0'))
 }
 
-fn digit_vec(v: &[u8]) -> Vec<u32> {
+/// A short sequence on the stack (candidates are short), on the heap beyond `N` items.
+pub(crate) struct Small<T: Copy + Default, const N: usize> {
+    buf: [T; N],
+    len: usize,
+    heap: Vec<T>,
+}
+
+impl<T: Copy + Default, const N: usize> Small<T, N> {
+    pub(crate) fn new() -> Self {
+        Small {
+            buf: [T::default(); N],
+            len: 0,
+            heap: Vec::new(),
+        }
+    }
+
+    pub(crate) fn push(&mut self, x: T) {
+        if self.len < N {
+            self.buf[self.len] = x;
+        } else {
+            if self.len == N {
+                self.heap.extend_from_slice(&self.buf);
+            }
+            self.heap.push(x);
+        }
+        self.len += 1;
+    }
+}
+
+impl<T: Copy + Default, const N: usize> FromIterator<T> for Small<T, N> {
+    fn from_iter<I: IntoIterator<Item = T>>(it: I) -> Self {
+        let mut s = Small::new();
+        for x in it {
+            s.push(x);
+        }
+        s
+    }
+}
+
+impl<T: Copy + Default, const N: usize> std::ops::Deref for Small<T, N> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        if self.len <= N {
+            &self.buf[..self.len]
+        } else {
+            &self.heap
+        }
+    }
+}
+
+/// The digits of a candidate.
+type Digits = Small<u32, 40>;
+/// The bytes of a candidate, some left out.
+type Bytes = Small<u8, 64>;
+
+fn digit_vec(v: &[u8]) -> Digits {
     digits(v).collect()
 }
 
@@ -277,19 +332,18 @@ const IBAN_LENGTHS: &[(&[u8; 2], usize)] = &[
 
 /// Groups of four separated by single spaces, the last one 1..=4 long.
 fn groups_of_four(v: &[u8]) -> bool {
-    let groups: Vec<&[u8]> = v.split(|&b| b == b' ').collect();
-    let n = groups.len();
-    groups.iter().enumerate().all(|(i, g)| {
-        if i + 1 < n {
-            g.len() == 4
-        } else {
-            (1..=4).contains(&g.len())
+    let mut groups = v.split(|&b| b == b' ').peekable();
+    while let Some(g) = groups.next() {
+        let last = groups.peek().is_none();
+        if (last && !(1..=4).contains(&g.len())) || (!last && g.len() != 4) {
+            return false;
         }
-    })
+    }
+    true
 }
 
 fn iban(v: &[u8]) -> bool {
-    let compact: Vec<u8> = v.iter().copied().filter(|&b| b != b' ').collect();
+    let compact: Bytes = v.iter().copied().filter(|&b| b != b' ').collect();
     if compact.len() < 15 || !compact[..2].iter().all(u8::is_ascii_uppercase) {
         return false;
     }
@@ -343,20 +397,20 @@ fn card_issuer(ds: &[u32]) -> bool {
 }
 
 fn card_groups(v: &[u8]) -> bool {
-    let seps: Vec<u8> = v.iter().copied().filter(|b| !b.is_ascii_digit()).collect();
-    if seps.is_empty() {
+    let mut seps = v.iter().copied().filter(|b| !b.is_ascii_digit());
+    let Some(first) = seps.next() else {
         return true;
-    }
-    if seps.iter().any(|&s| s != seps[0]) {
+    };
+    if seps.any(|s| s != first) {
         return false;
     }
-    let g: Vec<usize> = v.split(|b| !b.is_ascii_digit()).map(<[u8]>::len).collect();
+    let g: Small<usize, 24> = v.split(|b| !b.is_ascii_digit()).map(<[u8]>::len).collect();
     let n = g.len();
     if g[..n - 1].iter().all(|&l| l == 4) && (1..=4).contains(&g[n - 1]) {
         return true;
     }
     matches!(
-        g.as_slice(),
+        &g[..],
         [4, 6, 5] | [4, 6, 4] | [4, 4, 5] | [4, 4, 4, 4, 3]
     )
 }
@@ -364,20 +418,30 @@ fn card_groups(v: &[u8]) -> bool {
 /// A numeric date: `Y-M-D`, `D.M.Y`, `D/M/Y`, `M/D/Y` (two-digit years allowed). Returns the
 /// normalised `YYYY-MM-DD` (or `YY-MM-DD`).
 fn numeric_date(v: &[u8]) -> Option<String> {
+    let (y, m, d) = numeric_ymd(v)?;
+    Some(format!("{y:04}-{m:02}-{d:02}"))
+}
+
+/// The year, month and day of a numeric date (see [`numeric_date`]), without allocating.
+fn numeric_ymd(v: &[u8]) -> Option<(u32, u32, u32)> {
     let sep = *v.iter().find(|b| matches!(b, b'.' | b'/' | b'-'))?;
-    let parts: Vec<&[u8]> = v.split(|&b| b == sep).collect();
-    if parts.len() != 3
-        || parts
-            .iter()
-            .any(|p| p.is_empty() || !p.iter().all(u8::is_ascii_digit))
-    {
+    let mut parts = [&v[..0]; 3];
+    let mut k = 0;
+    for p in v.split(|&b| b == sep) {
+        if k == 3 || p.is_empty() || !p.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        parts[k] = p;
+        k += 1;
+    }
+    if k != 3 {
         return None;
     }
-    let n: Vec<u32> = parts.iter().map(|p| num(&digit_vec(p))).collect();
+    let n = parts.map(|p| num(&digit_vec(p)));
     let year_ok = |y: u32, len: usize| len == 2 || (len == 4 && (1900..=2025).contains(&y));
     if parts[0].len() == 4 {
         let (y, m, d) = (n[0], n[1], n[2]);
-        return (year_ok(y, 4) && valid_date(y, m, d)).then(|| format!("{y:04}-{m:02}-{d:02}"));
+        return (year_ok(y, 4) && valid_date(y, m, d)).then_some((y, m, d));
     }
     let ylen = parts[2].len();
     if ylen != 2 && ylen != 4 {
@@ -389,9 +453,9 @@ fn numeric_date(v: &[u8]) -> Option<String> {
     }
     let yy = if ylen == 2 { 2000 } else { y };
     if valid_date(yy, n[1], n[0]) {
-        Some(format!("{y:04}-{:02}-{:02}", n[1], n[0]))
+        Some((y, n[1], n[0]))
     } else if valid_date(yy, n[0], n[1]) {
-        Some(format!("{y:04}-{:02}-{:02}", n[0], n[1]))
+        Some((y, n[0], n[1]))
     } else {
         None
     }
@@ -422,7 +486,7 @@ fn named_date(v: &str) -> Option<String> {
 }
 
 fn looks_like_date(v: &[u8]) -> bool {
-    numeric_date(v).is_some()
+    numeric_ymd(v).is_some()
 }
 
 fn pesel(ds: &[u32]) -> bool {
@@ -482,7 +546,7 @@ fn se_pnr(ds: &[u32]) -> bool {
 }
 
 fn nir(v: &[u8]) -> bool {
-    let compact: Vec<u8> = v.iter().copied().filter(|&b| b != b' ').collect();
+    let compact: Bytes = v.iter().copied().filter(|&b| b != b' ').collect();
     if compact.len() != 15 {
         return false;
     }
@@ -490,11 +554,13 @@ fn nir(v: &[u8]) -> bool {
     if !(matches!(month, 1..=12) || month >= 20) {
         return false;
     }
-    let body: Vec<u8> = match &compact[5..7] {
-        b"2A" => [&compact[..5], b"19", &compact[7..13]].concat(),
-        b"2B" => [&compact[..5], b"18", &compact[7..13]].concat(),
-        _ => compact[..13].to_vec(),
-    };
+    let mut body = [0u8; 13];
+    body.copy_from_slice(&compact[..13]);
+    match &compact[5..7] {
+        b"2A" => body[5..7].copy_from_slice(b"19"),
+        b"2B" => body[5..7].copy_from_slice(b"18"),
+        _ => {}
+    }
     if !body.iter().all(u8::is_ascii_digit) || !compact[13..].iter().all(u8::is_ascii_digit) {
         return false;
     }
@@ -600,7 +666,7 @@ fn phone(t: &[u8], s: usize, e: usize) -> Option<Verdict> {
         return None;
     }
     // Ranges: two equal-length groups around a dash ("1200-1299").
-    let groups: Vec<&[u8]> = v
+    let groups: Small<&[u8], 16> = v
         .split(|b| !b.is_ascii_digit())
         .filter(|g| !g.is_empty())
         .collect();
@@ -713,12 +779,9 @@ fn ipv6(t: &[u8], s: usize, e: usize) -> Option<Verdict> {
 
 fn mac(t: &[u8], s: usize, e: usize) -> Option<Verdict> {
     let v = &t[s..e];
-    let seps: Vec<u8> = v
-        .iter()
-        .copied()
-        .filter(|b| !b.is_ascii_hexdigit())
-        .collect();
-    if seps.iter().any(|&c| c != seps[0]) || v.iter().all(|&b| b == b'0' || !b.is_ascii_hexdigit())
+    let mut seps = v.iter().copied().filter(|b| !b.is_ascii_hexdigit());
+    let first = seps.next();
+    if seps.any(|c| Some(c) != first) || v.iter().all(|&b| b == b'0' || !b.is_ascii_hexdigit())
     {
         return None;
     }
@@ -826,7 +889,7 @@ impl Validator {
             Validator::ItCf => ok(it_cf(v)),
             Validator::Nino => ok(nino(v)),
             Validator::EsNie => {
-                let compact: Vec<u8> = v.iter().copied().filter(|&b| b != b'-').collect();
+                let compact: Bytes = v.iter().copied().filter(|&b| b != b'-').collect();
                 if compact.len() != 9 || !compact[1..8].iter().all(u8::is_ascii_digit) {
                     return None;
                 }
@@ -874,7 +937,7 @@ impl Validator {
                     return None;
                 }
                 let text_v = std::str::from_utf8(v).ok()?;
-                ok(numeric_date(v).is_some() || named_date(text_v).is_some())
+                ok(numeric_ymd(v).is_some() || named_date(text_v).is_some())
             }
             Validator::Phone => phone(t, s, e),
             Validator::NlBsn => {
