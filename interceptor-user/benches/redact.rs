@@ -483,7 +483,9 @@ fn main() {
     println!("\nsummary: best of >= 2 s each, one thread; MB/s per second of wall clock / of CPU");
     println!(
         "load average before: {}",
-        std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim()
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
     );
     println!(
         "{:<12} {:>17} {:>17} {:>17} {:>17} {:>14}",

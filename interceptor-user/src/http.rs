@@ -1240,7 +1240,7 @@ fn exchange_redactor(engine: &Engine, view: Option<MaskView>) -> Arc<dyn TextRed
 }
 
 /// Findings (pseudonyms) kept per exchange record; more are counted, not listed.
-const MAX_RECORDED_FINDINGS: usize = 10_000;
+const MAX_RECORDED_FINDINGS: usize = crate::redact::json::MAX_FINDINGS;
 
 /// Largest response of another content type than JSON or SSE that a redacting service passes:
 /// such a body is redacted as text, which needs it whole.
@@ -1282,12 +1282,7 @@ where
     // The length changes: the redacted body is sent chunked (HTTP/1.1) or framed (HTTP/2).
     rparts.headers.remove(header::CONTENT_LENGTH);
     if media == "text/event-stream" {
-        let body = Redacting::sse(
-            rbody,
-            redactor,
-            ctx.svc.cfg.limits.max_sse_event_bytes,
-            evidence,
-        );
+        let body = Redacting::sse(rbody, redactor, evidence);
         return client_response(rparts, Observed::new(body, observer).boxed_unsync());
     }
     if media == "application/json" || media.ends_with("+json") {
@@ -1672,7 +1667,7 @@ async fn filtered_list_response(
             let ev: crate::redact::stream::Evidence = Arc::default();
             let r = exchange_redactor(engine, view);
             let body = if ct.starts_with("text/event-stream") {
-                Redacting::sse(Full::new(out), r, MAX_LIST_BYTES, ev.clone())
+                Redacting::sse(Full::new(out), r, ev.clone())
             } else {
                 Redacting::json(Full::new(out), r, ev.clone())
             };

@@ -469,8 +469,8 @@ mod tests {
         let key = root.join("etc/interceptor/audit-signing.key");
         assert_eq!(mode(&key), 0o600);
         let key_text = std::fs::read_to_string(&key).unwrap();
-        let public = std::fs::read_to_string(root.join("etc/interceptor/audit-signing.key.pub"))
-            .unwrap();
+        let public =
+            std::fs::read_to_string(root.join("etc/interceptor/audit-signing.key.pub")).unwrap();
         assert!(public.contains("/interceptor+"), "{public}");
 
         // A second install keeps an edited configuration and the key.

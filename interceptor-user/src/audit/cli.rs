@@ -300,7 +300,11 @@ pub fn run(cmd: AuditCommand) -> Result<ExitCode> {
             let (created, public) = super::init_signing_key(&key, &name)?;
             println!(
                 "{} {}; public key in {}:\n{public}",
-                if created { "created" } else { "kept the existing" },
+                if created {
+                    "created"
+                } else {
+                    "kept the existing"
+                },
                 key.display(),
                 super::public_key_path(&key).display()
             );

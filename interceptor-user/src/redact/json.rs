@@ -63,6 +63,12 @@ pub fn key_label(key: &str) -> Option<&str> {
     (!k.is_empty()).then_some(k)
 }
 
+/// Findings (pseudonyms) kept by default per document, and per exchange record: the first
+/// ones in document order; the counts per entity type stay complete. Each kept finding costs
+/// about a hundred bytes for as long as the response streams, so this bounds what a bulk
+/// answer (an export of 100,000 customers) holds beside the redaction window.
+pub const MAX_FINDINGS: usize = 2_000;
+
 /// Sizes and limits of a [`JsonRedactor`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct JsonLimits {
@@ -84,11 +90,11 @@ pub struct JsonLimits {
 impl Default for JsonLimits {
     fn default() -> Self {
         Self {
-            window: 1 << 20,
+            window: 128 << 10,
             max_window: 4 << 20,
             context: 256,
             max_depth: 1024,
-            max_findings: 10_000,
+            max_findings: MAX_FINDINGS,
         }
     }
 }
@@ -1118,7 +1124,10 @@ fn valid_text(chunk: &[u8]) -> (usize, &str) {
     let off = chunk.iter().take(3).take_while(|&&b| is_cont(b)).count();
     let mut end = chunk.len();
     // A character cut at the end: its lead byte is within the last 3 bytes.
-    if let Some(k) = (end.saturating_sub(3)..end).rev().find(|&k| !is_cont(chunk[k])) {
+    if let Some(k) = (end.saturating_sub(3)..end)
+        .rev()
+        .find(|&k| !is_cont(chunk[k]))
+    {
         if chunk[k] >= 0xC0 && k + utf8_width(chunk[k]) > end {
             end = k;
         }

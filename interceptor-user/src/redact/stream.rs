@@ -1,7 +1,9 @@
 //! Redaction of response bodies while they stream: an `http_body::Body` adapter that rewrites
 //! `application/json` bodies through the streaming [`JsonRedactor`] and `text/event-stream`
-//! bodies event by event (each event's JSON `data` redacted, then re-framed), so no byte leaves
-//! the agent unredacted and no response is held whole.
+//! bodies piece by piece: the events are tokenized as bytes arrive ([`SseTokenizer`]) and each
+//! event's `data` is fed through its own [`JsonRedactor`] and re-framed as it comes out. No
+//! byte leaves the agent unredacted and no response, nor any single event of it, is held
+//! whole: memory stays at the redactor's window whatever the size of the body.
 //!
 //! On malformed JSON the stream is cut (an error frame): what was already sent had been
 //! redacted, and nothing unredacted follows.
@@ -16,19 +18,21 @@ use http_body::{Body, Frame};
 
 use super::{
     TextRedactor,
-    json::{JsonLimits, JsonRedactor, SseRedactor, Summary},
+    json::{JsonError, JsonLimits, JsonRedactor, Summary},
 };
-use crate::mcp::{SseEvent, SseParser, encode};
+use crate::mcp::{SsePiece, SseTokenizer};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// What kind of body is being rewritten.
 pub enum Kind {
-    Json(Box<JsonRedactor>),
-    Sse {
-        parser: SseParser,
-        redactor: Box<SseRedactor>,
+    Json {
+        redactor: Box<JsonRedactor>,
+        /// A byte other than JSON whitespace arrived: the body must be one whole document.
+        /// A body of nothing (or only whitespace) is passed as it is.
+        started: bool,
     },
+    Sse(Box<SseRewriter>),
 }
 
 /// Where the counts and pseudonyms of a response end up (read by the exchange record).
@@ -46,19 +50,19 @@ impl<B> Redacting<B> {
     pub fn json(inner: B, r: Arc<dyn TextRedactor>, evidence: Evidence) -> Self {
         Redacting {
             inner,
-            kind: Kind::Json(Box::new(JsonRedactor::new(r, JsonLimits::default()))),
+            kind: Kind::Json {
+                redactor: Box::new(JsonRedactor::new(r, JsonLimits::default())),
+                started: false,
+            },
             evidence,
             done: false,
         }
     }
 
-    pub fn sse(inner: B, r: Arc<dyn TextRedactor>, max_event: usize, evidence: Evidence) -> Self {
+    pub fn sse(inner: B, r: Arc<dyn TextRedactor>, evidence: Evidence) -> Self {
         Redacting {
             inner,
-            kind: Kind::Sse {
-                parser: SseParser::new(max_event),
-                redactor: Box::new(SseRedactor::new(r, JsonLimits::default())),
-            },
+            kind: Kind::Sse(Box::new(SseRewriter::new(r, JsonLimits::default()))),
             evidence,
             done: false,
         }
@@ -68,14 +72,13 @@ impl<B> Redacting<B> {
     fn rewrite(&mut self, chunk: &[u8]) -> Result<Vec<u8>, BoxError> {
         let mut out = Vec::with_capacity(chunk.len() + 64);
         match &mut self.kind {
-            Kind::Json(j) => j.push(chunk, &mut out)?,
-            Kind::Sse { parser, redactor } => {
-                for ev in parser.push(chunk)? {
-                    let ev = redact_event(redactor, ev)?;
-                    out.extend_from_slice(&encode(&ev));
-                }
-                let s = redactor.take_summary();
-                merge(&self.evidence, s);
+            Kind::Json { redactor, started } => {
+                *started = *started || !chunk.iter().all(|&b| is_json_ws(b));
+                redactor.push(chunk, &mut out)?;
+            }
+            Kind::Sse(sse) => {
+                sse.push(chunk, &mut out)?;
+                merge(&self.evidence, sse.take_summary());
             }
         }
         Ok(out)
@@ -83,26 +86,191 @@ impl<B> Redacting<B> {
 
     fn finish(&mut self) -> Result<Vec<u8>, BoxError> {
         let mut out = Vec::new();
-        if let Kind::Json(j) = &mut self.kind {
-            let s = j.finish(&mut out)?;
+        if let Kind::Json {
+            redactor,
+            started: true,
+        } = &mut self.kind
+        {
+            let s = redactor.finish(&mut out)?;
             merge(&self.evidence, s);
         }
         Ok(out)
     }
 }
 
-fn merge(evidence: &Evidence, s: Summary) {
-    let mut e = evidence.lock().unwrap_or_else(|p| p.into_inner());
-    e.merge(s, 10_000);
+fn is_json_ws(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
 }
 
-/// Events whose data is JSON get it redacted; `endpoint` events and empty data pass as they are.
-fn redact_event(r: &mut SseRedactor, mut ev: SseEvent) -> Result<SseEvent, BoxError> {
-    if ev.event.as_deref() == Some("endpoint") || ev.data.trim().is_empty() {
-        return Ok(ev);
+fn merge(evidence: &Evidence, s: Summary) {
+    if s.total() == 0 && s.strings_redacted == 0 {
+        return;
     }
-    ev.data = r.redact_data(&ev.data)?;
-    Ok(ev)
+    let mut e = evidence.lock().unwrap_or_else(|p| p.into_inner());
+    e.merge(s, super::json::MAX_FINDINGS);
+}
+
+/// How the `data` of the current event is treated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DataMode {
+    /// No `data` line yet in this event.
+    None,
+    /// A JSON document (every MCP message), redacted.
+    Json,
+    /// The `endpoint` event of the 2024-11-05 transport: a URL, passed as it is.
+    Raw,
+}
+
+/// Rewrites an event stream as it arrives: `event`, `id` and `retry` fields are passed on
+/// (other fields and comments are dropped), each event's `data` is redacted as one JSON
+/// document streamed through a [`JsonRedactor`], and re-framed into `data:` lines as the
+/// redacted bytes come out.
+pub struct SseRewriter {
+    tok: SseTokenizer,
+    json: JsonRedactor,
+    mode: DataMode,
+    /// The current event is an `endpoint` event (seen before its data).
+    endpoint: bool,
+    /// A JSON byte other than whitespace was fed for the current event.
+    started: bool,
+    /// An output `data:` line is open (its line break not written yet).
+    line_open: bool,
+    /// Something of the current event was written (fields or data).
+    written: bool,
+    summary: Summary,
+}
+
+impl SseRewriter {
+    pub fn new(r: Arc<dyn TextRedactor>, limits: JsonLimits) -> SseRewriter {
+        SseRewriter {
+            tok: SseTokenizer::new(),
+            json: JsonRedactor::new(r, limits),
+            mode: DataMode::None,
+            endpoint: false,
+            started: false,
+            line_open: false,
+            written: false,
+            summary: Summary::default(),
+        }
+    }
+
+    /// Findings of the events completed so far, starting afresh.
+    pub fn take_summary(&mut self) -> Summary {
+        std::mem::take(&mut self.summary)
+    }
+
+    /// Feeds the next bytes of the stream; appends what can be forwarded to `out`. After an
+    /// error the stream must be cut (what `out` holds of this call may be forwarded: it is
+    /// redacted).
+    pub fn push(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Result<(), JsonError> {
+        let SseRewriter { tok, .. } = self;
+        let mut tok = std::mem::take(tok);
+        let mut err = None;
+        tok.push(chunk, &mut |piece| {
+            if err.is_none() {
+                err = self.piece(piece, out).err();
+            }
+        });
+        self.tok = tok;
+        err.map_or(Ok(()), Err)
+    }
+
+    fn piece(&mut self, piece: SsePiece<'_>, out: &mut Vec<u8>) -> Result<(), JsonError> {
+        match piece {
+            SsePiece::Field { name, value } => {
+                if name == b"event" {
+                    self.endpoint = value == b"endpoint";
+                }
+                if matches!(name, b"event" | b"id" | b"retry") {
+                    self.close_line(out);
+                    out.extend_from_slice(name);
+                    out.extend_from_slice(b": ");
+                    out.extend_from_slice(value);
+                    out.push(b'\n');
+                    self.written = true;
+                }
+            }
+            SsePiece::DataLineStart => match self.mode {
+                DataMode::None => {
+                    self.written = true;
+                    if self.endpoint {
+                        self.mode = DataMode::Raw;
+                    } else {
+                        self.mode = DataMode::Json;
+                        self.json.reset();
+                        self.started = false;
+                    }
+                    self.open_line(out);
+                }
+                DataMode::Raw => {
+                    self.close_line(out);
+                    self.open_line(out);
+                }
+                DataMode::Json => self.json_data(b"\n", out)?,
+            },
+            SsePiece::Data(bytes) => match self.mode {
+                DataMode::Json => self.json_data(bytes, out)?,
+                // A data line always starts with `DataLineStart`; `Raw` (and, defensively,
+                // anything else) passes the URL as it is.
+                _ => self.emit(bytes, out),
+            },
+            SsePiece::EventEnd => {
+                if self.mode == DataMode::Json && self.started {
+                    let mut buf = Vec::new();
+                    let s = self.json.finish(&mut buf)?;
+                    self.emit(&buf, out);
+                    self.summary.merge(s, self.json.limits().max_findings);
+                }
+                if self.written {
+                    self.close_line(out);
+                    out.push(b'\n');
+                }
+                self.mode = DataMode::None;
+                self.endpoint = false;
+                self.started = false;
+                self.written = false;
+            }
+        }
+        Ok(())
+    }
+
+    /// Redacts bytes of the current event's JSON data and writes what comes out.
+    fn json_data(&mut self, bytes: &[u8], out: &mut Vec<u8>) -> Result<(), JsonError> {
+        self.started = self.started || !bytes.iter().all(|&b| is_json_ws(b));
+        let mut buf = Vec::with_capacity(bytes.len() + 16);
+        self.json.push(bytes, &mut buf)?;
+        self.emit(&buf, out);
+        Ok(())
+    }
+
+    /// Writes data bytes: each `\n` ends the open `data:` line and opens the next one.
+    fn emit(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
+        let mut lines = bytes.split(|&b| b == b'\n');
+        if let Some(first) = lines.next().filter(|l| !l.is_empty()) {
+            if !self.line_open {
+                // A field line came between two pieces of this data line's output.
+                self.open_line(out);
+            }
+            out.extend_from_slice(first);
+        }
+        for line in lines {
+            self.close_line(out);
+            self.open_line(out);
+            out.extend_from_slice(line);
+        }
+    }
+
+    fn open_line(&mut self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"data: ");
+        self.line_open = true;
+    }
+
+    fn close_line(&mut self, out: &mut Vec<u8>) {
+        if self.line_open {
+            out.push(b'\n');
+            self.line_open = false;
+        }
+    }
 }
 
 impl<B> Body for Redacting<B>
@@ -214,7 +382,7 @@ mod tests {
             "data: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"text\":\"se",
             "cret 2\"}}\n\n",
         ]);
-        let mut r = Redacting::sse(body, Arc::new(Words), 1 << 20, ev.clone());
+        let mut r = Redacting::sse(body, Arc::new(Words), ev.clone());
         // The first event is forwarded before the second has arrived whole.
         let first = r.frame().await.unwrap().unwrap().into_data().unwrap();
         let first = String::from_utf8(first.to_vec()).unwrap();
@@ -229,6 +397,82 @@ mod tests {
             "{rest}"
         );
         assert_eq!(ev.lock().unwrap().counts.get("WORD"), Some(&2));
+    }
+
+    /// Runs an event stream through the rewriter in pieces of `n` bytes.
+    fn rewrite_sse(input: &str, n: usize) -> (String, Summary) {
+        let mut w = SseRewriter::new(Arc::new(Words), JsonLimits::default());
+        let mut out = Vec::new();
+        let mut sum = Summary::default();
+        for c in input.as_bytes().chunks(n.max(1)) {
+            w.push(c, &mut out).unwrap();
+            sum.merge(w.take_summary(), 100);
+        }
+        (String::from_utf8(out).unwrap(), sum)
+    }
+
+    #[test]
+    fn sse_rewriting_does_not_depend_on_chunking() {
+        let input = "event: message\r\nid: 7\r\ndata: {\"a\":\r\ndata:  \"x secret y\",\n: comment\ndata: \"b\":[1,\"secret\"]}\n\nretry: 10\n\ndata:\ndata: {}\n\n";
+        let (whole, sum) = rewrite_sse(input, input.len());
+        assert_eq!(
+            whole,
+            "event: message\nid: 7\ndata: {\"a\":\ndata:  \"x [WORD] y\",\ndata: \"b\":[1,\"[WORD]\"]}\n\nretry: 10\n\ndata: \ndata: {}\n\n"
+        );
+        assert_eq!(sum.counts.get("WORD"), Some(&2));
+        for n in 1..24 {
+            assert_eq!(rewrite_sse(input, n).0, whole, "chunks of {n}");
+        }
+        // What a client makes of it: the same events, with the words masked.
+        let mut p = crate::mcp::SseParser::new(1 << 20);
+        let evs = p.push(whole.as_bytes()).unwrap();
+        assert_eq!(evs.len(), 3, "{evs:?}");
+        let v: serde_json::Value = serde_json::from_str(&evs[0].data).unwrap();
+        assert_eq!(v["a"], "x [WORD] y");
+    }
+
+    #[test]
+    fn sse_endpoint_events_and_blank_data_pass_as_they_are() {
+        let input = "event: endpoint\ndata: /messages?session_id=secret\n\ndata:   \n\n";
+        let (out, sum) = rewrite_sse(input, 5);
+        assert_eq!(
+            out,
+            "event: endpoint\ndata: /messages?session_id=secret\n\ndata:   \n\n"
+        );
+        assert_eq!(sum.total(), 0);
+        // Data that is neither: refused.
+        let mut w = SseRewriter::new(Arc::new(Words), JsonLimits::default());
+        let mut out = Vec::new();
+        assert!(w.push(b"data: not json secret\n\n", &mut out).is_err());
+        assert!(!String::from_utf8_lossy(&out).contains("secret"));
+    }
+
+    #[test]
+    fn a_large_sse_event_streams_out_before_it_ends() {
+        let mut w = SseRewriter::new(Arc::new(Words), JsonLimits::default());
+        let mut out = Vec::new();
+        w.push(b"data: {\"text\":\"", &mut out).unwrap();
+        let line = "word secret word\\n".repeat(1000);
+        let mut sent = 0;
+        for _ in 0..200 {
+            w.push(line.as_bytes(), &mut out).unwrap();
+            sent += line.len();
+        }
+        // 3.6 MB in, the event still open: most of it already came out, masked.
+        assert!(out.len() > sent / 2, "{} of {sent}", out.len());
+        let so_far = String::from_utf8_lossy(&out);
+        assert!(!so_far.contains("secret") && so_far.contains("[WORD]"));
+        w.push(b"\"}\n\n", &mut out).unwrap();
+        let s = w.take_summary();
+        assert_eq!(s.counts.get("WORD"), Some(&200_000));
+    }
+
+    #[tokio::test]
+    async fn empty_json_bodies_pass() {
+        let ev: Evidence = Arc::default();
+        let r = Redacting::json(chunks(&["", "  \n"]), Arc::new(Words), ev);
+        let out = r.collect().await.unwrap().to_bytes();
+        assert_eq!(&out[..], b"  \n");
     }
 
     #[tokio::test]

@@ -126,7 +126,11 @@ fn first_and_avoid(h: &Hir, s: &Set) -> (i64, i64) {
             let (f, a) = first_and_avoid(&r.sub, s);
             let Some(max) = r.max else {
                 // Unbounded (refused by the engine anyway): only if one pass must hold `s`.
-                return if a > 0 { (MAX_LB + 1, a) } else { (f, if r.min == 0 { 0 } else { a }) };
+                return if a > 0 {
+                    (MAX_LB + 1, a)
+                } else {
+                    (f, if r.min == 0 { 0 } else { a })
+                };
             };
             let k = i64::from(max);
             let first = if f == NEG {
@@ -571,8 +575,9 @@ mod tests {
         assert!(p.max_near <= 2, "{p:?}");
         // The first `:` of an IPv6 address is at most 4 bytes in, although `(?::h){0,6}` may
         // be empty.
-        let p = pf(&[r"\b[0-9a-f]{1,4}(?::[0-9a-f]{1,4}){0,6}::(?:[0-9a-f]{1,4})?|::[0-9a-f]{1,4}"])
-            .expect("pf");
+        let p =
+            pf(&[r"\b[0-9a-f]{1,4}(?::[0-9a-f]{1,4}){0,6}::(?:[0-9a-f]{1,4})?|::[0-9a-f]{1,4}"])
+                .expect("pf");
         assert_eq!(p.near[usize::from(b':')], 5, "{p:?}");
         let p = pf(&[r"(?:\+|\b00)[1-9][0-9]{0,2}"]).expect("pf");
         assert_ne!(p.near[usize::from(b'0')], 0, "{p:?}");
@@ -593,11 +598,17 @@ mod tests {
                 .expect("pattern")
         };
         let digits = Set::of(|b| b.is_ascii_digit());
-        assert_eq!(first_and_avoid(&parse(r"[a-z]{0,3}[0-9]"), &digits), (3, NEG));
+        assert_eq!(
+            first_and_avoid(&parse(r"[a-z]{0,3}[0-9]"), &digits),
+            (3, NEG)
+        );
         assert_eq!(first_and_avoid(&parse(r"[a-z]{1,3}"), &digits), (NEG, 3));
         assert_eq!(first_and_avoid(&parse(r"(?:a[0-9]|bcd)"), &digits), (1, 3));
         assert_eq!(first_and_avoid(&parse(r"(?:x[0-9]?){2}"), &digits), (2, 2));
-        assert_eq!(first_and_avoid(&parse(r"(?:x[0-9]?){2}[0-9]"), &digits), (2, NEG));
+        assert_eq!(
+            first_and_avoid(&parse(r"(?:x[0-9]?){2}[0-9]"), &digits),
+            (2, NEG)
+        );
     }
 
     #[test]
@@ -620,11 +631,17 @@ mod tests {
                         seed ^= seed >> 7;
                         seed ^= seed << 17;
                         // Mostly lowercase and spaces, sometimes anything.
-                        if seed % 97 == 0 { (seed >> 8) as u8 } else { b"abc xyz/ ;"[(seed % 10) as usize] }
+                        if seed.is_multiple_of(97) {
+                            (seed >> 8) as u8
+                        } else {
+                            b"abc xyz/ ;"[(seed % 10) as usize]
+                        }
                     })
                     .collect();
                 for start in [0, len / 3, len / 2] {
-                    let naive = (start..len).find(|&k| p.near[usize::from(hay[k])] != 0).unwrap_or(len);
+                    let naive = (start..len)
+                        .find(|&k| p.near[usize::from(hay[k])] != 0)
+                        .unwrap_or(len);
                     assert_eq!(p.find_near(&hay, start, len), naive);
                 }
             }

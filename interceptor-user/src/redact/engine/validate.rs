@@ -409,10 +409,7 @@ fn card_groups(v: &[u8]) -> bool {
     if g[..n - 1].iter().all(|&l| l == 4) && (1..=4).contains(&g[n - 1]) {
         return true;
     }
-    matches!(
-        &g[..],
-        [4, 6, 5] | [4, 6, 4] | [4, 4, 5] | [4, 4, 4, 4, 3]
-    )
+    matches!(&g[..], [4, 6, 5] | [4, 6, 4] | [4, 4, 5] | [4, 4, 4, 4, 3])
 }
 
 /// A numeric date: `Y-M-D`, `D.M.Y`, `D/M/Y`, `M/D/Y` (two-digit years allowed). Returns the
@@ -781,8 +778,7 @@ fn mac(t: &[u8], s: usize, e: usize) -> Option<Verdict> {
     let v = &t[s..e];
     let mut seps = v.iter().copied().filter(|b| !b.is_ascii_hexdigit());
     let first = seps.next();
-    if seps.any(|c| Some(c) != first) || v.iter().all(|&b| b == b'0' || !b.is_ascii_hexdigit())
-    {
+    if seps.any(|c| Some(c) != first) || v.iter().all(|&b| b == b'0' || !b.is_ascii_hexdigit()) {
         return None;
     }
     if matches!(byte_at(t, e), Some(b':' | b'-' | b'.'))
