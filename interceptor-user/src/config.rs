@@ -23,6 +23,102 @@ pub struct Config {
     pub services: Vec<ServiceConfig>,
     #[serde(default)]
     pub auth: AuthSettings,
+    #[serde(default)]
+    pub approvals: ApprovalSettings,
+}
+
+/// Just-in-time approvals: how approvers reach the agent (the rules are in the policy).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApprovalSettings {
+    /// Group (name or gid) whose members may connect to the control socket (it becomes
+    /// `root:<group>`, mode 0660); every command is still checked against the peer's uid.
+    /// Absent: the socket stays root-only (0600).
+    pub control_group: Option<GroupRef>,
+    /// The `aud` approvers' own tokens must carry (`interceptor approvals --token`, HTTP
+    /// endpoint); one of an issuer's `audiences`. Absent: approvers act by uid only.
+    pub audience: Option<String>,
+    /// Listen address of the HTTP endpoint for approvers (absent: no endpoint).
+    pub http_listen: Option<std::net::SocketAddr>,
+    /// TLS for the HTTP endpoint (required unless it listens on loopback).
+    pub http_tls: Option<crate::tls::ServerTlsConfig>,
+    /// JSON POSTs when a call is held and when it is decided.
+    pub webhook: Option<WebhookConfig>,
+    /// How often a held SSE stream is told it is still waiting (seconds).
+    pub keepalive_secs: u64,
+    /// Most calls held at once (more are refused with 503).
+    pub max_pending: usize,
+    /// Decided requests kept for `approvals list --all` / `show`.
+    pub history: usize,
+}
+
+impl Default for ApprovalSettings {
+    fn default() -> Self {
+        ApprovalSettings {
+            control_group: None,
+            audience: None,
+            http_listen: None,
+            http_tls: None,
+            webhook: None,
+            keepalive_secs: 15,
+            max_pending: 1000,
+            history: 1000,
+        }
+    }
+}
+
+/// A group by number or by name (looked up in /etc/group).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum GroupRef {
+    Gid(u32),
+    Name(String),
+}
+
+impl GroupRef {
+    /// The numeric gid.
+    pub fn resolve(&self) -> Result<u32, String> {
+        match self {
+            GroupRef::Gid(g) => Ok(*g),
+            GroupRef::Name(n) => {
+                if let Ok(g) = n.parse::<u32>() {
+                    return Ok(g);
+                }
+                let groups = std::fs::read_to_string("/etc/group")
+                    .map_err(|e| format!("reading /etc/group: {e}"))?;
+                groups
+                    .lines()
+                    .find_map(|l| {
+                        let mut f = l.split(':');
+                        (f.next() == Some(n.as_str()))
+                            .then(|| f.nth(1).and_then(|g| g.parse().ok()))
+                            .flatten()
+                    })
+                    .ok_or_else(|| format!("no group named {n:?} in /etc/group"))
+            }
+        }
+    }
+}
+
+/// Where approval events are POSTed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// `http://` or `https://` URL.
+    pub url: String,
+    /// HMAC-SHA256 key for `X-Interceptor-Signature` (file readable by its owner only).
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+    /// CA bundle for an `https://` URL (default: the system roots).
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// Time allowed per delivery attempt.
+    #[serde(default = "default_webhook_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_webhook_timeout_ms() -> u64 {
+    5000
 }
 
 /// Identity providers and policy files, shared by every service.
@@ -427,6 +523,14 @@ impl Config {
                     }
                 }
             }
+            if let Some(l) = self.approvals.http_listen
+                && l.port() == s.port
+            {
+                return Err(err(
+                    "approvals.http_listen".into(),
+                    format!("port {} is a protected service's port", s.port),
+                ));
+            }
             if !endpoints.insert((s.address, s.port)) {
                 return Err(err(
                     key("port"),
@@ -436,6 +540,71 @@ impl Config {
                     ),
                 ));
             }
+        }
+        self.validate_approvals(file)
+    }
+
+    fn validate_approvals(&self, file: &str) -> Result<(), ConfigError> {
+        let err = |key: &str, problem: String| ConfigError {
+            file: file.into(),
+            key: format!("approvals.{key}"),
+            problem,
+        };
+        let a = &self.approvals;
+        if let Some(g) = &a.control_group {
+            g.resolve().map_err(|p| err("control_group", p))?;
+        }
+        if let Some(aud) = &a.audience {
+            if !self.auth.issuers.iter().any(|i| i.audiences.contains(aud)) {
+                return Err(err(
+                    "audience",
+                    format!("{aud:?} is not among the audiences of any [[auth.issuers]]"),
+                ));
+            }
+        }
+        if let Some(l) = a.http_listen {
+            if a.audience.is_none() {
+                return Err(err(
+                    "http_listen",
+                    "the HTTP endpoint authenticates approvers by token: set approvals.audience"
+                        .into(),
+                ));
+            }
+            if a.http_tls.is_none() && !l.ip().is_loopback() {
+                return Err(err(
+                    "http_tls",
+                    format!(
+                        "{l} is not a loopback address: approvers' tokens need TLS (set approvals.http_tls)"
+                    ),
+                ));
+            }
+            if l.port() == self.agent.listen_port {
+                return Err(err("http_listen", "is the agent's own listen_port".into()));
+            }
+        }
+        if let Some(w) = &a.webhook {
+            match w.url.parse::<http::Uri>() {
+                Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => {
+                }
+                _ => {
+                    return Err(err(
+                        "webhook.url",
+                        format!("{:?} must be an http:// or https:// URL", w.url),
+                    ));
+                }
+            }
+            if let Some(f) = &w.secret_file {
+                check_secret_file(f).map_err(|p| err("webhook.secret_file", p))?;
+            }
+            if w.timeout_ms == 0 {
+                return Err(err("webhook.timeout_ms", "must not be 0".into()));
+            }
+        }
+        if a.keepalive_secs == 0 || a.keepalive_secs > 300 {
+            return Err(err("keepalive_secs", "must be 1 to 300".into()));
+        }
+        if a.max_pending == 0 {
+            return Err(err("max_pending", "must not be 0".into()));
         }
         Ok(())
     }

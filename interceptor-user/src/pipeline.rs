@@ -106,6 +106,9 @@ pub struct ExchangeRecord {
     pub masked: std::collections::BTreeMap<String, u64>,
     /// ...and the keyed pseudonym of each masked value ("EMAIL:4f1c9a2b"), never the value.
     pub pseudonyms: Vec<String>,
+    /// The approval that released (or refused) this call, when one was needed; its steps are
+    /// [`crate::approval::ApprovalEvent`]s with this `approval_id`.
+    pub approval: Option<String>,
     #[serde(with = "unix_ms")]
     pub started: SystemTime,
     pub duration_ms: u64,
@@ -139,6 +142,10 @@ pub trait Phase: Send + Sync {
     fn response_event(&self, _rec: &ExchangeRecord, _msg: &crate::mcp::Message) {}
     /// The exchange is over; the record is final.
     fn exchange_complete(&self, _rec: &ExchangeRecord) {}
+    /// One step of an approval (held, vote, approved, denied, expired, released, ...). Every
+    /// step of every approval comes here, in order, from the data path, the control socket,
+    /// the HTTP endpoint and the expiry timer.
+    fn approval_event(&self, _ev: &crate::approval::ApprovalEvent) {}
 }
 
 #[derive(Clone, Default)]
@@ -173,6 +180,11 @@ impl Pipeline {
     pub fn exchange_complete(&self, rec: &ExchangeRecord) {
         for p in &self.phases {
             p.exchange_complete(rec);
+        }
+    }
+    pub fn approval_event(&self, ev: &crate::approval::ApprovalEvent) {
+        for p in &self.phases {
+            p.approval_event(ev);
         }
     }
     fn first_denial(&self, f: impl Fn(&dyn Phase) -> Decision) -> Decision {
@@ -238,8 +250,38 @@ impl Phase for ExchangeLog {
             policy_version = r.policy_version.as_deref(),
             masked = %serde_json::to_string(&r.masked).unwrap_or_default(),
             pseudonyms = %r.pseudonyms.join(","),
+            approval = r.approval.as_deref(),
             duration_ms = r.duration_ms,
             "exchange complete"
+        );
+    }
+    fn approval_event(&self, e: &crate::approval::ApprovalEvent) {
+        info!(
+            event = "approval",
+            approval_id = %e.approval_id,
+            step = e.step.as_str(),
+            request_hash = %e.request_hash,
+            service = %e.service,
+            rule = %e.rule,
+            subject = %e.requester.subject,
+            issuer = %e.requester.issuer,
+            client_id = e.requester.client_id.as_deref(),
+            uid = e.requester.uid,
+            peer = %e.requester.peer,
+            method = %e.method,
+            mcp_name = e.target.as_deref(),
+            arguments = %e.arguments,
+            matched = %e.matched,
+            actor = e.actor.as_deref(),
+            reason = e.reason.as_deref(),
+            approvals = e.approvals,
+            required = e.required,
+            grant = e.grant.as_ref().map(|g| g.id.as_str()),
+            grant_bounds = e.grant.as_ref().and_then(|g| g.bounds.as_deref()),
+            outcome = e.outcome.as_deref(),
+            expires_at = e.expires_at,
+            time = e.time,
+            "approval {}", e.step.as_str()
         );
     }
 }

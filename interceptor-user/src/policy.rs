@@ -121,6 +121,13 @@
 //! by value (`1 == 1.0`), integers exactly; strings compare by bytes; `x in [..]` is true when
 //! `x == ` some element.
 //!
+//! # Approvals
+//!
+//! Policy files may also hold `[[approvals]]` rules (calls held until a person approves that
+//! exact call) and `[[approvers]]` (who approves, by local uid and token subject). Their format
+//! and matching are documented in [`crate::approval::rules`]; they are validated here, with the
+//! same `file:line: key: problem` errors, and are part of the version.
+//!
 //! # Version
 //!
 //! [`PolicySet::version`] is the first 16 hex digits of a SHA-256 over every file's name
@@ -466,6 +473,11 @@ type S<T> = Spanned<T>;
 struct RawFile {
     #[serde(default)]
     roles: Vec<S<RawRole>>,
+    /// Calls held for human approval ([`crate::approval::rules`]).
+    #[serde(default)]
+    approvals: Vec<S<crate::approval::rules::RawRule>>,
+    #[serde(default)]
+    approvers: Vec<S<crate::approval::rules::RawApprover>>,
 }
 
 #[derive(Deserialize)]
@@ -524,6 +536,7 @@ struct Inner {
     version: String,
     files: Vec<String>,
     roles: Vec<Role>,
+    approvals: crate::approval::rules::ApprovalRules,
 }
 
 struct Role {
@@ -556,7 +569,7 @@ struct Constraint {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum MethodPattern {
+pub(crate) enum MethodPattern {
     Any,
     Exact(String),
     /// Stored with the trailing `/`.
@@ -564,7 +577,7 @@ enum MethodPattern {
 }
 
 impl MethodPattern {
-    fn parse(s: &str) -> Result<MethodPattern, String> {
+    pub(crate) fn parse(s: &str) -> Result<MethodPattern, String> {
         if s == "*" {
             return Ok(MethodPattern::Any);
         }
@@ -597,7 +610,7 @@ impl MethodPattern {
         })
     }
 
-    fn matches(&self, method: &str) -> bool {
+    pub(crate) fn matches(&self, method: &str) -> bool {
         match self {
             MethodPattern::Any => true,
             MethodPattern::Exact(m) => m == method,
@@ -605,7 +618,7 @@ impl MethodPattern {
         }
     }
 
-    fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         match self {
             MethodPattern::Any => "*".into(),
             MethodPattern::Exact(m) => m.clone(),
@@ -625,7 +638,7 @@ impl Patterns {
     }
 }
 
-fn build_glob(p: &str) -> Result<globset::Glob, String> {
+pub(crate) fn build_glob(p: &str) -> Result<globset::Glob, String> {
     if p.is_empty() {
         return Err("empty pattern".into());
     }
@@ -665,9 +678,10 @@ struct Loader {
     roles: Vec<Role>,
     /// Role name -> "file:line" of its first definition.
     role_names: HashMap<String, String>,
+    approvals: crate::approval::rules::RulesLoader,
 }
 
-fn line_of(text: &str, offset: usize) -> usize {
+pub(crate) fn line_of(text: &str, offset: usize) -> usize {
     let end = offset.min(text.len());
     text.as_bytes()[..end]
         .iter()
@@ -858,6 +872,14 @@ impl Loader {
                 grants,
             });
         }
+        self.approvals.add_file(
+            file,
+            short,
+            text,
+            raw.approvals,
+            raw.approvers,
+            &mut self.errors,
+        );
     }
 
     fn patterns(&mut self, file: &str, text: &str, key: &str, list: Vec<S<String>>) -> Patterns {
@@ -1141,6 +1163,7 @@ impl PolicySet {
                 version: String::new(),
                 files: Vec::new(),
                 roles: Vec::new(),
+                approvals: Default::default(),
             }),
         })
     }
@@ -1222,6 +1245,7 @@ impl PolicySet {
             errors: Vec::new(),
             roles: Vec::new(),
             role_names: HashMap::new(),
+            approvals: Default::default(),
         };
         let mut hash = Sha256::new();
         for (file, short, text) in files {
@@ -1231,6 +1255,8 @@ impl PolicySet {
             hash.update(text.as_bytes());
             loader.add_file(file, short, text);
         }
+        let approvals =
+            std::mem::take(&mut loader.approvals).finish(&loader.role_names, &mut loader.errors);
         if !loader.errors.is_empty() {
             return Err(PolicyErrors(loader.errors));
         }
@@ -1241,6 +1267,7 @@ impl PolicySet {
                 version,
                 files: files.iter().map(|f| f.1.clone()).collect(),
                 roles: loader.roles,
+                approvals,
             }),
         })
     }
@@ -1253,6 +1280,11 @@ impl PolicySet {
     /// File names (without directory) in load order.
     pub fn files(&self) -> &[String] {
         &self.inner.files
+    }
+
+    /// The `[[approvals]]` rules and `[[approvers]]` of the files.
+    pub fn approval_rules(&self) -> &crate::approval::rules::ApprovalRules {
+        &self.inner.approvals
     }
 
     /// Roles the principal holds, in order.
@@ -2397,6 +2429,23 @@ impl Expression {
 
     fn paths(&self) -> &[ArgPath] {
         &self.paths
+    }
+
+    /// True only if the expression evaluates to false (undefined is not false): for rules
+    /// that must fail closed the other way round (approval holds).
+    pub fn is_false(&self, arguments: Option<&Value>) -> bool {
+        self.root.eval(arguments) == Truth::False
+    }
+
+    /// The value of every path the expression names: `limit = 5000`, `limit missing`.
+    pub fn path_values(&self, arguments: Option<&Value>) -> Vec<String> {
+        self.paths
+            .iter()
+            .map(|p| match p.resolve(arguments) {
+                Some(v) => format!("{} = {}", p.text, render_value(v)),
+                None => format!("{} missing", p.text),
+            })
+            .collect()
     }
 }
 
