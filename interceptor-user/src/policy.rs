@@ -2437,14 +2437,11 @@ impl Expression {
         self.root.eval(arguments) == Truth::False
     }
 
-    /// The value of every path the expression names: `limit = 5000`, `limit missing`.
-    pub fn path_values(&self, arguments: Option<&Value>) -> Vec<String> {
+    /// Every path the expression names, with its value in `arguments` (None: missing).
+    pub fn path_values<'v>(&self, arguments: Option<&'v Value>) -> Vec<(&str, Option<&'v Value>)> {
         self.paths
             .iter()
-            .map(|p| match p.resolve(arguments) {
-                Some(v) => format!("{} = {}", p.text, render_value(v)),
-                None => format!("{} missing", p.text),
-            })
+            .map(|p| (p.text.as_str(), p.resolve(arguments)))
             .collect()
     }
 }

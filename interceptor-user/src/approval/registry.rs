@@ -831,7 +831,7 @@ fn check_grant(r: &Request, g: &GrantSpec) -> Result<(), String> {
             return Err(format!(
                 "grant bounds {:?} do not cover the request being approved ({})",
                 b,
-                e.path_values(r.new.arguments.as_ref()).join(", ")
+                super::rules::describe_paths(&e, r.new.arguments.as_ref()).join(", ")
             ));
         }
     }

@@ -241,6 +241,18 @@ pub fn render_duration(d: Duration) -> String {
     }
 }
 
+/// `limit = 5000`, `text = <string:9>`, `limit missing`: the values a `when` looked at, with
+/// strings and containers only by size (they end up in logs and webhooks).
+pub fn describe_paths(e: &Expression, arguments: Option<&Value>) -> Vec<String> {
+    e.path_values(arguments)
+        .into_iter()
+        .map(|(p, v)| match v {
+            Some(v) => format!("{p} = {}", super::event::summarize(v)),
+            None => format!("{p} missing"),
+        })
+        .collect()
+}
+
 fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.chars()
@@ -336,7 +348,7 @@ impl ApprovalRules {
         }
         if let Some(w) = &rule.when {
             matched.push_str(&format!(" when {}", w.source()));
-            let vals = w.path_values(arguments);
+            let vals = describe_paths(w, arguments);
             if !vals.is_empty() {
                 matched.push_str(&format!(" ({})", vals.join(", ")));
             }
