@@ -756,4 +756,73 @@ address = "10.0.0.1"
         let e = Config::parse(&badfmt, "t.toml").unwrap_err().to_string();
         assert!(e.contains("agent.log_format"), "{e}");
     }
+
+    #[test]
+    fn approvals_settings() {
+        let with = |extra: &str| format!("{OK}\n{extra}");
+        let issuer = "[[auth.issuers]]\nissuer = \"https://idp\"\naudiences = [\"https://mcp/mcp\", \"https://host:15002/approvals\"]\n";
+        let ok = with(&format!(
+            "{issuer}[approvals]\ncontrol_group = 4242\naudience = \"https://host:15002/approvals\"\nhttp_listen = \"127.0.0.1:15002\"\n[approvals.webhook]\nurl = \"http://127.0.0.1:9999/hook\"\n"
+        ));
+        let c = Config::parse(&ok, "t.toml").unwrap();
+        assert_eq!(c.approvals.control_group, Some(GroupRef::Gid(4242)));
+        assert_eq!(c.approvals.keepalive_secs, 15);
+        assert_eq!(c.approvals.webhook.as_ref().unwrap().timeout_ms, 5000);
+        // The endpoint needs an audience some issuer signs for, and TLS off loopback.
+        let e = Config::parse(
+            &with("[approvals]\nhttp_listen = \"127.0.0.1:15002\"\n"),
+            "t.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("approvals.http_listen") && e.contains("audience"),
+            "{e}"
+        );
+        let e = Config::parse(
+            &with(&format!(
+                "{issuer}[approvals]\naudience = \"https://other/approvals\"\n"
+            )),
+            "t.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("approvals.audience") && e.contains("not among the audiences"),
+            "{e}"
+        );
+        let e = Config::parse(&ok.replace("127.0.0.1:15002", "0.0.0.0:15002"), "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("approvals.http_tls"), "{e}");
+        let e = Config::parse(
+            &ok.replace("http://127.0.0.1:9999/hook", "ftp://x/hook"),
+            "t.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("approvals.webhook.url"), "{e}");
+        let e = Config::parse(
+            &ok.replace(
+                "control_group = 4242",
+                "control_group = \"no-such-group-xyz\"",
+            ),
+            "t.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("approvals.control_group") && e.contains("no group named"),
+            "{e}"
+        );
+        let e = Config::parse(&with("[approvals]\nkeepalive_secs = 0\n"), "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("approvals.keepalive_secs"), "{e}");
+        let e = Config::parse(&with("[approvals]\nbogus = 1\n"), "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bogus"), "{e}");
+        assert_eq!(GroupRef::Name("root".into()).resolve(), Ok(0));
+    }
 }

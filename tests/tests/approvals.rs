@@ -416,6 +416,34 @@ fn a_held_call_completes_after_cli_approval_and_nothing_reached_the_server_befor
         text(&out)
     );
 
+    // `policy explain` says the call would be held, and by which rule.
+    let args = r#"{"limit": 500}"#;
+    let out = f.node.cli(
+        &f.cfg,
+        &[
+            "policy",
+            "explain",
+            "--service",
+            "crm",
+            "--token",
+            &bob,
+            "--method",
+            "tools/call",
+            "--name",
+            "export_customers",
+            "--args",
+            args,
+            "--json",
+        ],
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", text(&out)));
+    assert_eq!(v["decision"]["allowed"], true, "{v}");
+    assert_eq!(
+        v["held_for_approval"]["rule"], "crm.policy.toml:approvals[bulk-export]",
+        "{v}"
+    );
+    assert_eq!(v["approval_rules"].as_array().map(Vec::len), Some(3), "{v}");
+
     let out = f.approvals(
         Some(DANA),
         &["approve", &id, "--reason", "quarterly report"],
@@ -564,7 +592,10 @@ fn denial_and_expiry_reach_the_client_as_errors() {
     let client = f.call(Sdk::Py2, &bob, "echo", &json!({"text": "expire me"}));
     let held2 = f.held(|a| a["text"] == "<string:9>");
     let id2 = id_of(&held2);
-    assert_eq!(held2["matched"], "tools/call echo when exists(text) (text = \"<string:9>\")", "{held2}");
+    assert_eq!(
+        held2["matched"], "tools/call echo when exists(text) (text = \"<string:9>\")",
+        "{held2}"
+    );
     let c = client.wait(Duration::from_secs(60));
     assert_eq!(c.exit_code, Some(1), "{}", c.json);
     let msg = c.json["error"]["message"].as_str().unwrap_or("");
@@ -905,4 +936,129 @@ fn an_agent_restart_while_a_call_is_held_gives_the_caller_a_clear_error() {
         result_lines(client.wait(Duration::from_secs(60)).assert_ok()),
         900
     );
+}
+
+#[test]
+fn a_caller_that_gives_up_can_retry_the_identical_call() {
+    let Some(f) = fixture("appr_retry") else {
+        return;
+    };
+    let bob = f.token("bob", &f.resource);
+    let url = format!("http://{SERVER_IP}:{}/mcp", f.port);
+    let auth = format!("Authorization: Bearer {bob}");
+    // A session with the server (initialize handshake), as a plain HTTP client.
+    let init = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"curl","version":"1"}}}"#;
+    let (status, head, _) = f.node.curl(&[
+        "-X",
+        "POST",
+        "-H",
+        "content-type: application/json",
+        "-H",
+        "accept: application/json, text/event-stream",
+        "-H",
+        &auth,
+        "-d",
+        init,
+        &url,
+    ]);
+    assert_eq!(status, 200, "{head}");
+    let session = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("mcp-session-id:")
+                .map(|v| v.trim().to_string())
+        })
+        .expect("session id");
+    let sess = format!("mcp-session-id: {session}");
+    let ver = "mcp-protocol-version: 2025-11-25";
+    let (status, _, _) = f.node.curl(&[
+        "-X",
+        "POST",
+        "-H",
+        "content-type: application/json",
+        "-H",
+        "accept: application/json, text/event-stream",
+        "-H",
+        &auth,
+        "-H",
+        &sess,
+        "-H",
+        ver,
+        "-d",
+        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+        &url,
+    ]);
+    assert_eq!(status, 202);
+    let body = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"export_customers","arguments":{"limit":250},"_meta":{"progressToken":"first"}}}"#;
+    // A JSON-only caller whose HTTP client gives up after 2 s while the call is held.
+    let (status, _, _) = f.node.curl(&[
+        "--max-time",
+        "2",
+        "-X",
+        "POST",
+        "-H",
+        "content-type: application/json",
+        "-H",
+        "accept: application/json",
+        "-H",
+        &auth,
+        "-H",
+        &sess,
+        "-H",
+        ver,
+        "-d",
+        body,
+        &url,
+    ]);
+    assert_eq!(status, 0, "curl gave up");
+    let id = id_of(&f.held(|a| a["limit"] == 250));
+    f.wait_step(&id, "caller_gone");
+    let ex = f
+        .agent
+        .wait_event("exchange", |e| e["approval"] == id.as_str());
+    assert_eq!(ex["outcome"], "client_gone", "{ex}");
+    // The request stays open; the approver approves it while nobody waits.
+    let out = f.approvals(Some(DANA), &["approve", &id]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(f.server_calls().is_empty(), "nothing without a caller");
+    // The retry (same arguments, another progress token) takes that approval at once.
+    let retry = body.replace("\"first\"", "\"second\"");
+    let (status, _, reply) = f.node.curl(&[
+        "-X",
+        "POST",
+        "-H",
+        "content-type: application/json",
+        "-H",
+        "accept: application/json, text/event-stream",
+        "-H",
+        &auth,
+        "-H",
+        &sess,
+        "-H",
+        ver,
+        "-d",
+        &retry,
+        &url,
+    ]);
+    assert_eq!(status, 200, "{reply}");
+    assert!(
+        reply.contains("Customer 250"),
+        "{}",
+        &reply[..reply.len().min(500)]
+    );
+    let rel = f.wait_step(&id, "released");
+    assert_eq!(rel["approval_id"], id.as_str());
+    assert_eq!(f.server_calls().len(), 1);
+    // Once: a second retry is held anew.
+    let c = f.call(Sdk::Py2, &bob, "export_customers", &json!({"limit": 250}));
+    let again = f.agent.wait_event("approval", |e| {
+        e["step"] == "held" && args_of(e)["limit"] == 250 && e["approval_id"] != id.as_str()
+    });
+    let out = f.approvals(
+        Some(DANA),
+        &["deny", &id_of(&again), "--reason", "once is enough"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(c.wait(Duration::from_secs(60)).exit_code, Some(1));
 }

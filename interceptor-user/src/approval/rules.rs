@@ -1131,6 +1131,38 @@ approvers = ["dpo"]
     }
 
     #[test]
+    fn the_example_policy_holds_big_batch_exports() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/crm.policy.toml");
+        let s = PolicySet::load(&[dir]).unwrap_or_else(|e| panic!("{e}"));
+        let r = s.approval_rules();
+        let m = r
+            .find(
+                "crm",
+                Some("batch"),
+                "tools/call",
+                Some("export_customers"),
+                Some(&json!({"limit": 5000})),
+            )
+            .expect("held");
+        assert_eq!(m.rule.rule, "crm.policy.toml:approvals[bulk-export]");
+        assert!(
+            r.find(
+                "crm",
+                Some("batch"),
+                "tools/call",
+                Some("export_customers"),
+                Some(&json!({"limit": 10}))
+            )
+            .is_none()
+        );
+        assert_eq!(
+            r.approver_by_uid(1500).map(|a| a.name.as_str()),
+            Some("dpo-oncall")
+        );
+    }
+
+    #[test]
     fn durations() {
         use super::{parse_duration, render_duration};
         assert_eq!(parse_duration("250ms").unwrap().as_millis(), 250);
