@@ -67,7 +67,12 @@ pub async fn start(
                     let (auth, audience) = (auth.clone(), audience.clone());
                     async move { Ok::<_, Infallible>(handle(&auth, &audience, peer, req).await) }
                 });
-                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let mut builder =
+                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                builder
+                    .http1()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(std::time::Duration::from_secs(30));
                 let r = match tls {
                     Some(t) => match t.accept_tcp(tcp).await {
                         Ok((s, _)) => builder.serve_connection(TokioIo::new(s), svc).await,
