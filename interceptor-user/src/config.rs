@@ -252,6 +252,17 @@ pub struct ServiceConfig {
     pub auth: Option<ServiceAuth>,
     /// Redaction of personal data in responses (detectors and masking); absent = none.
     pub redact: Option<crate::redact::engine::EngineConfig>,
+    /// How much of each (redacted) response an exchange record keeps, besides its SHA-256.
+    /// Only services that redact keep any; at most [`MAX_RESPONSE_EXCERPT_BYTES`].
+    #[serde(default = "default_excerpt")]
+    pub response_excerpt_bytes: usize,
+}
+
+/// Largest `response_excerpt_bytes`: enough for whole typical results, bounded per record.
+pub const MAX_RESPONSE_EXCERPT_BYTES: usize = 1024 * 1024;
+
+fn default_excerpt() -> usize {
+    512
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -456,6 +467,12 @@ impl Config {
                     key("limits"),
                     "max_header_bytes and max_body_bytes must be at least 1024, max_json_depth at least 4"
                         .into(),
+                ));
+            }
+            if s.response_excerpt_bytes > MAX_RESPONSE_EXCERPT_BYTES {
+                return Err(err(
+                    key("response_excerpt_bytes"),
+                    format!("at most {MAX_RESPONSE_EXCERPT_BYTES}"),
                 ));
             }
             if s.mode == ServiceMode::Tcp && s.redact.is_some() {

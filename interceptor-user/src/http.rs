@@ -34,6 +34,7 @@ use hyper_util::{
     },
     rt::{TokioExecutor, TokioIo},
 };
+use sha2::{Digest, Sha256};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::TcpStream,
@@ -49,7 +50,12 @@ use crate::{
     net::ConnInfo,
     pipeline::{Decision, ExchangeRecord, Pipeline, RequestView, Transport},
     policy::{PolicyDecision, PolicyRequest, Principal},
-    redact::stream::Redacting,
+    redact::{
+        Finding, TextRedactor,
+        engine::{Engine, MaskView},
+        stream::Redacting,
+        view::{ViewRedactor, common_view, recordable_params},
+    },
     tls::{TlsTerminator, UpstreamTls},
 };
 
@@ -222,8 +228,12 @@ pub struct McpService {
     pub pipeline: Pipeline,
     /// Identity and policy (only for services with `[services.auth]`).
     pub auth: Option<Arc<Auth>>,
-    /// Redaction of everything the server sends back (services with `[services.redact]`).
-    pub redactor: Option<Arc<dyn crate::redact::TextRedactor>>,
+    /// Redaction of everything the server sends back (services with `[services.redact]`);
+    /// each exchange sees it through the masking its policy decision chose.
+    pub redaction: Option<Engine>,
+    /// Redacts request parameters and names before they reach a log or record (every
+    /// service; the built-in detectors where the service has no redaction of its own).
+    records: Arc<dyn TextRedactor>,
     /// Legacy HTTP+SSE: exchanges waiting for their response on a session's GET /sse stream.
     legacy: Arc<LegacySessions>,
 }
@@ -242,7 +252,8 @@ impl McpService {
         connect_timeout: std::time::Duration,
         pipeline: Pipeline,
         auth: Option<Arc<Auth>>,
-        redactor: Option<Arc<dyn crate::redact::TextRedactor>>,
+        redaction: Option<Engine>,
+        record_engine: Engine,
     ) -> anyhow::Result<McpService> {
         use anyhow::Context as _;
         let tls = match &cfg.tls {
@@ -299,7 +310,8 @@ impl McpService {
             upstream_auth,
             pipeline,
             auth: if cfg_auth { auth } else { None },
-            redactor,
+            redaction,
+            records: crate::redact::view::for_records(&record_engine),
             legacy: Arc::new(LegacySessions::default()),
         })
     }
@@ -644,10 +656,24 @@ fn new_record(
     ctx: &ConnCtx,
     parts: &http::request::Parts,
     transport: Transport,
-    msg: Option<&mcp::Message>,
+    msg: Option<(&mcp::Message, &serde_json::Value)>,
     request_bytes: u64,
 ) -> ExchangeRecord {
     let p = ctx.info.caller.process();
+    // Names and parameters can carry personal data (`customers://jane@example.com`): they are
+    // redacted before they are part of any record.
+    let mut found: Vec<Finding> = Vec::new();
+    let target = msg.and_then(|(m, _)| m.target_str()).map(|t| {
+        let (t, mut f) = ctx.svc.records.redact(t);
+        found.append(&mut f);
+        t
+    });
+    let params = msg.and_then(|(_, v)| v.get("params")).map(|p| {
+        let (p, mut f) = recordable_params(ctx.svc.records.as_ref(), p);
+        found.append(&mut f);
+        p
+    });
+    let msg = msg.map(|(m, _)| m);
     ExchangeRecord {
         service: ctx.svc.cfg.name.clone(),
         conn_id: ctx.info.id,
@@ -657,6 +683,7 @@ fn new_record(
         uid: p.map(|p| p.uid),
         comm: p.map(|p| p.comm.clone()),
         cgroup: p.and_then(|p| p.cgroup.clone()),
+        unit: p.and_then(|p| p.unit.clone()),
         transport,
         http_version: format!("{:?}", parts.version),
         revision: header_str(&parts.headers, "mcp-protocol-version").map(str::to_string),
@@ -665,7 +692,12 @@ fn new_record(
             .or_else(|| legacy_session(&parts.uri)),
         jsonrpc_id: msg.and_then(|m| m.id.as_ref()).map(|i| i.to_string()),
         method: msg.and_then(|m| m.method.clone()),
-        target: msg.and_then(|m| m.target()),
+        target,
+        params,
+        request_pseudonyms: found
+            .iter()
+            .map(|f| format!("{}:{}", f.entity, f.pseudonym))
+            .collect(),
         request_bytes,
         response_bytes: 0,
         http_status: 0,
@@ -683,6 +715,9 @@ fn new_record(
         policy_version: None,
         masked: Default::default(),
         pseudonyms: Vec::new(),
+        released: Vec::new(),
+        response_sha256: None,
+        response_excerpt: None,
         approval: None,
         started: SystemTime::now(),
         duration_ms: 0,
@@ -898,7 +933,10 @@ async fn handle_post(
     };
     let started = Instant::now();
     let req_len = bytes.len() as u64;
-    let per_msg = |m: &mcp::Message| new_record(&ctx, &parts, transport, Some(m), req_len);
+    let item = |i: usize| if body.is_batch() { &tree[i] } else { &tree };
+    let per_msg = |i: usize, m: &mcp::Message| {
+        new_record(&ctx, &parts, transport, Some((m, item(i))), req_len)
+    };
 
     // Who is calling, and may they? (MCP authorization spec; deny by default.)
     let mut decisions: Vec<Option<PolicyDecision>> = vec![None; messages.len()];
@@ -914,7 +952,16 @@ async fn handle_post(
         {
             Ok(a) => a,
             Err(f) => {
-                return deny_authn(&ctx, sa, &f, messages.iter().map(&per_msg).collect());
+                return deny_authn(
+                    &ctx,
+                    sa,
+                    &f,
+                    messages
+                        .iter()
+                        .enumerate()
+                        .map(|(i, m)| per_msg(i, m))
+                        .collect(),
+                );
             }
         };
         let policy = auth.policy();
@@ -923,14 +970,12 @@ async fn handle_post(
             let Some(method) = m.method.as_deref() else {
                 continue;
             };
-            let item = if body.is_batch() { &tree[i] } else { &tree };
-            let target = m.target();
             let d = policy.decide(&PolicyRequest {
                 service: &ctx.svc.cfg.name,
                 who: &a.principal,
                 method,
-                name: target.as_deref(),
-                arguments: item.get("params").and_then(|p| p.get("arguments")),
+                name: m.target_str(),
+                arguments: item(i).get("params").and_then(|p| p.get("arguments")),
             });
             if !d.allowed && denied.is_none() {
                 denied = Some(d.clone());
@@ -939,7 +984,7 @@ async fn handle_post(
         }
         if let Some(d) = denied {
             for (i, m) in messages.iter().enumerate() {
-                let mut rec = per_msg(m);
+                let mut rec = per_msg(i, m);
                 annotate(&mut rec, Some(&a), decisions[i].as_ref().or(Some(&d)));
                 rec.outcome = "denied".into();
                 rec.http_status = 403;
@@ -952,7 +997,8 @@ async fn handle_post(
                 conn_id = ctx.info.id,
                 subject = %a.principal.subject,
                 rule = %d.rule,
-                reason = %d.reason,
+                // Reasons quote argument values: redacted like every other record.
+                reason = %ctx.svc.records.redact(&d.reason).0,
                 "request denied by policy"
             );
             let id = messages.first().and_then(|m| m.id.as_ref());
@@ -971,7 +1017,7 @@ async fn handle_post(
     }
     // The record of message `i`, with who asked and what the policy decided about it.
     let decided = |i: usize, m: &mcp::Message| {
-        let mut rec = per_msg(m);
+        let mut rec = per_msg(i, m);
         annotate(
             &mut rec,
             authn.as_ref(),
@@ -1036,11 +1082,30 @@ async fn handle_post(
     };
     ctx.svc.pipeline.upstream_request(&view, up.headers_mut());
 
+    // What the caller may see: the masking of the grants that allowed the request.
+    let mask_view = ctx.svc.redaction.as_ref().map(|e| {
+        let grants: Vec<_> = decisions
+            .iter()
+            .flatten()
+            .map(|d| (&d.masking[..], &d.release[..]))
+            .collect();
+        common_view(e.default_view(), &grants)
+    });
+    let released: Vec<String> = mask_view
+        .as_ref()
+        .map(|v| {
+            let mut r: Vec<String> = v.clear.iter().cloned().collect();
+            r.sort();
+            r
+        })
+        .unwrap_or_default();
+
     // The exchanges this request opens, keyed by JSON-RPC id.
     let mut pending: HashMap<String, Pending> = HashMap::new();
     let mut no_reply = Vec::new();
     for (i, m) in messages.iter().enumerate() {
         let mut rec = decided(i, m);
+        rec.released = released.clone();
         rec.approval = approval.clone();
         match (&m.kind, &m.id) {
             (mcp::Kind::Request, Some(id)) => {
@@ -1124,18 +1189,16 @@ async fn handle_post(
         p.rec.http_status = status;
     }
     if let (Some(who), Some(auth)) = (filter_lists, &ctx.svc.auth) {
-        return filtered_list_response(&ctx, auth, &who, rparts, rbody, pending, status, &ct).await;
+        return filtered_list_response(
+            &ctx, auth, &who, rparts, rbody, pending, status, &ct, mask_view,
+        )
+        .await;
     }
     let observer: Box<dyn Observer> = if ct.starts_with("text/event-stream") {
         for p in pending.values_mut() {
             p.rec.transport = Transport::StreamableSse;
         }
-        Box::new(SseObserver::new(
-            ctx.svc.clone(),
-            pending,
-            None,
-            &ctx.svc.cfg.limits,
-        ))
+        Box::new(SseObserver::new(ctx.svc.clone(), pending, None))
     } else {
         Box::new(JsonObserver {
             evidence: None,
@@ -1144,42 +1207,105 @@ async fn handle_post(
             scanner: mcp::EnvelopeScanner::new(),
             bytes: 0,
             status,
+            // What the caller saw in clear (released) never goes into a record.
+            seen: ResponseDigest::new(if released.is_empty() {
+                excerpt_len(&ctx.svc)
+            } else {
+                0
+            }),
         })
     };
-    respond_observed(
-        &ctx,
-        rparts,
-        rbody,
-        observer,
-        ct.starts_with("text/event-stream"),
-    )
+    respond_observed(&ctx, rparts, rbody, observer, mask_view).await
 }
 
+/// The redactor of one exchange: the service's engine through the caller's masking (the
+/// service's own masking when the request was not decided by a grant).
+fn exchange_redactor(engine: &Engine, view: Option<MaskView>) -> Arc<dyn TextRedactor> {
+    match view {
+        Some(v) if v != *engine.default_view() => Arc::new(ViewRedactor::new(engine.clone(), v)),
+        _ => Arc::new(engine.clone()),
+    }
+}
+
+/// Findings (pseudonyms) kept per exchange record; more are counted, not listed.
+const MAX_RECORDED_FINDINGS: usize = 10_000;
+
+/// Largest response of another content type than JSON or SSE that a redacting service passes:
+/// such a body is redacted as text, which needs it whole.
+const MAX_TEXT_REDACT: usize = 1024 * 1024;
+
 /// Sends a server response on, redacted when the service redacts, observed in any case.
-fn respond_observed(
+/// JSON bodies and SSE streams are redacted as they stream; an empty body passes as it is;
+/// any other body is redacted as text (up to [`MAX_TEXT_REDACT`], refused beyond: nothing
+/// leaves unredacted).
+async fn respond_observed<B>(
     ctx: &ConnCtx,
     mut rparts: http::response::Parts,
-    rbody: Incoming,
+    rbody: B,
     mut observer: Box<dyn Observer>,
-    sse: bool,
-) -> Response<RespBody> {
-    let Some(redactor) = ctx.svc.redactor.clone() else {
+    view: Option<MaskView>,
+) -> Response<RespBody>
+where
+    B: http_body::Body<Data = Bytes> + Unpin + Send + 'static,
+    B::Error: Into<BoxError> + std::fmt::Display,
+{
+    let Some(engine) = &ctx.svc.redaction else {
         return client_response(rparts, Observed::new(rbody, observer).boxed_unsync());
     };
+    let status = rparts.status;
+    if status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+        || rbody.size_hint().exact() == Some(0)
+    {
+        return client_response(rparts, Observed::new(rbody, observer).boxed_unsync());
+    }
+    let ct = header_str(&rparts.headers, "content-type")
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let media = ct.split(';').next().unwrap_or("").trim().to_string();
+    let redactor = exchange_redactor(engine, view);
     let evidence: crate::redact::stream::Evidence = Arc::default();
     observer.set_evidence(evidence.clone());
     // The length changes: the redacted body is sent chunked (HTTP/1.1) or framed (HTTP/2).
     rparts.headers.remove(header::CONTENT_LENGTH);
-    let body = if sse {
-        Redacting::sse(
+    if media == "text/event-stream" {
+        let body = Redacting::sse(
             rbody,
             redactor,
             ctx.svc.cfg.limits.max_sse_event_bytes,
             evidence,
-        )
-    } else {
-        Redacting::json(rbody, redactor, evidence)
+        );
+        return client_response(rparts, Observed::new(body, observer).boxed_unsync());
+    }
+    if media == "application/json" || media.ends_with("+json") {
+        let body = Redacting::json(rbody, redactor, evidence);
+        return client_response(rparts, Observed::new(body, observer).boxed_unsync());
+    }
+    // Anything else (a plain-text error page, say) is redacted as one text.
+    let bytes = match Limited::new(rbody, MAX_TEXT_REDACT).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            observer.end(End::Error);
+            return upstream_failed(
+                ctx,
+                &format!(
+                    "a {media:?} response that cannot be redacted as it streams ({e}; at most {MAX_TEXT_REDACT} bytes are redacted whole)"
+                ),
+            );
+        }
     };
+    let (text, findings) = redactor.redact(&String::from_utf8_lossy(&bytes));
+    let mut found = crate::redact::json::Summary::default();
+    for f in findings {
+        *found.counts.entry(f.entity.clone()).or_insert(0) += 1;
+        found.findings.push(f);
+    }
+    evidence
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .merge(found, MAX_RECORDED_FINDINGS);
+    let body = Full::new(Bytes::from(text)).map_err(|e| match e {});
     client_response(rparts, Observed::new(body, observer).boxed_unsync())
 }
 
@@ -1204,13 +1330,8 @@ async fn forward_stream(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<R
             rbody.map_err(|e| Box::new(e) as BoxError).boxed_unsync(),
         );
     }
-    let observer = SseObserver::new(
-        ctx.svc.clone(),
-        HashMap::new(),
-        Some(LegacyLink::default()),
-        &ctx.svc.cfg.limits,
-    );
-    respond_observed(&ctx, rparts, rbody, Box::new(observer), true)
+    let observer = SseObserver::new(ctx.svc.clone(), HashMap::new(), Some(LegacyLink::default()));
+    respond_observed(&ctx, rparts, rbody, Box::new(observer), None).await
 }
 
 async fn forward_plain(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<RespBody> {
@@ -1345,6 +1466,7 @@ async fn filtered_list_response(
     mut pending: HashMap<String, Pending>,
     status: u16,
     ct: &str,
+    view: Option<MaskView>,
 ) -> Response<RespBody> {
     let bytes = match Limited::new(rbody, MAX_LIST_BYTES).collect().await {
         Ok(b) => b.to_bytes(),
@@ -1410,10 +1532,40 @@ async fn filtered_list_response(
             Err(_) => bytes,
         }
     };
+    // Lists are redacted like every other response (descriptions can carry personal data).
+    let mut evidence = None;
+    let out = match &ctx.svc.redaction {
+        None => out,
+        Some(engine) => {
+            let ev: crate::redact::stream::Evidence = Arc::default();
+            let r = exchange_redactor(engine, view);
+            let body = if ct.starts_with("text/event-stream") {
+                Redacting::sse(Full::new(out), r, MAX_LIST_BYTES, ev.clone())
+            } else {
+                Redacting::json(Full::new(out), r, ev.clone())
+            };
+            match body.collect().await {
+                Ok(b) => {
+                    evidence = Some(ev);
+                    b.to_bytes()
+                }
+                Err(e) => {
+                    for (_, mut p) in pending.drain() {
+                        p.rec.outcome = "upstream_error".into();
+                        finish(&ctx.svc.pipeline, p);
+                    }
+                    return upstream_failed(ctx, &format!("redacting a list response: {e}"));
+                }
+            }
+        }
+    };
     let len = out.len() as u64;
+    let digest = hex::encode(Sha256::digest(&out));
     for (_, mut p) in pending.drain() {
         p.rec.http_status = status;
         p.rec.response_bytes = len;
+        p.rec.response_sha256 = Some(digest.clone());
+        apply_evidence(&mut p.rec, &evidence);
         if p.rec.outcome.is_empty() {
             p.rec.outcome = "incomplete".into();
         }
@@ -1553,6 +1705,50 @@ impl<B: http_body::Body> Drop for Observed<B> {
     }
 }
 
+/// How much of a response its record keeps: none unless the service redacts (a record must
+/// never hold what redaction would have masked).
+fn excerpt_len(svc: &McpService) -> usize {
+    if svc.redaction.is_some() {
+        svc.cfg.response_excerpt_bytes
+    } else {
+        0
+    }
+}
+
+/// The SHA-256 and the first bytes of a response as the caller received it.
+struct ResponseDigest {
+    hash: Sha256,
+    excerpt: Vec<u8>,
+    max: usize,
+}
+
+impl ResponseDigest {
+    fn new(max: usize) -> Self {
+        ResponseDigest {
+            hash: Sha256::new(),
+            excerpt: Vec::new(),
+            max,
+        }
+    }
+    fn update(&mut self, data: &[u8]) {
+        self.hash.update(data);
+        let room = self.max.saturating_sub(self.excerpt.len());
+        self.excerpt
+            .extend_from_slice(&data[..room.min(data.len())]);
+    }
+    fn record(self, rec: &mut ExchangeRecord) {
+        rec.response_sha256 = Some(hex::encode(self.hash.finalize()));
+        if self.max > 0 {
+            // Cut at a character boundary: the excerpt is text.
+            let s = match std::str::from_utf8(&self.excerpt) {
+                Ok(s) => s,
+                Err(e) => std::str::from_utf8(&self.excerpt[..e.valid_up_to()]).unwrap_or(""),
+            };
+            rec.response_excerpt = Some(s.to_string());
+        }
+    }
+}
+
 /// application/json responses: one envelope, scanned in bounded memory.
 struct JsonObserver {
     evidence: Option<crate::redact::stream::Evidence>,
@@ -1561,6 +1757,7 @@ struct JsonObserver {
     scanner: mcp::EnvelopeScanner,
     bytes: u64,
     status: u16,
+    seen: ResponseDigest,
 }
 
 impl Observer for JsonObserver {
@@ -1570,12 +1767,18 @@ impl Observer for JsonObserver {
     fn data(&mut self, chunk: &Bytes) {
         self.bytes += chunk.len() as u64;
         self.scanner.push(chunk);
+        self.seen.update(chunk);
     }
     fn end(&mut self, how: End) {
         let summary = self.scanner.summary();
         let single = self.pending.len() == 1;
+        let seen = std::mem::replace(&mut self.seen, ResponseDigest::new(0));
+        let mut seen = Some(seen);
         for (id, mut p) in self.pending.drain() {
             p.rec.response_bytes = if single { self.bytes } else { 0 };
+            if single && let Some(seen) = seen.take() {
+                seen.record(&mut p.rec);
+            }
             p.rec.outcome = match how {
                 End::Complete => match summary.outcome_for(&id) {
                     Some((true, code)) => {
@@ -1601,15 +1804,46 @@ struct LegacyLink {
     session: Option<String>,
 }
 
-/// text/event-stream responses: events parsed as they pass, responses matched to requests.
+/// text/event-stream responses: events read as they pass (never held whole: a 100 MB event
+/// costs the envelope scanner's few bytes), responses matched to requests.
 struct SseObserver {
     evidence: Option<crate::redact::stream::Evidence>,
     svc: Arc<McpService>,
     pending: HashMap<String, Pending>,
     legacy: Option<LegacyLink>,
-    parser: mcp::SseParser,
-    broken: bool,
+    tokens: mcp::SseTokenizer,
+    event: SseEventState,
     notifications: u32,
+}
+
+/// What is known of the event being read.
+struct SseEventState {
+    name: Option<Vec<u8>>,
+    lines: usize,
+    bytes: u64,
+    scanner: mcp::EnvelopeScanner,
+    /// Digest and start of the data (the start also gives the legacy `endpoint`).
+    seen: ResponseDigest,
+}
+
+/// Bytes of an event's data kept for the legacy transport's `endpoint` URL.
+const ENDPOINT_MAX: usize = 4096;
+
+impl SseEventState {
+    fn new(excerpt: usize) -> Self {
+        SseEventState {
+            name: None,
+            lines: 0,
+            bytes: 0,
+            scanner: mcp::EnvelopeScanner::new(),
+            seen: ResponseDigest::new(excerpt.max(ENDPOINT_MAX)),
+        }
+    }
+    fn data(&mut self, d: &[u8]) {
+        self.bytes += d.len() as u64;
+        self.scanner.push(d);
+        self.seen.update(d);
+    }
 }
 
 impl SseObserver {
@@ -1617,74 +1851,82 @@ impl SseObserver {
         svc: Arc<McpService>,
         pending: HashMap<String, Pending>,
         legacy: Option<LegacyLink>,
-        limits: &crate::config::HttpLimits,
     ) -> Self {
+        let excerpt = excerpt_len(&svc);
         SseObserver {
             evidence: None,
             svc,
             pending,
             legacy,
-            parser: mcp::SseParser::new(limits.max_sse_event_bytes),
-            broken: false,
+            tokens: mcp::SseTokenizer::new(),
+            event: SseEventState::new(excerpt),
             notifications: 0,
         }
     }
 
-    fn on_event(&mut self, ev: mcp::SseEvent) {
-        if ev.event.as_deref() == Some("endpoint") {
+    fn on_event(&mut self, ev: SseEventState) {
+        if ev.lines == 0 {
+            return;
+        }
+        if ev.name.as_deref() == Some(b"endpoint") {
             if let Some(link) = self.legacy.as_mut()
-                && let Some(ep) = mcp::LegacyEndpoint::parse(&ev.data)
+                && let Ok(data) = std::str::from_utf8(&ev.seen.excerpt)
+                && let Some(ep) = mcp::LegacyEndpoint::parse(data)
             {
                 link.session = ep.session_id;
             }
             return;
         }
-        let Ok(value) = serde_json::from_str::<serde_json::Value>(&ev.data) else {
-            debug!(service = %self.svc.cfg.name, "SSE event without JSON data");
+        let summary = ev.scanner.summary();
+        if summary.shape == mcp::Shape::Empty || summary.error.is_some() {
+            debug!(service = %self.svc.cfg.name, error = ?summary.error, "SSE event without JSON-RPC data");
             return;
-        };
-        let items: Vec<serde_json::Value> = match value {
-            serde_json::Value::Array(a) => a,
-            v => vec![v],
-        };
-        for v in items {
-            let Ok(msg) = mcp::parse_message(&v) else {
+        }
+        let excerpt = excerpt_len(&self.svc);
+        let mut seen = Some(ev.seen);
+        for msg in &summary.messages {
+            let Some(id) = msg.id.as_ref().filter(|_| msg.has_result || msg.has_error) else {
+                self.notifications += 1;
                 continue;
             };
-            match (&msg.kind, &msg.id) {
-                (mcp::Kind::Response | mcp::Kind::ErrorResponse, Some(id)) => {
-                    let key = id.to_string();
-                    let found = self.pending.remove(&key).or_else(|| {
-                        let session = self.legacy.as_ref()?.session.clone()?;
-                        self.svc
-                            .legacy
-                            .pending
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .remove(&(session, key.clone()))
-                    });
-                    if let Some(mut p) = found {
-                        if p.rec.http_status == 0 {
-                            // Answered on the SSE channel before the POST's own status arrived.
-                            p.rec.http_status = 202;
-                        }
-                        p.rec.response_bytes = ev.data.len() as u64;
-                        p.rec.notifications += self.notifications;
-                        if msg.kind == mcp::Kind::ErrorResponse {
-                            p.rec.outcome = "error".into();
-                            p.rec.error_code = msg.error_code;
-                        } else {
-                            p.rec.outcome = "result".into();
-                        }
-                        apply_evidence(&mut p.rec, &self.evidence);
-                        self.svc.pipeline.response_event(&p.rec, &msg);
-                        finish(&self.svc.pipeline, p);
-                    }
-                }
-                _ => {
-                    self.notifications += 1;
-                }
+            let key = id.to_string();
+            let found = self.pending.remove(&key).or_else(|| {
+                let session = self.legacy.as_ref()?.session.clone()?;
+                self.svc
+                    .legacy
+                    .pending
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&(session, key.clone()))
+            });
+            let Some(mut p) = found else {
+                continue;
+            };
+            if p.rec.http_status == 0 {
+                // Answered on the SSE channel before the POST's own status arrived.
+                p.rec.http_status = 202;
             }
+            p.rec.response_bytes = ev.bytes;
+            if let Some(mut s) = seen.take() {
+                // What the caller saw in clear (released) never goes into a record.
+                s.max = if p.rec.released.is_empty() {
+                    excerpt
+                } else {
+                    0
+                };
+                s.excerpt.truncate(s.max);
+                s.record(&mut p.rec);
+            }
+            p.rec.notifications += self.notifications;
+            if msg.has_error {
+                p.rec.outcome = "error".into();
+                p.rec.error_code = msg.error_code;
+            } else {
+                p.rec.outcome = "result".into();
+            }
+            apply_evidence(&mut p.rec, &self.evidence);
+            self.svc.pipeline.response_event(&p.rec, msg);
+            finish(&self.svc.pipeline, p);
         }
     }
 }
@@ -1694,19 +1936,28 @@ impl Observer for SseObserver {
         self.evidence = Some(evidence);
     }
     fn data(&mut self, chunk: &Bytes) {
-        if self.broken {
-            return;
-        }
-        match self.parser.push(chunk) {
-            Ok(events) => {
-                for ev in events {
-                    self.on_event(ev);
+        let mut done: Vec<SseEventState> = Vec::new();
+        let excerpt = excerpt_len(&self.svc);
+        let event = &mut self.event;
+        self.tokens.push(chunk, &mut |piece| match piece {
+            mcp::SsePiece::DataLineStart => {
+                if event.lines > 0 {
+                    event.data(b"\n");
+                }
+                event.lines += 1;
+            }
+            mcp::SsePiece::Data(d) => event.data(d),
+            mcp::SsePiece::Field { name, value } => {
+                if name == b"event" {
+                    event.name = Some(value.to_vec());
                 }
             }
-            Err(e) => {
-                warn!(service = %self.svc.cfg.name, error = %e, "SSE stream could not be parsed; passing it through unobserved");
-                self.broken = true;
+            mcp::SsePiece::EventEnd => {
+                done.push(std::mem::replace(event, SseEventState::new(excerpt)));
             }
+        });
+        for ev in done {
+            self.on_event(ev);
         }
     }
     fn end(&mut self, how: End) {

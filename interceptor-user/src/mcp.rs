@@ -69,6 +69,9 @@
 //! JSON nesting is bounded *before* the tree is built; everything that streams (SSE,
 //! [`EnvelopeScanner`]) runs in bounded memory.
 
+pub mod sse_stream;
+pub use sse_stream::{SsePiece, SseTokenizer};
+
 use std::convert::Infallible;
 use std::fmt;
 use std::str::FromStr;

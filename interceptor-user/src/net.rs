@@ -30,6 +30,7 @@ use crate::{
     http::McpService,
     identity::{Caller, CgroupResolver},
     pipeline::Pipeline,
+    redact::engine::{Engine, PseudonymKey},
 };
 
 /// Relay buffer size per direction.
@@ -109,22 +110,39 @@ impl DataPath {
         let services: Vec<Arc<ServiceConfig>> =
             config.services.iter().cloned().map(Arc::new).collect();
         let mut mcp = Vec::with_capacity(services.len());
+        // Request parameters are redacted before any log or record, on every MCP service: a
+        // service without its own `[services.redact]` uses the built-in detectors for that.
+        let mut key = None;
+        let mut builtin = None;
         for s in &services {
             mcp.push(match s.mode {
                 ServiceMode::Tcp => None,
-                ServiceMode::Mcp => Some(Arc::new(McpService::new(
-                    s.clone(),
-                    mark,
-                    config.agent.connect_timeout(),
-                    pipeline.clone(),
-                    auth.clone(),
-                    match &s.redact {
+                ServiceMode::Mcp => {
+                    if key.is_none() {
+                        key = Some(pseudonym_key(&config.agent.pseudonym_key_file)?);
+                    }
+                    let key = key.clone().unwrap_or_else(|| unreachable!());
+                    let (responses, records) = match &s.redact {
                         Some(r) => {
-                            Some(redactor_for(&s.name, r, &config.agent.pseudonym_key_file)?)
+                            let e = Engine::new(r, key)
+                                .map_err(|e| anyhow::anyhow!("services.{}.redact: {e}", s.name))?;
+                            (Some(e.clone()), e)
                         }
-                        None => None,
-                    },
-                )?)),
+                        None => (
+                            None,
+                            builtin.get_or_insert_with(|| Engine::builtin(key)).clone(),
+                        ),
+                    };
+                    Some(Arc::new(McpService::new(
+                        s.clone(),
+                        mark,
+                        config.agent.connect_timeout(),
+                        pipeline.clone(),
+                        auth.clone(),
+                        responses,
+                        records,
+                    )?))
+                }
             });
         }
         Ok(DataPath {
@@ -192,18 +210,11 @@ impl DataPath {
     }
 }
 
-/// The redaction engine of a service, keyed with the agent's pseudonym key.
-fn redactor_for(
-    service: &str,
-    cfg: &crate::redact::engine::EngineConfig,
-    key_file: &std::path::Path,
-) -> Result<Arc<dyn crate::redact::TextRedactor>> {
+/// The agent's pseudonym key (created on first use).
+fn pseudonym_key(key_file: &std::path::Path) -> Result<PseudonymKey> {
     let key = crate::redact::load_or_create_key(key_file)
         .with_context(|| format!("agent.pseudonym_key_file {}", key_file.display()))?;
-    let engine =
-        crate::redact::engine::Engine::new(cfg, crate::redact::engine::PseudonymKey::new(key))
-            .map_err(|e| anyhow::anyhow!("services.{service}.redact: {e}"))?;
-    Ok(Arc::new(engine))
+    Ok(PseudonymKey::new(key))
 }
 
 /// Connects to the real server with the agent's socket mark, so the kernel neither redirects

@@ -77,13 +77,21 @@ pub struct ExchangeRecord {
     pub uid: Option<u32>,
     pub comm: Option<String>,
     pub cgroup: Option<String>,
+    /// The systemd unit of a local caller's cgroup.
+    pub unit: Option<String>,
     pub transport: Transport,
     pub http_version: String,
     pub revision: Option<String>,
     pub session: Option<String>,
     pub jsonrpc_id: Option<String>,
     pub method: Option<String>,
+    /// Tool or prompt name, or resource URI, redacted like `params`.
     pub target: Option<String>,
+    /// The request's `params` (tool name and arguments, resource URI, prompt arguments)
+    /// without `_meta`, every string redacted: never a value in clear.
+    pub params: Option<serde_json::Value>,
+    /// Keyed pseudonyms of the values masked in `params` and `target`.
+    pub request_pseudonyms: Vec<String>,
     pub request_bytes: u64,
     pub response_bytes: u64,
     pub http_status: u16,
@@ -106,6 +114,14 @@ pub struct ExchangeRecord {
     pub masked: std::collections::BTreeMap<String, u64>,
     /// ...and the keyed pseudonym of each masked value ("EMAIL:4f1c9a2b"), never the value.
     pub pseudonyms: Vec<String>,
+    /// Entity types the policy released in clear to this caller (the grant's `release`).
+    pub released: Vec<String>,
+    /// SHA-256 (hex) of the response as the caller received it (the JSON body, or the
+    /// response's SSE event data).
+    pub response_sha256: Option<String>,
+    /// The start of that response, redacted (only for services that redact; at most
+    /// `audit_excerpt_bytes`).
+    pub response_excerpt: Option<String>,
     /// The approval that released (or refused) this call, when one was needed; its steps are
     /// [`crate::approval::ApprovalEvent`]s with this `approval_id`.
     pub approval: Option<String>,
@@ -139,7 +155,7 @@ pub trait Phase: Send + Sync {
     /// The request is about to go upstream (headers may be changed).
     fn upstream_request(&self, _req: &RequestView<'_>, _headers: &mut http::HeaderMap) {}
     /// A message arrived from the server for an exchange (response or notification).
-    fn response_event(&self, _rec: &ExchangeRecord, _msg: &crate::mcp::Message) {}
+    fn response_event(&self, _rec: &ExchangeRecord, _msg: &crate::mcp::EnvelopeMessage) {}
     /// The exchange is over; the record is final.
     fn exchange_complete(&self, _rec: &ExchangeRecord) {}
     /// One step of an approval (held, vote, approved, denied, expired, released, ...). Every
@@ -172,7 +188,7 @@ impl Pipeline {
             p.upstream_request(req, headers);
         }
     }
-    pub fn response_event(&self, rec: &ExchangeRecord, msg: &crate::mcp::Message) {
+    pub fn response_event(&self, rec: &ExchangeRecord, msg: &crate::mcp::EnvelopeMessage) {
         for p in &self.phases {
             p.response_event(rec, msg);
         }
@@ -226,6 +242,7 @@ impl Phase for ExchangeLog {
             uid = r.uid,
             comm = r.comm.as_deref(),
             cgroup = r.cgroup.as_deref(),
+            unit = r.unit.as_deref(),
             transport = r.transport.as_str(),
             http_version = %r.http_version,
             revision = r.revision.as_deref(),
@@ -233,6 +250,8 @@ impl Phase for ExchangeLog {
             jsonrpc_id = r.jsonrpc_id.as_deref(),
             method = r.method.as_deref(),
             mcp_name = r.target.as_deref(),
+            params = r.params.as_ref().map(|p| p.to_string()),
+            request_pseudonyms = %r.request_pseudonyms.join(","),
             request_bytes = r.request_bytes,
             response_bytes = r.response_bytes,
             http_status = r.http_status,
@@ -250,6 +269,8 @@ impl Phase for ExchangeLog {
             policy_version = r.policy_version.as_deref(),
             masked = %serde_json::to_string(&r.masked).unwrap_or_default(),
             pseudonyms = %r.pseudonyms.join(","),
+            released = %r.released.join(","),
+            response_sha256 = r.response_sha256.as_deref(),
             approval = r.approval.as_deref(),
             duration_ms = r.duration_ms,
             "exchange complete"

@@ -31,6 +31,9 @@
 //! purpose = "Handling customer support tickets"     # required, non-empty
 //! lawful_basis = "contract"         # required; GDPR Art. 6(1)(a)-(f), see [`LawfulBasis`]
 //! data_subjects = ["customers"]     # categories of data subjects (Art. 30 record)
+//! # Redaction of this grant's exchanges, over the service's `[services.redact]` settings:
+//! masking = { EMAIL = "partial" }   # mask mode per entity type: remove | partial | pseudonymize
+//! release = ["PHONE"]               # entity types this purpose needs in clear (recorded)
 //!
 //! [[roles.grants.constraints]]      # argument constraints on tools/call
 //! tool = "export_customers"         # required; exact tool name, must match the grant's `tools`
@@ -86,7 +89,8 @@
 //!    A targeted method without a name is denied.
 //!
 //! The decision carries the winning role, its grant's purpose and lawful basis (none for the
-//! builtin rules), the policy version and the rule: `crm.policy.toml:roles[support].grants[0]`,
+//! builtin rules), its redaction choices (`masking`, `release`; the service's own settings for
+//! the builtin rules), the policy version and the rule: `crm.policy.toml:roles[support].grants[0]`,
 //! `builtin:protocol-methods`, `builtin:list-methods`, `default-deny`, or for a failed
 //! constraint `crm.policy.toml:roles[analyst].grants[0].constraints[0]` with the reason
 //! `constraint export_customers: limit <= 100 (limit = 5000)`. When nothing allows, the
@@ -145,6 +149,33 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use toml::Spanned;
+
+use crate::redact::engine::MaskMode;
+
+fn mask_mode_name(m: MaskMode) -> &'static str {
+    match m {
+        MaskMode::Remove => "remove",
+        MaskMode::Partial => "partial",
+        MaskMode::Pseudonymize => "pseudonymize",
+    }
+}
+
+fn mask_mode(s: &str) -> Option<MaskMode> {
+    match s {
+        "remove" => Some(MaskMode::Remove),
+        "partial" => Some(MaskMode::Partial),
+        "pseudonymize" => Some(MaskMode::Pseudonymize),
+        _ => None,
+    }
+}
+
+/// Entity type names as the redaction engine spells them (`EMAIL`, `DE_TAX_ID`, `TICKET`).
+fn is_entity_name(s: &str) -> bool {
+    s.len() <= 64
+        && s.starts_with(|c: char| c.is_ascii_uppercase())
+        && s.bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+}
 
 /// Suffix of the policy files picked up from a directory.
 pub const POLICY_FILE_SUFFIX: &str = ".policy.toml";
@@ -220,6 +251,12 @@ pub struct PolicyDecision {
     pub purpose: Option<String>,
     pub lawful_basis: Option<String>,
     pub policy_version: String,
+    /// Mask modes of the deciding grant, over the service's own (`masking`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub masking: Vec<(String, MaskMode)>,
+    /// Entity types the deciding grant's purpose needs in clear (`release`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub release: Vec<String>,
 }
 
 /// GDPR Art. 6(1) lawful bases, spelled in files as snake_case.
@@ -371,6 +408,8 @@ pub struct GrantExplanation {
     pub lawful_basis: String,
     pub lawful_basis_article: String,
     pub data_subjects: Vec<String>,
+    pub masking: Vec<(String, MaskMode)>,
+    pub release: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -432,6 +471,17 @@ impl fmt::Display for Explanation {
                 )?;
                 if !g.data_subjects.is_empty() {
                     writeln!(f, "    data subjects: {}", g.data_subjects.join(", "))?;
+                }
+                if !g.masking.is_empty() {
+                    let m: Vec<String> = g
+                        .masking
+                        .iter()
+                        .map(|(e, m)| format!("{e} = {}", mask_mode_name(*m)))
+                        .collect();
+                    writeln!(f, "    masking: {}", m.join(", "))?;
+                }
+                if !g.release.is_empty() {
+                    writeln!(f, "    released in clear: {}", g.release.join(", "))?;
                 }
             }
         }
@@ -512,6 +562,10 @@ struct RawGrant {
     #[serde(default)]
     data_subjects: Vec<S<String>>,
     #[serde(default)]
+    masking: std::collections::BTreeMap<String, S<String>>,
+    #[serde(default)]
+    release: Vec<S<String>>,
+    #[serde(default)]
     constraints: Vec<S<RawConstraint>>,
 }
 
@@ -559,6 +613,8 @@ struct Grant {
     purpose: String,
     lawful_basis: LawfulBasis,
     data_subjects: Vec<String>,
+    masking: Vec<(String, MaskMode)>,
+    release: Vec<String>,
     constraints: Vec<Constraint>,
 }
 
@@ -1089,6 +1145,35 @@ impl Loader {
             }
             data_subjects.push(d.into_inner());
         }
+        let mut masking = Vec::new();
+        for (entity, mode) in g.masking {
+            let key = format!("{label}.masking.{entity}");
+            if !is_entity_name(&entity) {
+                self.err(file, text, Some(mode.span()), key, format!("{entity:?} is not an entity type name (upper-case letters, digits and `_`, e.g. EMAIL)"));
+                continue;
+            }
+            match mask_mode(mode.get_ref()) {
+                Some(m) => masking.push((entity, m)),
+                None => self.err(
+                    file,
+                    text,
+                    Some(mode.span()),
+                    key,
+                    format!(
+                        "unknown mask mode {:?}, expected remove, partial or pseudonymize",
+                        mode.get_ref()
+                    ),
+                ),
+            }
+        }
+        let mut release = Vec::new();
+        for (i, e) in g.release.into_iter().enumerate() {
+            if !is_entity_name(e.get_ref()) {
+                self.err(file, text, Some(e.span()), format!("{label}.release[{i}]"), format!("{:?} is not an entity type name (upper-case letters, digits and `_`, e.g. EMAIL)", e.get_ref()));
+            } else if !release.contains(e.get_ref()) {
+                release.push(e.into_inner());
+            }
+        }
 
         let mut constraints = Vec::new();
         for (ci, c) in g.constraints.into_iter().enumerate() {
@@ -1144,6 +1229,8 @@ impl Loader {
             purpose,
             lawful_basis: lawful_basis?,
             data_subjects,
+            masking,
+            release,
             constraints,
         })
     }
@@ -1314,6 +1401,8 @@ impl PolicySet {
             purpose: None,
             lawful_basis: None,
             policy_version: self.inner.version.clone(),
+            masking: Vec::new(),
+            release: Vec::new(),
         };
         let method = clip(req.method);
         let held = self.held(req.who);
@@ -1346,6 +1435,8 @@ impl PolicySet {
             purpose: None,
             lawful_basis: None,
             policy_version: self.inner.version.clone(),
+            masking: Vec::new(),
+            release: Vec::new(),
         };
         if PROTOCOL_METHODS.contains(&req.method) {
             return builtin(
@@ -1431,6 +1522,8 @@ impl PolicySet {
                 purpose: Some(g.purpose.clone()),
                 lawful_basis: Some(g.lawful_basis.as_str().to_string()),
                 policy_version: self.inner.version.clone(),
+                masking: g.masking.clone(),
+                release: g.release.clone(),
             };
         }
         match failure {
@@ -1712,6 +1805,8 @@ impl Grant {
             lawful_basis: self.lawful_basis.as_str().to_string(),
             lawful_basis_article: self.lawful_basis.article().to_string(),
             data_subjects: self.data_subjects.clone(),
+            masking: self.masking.clone(),
+            release: self.release.clone(),
         }
     }
 }
@@ -2572,6 +2667,51 @@ lawful_basis = "legitimate_interests"
         format!(
             "[[roles]]\nname = \"r\"\ngroups = [\"g\"]\n[[roles.grants]]\nservice = \"crm\"\npurpose = \"p\"\nlawful_basis = \"contract\"\n{extra}"
         )
+    }
+
+    // ----- redaction choices -------------------------------------------------------------------
+
+    #[test]
+    fn grants_carry_their_masking_and_releases_into_the_decision() {
+        let t = grant_text(
+            "methods = [\"tools/call\"]\ntools = [\"lookup\"]\nmasking = { EMAIL = \"remove\", CARD = \"partial\" }\nrelease = [\"PHONE\", \"PHONE\"]\n",
+        );
+        let s = PolicySet::from_str("x.policy.toml", &t).unwrap();
+        let d = tool(&s, &user(&["g"]), "lookup", json!({}));
+        assert!(d.allowed, "{d:?}");
+        assert_eq!(
+            d.masking,
+            vec![
+                ("CARD".to_string(), MaskMode::Partial),
+                ("EMAIL".to_string(), MaskMode::Remove)
+            ]
+        );
+        assert_eq!(d.release, vec!["PHONE".to_string()]);
+        // Builtin rules carry none: the service's own masking applies.
+        let l = decide(&s, "crm", &user(&["g"]), "tools/list", None, None);
+        assert!(
+            l.allowed && l.masking.is_empty() && l.release.is_empty(),
+            "{l:?}"
+        );
+        // Denials release nothing.
+        let d = tool(&s, &user(&["g"]), "other", json!({}));
+        assert!(!d.allowed && d.release.is_empty());
+    }
+
+    #[test]
+    fn bad_masking_and_release_entries_are_errors_naming_the_key() {
+        one_err(
+            &grant_text("methods = [\"ping\"]\nmasking = { EMAIL = \"hide\" }\n"),
+            9,
+            "roles[r].grants[0].masking.EMAIL",
+            "unknown mask mode \"hide\"",
+        );
+        one_err(
+            &grant_text("methods = [\"ping\"]\nrelease = [\"email\"]\n"),
+            9,
+            "roles[r].grants[0].release[0]",
+            "not an entity type name",
+        );
     }
 
     // ----- decisions -------------------------------------------------------------------------

@@ -68,3 +68,19 @@ def big_text(mb: int) -> str:
 
 def prompt_text(cid: str) -> str:
     return f"Summarize the account history of this customer. {customer_text(cid)}"
+
+
+def pii_log(email: str) -> str:
+    return f"looking up {email} for the caller"
+
+
+def pii_progress(email: str) -> str:
+    return f"found the record of {email}, phone +44 20 7946 0958"
+
+
+def pii_link_description(email: str) -> str:
+    return f"Record of {email}"
+
+
+def completion_values(prefix: str) -> list[str]:
+    return [f"{prefix}jane.doe@example.com", f"{prefix}john.roe@example.org"]

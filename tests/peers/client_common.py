@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import re
 import ssl
 import sys
 import time
@@ -20,10 +21,11 @@ def parser(doc: str, transports: list[str]) -> argparse.ArgumentParser:
     p.add_argument("--header", action="append", default=[], metavar="'K: V'", help="extra HTTP header, repeatable")
     p.add_argument("--http2", action="store_true", help="offer HTTP/2 (ALPN h2 on https; h2c prior knowledge on http)")
     p.add_argument("--timeout", type=float, default=60.0, help="per-request read timeout, seconds")
-    p.add_argument("--scenario", choices=["basic", "progress", "call", "big", "lists"], default="basic")
+    p.add_argument("--scenario", choices=["basic", "progress", "call", "big", "lists", "pii", "export"], default="basic")
     p.add_argument("--tool", help="call: tool name")
     p.add_argument("--args", default="{}", help="call: tool arguments as a JSON object")
     p.add_argument("--mb", type=int, default=1, help="big: MiB to request")
+    p.add_argument("--limit", type=int, default=1000, help="export: records to request")
     p.add_argument("--steps", type=int, default=3, help="progress: steps")
     p.add_argument("--delay-ms", type=int, default=200, help="progress: delay between steps")
     return p
@@ -67,6 +69,36 @@ def big_summary(mb: int, result: Any, elapsed: float) -> dict[str, Any]:
         "sha256": hashlib.sha256(data).hexdigest(),
         "elapsed_ms": round(elapsed * 1000, 1),
     }
+
+
+EMAIL_RE = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
+
+
+def export_summary(limit: int, result: Any, elapsed: float) -> dict[str, Any]:
+    """What an export result looked like, without printing megabytes: record count, e-mail
+    addresses left in clear, masks seen."""
+    text = text_of(result)
+    lines = [line for line in text.split("\n") if line]
+    return {
+        "limit": limit,
+        "is_error": bool(getattr(result, "is_error", None) or getattr(result, "isError", None)),
+        "records": len(lines),
+        "parsed": sum(1 for line in lines if _is_json(line)),
+        "emails_in_clear": len(EMAIL_RE.findall(text)),
+        "email_masks": text.count("[EMAIL"),
+        "iban_masks": text.count("[IBAN"),
+        "first": lines[0] if lines else None,
+        "bytes": len(text.encode()),
+        "elapsed_ms": round(elapsed * 1000, 1),
+    }
+
+
+def _is_json(line: str) -> bool:
+    try:
+        json.loads(line)
+        return True
+    except ValueError:
+        return False
 
 
 class Events:

@@ -25,6 +25,8 @@ import client_common as cc  # noqa: E402
 from mcp import Client  # noqa: E402
 from mcp.client.sse import sse_client  # noqa: E402
 from mcp.client.streamable_http import streamable_http_client  # noqa: E402
+from mcp.shared.exceptions import MCPError  # noqa: E402
+from mcp.types import PromptReference  # noqa: E402
 
 
 SDK = f"python mcp {metadata.version('mcp')}"
@@ -108,6 +110,39 @@ async def run(args) -> dict:
                 raise SystemExit("--scenario call needs --tool")
             out["result"] = cc.dump(await client.call_tool(args.tool, json.loads(args.args)))
             out["events"] = events.items
+        elif args.scenario == "pii":
+            # Personal data in every kind of answer: tool result (content, embedded resource,
+            # resource link, structuredContent), log and progress notifications, a tool error,
+            # a JSON-RPC error, a resource, a prompt, completion values.
+            async def on_pii_progress(progress: float, total: float | None, message: str | None) -> None:
+                events.add("progress", progress=progress, total=total, message=message)
+
+            out["result"] = cc.dump(
+                await client.call_tool(
+                    "pii_everywhere", {"email": "jane.doe@example.com"}, progress_callback=on_pii_progress
+                )
+            )
+            # The SDK may resolve the result before it has run the notification callbacks of
+            # the same stream (when they arrive in one read): let them run.
+            await anyio.sleep(0.3)
+            out["tool_error"] = cc.dump(
+                await client.call_tool("fail", {"message": "no mailbox for jane.doe@example.com"})
+            )
+            try:
+                await client.call_tool("fail_rpc", {"message": "lookup of jane.doe@example.com failed"})
+                out["rpc_error"] = None
+            except MCPError as exc:
+                out["rpc_error"] = {"code": exc.error.code, "message": exc.error.message, "data": exc.error.data}
+            out["resource"] = cc.dump(await client.read_resource("customers://42"))
+            out["prompt"] = cc.dump(await client.get_prompt("summarize_customer", {"id": "42"}))
+            out["completion"] = cc.dump(
+                await client.complete(PromptReference(type="ref/prompt", name="summarize_customer"), {"name": "id", "value": "4"})
+            )
+            out["events"] = events.items
+        elif args.scenario == "export":
+            t0 = time.monotonic()
+            result = await client.call_tool("export_customers", {"limit": args.limit})
+            out["export"] = cc.export_summary(args.limit, result, time.monotonic() - t0)
         elif args.scenario == "big":
             t0 = time.monotonic()
             result = await client.call_tool("big_result", {"mb": args.mb})

@@ -21,7 +21,14 @@ from mcp.server.mcpserver import Context, MCPServer  # noqa: E402
 from mcp.server.mcpserver.exceptions import ToolError  # noqa: E402
 from mcp.server.transport_security import TransportSecuritySettings  # noqa: E402
 from mcp.shared.exceptions import MCPError  # noqa: E402
-from mcp.types import CallToolResult, TextContent  # noqa: E402
+from mcp.types import (  # noqa: E402
+    CallToolResult,
+    Completion,
+    EmbeddedResource,
+    ResourceLink,
+    TextContent,
+    TextResourceContents,
+)
 from mcp_types import INTERNAL_ERROR  # noqa: E402
 from serve_asgi import add_server_args, serve  # noqa: E402
 
@@ -92,6 +99,38 @@ def fail(message: str) -> str:
 def fail_rpc(message: str) -> str:
     """Protocol error: a JSON-RPC error response (code -32603) instead of a result."""
     raise MCPError(code=INTERNAL_ERROR, message=message, data={"tool": "fail_rpc"})
+
+
+@mcp.tool(structured_output=False)
+async def pii_everywhere(email: str, ctx: Context) -> CallToolResult:
+    """Personal data in every place a tool answer can carry it: a log message, a progress
+    message, text content, an embedded resource, a resource link and structuredContent."""
+    await ctx.info(cat.pii_log(email))
+    await ctx.report_progress(1, 2, cat.pii_progress(email))
+    return CallToolResult(
+        content=[
+            TextContent(type="text", text=cat.customer_text("42")),
+            EmbeddedResource(
+                type="resource",
+                resource=TextResourceContents(
+                    uri="customers://42", mime_type="application/json", text=cat.customer_json("42")
+                ),
+            ),
+            ResourceLink(
+                type="resource_link",
+                uri="customers://42",
+                name="customer-42",
+                description=cat.pii_link_description(email),
+            ),
+        ],
+        structured_content=cat.customer("42"),
+    )
+
+
+@mcp.completion()
+async def complete(ref, argument, context):
+    """Completion values carry personal data (customer e-mail addresses)."""
+    return Completion(values=cat.completion_values(argument.value), total=None, has_more=False)
 
 
 @mcp.resource("customers://{id}", mime_type="application/json")

@@ -625,6 +625,8 @@ pub struct AgentConfig {
     pub runtime_dir: PathBuf,
     pub grace_period_ms: u64,
     pub connect_timeout_ms: u64,
+    /// The agent's pseudonym key (inside the node's directory, never the host's default).
+    pub pseudonym_key_file: PathBuf,
     pub services: Vec<ServiceCfg>,
     /// Raw TOML appended to the `[agent]` table (for negative tests).
     pub extra_agent_toml: String,
@@ -680,6 +682,7 @@ impl AgentConfig {
         let _ = writeln!(s, "grace_period_ms = {}", self.grace_period_ms);
         let _ = writeln!(s, "connect_timeout_ms = {}", self.connect_timeout_ms);
         s.push_str("log_format = \"json\"\n");
+        let _ = writeln!(s, "pseudonym_key_file = {}", p(&self.pseudonym_key_file));
         s.push_str(&self.extra_agent_toml);
         if !s.ends_with('\n') {
             s.push('\n');
@@ -924,6 +927,7 @@ impl Node {
             runtime_dir: self.dir.join("run"),
             grace_period_ms: 3000,
             connect_timeout_ms: 2000,
+            pseudonym_key_file: self.dir.join("pseudonym.key"),
             services: Vec::new(),
             extra_agent_toml: String::new(),
             path: self.dir.join("agent.toml"),

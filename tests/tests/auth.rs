@@ -262,6 +262,65 @@ fn roles_decide_each_call_and_lists_are_filtered() {
     drop(server);
 }
 
+/// Masking is part of the decision: the support role's purpose releases phone numbers, the
+/// analyst role's removes e-mail addresses, the admin sees the service's own masking; each
+/// record says what was released to whom.
+#[test]
+fn each_role_sees_what_its_purpose_allows() {
+    let Some(mut f) = fixture("auth_masking", &policy_file(), 9) else {
+        return;
+    };
+    for s in &mut f.cfg.services {
+        s.extra.push_str("[services.redact]\n");
+    }
+    let server = f.node.mcp_server(Sdk::Py2, f.port, &[]);
+    let agent = f.node.start_agent(&f.cfg);
+    let alice = user_token(&f, "alice"); // support: release PHONE
+    let bob = user_token(&f, "bob"); // analytics: EMAIL removed
+    let carol = user_token(&f, "carol"); // admin: the service's masking
+
+    let a = call(&f, &alice, "customer_lookup", &json!({"id": "42"}));
+    let a = a.assert_ok().to_string();
+    assert!(
+        a.contains("+44 20 7946 0958"),
+        "support sees the phone: {a}"
+    );
+    assert!(!a.contains("jane.doe@example.com"), "{a}");
+    assert!(a.contains("[EMAIL:"), "{a}");
+    let e = last_exchange(&agent, "tools/call", |e| e["subject"] == "alice");
+    assert_eq!(e["role"], "support", "{e}");
+    assert_eq!(e["released"], "PHONE", "{e}");
+    // Released values are still evidence (counted, pseudonymised), never in a record.
+    assert!(!e.to_string().contains("7946 0958"), "{e}");
+    assert!(
+        e["response_excerpt"].is_null(),
+        "no excerpt of a released answer: {e}"
+    );
+
+    let c = call(&f, &carol, "customer_lookup", &json!({"id": "42"}));
+    let c = c.assert_ok().to_string();
+    assert!(!c.contains("7946 0958"), "admin does not: {c}");
+    assert!(c.contains("[PHONE:") && c.contains("[EMAIL:"), "{c}");
+    let e = last_exchange(&agent, "tools/call", |e| e["subject"] == "carol");
+    assert_eq!(e["released"], "", "{e}");
+    assert!(
+        e["response_excerpt"]
+            .as_str()
+            .unwrap_or("")
+            .contains("[EMAIL:"),
+        "{e}"
+    );
+
+    let b = call(&f, &bob, "export_customers", &json!({"limit": 3}));
+    let b = b.assert_ok().to_string();
+    assert!(
+        b.contains("[EMAIL]") && !b.contains("[EMAIL:"),
+        "analysts get no pseudonyms: {b}"
+    );
+    assert!(!b.contains("@example.com"), "{b}");
+    drop(server);
+}
+
 #[test]
 fn bad_tokens_are_refused_with_401_and_recorded() {
     let Some(f) = fixture("auth_bad_tokens", &policy_file(), 9) else {

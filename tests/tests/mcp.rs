@@ -758,7 +758,7 @@ fn personal_data_reaches_the_client_masked() {
     let (p1, p2) = (node.port(0), node.port(1));
     let s1 = node.mcp_server(Sdk::Py2, p1, &[]);
     let s2 = node.mcp_server(Sdk::Py1, p2, &["--transport", "sse"]);
-    let mut cfg = node
+    let cfg = node
         .agent_config()
         .mcp_service("crm", p1, "[services.redact]\n")
         .mcp_service(
@@ -766,10 +766,6 @@ fn personal_data_reaches_the_client_masked() {
             p2,
             "[services.redact]\ndefault_mask = \"remove\"\n",
         );
-    cfg.extra_agent_toml = format!(
-        "pseudonym_key_file = {:?}\n",
-        node.dir.join("pseudonym.key").display().to_string()
-    );
     let agent = node.start_agent(&cfg);
     let url = format!("http://{SERVER_IP}:{p1}/mcp");
     let c = node.mcp_client(

@@ -211,6 +211,20 @@ pub async fn hold(
         }
     };
     let process = call.conn.caller.process();
+    // What records may show: the exchange record's (redacted) target and arguments.
+    let shown = record(i);
+    let shown_target = shown.target.clone();
+    let summary = shown
+        .params
+        .as_ref()
+        .and_then(|p| p.get("arguments"))
+        .map(super::event::summarize)
+        .unwrap_or(Value::Null);
+    let shown_matched = super::rules::describe_call(
+        m.method.as_deref().unwrap_or(""),
+        shown_target.as_deref(),
+        &found.condition,
+    );
     let new = NewRequest {
         hash,
         service: call.service.to_string(),
@@ -235,7 +249,9 @@ pub async fn hold(
         target: m.target(),
         params: canon::params_without_meta(params),
         arguments: params.and_then(|p| p.get("arguments")).cloned(),
-        matched: found.matched.clone(),
+        matched: shown_matched,
+        shown_target,
+        summary,
     };
     let matched = found.matched.clone();
     let rule_id = rule.rule.clone();

@@ -96,7 +96,13 @@ pub struct NewRequest {
     pub params: Option<Value>,
     /// `params.arguments`: what grant bounds are checked against.
     pub arguments: Option<Value>,
+    /// Why it is held, for records (target redacted, argument values only as numbers).
     pub matched: String,
+    /// The target as records may show it (redacted like every exchange record's).
+    pub shown_target: Option<String>,
+    /// The arguments as records may show them ([`super::event::summarize`] of the redacted
+    /// arguments).
+    pub summary: Value,
 }
 
 /// One approver's decision.
@@ -246,6 +252,8 @@ pub struct Registry {
     max_pending: usize,
     history: usize,
     new_id: Box<dyn FnMut() -> String + Send>,
+    /// Shutting down: nothing new is held.
+    closed: bool,
 }
 
 /// Events to emit once the registry lock is released.
@@ -284,13 +292,8 @@ impl Request {
             rule: self.new.rule.rule.clone(),
             requester: self.new.requester.clone(),
             method: self.new.method.clone(),
-            target: self.new.target.clone(),
-            arguments: self
-                .new
-                .arguments
-                .as_ref()
-                .map(super::event::summarize)
-                .unwrap_or(Value::Null),
+            target: self.new.shown_target.clone(),
+            arguments: self.new.summary.clone(),
             matched: self.new.matched.clone(),
             actor: None,
             reason: None,
@@ -357,6 +360,7 @@ impl Registry {
             max_pending,
             history,
             new_id,
+            closed: false,
         }
     }
 
@@ -416,11 +420,7 @@ impl Registry {
                 Some(r) => {
                     let mut e = r.event(Step::Released, wall);
                     e.request_hash = new.hash.clone();
-                    e.arguments = new
-                        .arguments
-                        .as_ref()
-                        .map(super::event::summarize)
-                        .unwrap_or(Value::Null);
+                    e.arguments = new.summary.clone();
                     e.matched = new.matched.clone();
                     e
                 }
@@ -450,6 +450,12 @@ impl Registry {
                     id: r.id.clone(),
                     grant: None,
                 },
+                events,
+            );
+        }
+        if self.closed {
+            return (
+                Hold::Refuse("the agent is shutting down: nothing new is held".into()),
                 events,
             );
         }
@@ -782,6 +788,7 @@ impl Registry {
 
     /// The agent is shutting down: every open request is abandoned.
     pub fn abandon_all(&mut self, wall: SystemTime) -> Events {
+        self.closed = true;
         let mut events = Vec::new();
         for id in &self.order {
             if let Some(r) = self.requests.get_mut(id)
@@ -847,12 +854,8 @@ fn detached_event(id: &str, new: &NewRequest, step: Step, wall: SystemTime) -> A
         rule: new.rule.rule.clone(),
         requester: new.requester.clone(),
         method: new.method.clone(),
-        target: new.target.clone(),
-        arguments: new
-            .arguments
-            .as_ref()
-            .map(super::event::summarize)
-            .unwrap_or(Value::Null),
+        target: new.shown_target.clone(),
+        arguments: new.summary.clone(),
         matched: new.matched.clone(),
         actor: None,
         reason: None,
@@ -913,8 +916,10 @@ mod tests {
             method: "tools/call".into(),
             target: Some("export_customers".into()),
             params: Some(json!({"name": "export_customers", "arguments": args})),
+            summary: crate::approval::event::summarize(&args),
             arguments: Some(args),
             matched: "m".into(),
+            shown_target: Some("export_customers".into()),
         }
     }
 
@@ -1220,6 +1225,11 @@ mod tests {
         assert_eq!(steps(&ev), vec![Step::Abandoned]);
         assert_eq!(rx.borrow().state, State::Abandoned);
         assert!(r.abandon_all(w0).is_empty());
+        // Shutting down: nothing new is held.
+        match r.hold(call("bob", 502, 1), t0, w0).0 {
+            Hold::Refuse(why) => assert!(why.contains("shutting down"), "{why}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

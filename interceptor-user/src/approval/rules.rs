@@ -164,6 +164,8 @@ pub struct Match<'r> {
     pub rule: &'r ApprovalRule,
     /// E.g. `tools/call export_customers when limit > 1000 (limit = 5000)`.
     pub matched: String,
+    /// The `when` part alone: ` when limit > 1000 (limit = 5000)` (empty without `when`).
+    pub condition: String,
 }
 
 /// What `policy explain` shows of a rule.
@@ -238,6 +240,14 @@ pub fn render_duration(d: Duration) -> String {
         format!("{}s", ms / 1000)
     } else {
         format!("{ms}ms")
+    }
+}
+
+/// `tools/call export_customers when ...`.
+pub fn describe_call(method: &str, target: Option<&str>, condition: &str) -> String {
+    match target {
+        Some(t) => format!("{method} {t}{condition}"),
+        None => format!("{method}{condition}"),
     }
 }
 
@@ -341,19 +351,20 @@ impl ApprovalRules {
             .rules
             .iter()
             .find(|r| r.matches(service, role, method, target, arguments))?;
-        let mut matched = method.to_string();
-        if let Some(t) = target {
-            matched.push(' ');
-            matched.push_str(t);
-        }
+        let mut condition = String::new();
         if let Some(w) = &rule.when {
-            matched.push_str(&format!(" when {}", w.source()));
+            condition.push_str(&format!(" when {}", w.source()));
             let vals = describe_paths(w, arguments);
             if !vals.is_empty() {
-                matched.push_str(&format!(" ({})", vals.join(", ")));
+                condition.push_str(&format!(" ({})", vals.join(", ")));
             }
         }
-        Some(Match { rule, matched })
+        let matched = describe_call(method, target, &condition);
+        Some(Match {
+            rule,
+            matched,
+            condition,
+        })
     }
 
     /// Rules that apply to `service`, in order.

@@ -13,6 +13,7 @@
 pub mod engine;
 pub mod json;
 pub mod stream;
+pub mod view;
 
 use serde::Serialize;
 

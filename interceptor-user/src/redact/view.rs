@@ -1,0 +1,201 @@
+//! One exchange's redactor: a service's engine with the masking the policy decided for the
+//! caller (the deciding grant's `masking` and `release` over the service's own settings), and
+//! redaction of request parameters before they are written to a log or an audit record.
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::{
+    Finding, TextRedactor,
+    engine::{Engine, MaskMode, MaskView},
+};
+
+/// A service's engine seen through one role's [`MaskView`].
+pub struct ViewRedactor {
+    engine: Engine,
+    view: MaskView,
+}
+
+impl ViewRedactor {
+    pub fn new(engine: Engine, view: MaskView) -> ViewRedactor {
+        ViewRedactor { engine, view }
+    }
+}
+
+impl TextRedactor for ViewRedactor {
+    fn max_match_len(&self) -> usize {
+        self.engine.max_match_len()
+    }
+    fn redact(&self, text: &str) -> (String, Vec<Finding>) {
+        let r = self.engine.redact_with(text, &self.view);
+        (r.text, r.findings)
+    }
+}
+
+/// The view of one grant: the service's view with the grant's modes and releases on top.
+pub fn view_for(base: &MaskView, masking: &[(String, MaskMode)], release: &[String]) -> MaskView {
+    let mut v = base.clone();
+    for (entity, mode) in masking {
+        v.masking.insert(entity.clone(), *mode);
+    }
+    v.clear.extend(release.iter().cloned());
+    v
+}
+
+/// The view for a request of several messages decided by different grants (a batch): the
+/// response is one body, so it gets only what every grant allows. Releases are intersected;
+/// mask modes are the grants' when they agree, the service's otherwise.
+pub fn common_view(base: &MaskView, grants: &[(&[(String, MaskMode)], &[String])]) -> MaskView {
+    let Some((first, rest)) = grants.split_first() else {
+        return base.clone();
+    };
+    let release: Vec<String> = first
+        .1
+        .iter()
+        .filter(|e| rest.iter().all(|g| g.1.contains(e)))
+        .cloned()
+        .collect();
+    let masking: &[(String, MaskMode)] = if rest.iter().all(|g| g.0 == first.0) {
+        first.0
+    } else {
+        &[]
+    };
+    view_for(base, masking, &release)
+}
+
+/// Largest redacted parameter document kept in a record; bigger ones are summarised.
+pub const MAX_RECORDED_PARAMS: usize = 64 * 1024;
+
+/// A request's `params` as they may be recorded: every string (keys included) redacted, the
+/// `_meta` envelope left out. Documents larger than [`MAX_RECORDED_PARAMS`] once redacted are
+/// replaced by `{"truncated": true, "bytes": N}` so a record never grows with a request.
+pub fn recordable_params(r: &dyn TextRedactor, params: &Value) -> (Value, Vec<Finding>) {
+    let mut findings = Vec::new();
+    let v = match params {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .filter(|(k, _)| k.as_str() != "_meta")
+                .map(|(k, v)| {
+                    (
+                        redact_str(r, k, &mut findings),
+                        redact_value(r, v, &mut findings),
+                    )
+                })
+                .collect(),
+        ),
+        other => redact_value(r, other, &mut findings),
+    };
+    let len = serde_json::to_vec(&v).map(|b| b.len()).unwrap_or(0);
+    if len > MAX_RECORDED_PARAMS {
+        return (
+            serde_json::json!({"truncated": true, "bytes": len}),
+            findings,
+        );
+    }
+    (v, findings)
+}
+
+/// Every string of a JSON value redacted (object keys too), structure unchanged.
+pub fn redact_value(r: &dyn TextRedactor, v: &Value, findings: &mut Vec<Finding>) -> Value {
+    match v {
+        Value::String(s) => Value::String(redact_str(r, s, findings)),
+        Value::Array(a) => Value::Array(a.iter().map(|v| redact_value(r, v, findings)).collect()),
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .map(|(k, v)| (redact_str(r, k, findings), redact_value(r, v, findings)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+fn redact_str(r: &dyn TextRedactor, s: &str, findings: &mut Vec<Finding>) -> String {
+    let (out, mut f) = r.redact(s);
+    findings.append(&mut f);
+    out
+}
+
+/// Masking of the request side for a record, independent of who asked: the service's engine
+/// with nothing released (a log must not hold what a role may see in clear).
+pub fn for_records(engine: &Engine) -> Arc<dyn TextRedactor> {
+    let mut view = engine.default_view().clone();
+    view.clear.clear();
+    Arc::new(ViewRedactor::new(engine.clone(), view))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::redact::engine::{EngineConfig, PseudonymKey};
+    use serde_json::json;
+
+    fn engine() -> Engine {
+        Engine::new(&EngineConfig::default(), PseudonymKey::new([7; 32])).unwrap()
+    }
+
+    #[test]
+    fn grant_view_overrides_modes_and_releases() {
+        let base = engine().default_view().clone();
+        let v = view_for(
+            &base,
+            &[("EMAIL".into(), MaskMode::Remove)],
+            &["PHONE".into()],
+        );
+        let r = ViewRedactor::new(engine(), v);
+        let (out, f) = r.redact("mail jane.doe@example.com or call +44 20 7946 0958");
+        assert!(out.contains("[EMAIL]"), "{out}");
+        assert!(out.contains("+44 20 7946 0958"), "released in clear: {out}");
+        assert!(f.iter().any(|f| f.entity == "EMAIL"));
+    }
+
+    #[test]
+    fn batch_view_releases_only_what_every_grant_releases() {
+        let base = engine().default_view().clone();
+        let a: Vec<(String, MaskMode)> = vec![("EMAIL".into(), MaskMode::Remove)];
+        let b: Vec<(String, MaskMode)> = vec![];
+        let ra = vec!["PHONE".to_string(), "EMAIL".to_string()];
+        let rb = vec!["PHONE".to_string()];
+        let v = common_view(&base, &[(&a, &ra), (&b, &rb)]);
+        assert!(v.clear.contains("PHONE"));
+        assert!(!v.clear.contains("EMAIL"));
+        assert_eq!(
+            v.mode("EMAIL"),
+            base.mode("EMAIL"),
+            "modes disagree: service's"
+        );
+        let one = common_view(&base, &[(&a, &ra)]);
+        assert!(one.clear.contains("EMAIL"));
+    }
+
+    #[test]
+    fn params_are_redacted_without_meta_and_bounded() {
+        let r = for_records(&engine());
+        let params = json!({
+            "name": "customer_lookup",
+            "arguments": {"email": "jane.doe@example.com", "ids": [1, "jane.doe@example.com"]},
+            "_meta": {"progressToken": 3}
+        });
+        let (v, f) = recordable_params(r.as_ref(), &params);
+        let s = v.to_string();
+        assert!(!s.contains("jane.doe"), "{s}");
+        assert!(v.get("_meta").is_none(), "{s}");
+        assert_eq!(v["name"], "customer_lookup");
+        assert_eq!(v["arguments"]["ids"][0], 1);
+        assert_eq!(f.len(), 2);
+        let big = json!({"arguments": {"blob": "x".repeat(MAX_RECORDED_PARAMS + 10)}});
+        let (v, _) = recordable_params(r.as_ref(), &big);
+        assert_eq!(v["truncated"], true, "{v}");
+    }
+
+    #[test]
+    fn records_never_release() {
+        let mut cfg = EngineConfig::default();
+        cfg.clear.insert("EMAIL".into());
+        let e = Engine::new(&cfg, PseudonymKey::new([7; 32])).unwrap();
+        let (v, _) = recordable_params(
+            for_records(&e).as_ref(),
+            &json!({"uri": "customers://jane.doe@example.com"}),
+        );
+        assert!(!v.to_string().contains("jane.doe"), "{v}");
+    }
+}

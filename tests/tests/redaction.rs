@@ -1,0 +1,267 @@
+//! Redaction end to end, with the official MCP SDK (Python 2.x) as client and server: personal
+//! data in every place an MCP answer can carry it reaches the client masked, over SSE and JSON
+//! responses; request parameters are redacted before they are logged; exchange records hold
+//! counts and keyed pseudonyms, never values; a 100 000-record export streams through masked
+//! in bounded agent memory.
+use std::time::Duration;
+
+use interceptor_tests::*;
+use serde_json::Value;
+
+macro_rules! node {
+    ($name:expr) => {
+        match Node::new($name) {
+            Some(n) => n,
+            None => return,
+        }
+    };
+}
+
+/// Raw values the peers' catalogue serves (tests/peers/catalogue.py).
+const PII: [&str; 5] = [
+    "jane.doe@example.com",
+    "john.roe@example.org",
+    "GB82WEST12345698765432",
+    "7946 0958",
+    "GB82 WEST",
+];
+
+fn no_pii(what: &str, s: &str) {
+    for p in PII {
+        assert!(!s.contains(p), "{p} in clear in {what}: {s}");
+    }
+}
+
+fn has_mask(what: &str, v: &Value) {
+    let s = v.to_string();
+    assert!(
+        s.contains("[EMAIL:"),
+        "{what} carries no e-mail pseudonym: {s}"
+    );
+}
+
+/// The pseudonyms ("4f1c9a2b") of e-mail masks in a text.
+fn email_pseudonyms(s: &str) -> Vec<String> {
+    s.match_indices("[EMAIL:")
+        .map(|(i, m)| s[i + m.len()..].chars().take(8).collect())
+        .collect()
+}
+
+/// `notifications`: the server could stream notifications (an SSE response; a server that
+/// answers with plain JSON has nowhere to send them).
+fn check_pii_scenario(out: &Value, notifications: bool) {
+    no_pii("the client's view", &out.to_string());
+    let r = &out["result"];
+    has_mask("text content", &r["content"][0]["text"]);
+    assert_eq!(r["content"][1]["type"], "resource", "{r}");
+    has_mask("embedded resource", &r["content"][1]["resource"]["text"]);
+    assert_eq!(r["content"][2]["type"], "resource_link", "{r}");
+    has_mask("resource link", &r["content"][2]["description"]);
+    has_mask("structuredContent", &r["structuredContent"]["email"]);
+    assert_eq!(out["tool_error"]["isError"], true, "{out}");
+    has_mask("tool error", &out["tool_error"]["content"]);
+    assert_eq!(out["rpc_error"]["code"], -32603, "{out}");
+    has_mask("JSON-RPC error message", &out["rpc_error"]["message"]);
+    has_mask("resource contents", &out["resource"]["contents"][0]["text"]);
+    has_mask(
+        "prompt message",
+        &out["prompt"]["messages"][0]["content"]["text"],
+    );
+    has_mask(
+        "completion values",
+        &out["completion"]["completion"]["values"],
+    );
+    if !notifications {
+        return;
+    }
+    let events = out["events"].as_array().expect("events");
+    let log = events
+        .iter()
+        .find(|e| e["type"] == "log")
+        .unwrap_or_else(|| panic!("no log notification: {out}"));
+    has_mask("logging notification", &log["data"]);
+    let progress = events
+        .iter()
+        .find(|e| e["type"] == "progress")
+        .expect("progress");
+    has_mask("progress notification", &progress["message"]);
+    // Structure untouched: the masked JSON inside the embedded resource is still JSON.
+    let inner: Value = serde_json::from_str(r["content"][1]["resource"]["text"].as_str().unwrap())
+        .expect("embedded JSON stays valid");
+    assert_eq!(inner["id"], "42");
+}
+
+#[test]
+fn personal_data_in_every_kind_of_answer_reaches_the_client_masked() {
+    let node = node!("redact_everywhere");
+    let (sse_port, json_port) = (node.port(0), node.port(1));
+    let s1 = node.mcp_server(Sdk::Py2, sse_port, &[]);
+    let s2 = node.mcp_server(Sdk::Py2, json_port, &["--json-response"]);
+    let cfg = node
+        .agent_config()
+        .mcp_service("crm", sse_port, "[services.redact]\n")
+        .mcp_service("crm-json", json_port, "[services.redact]\n");
+    let agent = node.start_agent(&cfg);
+    let mut pseudonyms = Vec::new();
+    // 2026-07-28 (stateless) and the initialize handshake era (session, GET stream, 202s).
+    for (port, mode) in [
+        (sse_port, "auto"),
+        (sse_port, "legacy"),
+        (json_port, "auto"),
+    ] {
+        let url = format!("http://{SERVER_IP}:{port}/mcp");
+        let out = node.mcp_client(
+            &node.client,
+            Sdk::Py2,
+            &url,
+            &["--scenario", "pii", "--mode", mode],
+        );
+        let out = out.assert_ok();
+        check_pii_scenario(out, port == sse_port);
+        pseudonyms.push(email_pseudonyms(&out["result"].to_string()));
+    }
+    // The same value gets the same pseudonym, whatever the transport.
+    assert!(!pseudonyms[0].is_empty());
+    assert!(
+        pseudonyms
+            .iter()
+            .all(|p| p.first() == pseudonyms[0].first()),
+        "{pseudonyms:?}"
+    );
+
+    for service in ["crm", "crm-json"] {
+        let e = agent.wait_event("exchange", |e| {
+            e["service"] == service && e["mcp_name"] == "pii_everywhere"
+        });
+        assert_eq!(e["outcome"], "result", "{e}");
+        let masked: Value = serde_json::from_str(e["masked"].as_str().unwrap_or("{}")).unwrap();
+        assert!(masked["EMAIL"].as_u64().unwrap_or(0) >= 5, "{e}");
+        assert!(masked["IBAN"].as_u64().unwrap_or(0) >= 2, "{e}");
+        // The request's e-mail argument is in the record as the same pseudonym the response
+        // used, never in clear: "which exchanges involved this person" can be answered.
+        let params = e["params"].as_str().expect("params recorded");
+        assert!(params.contains("[EMAIL:"), "{e}");
+        assert!(
+            e["request_pseudonyms"]
+                .as_str()
+                .unwrap_or("")
+                .contains(&format!("EMAIL:{}", pseudonyms[0][0])),
+            "{e}"
+        );
+        let sha = e["response_sha256"].as_str().unwrap_or("");
+        assert_eq!(sha.len(), 64, "{e}");
+        for tool in ["fail", "fail_rpc"] {
+            let f = agent.wait_event("exchange", |e| {
+                e["service"] == service && e["mcp_name"] == tool
+            });
+            assert!(
+                f["params"].as_str().unwrap_or("").contains("[EMAIL:"),
+                "{f}"
+            );
+        }
+        let rpc = agent.wait_event("exchange", |e| {
+            e["service"] == service && e["mcp_name"] == "fail_rpc"
+        });
+        assert_eq!(rpc["outcome"], "error", "{rpc}");
+    }
+    // Nothing the agent wrote anywhere holds a value in clear.
+    std::thread::sleep(Duration::from_millis(200));
+    let log = agent.proc.stderr.all().join("\n") + &agent.proc.stdout.all().join("\n");
+    no_pii("the agent's log", &log);
+    drop((s1, s2));
+}
+
+/// Peak resident memory of a process since the last [`reset_peak`] (kB).
+fn peak_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .expect("VmHWM in /proc/PID/status")
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .expect("VmRSS in /proc/PID/status")
+}
+
+/// Resets the peak-RSS counter (`VmHWM`) of a process (proc(5): clear_refs, value 5).
+fn reset_peak(pid: u32) {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").expect("reset VmHWM");
+}
+
+#[test]
+fn a_100000_record_export_streams_through_masked_in_bounded_memory() {
+    let node = node!("redact_export");
+    let (sse_port, json_port) = (node.port(0), node.port(1));
+    let s1 = node.mcp_server(Sdk::Py2, sse_port, &[]);
+    let s2 = node.mcp_server(Sdk::Py2, json_port, &["--json-response"]);
+    let cfg = node
+        .agent_config()
+        .mcp_service("crm", sse_port, "[services.redact]\n")
+        .mcp_service("crm-json", json_port, "[services.redact]\n");
+    let agent = node.start_agent(&cfg);
+    // Warm up (first connections, pools, lazy DFA caches) so the peak below is the export's.
+    for port in [sse_port, json_port] {
+        let url = format!("http://{SERVER_IP}:{port}/mcp");
+        node.mcp_client(
+            &node.client,
+            Sdk::Py2,
+            &url,
+            &["--scenario", "export", "--limit", "1000"],
+        )
+        .assert_ok();
+    }
+    for (service, port) in [("crm-json", json_port), ("crm", sse_port)] {
+        let url = format!("http://{SERVER_IP}:{port}/mcp");
+        let base = rss_kb(agent.pid());
+        reset_peak(agent.pid());
+        let out = node.mcp_client(
+            &node.client,
+            Sdk::Py2,
+            &url,
+            &[
+                "--scenario",
+                "export",
+                "--limit",
+                "100000",
+                "--timeout",
+                "300",
+            ],
+        );
+        let peak = peak_kb(agent.pid());
+        let x = &out.assert_ok()["export"];
+        assert_eq!(x["records"], 100_000, "{service}: {x}");
+        assert_eq!(
+            x["parsed"], 100_000,
+            "{service}: every line still JSON: {x}"
+        );
+        assert_eq!(x["emails_in_clear"], 0, "{service}: {x}");
+        assert_eq!(x["email_masks"], 100_000, "{service}: {x}");
+        assert_eq!(x["iban_masks"], 100_000, "{service}: {x}");
+        let payload_kb = x["bytes"].as_u64().unwrap_or(0) / 1024;
+        assert!(payload_kb > 10 * 1024, "{service}: {x}");
+        // The result is one JSON string of ~13 MB (one SSE event, or one JSON body): the agent
+        // must not hold it whole, let alone twice.
+        let grew = peak.saturating_sub(base);
+        eprintln!("{service}: payload {payload_kb} kB, agent RSS {base} kB, peak +{grew} kB");
+        assert!(
+            grew < payload_kb / 2,
+            "{service}: agent peak memory grew by {grew} kB for a {payload_kb} kB export (held whole?)"
+        );
+        let e = agent.wait_event("exchange", |e| {
+            e["service"] == service
+                && e["mcp_name"] == "export_customers"
+                && e["params"].as_str().unwrap_or("").contains("100000")
+        });
+        assert_eq!(e["outcome"], "result", "{e}");
+        let masked: Value = serde_json::from_str(e["masked"].as_str().unwrap_or("{}")).unwrap();
+        assert_eq!(masked["EMAIL"], 100_000, "{e}");
+    }
+    drop((s1, s2));
+}
