@@ -271,6 +271,7 @@ impl Phase for ExchangeLog {
             pseudonyms = %r.pseudonyms.join(","),
             released = %r.released.join(","),
             response_sha256 = r.response_sha256.as_deref(),
+            response_excerpt = r.response_excerpt.as_deref(),
             approval = r.approval.as_deref(),
             duration_ms = r.duration_ms,
             "exchange complete"
