@@ -22,6 +22,7 @@ use crate::{
     ebpf::{AttachPoints, Kernel, ensure_cgroup2},
     identity::CgroupResolver,
     net::{DataPath, Listeners, accept_loop},
+    notify::Notifier,
     oidc::Verifier,
     pipeline::{ExchangeLog, Pipeline},
     policy::PolicySet,
@@ -45,6 +46,11 @@ fn own_cgroup() -> Option<String> {
 
 pub async fn run(config: Config) -> Result<()> {
     let started = Instant::now();
+    // systemd's notification socket (Type=notify); a no-op when not started by systemd.
+    let notifier = Arc::new(Notifier::from_env().unwrap_or_else(|e| {
+        warn!(error = %e, "NOTIFY_SOCKET unusable; not notifying the service manager");
+        Notifier::disabled()
+    }));
     let config = Arc::new(config);
     let a = &config.agent;
     if sys::geteuid() != 0 {
@@ -131,6 +137,7 @@ pub async fn run(config: Config) -> Result<()> {
     )?);
     spawn_cert_reload(
         dp.clone(),
+        notifier.clone(),
         std::time::Duration::from_millis(config.agent.cert_reload_ms.max(200)),
     );
     let _control = ControlServer::bind(&a.control_socket(), dp.clone(), started)?;
@@ -182,6 +189,19 @@ pub async fn run(config: Config) -> Result<()> {
         services = config.services.len(),
         "interceptor agent ready"
     );
+    // Only now: programs attached, listeners in the sockmap, control socket bound.
+    if let Err(e) = notifier.ready(&format!(
+        "serving {} service(s); programs {}",
+        config.services.len(),
+        if kernel.took_over {
+            "taken over"
+        } else {
+            "attached"
+        }
+    )) {
+        warn!(error = %e, "could not notify the service manager (READY=1)");
+    }
+    spawn_watchdog(notifier.clone(), kernel.clone(), stop_rx.clone());
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -189,6 +209,7 @@ pub async fn run(config: Config) -> Result<()> {
         _ = term.recv() => info!(event = "shutdown", signal = "SIGTERM", "shutting down"),
         _ = int.recv() => info!(event = "shutdown", signal = "SIGINT", "shutting down"),
     }
+    let _ = notifier.stopping("closing listeners; in-flight exchanges finish");
     let _ = stop_tx.send(true);
     for l in loops {
         let _ = l.await;
@@ -258,8 +279,42 @@ fn spawn_local_addr_refresh(kernel: Arc<Kernel>, every_ms: u64, mut stop: watch:
     });
 }
 
+/// Pings systemd's watchdog at half of `WatchdogSec=` while the agent is healthy: the runtime
+/// schedules timers and the pinned programs of this generation are still there (someone
+/// removing them behind the agent's back gets it restarted, which re-attaches them).
+fn spawn_watchdog(notifier: Arc<Notifier>, kernel: Arc<Kernel>, mut stop: watch::Receiver<bool>) {
+    let Some(every) = notifier.watchdog_interval() else {
+        return;
+    };
+    info!(
+        event = "watchdog",
+        interval_ms = every.as_millis() as u64,
+        "watchdog pings enabled"
+    );
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => return,
+            }
+            if !kernel.generation_dir.is_dir() {
+                error!(
+                    event = "watchdog",
+                    pin_dir = %kernel.generation_dir.display(),
+                    "pins are gone; withholding watchdog pings so the service is restarted"
+                );
+                continue;
+            }
+            if let Err(e) = notifier.watchdog() {
+                warn!(error = %e, "watchdog ping failed");
+            }
+        }
+    });
+}
+
 /// Certificates can be replaced on disk without a restart: check every period and on SIGHUP.
-fn spawn_cert_reload(dp: Arc<DataPath>, every: std::time::Duration) {
+fn spawn_cert_reload(dp: Arc<DataPath>, notifier: Arc<Notifier>, every: std::time::Duration) {
     tokio::spawn(async move {
         let mut hup = match signal(SignalKind::hangup()) {
             Ok(s) => s,
@@ -274,26 +329,34 @@ fn spawn_cert_reload(dp: Arc<DataPath>, every: std::time::Duration) {
                 _ = tick.tick() => {}
                 _ = hup.recv() => {
                     info!(event = "reload", "SIGHUP: reloading policy and certificates");
+                    let _ = notifier.reloading();
                     if let Some(auth) = &dp.auth
                         && let Err(e) = auth.reload_policy()
                     {
                         error!(event = "policy_reload_failed", error = %e, "invalid policy; the running policy stays in force");
                     }
+                    reload_certs(&dp);
+                    let _ = notifier.ready("reloaded");
+                    continue;
                 }
             }
-            for svc in dp.mcp.iter().flatten() {
-                if let Some(tls) = &svc.tls {
-                    match tls.reload_if_changed() {
-                        Ok(true) => {
-                            info!(event = "cert_reloaded", service = %svc.cfg.name, "certificate reloaded")
-                        }
-                        Ok(false) => {}
-                        Err(e) => {
-                            error!(event = "cert_reload_failed", service = %svc.cfg.name, error = %e, "certificate reload failed; the previous certificate stays in force")
-                        }
-                    }
+            reload_certs(&dp);
+        }
+    });
+}
+
+fn reload_certs(dp: &DataPath) {
+    for svc in dp.mcp.iter().flatten() {
+        if let Some(tls) = &svc.tls {
+            match tls.reload_if_changed() {
+                Ok(true) => {
+                    info!(event = "cert_reloaded", service = %svc.cfg.name, "certificate reloaded")
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    error!(event = "cert_reload_failed", service = %svc.cfg.name, error = %e, "certificate reload failed; the previous certificate stays in force")
                 }
             }
         }
-    });
+    }
 }

@@ -49,6 +49,10 @@ pub enum Command {
         #[arg(default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
+    /// Install as a systemd service: binary, unit, configuration skeleton, account, directories.
+    Install(crate::service::InstallArgs),
+    /// Remove what `install` put in place (configuration and state stay unless --purge).
+    Uninstall(crate::service::UninstallArgs),
     /// Authorization policy: check, reload, explain.
     Policy {
         #[command(subcommand)]
@@ -149,6 +153,8 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         }
         Command::Policy { command } => policy_command(command),
         Command::Approvals { conn, command } => crate::approval::control::cli(conn, command),
+        Command::Install(args) => crate::service::install_command(args),
+        Command::Uninstall(args) => crate::service::uninstall_command(args),
         Command::CheckConfig { config } => {
             let cfg = load(&config)?;
             println!(
@@ -163,10 +169,18 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
 }
 
 fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("INTERCEPTOR_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_from_env("INTERCEPTOR_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+    };
+    if format == "journal" {
+        match crate::journal::init(filter()) {
+            Ok(()) => return,
+            Err(e) => eprintln!("interceptor: no journal ({e}); logging text on stderr"),
+        }
+    }
     let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_env_filter(filter())
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if format == "json" {

@@ -185,7 +185,7 @@ pub struct AgentSettings {
     pub connect_timeout_ms: u64,
     /// How often the agent refreshes the set of local addresses (for wildcard services).
     pub local_addrs_refresh_ms: u64,
-    /// "text" or "json".
+    /// "text", "json" (one object per line on stderr) or "journal" (systemd journal fields).
     pub log_format: String,
     /// How often certificate files are checked for replacement (also on SIGHUP).
     pub cert_reload_ms: u64,
@@ -387,10 +387,13 @@ impl Config {
                 ),
             ));
         }
-        if a.log_format != "text" && a.log_format != "json" {
+        if !["text", "json", "journal"].contains(&a.log_format.as_str()) {
             return Err(err(
                 "agent.log_format".into(),
-                format!("{:?} is not one of \"text\", \"json\"", a.log_format),
+                format!(
+                    "{:?} is not one of \"text\", \"json\", \"journal\"",
+                    a.log_format
+                ),
             ));
         }
         if a.grace_period_ms > 600_000 {

@@ -15,6 +15,9 @@
 //! - [`approval`]: calls held until a person approves that exact call.
 //! - [`control`]: the local control socket used by the CLI.
 //! - [`agent`]: the `run` command: wiring, signals, graceful shutdown.
+//! - [`notify`]: the systemd notification protocol (readiness, reload, watchdog).
+//! - [`service`]: `install`/`uninstall` as a systemd service; the unit file.
+//! - [`journal`]: structured logging to the systemd journal.
 //! - [`cli`]: the command-line interface.
 //! - [`config`]: the configuration file.
 //! - [`error`]: which side failed, and whether to retry.
@@ -31,11 +34,14 @@ pub mod ebpf;
 pub mod error;
 pub mod http;
 pub mod identity;
+pub mod journal;
 pub mod mcp;
 pub mod net;
+pub mod notify;
 pub mod oidc;
 pub mod pipeline;
 pub mod policy;
 pub mod redact;
+pub mod service;
 pub mod sys;
 pub mod tls;

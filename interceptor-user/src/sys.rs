@@ -152,3 +152,16 @@ pub fn register_owned_fd<T: std::os::fd::AsRawFd>(
     // cannot be closed or reused while it is registered.
     unsafe { tokio::io::unix::AsyncFd::register(inner) }.map_err(|e| e.into_parts().1)
 }
+
+/// CLOCK_MONOTONIC in microseconds (what systemd's `MONOTONIC_USEC=` carries).
+pub fn monotonic_usec() -> u64 {
+    let mut ts = MaybeUninit::<libc::timespec>::zeroed();
+    // SAFETY: `ts` is valid for writes of one timespec; CLOCK_MONOTONIC always exists.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, ts.as_mut_ptr()) };
+    if rc != 0 {
+        return 0;
+    }
+    // SAFETY: clock_gettime succeeded, so it initialised `ts`.
+    let ts = unsafe { ts.assume_init() };
+    (ts.tv_sec as u64) * 1_000_000 + (ts.tv_nsec as u64) / 1_000
+}

@@ -351,7 +351,7 @@ pub struct Proc {
 }
 
 impl Proc {
-    fn spawn(name: &str, mut cmd: Command) -> Result<Proc> {
+    pub fn spawn(name: &str, mut cmd: Command) -> Result<Proc> {
         let what = describe(&cmd);
         let mut child = cmd
             .stdin(Stdio::null())

@@ -1,4 +1,5 @@
-//! Project tasks: `cargo xtask bench` (L4 benchmark against a direct connection) and
+//! Project tasks: `cargo xtask vm-test` (the service in a VM, see `vm.rs`), `cargo xtask deb`,
+//! `cargo xtask bench` (L4 benchmark against a direct connection) and
 //! `cargo xtask bench-mcp` (the MCP-aware data path: see `mcp.rs`) and `cargo xtask bench-auth`
 //! (identity and policy per request: see `auth.rs`).
 //!
@@ -25,6 +26,7 @@ mod auth;
 mod load;
 mod mcp;
 mod node;
+mod vm;
 
 use node::{Node, percentile, sh, wait_for_line, workspace_root};
 
@@ -55,6 +57,11 @@ enum Cmd {
     /// through the same agent to a service with `[services.auth]` and to one without, and
     /// direct; c=1 p50/p99 and RPS at concurrency 32.
     BenchAuth(auth::AuthArgs),
+    /// The interceptor as a systemd service in a VM (qemu, Debian cloud kernels 6.1 and 6.12),
+    /// checked end to end from the test host. See xtask/src/vm.rs and README.
+    VmTest(vm::VmArgs),
+    /// Build the Debian package (release) into target/debian/.
+    Deb,
     /// (internal) MCP load generator used by bench-mcp and bench-auth; prints one JSON line.
     BenchMcpClient {
         #[arg(long)]
@@ -126,6 +133,13 @@ fn main() -> Result<()> {
         } => bench(connections, mib, agent),
         Cmd::BenchMcp(args) => mcp::bench_mcp(args),
         Cmd::BenchAuth(args) => auth::bench_auth(args),
+        Cmd::VmTest(args) => vm::vm_test(args),
+        Cmd::Deb => {
+            let root = node::workspace_root();
+            let deb = vm::build_deb(&root, true, &root.join("target/debian"))?;
+            println!("{}", deb.display());
+            Ok(())
+        }
         Cmd::BenchMcpClient {
             addr,
             mode,
