@@ -15,6 +15,7 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use crate::{
+    approval::{ApprovalPhase, Approvals, webhook::Webhook},
     audit::{Audit, AuditEvent},
     auth::Auth,
     config::Config,
@@ -104,6 +105,13 @@ pub async fn run(config: Config) -> Result<()> {
     kernel.sync_local_addrs(&sys::local_addrs().unwrap_or_default())?;
     kernel.register_listeners(&listeners.v4, listeners.v6.as_ref())?;
 
+    // Phases that hear every approval step; the approval phase itself is added after (it
+    // reports exchange completions to the approvals, which report to these phases).
+    // The audit log hears them too (`Pipeline::approval_event`).
+    let base = Pipeline::new()
+        .with(Arc::new(ExchangeLog))
+        .with_audit(audit.clone());
+    let mut approvals = None;
     let auth = if config.services.iter().any(|s| s.auth.is_some()) {
         let policy = PolicySet::load(&config.auth.policy)
             .map_err(|e| anyhow::anyhow!("auth.policy: invalid policy, not starting:\n{e}"))?;
@@ -116,11 +124,17 @@ pub async fn run(config: Config) -> Result<()> {
             issuers = config.auth.issuers.len(),
             "identity and policy enabled"
         );
-        Some(Arc::new(Auth::new(
-            verifier,
-            policy,
-            config.auth.policy.clone(),
-        )))
+        let webhook = match &config.approvals.webhook {
+            Some(w) => {
+                Some(Webhook::start(w).map_err(|e| anyhow::anyhow!("approvals.webhook: {e}"))?)
+            }
+            None => None,
+        };
+        let a = Approvals::new(&config.approvals, base.clone(), webhook);
+        approvals = Some(a.clone());
+        Some(Arc::new(
+            Auth::new(verifier, policy, config.auth.policy.clone()).with_approvals(a),
+        ))
     } else {
         None
     };
@@ -149,9 +163,10 @@ pub async fn run(config: Config) -> Result<()> {
                 .map_err(|e| anyhow::anyhow!("audit.db: cannot record the policy: {e}"))?;
         }
     }
-    let pipeline = Pipeline::new()
-        .with(Arc::new(ExchangeLog))
-        .with_audit(audit.clone());
+    let pipeline = match &approvals {
+        Some(a) => base.with(Arc::new(ApprovalPhase(a.clone()))),
+        None => base,
+    };
     let dp = Arc::new(DataPath::new(
         config.clone(),
         kernel.clone(),
@@ -169,6 +184,25 @@ pub async fn run(config: Config) -> Result<()> {
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let (hard_tx, hard_rx) = watch::channel(false);
+    if let Some(a) = &approvals {
+        a.spawn_sweeper(stop_rx.clone());
+    }
+    if let Some(addr) = config.approvals.http_listen {
+        let (Some(auth), Some(audience)) = (&dp.auth, &config.approvals.audience) else {
+            bail!(
+                "approvals.http_listen: approvals need a service with [services.auth] and approvals.audience"
+            );
+        };
+        let tls = match &config.approvals.http_tls {
+            Some(t) => Some(
+                crate::tls::TlsTerminator::new("approvals", t)
+                    .map_err(|e| anyhow::anyhow!("approvals.http_tls: {e}"))?,
+            ),
+            None => None,
+        };
+        crate::approval::api::start(addr, tls, auth.clone(), audience.clone(), stop_rx.clone())
+            .await?;
+    }
     let mut loops = Vec::new();
     loops.push(tokio::spawn(accept_loop(
         dp.clone(),
@@ -220,6 +254,17 @@ pub async fn run(config: Config) -> Result<()> {
     for l in loops {
         let _ = l.await;
     }
+    // Held calls cannot outlive the agent: their callers get a clear error now.
+    if let Some(a) = &approvals {
+        let n = a.abandon_all();
+        if n > 0 {
+            warn!(
+                event = "shutdown",
+                abandoned = n,
+                "calls held for approval abandoned"
+            );
+        }
+    }
     let grace = a.grace_period();
     let deadline = Instant::now() + grace;
     while dp.active.load(std::sync::atomic::Ordering::Acquire) > 0 && Instant::now() < deadline {
@@ -238,6 +283,9 @@ pub async fn run(config: Config) -> Result<()> {
         {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
+    }
+    if let Some(a) = &approvals {
+        a.flush(std::time::Duration::from_secs(2)).await;
     }
     if let Some(audit) = &audit {
         let _ = audit

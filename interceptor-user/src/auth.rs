@@ -28,6 +28,9 @@ pub struct Auth {
     pub verifier: Verifier,
     policy: RwLock<Arc<PolicySet>>,
     policy_paths: Vec<PathBuf>,
+    /// Calls held for approval (the rules are in the policy). `None` only outside the agent;
+    /// a call a rule holds is then refused (fail closed).
+    pub approvals: Option<Arc<crate::approval::Approvals>>,
 }
 
 /// Why a request was not authenticated.
@@ -71,7 +74,14 @@ impl Auth {
             verifier,
             policy: RwLock::new(Arc::new(policy)),
             policy_paths,
+            approvals: None,
         }
+    }
+
+    /// Holds the calls that approval rules match in `approvals`.
+    pub fn with_approvals(mut self, approvals: Arc<crate::approval::Approvals>) -> Self {
+        self.approvals = Some(approvals);
+        self
     }
 
     pub fn policy(&self) -> Arc<PolicySet> {

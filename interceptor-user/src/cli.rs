@@ -63,6 +63,13 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::audit::cli::AuditCommand,
     },
+    /// Calls held for approval: list, show, approve, deny (talks to the running agent).
+    Approvals {
+        #[command(flatten)]
+        conn: crate::approval::control::Conn,
+        #[command(subcommand)]
+        command: crate::approval::control::ApprovalsCommand,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -150,6 +157,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Policy { command } => policy_command(command),
+        Command::Approvals { conn, command } => crate::approval::control::cli(conn, command),
         Command::Install(args) => crate::service::install_command(args),
         Command::Uninstall(args) => crate::service::uninstall_command(args),
         Command::Audit { command } => crate::audit::cli::run(command),
@@ -386,6 +394,33 @@ fn policy_command(cmd: PolicyCommand) -> Result<ExitCode> {
                     arguments: arguments.as_ref(),
                 })
             });
+            // Approval rules for the service, and whether the decided call would be held.
+            let approval_rules: Vec<_> = policy
+                .approval_rules()
+                .for_service(&service)
+                .map(|r| r.explain())
+                .collect();
+            let held = match (&decision, method.as_deref()) {
+                (Some(d), Some(m)) if d.allowed => policy
+                    .approval_rules()
+                    .find(
+                        &service,
+                        d.role.as_deref(),
+                        m,
+                        name.as_deref(),
+                        arguments.as_ref(),
+                    )
+                    .map(|h| {
+                        serde_json::json!({
+                            "rule": h.rule.rule,
+                            "matched": h.matched,
+                            "approvers": h.rule.approvers,
+                            "required": h.rule.required,
+                            "max_wait": crate::approval::rules::render_duration(h.rule.max_wait),
+                        })
+                    }),
+                _ => None,
+            };
             if json {
                 println!(
                     "{}",
@@ -393,6 +428,8 @@ fn policy_command(cmd: PolicyCommand) -> Result<ExitCode> {
                         "token": verified,
                         "explanation": explanation,
                         "decision": decision,
+                        "approval_rules": approval_rules,
+                        "held_for_approval": held,
                     }))?
                 );
             } else {
@@ -405,6 +442,51 @@ fn policy_command(cmd: PolicyCommand) -> Result<ExitCode> {
                         if d.allowed { "ALLOW" } else { "DENY" },
                         d.rule,
                         d.reason
+                    );
+                    if let Some(h) = &held {
+                        println!(
+                            "HELD FOR APPROVAL by {} ({}): {} approval(s) from [{}], within {}",
+                            h["rule"].as_str().unwrap_or("?"),
+                            h["matched"].as_str().unwrap_or(""),
+                            h["required"],
+                            h["approvers"]
+                                .as_array()
+                                .map(|a| a
+                                    .iter()
+                                    .filter_map(|x| x.as_str())
+                                    .collect::<Vec<_>>()
+                                    .join(", "))
+                                .unwrap_or_default(),
+                            h["max_wait"].as_str().unwrap_or("?")
+                        );
+                    }
+                }
+                for r in &approval_rules {
+                    println!(
+                        "approval rule {}: {}{}{}{} -> approvers [{}], {} required, max_wait {}{}",
+                        r.rule,
+                        r.methods.join(", "),
+                        if r.tools.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" tools [{}]", r.tools.join(", "))
+                        },
+                        if r.roles.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" for roles [{}]", r.roles.join(", "))
+                        },
+                        r.when
+                            .as_deref()
+                            .map(|w| format!(" when {w}"))
+                            .unwrap_or_default(),
+                        r.approvers.join(", "),
+                        r.required,
+                        r.max_wait,
+                        r.max_grant
+                            .as_deref()
+                            .map(|g| format!(", grants up to {g}"))
+                            .unwrap_or_default(),
                     );
                 }
             }

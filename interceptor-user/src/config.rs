@@ -25,6 +25,48 @@ pub struct Config {
     pub auth: AuthSettings,
     #[serde(default)]
     pub audit: AuditSettings,
+    #[serde(default)]
+    pub approvals: ApprovalSettings,
+}
+
+/// Just-in-time approvals: how approvers reach the agent (the rules are in the policy).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApprovalSettings {
+    /// Group (name or gid) whose members may connect to the control socket (it becomes
+    /// `root:<group>`, mode 0660); every command is still checked against the peer's uid.
+    /// Absent: the socket stays root-only (0600).
+    pub control_group: Option<GroupRef>,
+    /// The `aud` approvers' own tokens must carry (`interceptor approvals --token`, HTTP
+    /// endpoint); one of an issuer's `audiences`. Absent: approvers act by uid only.
+    pub audience: Option<String>,
+    /// Listen address of the HTTP endpoint for approvers (absent: no endpoint).
+    pub http_listen: Option<std::net::SocketAddr>,
+    /// TLS for the HTTP endpoint (required unless it listens on loopback).
+    pub http_tls: Option<crate::tls::ServerTlsConfig>,
+    /// JSON POSTs when a call is held and when it is decided.
+    pub webhook: Option<WebhookConfig>,
+    /// How often a held SSE stream is told it is still waiting (seconds).
+    pub keepalive_secs: u64,
+    /// Most calls held at once (more are refused with 503).
+    pub max_pending: usize,
+    /// Decided requests kept for `approvals list --all` / `show`.
+    pub history: usize,
+}
+
+impl Default for ApprovalSettings {
+    fn default() -> Self {
+        ApprovalSettings {
+            control_group: None,
+            audience: None,
+            http_listen: None,
+            http_tls: None,
+            webhook: None,
+            keepalive_secs: 15,
+            max_pending: 1000,
+            history: 1000,
+        }
+    }
 }
 
 /// The tamper-evident audit log (see `audit`).
@@ -92,6 +134,60 @@ pub struct Transfer {
     /// Art. 46/49 safeguards (e.g. "standard contractual clauses").
     #[serde(default)]
     pub safeguards: String,
+}
+
+/// A group by number or by name (looked up in /etc/group).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum GroupRef {
+    Gid(u32),
+    Name(String),
+}
+
+impl GroupRef {
+    /// The numeric gid.
+    pub fn resolve(&self) -> Result<u32, String> {
+        match self {
+            GroupRef::Gid(g) => Ok(*g),
+            GroupRef::Name(n) => {
+                if let Ok(g) = n.parse::<u32>() {
+                    return Ok(g);
+                }
+                let groups = std::fs::read_to_string("/etc/group")
+                    .map_err(|e| format!("reading /etc/group: {e}"))?;
+                groups
+                    .lines()
+                    .find_map(|l| {
+                        let mut f = l.split(':');
+                        (f.next() == Some(n.as_str()))
+                            .then(|| f.nth(1).and_then(|g| g.parse().ok()))
+                            .flatten()
+                    })
+                    .ok_or_else(|| format!("no group named {n:?} in /etc/group"))
+            }
+        }
+    }
+}
+
+/// Where approval events are POSTed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// `http://` or `https://` URL.
+    pub url: String,
+    /// HMAC-SHA256 key for `X-Interceptor-Signature` (file readable by its owner only).
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+    /// CA bundle for an `https://` URL (default: the system roots).
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// Time allowed per delivery attempt.
+    #[serde(default = "default_webhook_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_webhook_timeout_ms() -> u64 {
+    5000
 }
 
 /// Identity providers and policy files, shared by every service.
@@ -563,6 +659,14 @@ impl Config {
                     }
                 }
             }
+            if let Some(l) = self.approvals.http_listen
+                && l.port() == s.port
+            {
+                return Err(err(
+                    "approvals.http_listen".into(),
+                    format!("port {} is a protected service's port", s.port),
+                ));
+            }
             if !endpoints.insert((s.address, s.port)) {
                 return Err(err(
                     key("port"),
@@ -572,6 +676,71 @@ impl Config {
                     ),
                 ));
             }
+        }
+        self.validate_approvals(file)
+    }
+
+    fn validate_approvals(&self, file: &str) -> Result<(), ConfigError> {
+        let err = |key: &str, problem: String| ConfigError {
+            file: file.into(),
+            key: format!("approvals.{key}"),
+            problem,
+        };
+        let a = &self.approvals;
+        if let Some(g) = &a.control_group {
+            g.resolve().map_err(|p| err("control_group", p))?;
+        }
+        if let Some(aud) = &a.audience {
+            if !self.auth.issuers.iter().any(|i| i.audiences.contains(aud)) {
+                return Err(err(
+                    "audience",
+                    format!("{aud:?} is not among the audiences of any [[auth.issuers]]"),
+                ));
+            }
+        }
+        if let Some(l) = a.http_listen {
+            if a.audience.is_none() {
+                return Err(err(
+                    "http_listen",
+                    "the HTTP endpoint authenticates approvers by token: set approvals.audience"
+                        .into(),
+                ));
+            }
+            if a.http_tls.is_none() && !l.ip().is_loopback() {
+                return Err(err(
+                    "http_tls",
+                    format!(
+                        "{l} is not a loopback address: approvers' tokens need TLS (set approvals.http_tls)"
+                    ),
+                ));
+            }
+            if l.port() == self.agent.listen_port {
+                return Err(err("http_listen", "is the agent's own listen_port".into()));
+            }
+        }
+        if let Some(w) = &a.webhook {
+            match w.url.parse::<http::Uri>() {
+                Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => {
+                }
+                _ => {
+                    return Err(err(
+                        "webhook.url",
+                        format!("{:?} must be an http:// or https:// URL", w.url),
+                    ));
+                }
+            }
+            if let Some(f) = &w.secret_file {
+                check_secret_file(f).map_err(|p| err("webhook.secret_file", p))?;
+            }
+            if w.timeout_ms == 0 {
+                return Err(err("webhook.timeout_ms", "must not be 0".into()));
+            }
+        }
+        if a.keepalive_secs == 0 || a.keepalive_secs > 300 {
+            return Err(err("keepalive_secs", "must be 1 to 300".into()));
+        }
+        if a.max_pending == 0 {
+            return Err(err("max_pending", "must not be 0".into()));
         }
         Ok(())
     }
@@ -722,5 +891,74 @@ address = "10.0.0.1"
         );
         let e = Config::parse(&badfmt, "t.toml").unwrap_err().to_string();
         assert!(e.contains("agent.log_format"), "{e}");
+    }
+
+    #[test]
+    fn approvals_settings() {
+        let with = |extra: &str| format!("{OK}\n{extra}");
+        let issuer = "[[auth.issuers]]\nissuer = \"https://idp\"\naudiences = [\"https://mcp/mcp\", \"https://host:15002/approvals\"]\n";
+        let ok = with(&format!(
+            "{issuer}[approvals]\ncontrol_group = 4242\naudience = \"https://host:15002/approvals\"\nhttp_listen = \"127.0.0.1:15002\"\n[approvals.webhook]\nurl = \"http://127.0.0.1:9999/hook\"\n"
+        ));
+        let c = Config::parse(&ok, "t.toml").unwrap();
+        assert_eq!(c.approvals.control_group, Some(GroupRef::Gid(4242)));
+        assert_eq!(c.approvals.keepalive_secs, 15);
+        assert_eq!(c.approvals.webhook.as_ref().unwrap().timeout_ms, 5000);
+        // The endpoint needs an audience some issuer signs for, and TLS off loopback.
+        let e = Config::parse(
+            &with("[approvals]\nhttp_listen = \"127.0.0.1:15002\"\n"),
+            "t.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("approvals.http_listen") && e.contains("audience"),
+            "{e}"
+        );
+        let e = Config::parse(
+            &with(&format!(
+                "{issuer}[approvals]\naudience = \"https://other/approvals\"\n"
+            )),
+            "t.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("approvals.audience") && e.contains("not among the audiences"),
+            "{e}"
+        );
+        let e = Config::parse(&ok.replace("127.0.0.1:15002", "0.0.0.0:15002"), "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("approvals.http_tls"), "{e}");
+        let e = Config::parse(
+            &ok.replace("http://127.0.0.1:9999/hook", "ftp://x/hook"),
+            "t.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("approvals.webhook.url"), "{e}");
+        let e = Config::parse(
+            &ok.replace(
+                "control_group = 4242",
+                "control_group = \"no-such-group-xyz\"",
+            ),
+            "t.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("approvals.control_group") && e.contains("no group named"),
+            "{e}"
+        );
+        let e = Config::parse(&with("[approvals]\nkeepalive_secs = 0\n"), "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("approvals.keepalive_secs"), "{e}");
+        let e = Config::parse(&with("[approvals]\nbogus = 1\n"), "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bogus"), "{e}");
+        assert_eq!(GroupRef::Name("root".into()).resolve(), Ok(0));
     }
 }

@@ -1,7 +1,15 @@
 //! The local control socket: how the CLI talks to a running agent.
 //!
-//! A Unix stream socket in the runtime directory (mode 0600, root only). One request line, one
-//! JSON response line. Commands: `status`, `policy-reload`, `audit-checkpoint`.
+//! A Unix stream socket in the runtime directory. One request line, one JSON response line.
+//! Commands: `status`, `policy-reload`, `audit-checkpoint`, and the JSON `approvals.*` commands
+//! ([`crate::approval::control`]).
+//!
+//! The socket is mode 0600 (root only), or, with `approvals.control_group`, `root:<group>`
+//! mode 0660 so that approvers who are not root can reach it. Every command is checked
+//! against the peer's credentials (SO_PEERCRED): `policy-reload` needs root or the agent's
+//! own uid; the approval commands need an approver (uid mapped by the policy's
+//! `[[approvers]]`, or the approver's own token) or, for reading, root; `status` is open to
+//! anyone who can connect.
 use std::{
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
@@ -65,7 +73,17 @@ impl ControlServer {
         }
         let listener =
             UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        match &dp.config.approvals.control_group {
+            None => std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?,
+            Some(g) => {
+                let gid = g
+                    .resolve()
+                    .map_err(|e| anyhow::anyhow!("approvals.control_group: {e}"))?;
+                std::os::unix::fs::chown(path, None, Some(gid))
+                    .with_context(|| format!("chown {} to group {gid}", path.display()))?;
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+            }
+        }
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -91,12 +109,35 @@ impl Drop for ControlServer {
     }
 }
 
+/// Longest request line (approver tokens and reasons fit).
+const MAX_LINE: u64 = 64 * 1024;
+
 async fn handle(stream: UnixStream, dp: Arc<DataPath>, started: std::time::Instant) -> Result<()> {
+    let peer_uid = stream.peer_cred().ok().map(|c| c.uid());
+    let admin = peer_uid.is_some_and(|u| u == 0 || u == crate::sys::geteuid());
     let (r, mut w) = stream.into_split();
     let mut line = String::new();
-    let mut r = BufReader::new(r).take(4096);
+    let mut r = BufReader::new(r).take(MAX_LINE);
     tokio::time::timeout(Duration::from_secs(5), r.read_line(&mut line)).await??;
     let reply = match line.trim() {
+        json if json.starts_with('{') => match serde_json::from_str::<serde_json::Value>(json) {
+            Ok(cmd) => crate::approval::control::handle(
+                dp.auth.as_deref(),
+                dp.config.approvals.audience.as_deref(),
+                peer_uid,
+                &cmd,
+            )
+            .await
+            .to_string(),
+            Err(e) => serde_json::json!({"ok": false, "error": format!("not JSON: {e}")})
+                .to_string(),
+        },
+        "policy-reload" if !admin => serde_json::json!({
+            "ok": false,
+            "error": format!("uid {} may not reload the policy (root or the agent's user only)", peer_uid.map(|u| u.to_string()).unwrap_or_else(|| "?".into())),
+            "in_force": dp.auth.as_ref().map(|a| a.policy().version().to_string()),
+        })
+        .to_string(),
         "status" => serde_json::to_string(&AgentHealth {
             running: true,
             pid: Some(std::process::id()),
@@ -131,6 +172,11 @@ async fn handle(stream: UnixStream, dp: Arc<DataPath>, started: std::time::Insta
                 }
             },
         },
+        "audit-checkpoint" if !admin => serde_json::json!({
+            "ok": false,
+            "error": format!("uid {} may not sign checkpoints (root or the agent's user only)", peer_uid.map(|u| u.to_string()).unwrap_or_else(|| "?".into())),
+        })
+        .to_string(),
         "audit-checkpoint" => match &dp.audit {
             None => {
                 serde_json::json!({"ok": false, "error": "the audit log is disabled"}).to_string()

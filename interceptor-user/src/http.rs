@@ -620,7 +620,16 @@ async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<RespBody>
         }
     }
     match *req.method() {
-        Method::POST => handle_post(ctx, req).await,
+        Method::POST => {
+            // A call held for approval may answer an SSE caller with a stream at once.
+            let sse = accepts_sse
+                && ctx
+                    .svc
+                    .auth
+                    .as_ref()
+                    .is_some_and(|a| !a.policy().approval_rules().is_empty());
+            crate::approval::gate::serve(sse, |hold| handle_post(ctx, req, hold)).await
+        }
         Method::GET if accepts_sse => forward_stream(ctx, req).await,
         Method::DELETE if h.contains_key("mcp-session-id") => forward_plain(ctx, req).await,
         _ => {
@@ -724,6 +733,7 @@ fn new_record(
         released: Vec::new(),
         response_sha256: None,
         response_excerpt: None,
+        approval: None,
         started: SystemTime::now(),
         duration_ms: 0,
         request_record: None,
@@ -830,7 +840,11 @@ fn upstream_failed(ctx: &ConnCtx, e: &dyn std::fmt::Display) -> Response<RespBod
     )
 }
 
-async fn handle_post(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<RespBody> {
+async fn handle_post(
+    ctx: Arc<ConnCtx>,
+    req: Request<Incoming>,
+    hold: crate::approval::gate::HoldSignal,
+) -> Response<RespBody> {
     let limits = ctx.svc.cfg.limits.clone();
     let (parts, body) = req.into_parts();
     if let Some(len) =
@@ -1060,6 +1074,29 @@ async fn handle_post(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<Resp
             false,
         );
     }
+    // Privileged calls wait here until approved (approval/gate.rs): nothing is sent before.
+    let approval = match &authn {
+        Some(a) => {
+            let call = crate::approval::gate::Call {
+                service: &ctx.svc.cfg.name,
+                conn: &ctx.info,
+                who: &a.principal,
+                messages,
+                tree: &tree,
+                batch: body.is_batch(),
+                decisions: &decisions,
+                accepts_sse: header_str(&parts.headers, "accept")
+                    .is_some_and(|a| a.contains("text/event-stream")),
+            };
+            let record = |i: usize| decided(i, &messages[i]);
+            let auth = ctx.svc.auth.as_deref();
+            match crate::approval::gate::hold(auth, &call, &record, &ctx.svc.pipeline, hold).await {
+                Ok(id) => id,
+                Err(resp) => return *resp,
+            }
+        }
+        None => None,
+    };
     let mut up = match upstream_request(&ctx, &parts, bytes) {
         Ok(r) => r,
         Err(e) => return bad_target(&ctx, &e),
@@ -1090,6 +1127,7 @@ async fn handle_post(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<Resp
     for (i, m) in messages.iter().enumerate() {
         let mut rec = decided(i, m);
         rec.released = released.clone();
+        rec.approval = approval.clone();
         match (&m.kind, &m.id) {
             (mcp::Kind::Request, Some(id)) => {
                 pending.insert(id.to_string(), Pending { rec, started });

@@ -13,6 +13,7 @@
 //! - [`auth`]: bearer-token authentication (MCP authorization spec) and policy decisions.
 //! - [`oidc`]: bearer tokens: OIDC discovery, JWKS, JWT/introspection verification.
 //! - [`policy`]: roles, grants, argument constraints, purpose and lawful basis.
+//! - [`approval`]: calls held until a person approves that exact call.
 //! - [`control`]: the local control socket used by the CLI.
 //! - [`agent`]: the `run` command: wiring, signals, graceful shutdown.
 //! - [`notify`]: the systemd notification protocol (readiness, reload, watchdog).
@@ -25,6 +26,7 @@
 #![deny(unsafe_code)]
 
 pub mod agent;
+pub mod approval;
 pub mod audit;
 pub mod auth;
 pub mod cli;

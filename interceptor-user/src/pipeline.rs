@@ -122,6 +122,9 @@ pub struct ExchangeRecord {
     /// The start of that response, redacted (only for services that redact; at most
     /// `audit_excerpt_bytes`).
     pub response_excerpt: Option<String>,
+    /// The approval that released (or refused) this call, when one was needed; its steps are
+    /// [`crate::approval::ApprovalEvent`]s with this `approval_id`.
+    pub approval: Option<String>,
     #[serde(with = "unix_ms")]
     pub started: SystemTime,
     pub duration_ms: u64,
@@ -159,6 +162,10 @@ pub trait Phase: Send + Sync {
     fn response_event(&self, _rec: &ExchangeRecord, _msg: &crate::mcp::EnvelopeMessage) {}
     /// The exchange is over; the record is final.
     fn exchange_complete(&self, _rec: &ExchangeRecord) {}
+    /// One step of an approval (held, vote, approved, denied, expired, released, ...). Every
+    /// step of every approval comes here, in order, from the data path, the control socket,
+    /// the HTTP endpoint and the expiry timer.
+    fn approval_event(&self, _ev: &crate::approval::ApprovalEvent) {}
 }
 
 #[derive(Clone, Default)]
@@ -224,6 +231,30 @@ impl Pipeline {
                 Err(e) => failed(e),
             },
         )
+    }
+    /// One step of an approval: every phase hears it, and the audit log records it (queued
+    /// on the same writer as the exchange records, so a step that releases a call is committed
+    /// no later than the call's `request` record, which is durable before the call is
+    /// forwarded).
+    pub fn approval_event(&self, ev: &crate::approval::ApprovalEvent) {
+        for p in &self.phases {
+            p.approval_event(ev);
+        }
+        if let Some(a) = &self.audit {
+            match serde_json::to_value(ev) {
+                Ok(v) => {
+                    let mut ack = a.submit(crate::audit::AuditEvent::new("approval", v));
+                    // Refused at once (queue full, writer stopped): say so; the exchange's own
+                    // records still name the approval.
+                    if let Ok(Err(e)) = ack.try_recv() {
+                        tracing::error!(event = "audit_failed", approval_id = %ev.approval_id, error = %e.0, "approval step not recorded");
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(event = "audit_failed", approval_id = %ev.approval_id, error = %e, "approval step not recorded")
+                }
+            }
+        }
     }
     fn first_denial(&self, f: impl Fn(&dyn Phase) -> Decision) -> Decision {
         for p in &self.phases {
@@ -315,8 +346,38 @@ impl Phase for ExchangeLog {
             released = %r.released.join(","),
             response_sha256 = r.response_sha256.as_deref(),
             response_excerpt = r.response_excerpt.as_deref(),
+            approval = r.approval.as_deref(),
             duration_ms = r.duration_ms,
             "exchange complete"
+        );
+    }
+    fn approval_event(&self, e: &crate::approval::ApprovalEvent) {
+        info!(
+            event = "approval",
+            approval_id = %e.approval_id,
+            step = e.step.as_str(),
+            request_hash = %e.request_hash,
+            service = %e.service,
+            rule = %e.rule,
+            subject = %e.requester.subject,
+            issuer = %e.requester.issuer,
+            client_id = e.requester.client_id.as_deref(),
+            uid = e.requester.uid,
+            peer = %e.requester.peer,
+            method = %e.method,
+            mcp_name = e.target.as_deref(),
+            arguments = %e.arguments,
+            matched = %e.matched,
+            actor = e.actor.as_deref(),
+            reason = e.reason.as_deref(),
+            approvals = e.approvals,
+            required = e.required,
+            grant = e.grant.as_ref().map(|g| g.id.as_str()),
+            grant_bounds = e.grant.as_ref().and_then(|g| g.bounds.as_deref()),
+            outcome = e.outcome.as_deref(),
+            expires_at = e.expires_at,
+            time = e.time,
+            "approval {}", e.step.as_str()
         );
     }
 }

@@ -125,6 +125,13 @@
 //! by value (`1 == 1.0`), integers exactly; strings compare by bytes; `x in [..]` is true when
 //! `x == ` some element.
 //!
+//! # Approvals
+//!
+//! Policy files may also hold `[[approvals]]` rules (calls held until a person approves that
+//! exact call) and `[[approvers]]` (who approves, by local uid and token subject). Their format
+//! and matching are documented in [`crate::approval::rules`]; they are validated here, with the
+//! same `file:line: key: problem` errors, and are part of the version.
+//!
 //! # Version
 //!
 //! [`PolicySet::version`] is the first 16 hex digits of a SHA-256 over every file's name
@@ -516,6 +523,11 @@ type S<T> = Spanned<T>;
 struct RawFile {
     #[serde(default)]
     roles: Vec<S<RawRole>>,
+    /// Calls held for human approval ([`crate::approval::rules`]).
+    #[serde(default)]
+    approvals: Vec<S<crate::approval::rules::RawRule>>,
+    #[serde(default)]
+    approvers: Vec<S<crate::approval::rules::RawApprover>>,
 }
 
 #[derive(Deserialize)]
@@ -578,6 +590,7 @@ struct Inner {
     version: String,
     files: Vec<String>,
     roles: Vec<Role>,
+    approvals: crate::approval::rules::ApprovalRules,
 }
 
 struct Role {
@@ -612,7 +625,7 @@ struct Constraint {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum MethodPattern {
+pub(crate) enum MethodPattern {
     Any,
     Exact(String),
     /// Stored with the trailing `/`.
@@ -620,7 +633,7 @@ enum MethodPattern {
 }
 
 impl MethodPattern {
-    fn parse(s: &str) -> Result<MethodPattern, String> {
+    pub(crate) fn parse(s: &str) -> Result<MethodPattern, String> {
         if s == "*" {
             return Ok(MethodPattern::Any);
         }
@@ -653,7 +666,7 @@ impl MethodPattern {
         })
     }
 
-    fn matches(&self, method: &str) -> bool {
+    pub(crate) fn matches(&self, method: &str) -> bool {
         match self {
             MethodPattern::Any => true,
             MethodPattern::Exact(m) => m == method,
@@ -661,7 +674,7 @@ impl MethodPattern {
         }
     }
 
-    fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         match self {
             MethodPattern::Any => "*".into(),
             MethodPattern::Exact(m) => m.clone(),
@@ -681,7 +694,7 @@ impl Patterns {
     }
 }
 
-fn build_glob(p: &str) -> Result<globset::Glob, String> {
+pub(crate) fn build_glob(p: &str) -> Result<globset::Glob, String> {
     if p.is_empty() {
         return Err("empty pattern".into());
     }
@@ -721,9 +734,10 @@ struct Loader {
     roles: Vec<Role>,
     /// Role name -> "file:line" of its first definition.
     role_names: HashMap<String, String>,
+    approvals: crate::approval::rules::RulesLoader,
 }
 
-fn line_of(text: &str, offset: usize) -> usize {
+pub(crate) fn line_of(text: &str, offset: usize) -> usize {
     let end = offset.min(text.len());
     text.as_bytes()[..end]
         .iter()
@@ -914,6 +928,14 @@ impl Loader {
                 grants,
             });
         }
+        self.approvals.add_file(
+            file,
+            short,
+            text,
+            raw.approvals,
+            raw.approvers,
+            &mut self.errors,
+        );
     }
 
     fn patterns(&mut self, file: &str, text: &str, key: &str, list: Vec<S<String>>) -> Patterns {
@@ -1228,6 +1250,7 @@ impl PolicySet {
                 version: String::new(),
                 files: Vec::new(),
                 roles: Vec::new(),
+                approvals: Default::default(),
             }),
         })
     }
@@ -1309,6 +1332,7 @@ impl PolicySet {
             errors: Vec::new(),
             roles: Vec::new(),
             role_names: HashMap::new(),
+            approvals: Default::default(),
         };
         let mut hash = Sha256::new();
         for (file, short, text) in files {
@@ -1318,6 +1342,8 @@ impl PolicySet {
             hash.update(text.as_bytes());
             loader.add_file(file, short, text);
         }
+        let approvals =
+            std::mem::take(&mut loader.approvals).finish(&loader.role_names, &mut loader.errors);
         if !loader.errors.is_empty() {
             return Err(PolicyErrors(loader.errors));
         }
@@ -1328,6 +1354,7 @@ impl PolicySet {
                 version,
                 files: files.iter().map(|f| f.1.clone()).collect(),
                 roles: loader.roles,
+                approvals,
             }),
         })
     }
@@ -1340,6 +1367,11 @@ impl PolicySet {
     /// File names (without directory) in load order.
     pub fn files(&self) -> &[String] {
         &self.inner.files
+    }
+
+    /// The `[[approvals]]` rules and `[[approvers]]` of the files.
+    pub fn approval_rules(&self) -> &crate::approval::rules::ApprovalRules {
+        &self.inner.approvals
     }
 
     /// Roles the principal holds, in order.
@@ -2492,6 +2524,20 @@ impl Expression {
 
     fn paths(&self) -> &[ArgPath] {
         &self.paths
+    }
+
+    /// True only if the expression evaluates to false (undefined is not false): for rules
+    /// that must fail closed the other way round (approval holds).
+    pub fn is_false(&self, arguments: Option<&Value>) -> bool {
+        self.root.eval(arguments) == Truth::False
+    }
+
+    /// Every path the expression names, with its value in `arguments` (None: missing).
+    pub fn path_values<'v>(&self, arguments: Option<&'v Value>) -> Vec<(&str, Option<&'v Value>)> {
+        self.paths
+            .iter()
+            .map(|p| (p.text.as_str(), p.resolve(arguments)))
+            .collect()
     }
 }
 

@@ -8,6 +8,7 @@ legacy 2024-11-05 HTTP+SSE transport (GET /sse, POST /messages/?session_id=...).
 """
 
 import argparse
+import json
 import os
 import sys
 
@@ -33,10 +34,20 @@ from serve_asgi import add_server_args, serve  # noqa: E402
 
 mcp = MCPServer("peer-py2", version="2.3.0")
 
+# --log-calls: one JSON line on stdout per call of `echo` / `export_customers`, so tests can see
+# exactly which calls reached the server (e.g. none before an approval).
+LOG_CALLS = False
+
+
+def log_call(name: str, arguments: dict) -> None:
+    if LOG_CALLS:
+        print(json.dumps({"event": "tool_call", "name": name, "arguments": arguments}), flush=True)
+
 
 @mcp.tool(structured_output=False)
 def echo(text: str) -> str:
     """Return text unchanged."""
+    log_call("echo", {"text": text})
     return text
 
 
@@ -74,6 +85,7 @@ def customer_lookup(id: str) -> CallToolResult:
 @mcp.tool(structured_output=False)
 def export_customers(limit: int) -> str:
     """limit JSONL customer records with personal data."""
+    log_call("export_customers", {"limit": limit})
     return cat.export_jsonl(limit)
 
 
@@ -145,7 +157,10 @@ def main() -> None:
     p.add_argument("--transport", choices=["streamable-http", "sse"], default="streamable-http")
     p.add_argument("--json-response", action="store_true", help="streamable-http: answer POSTs with JSON, not SSE")
     p.add_argument("--stateless", action="store_true", help="streamable-http: no Mcp-Session-Id (stateless_http)")
+    p.add_argument("--log-calls", action="store_true", help="print a JSON line per echo/export_customers call")
     args = p.parse_args()
+    global LOG_CALLS
+    LOG_CALLS = args.log_calls
     security = TransportSecuritySettings(enable_dns_rebinding_protection=False) if args.no_dns_rebinding_protection else None
     if args.transport == "sse":
         app = mcp.sse_app(transport_security=security, host=args.host)

@@ -1351,6 +1351,37 @@ pub struct PeerClient {
     pub exit_code: Option<i32>,
     pub json: Value,
     pub stderr: String,
+    /// Everything printed on stdout (`json` is this, parsed).
+    pub stdout: String,
+}
+
+/// An SDK client started with [`Node::start_mcp_client`], still running or finished.
+pub struct RunningClient {
+    pub proc: Proc,
+    sdk: Sdk,
+}
+
+impl RunningClient {
+    /// Whether the client is still running.
+    pub fn running(&mut self) -> bool {
+        self.proc.try_exit().is_none()
+    }
+
+    /// Waits for the client to finish and returns what it printed.
+    pub fn wait(mut self, timeout: Duration) -> PeerClient {
+        let sdk = self.sdk;
+        let status = self
+            .proc
+            .wait_exit(timeout)
+            .unwrap_or_else(|e| panic!("{sdk:?} client: {e:#}\n{}", self.proc.dump()));
+        let out = self.proc.stdout.all().join("\n");
+        PeerClient {
+            exit_code: status.code(),
+            json: serde_json::from_str(&out).unwrap_or(Value::Null),
+            stderr: self.proc.stderr.all().join("\n"),
+            stdout: out,
+        }
+    }
 }
 
 impl PeerClient {
@@ -1358,10 +1389,11 @@ impl PeerClient {
     pub fn assert_ok(&self) -> &Value {
         assert!(
             self.exit_code == Some(0) && self.json["ok"] == true,
-            "MCP client failed (exit {:?}): {}\nstderr:\n{}",
+            "MCP client failed (exit {:?}): {}\nstderr:\n{}\nstdout (first 2000 bytes):\n{}",
             self.exit_code,
             self.json,
-            self.stderr
+            self.stderr,
+            self.stdout.chars().take(2000).collect::<String>()
         );
         &self.json
     }
@@ -1398,21 +1430,54 @@ impl Node {
 
     /// Runs an SDK client scenario in `ns` to completion.
     pub fn mcp_client(&self, ns: &Netns, sdk: Sdk, url: &str, args: &[&str]) -> PeerClient {
+        self.start_mcp_client(ns, sdk, url, args)
+            .wait(Duration::from_secs(120))
+    }
+
+    /// Starts an SDK client scenario in `ns` and returns while it runs.
+    pub fn start_mcp_client(
+        &self,
+        ns: &Netns,
+        sdk: Sdk,
+        url: &str,
+        args: &[&str],
+    ) -> RunningClient {
         let (prog, mut argv) = sdk.program("client");
         argv.extend(["--url".to_string(), url.to_string()]);
         argv.extend(args.iter().map(|s| s.to_string()));
         let mut cmd = ns.command(&prog);
         cmd.args(&argv);
-        let mut proc = Proc::spawn(&format!("{sdk:?} client"), cmd).expect("spawn MCP client");
-        let status = proc
-            .wait_exit(Duration::from_secs(120))
-            .unwrap_or_else(|e| panic!("{sdk:?} client: {e:#}\n{}", proc.dump()));
-        let out = proc.stdout.all().join("\n");
-        PeerClient {
-            exit_code: status.code(),
-            json: serde_json::from_str(&out).unwrap_or(Value::Null),
-            stderr: proc.stderr.all().join("\n"),
+        let proc = Proc::spawn(&format!("{sdk:?} client"), cmd).expect("spawn MCP client");
+        RunningClient { proc, sdk }
+    }
+
+    /// `interceptor ARGS... --config cfg` in the server netns as `user` (uid, gid; no
+    /// supplementary groups), with extra environment variables.
+    pub fn cli_as(
+        &self,
+        cfg: &AgentConfig,
+        user: Option<(u32, u32)>,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Output {
+        let mut cmd = self.command_in(&self.server, None, user, &interceptor_bin());
+        cmd.args(args).arg("--config").arg(&cfg.path);
+        for (k, v) in env {
+            cmd.env(k, v);
         }
+        run_timeout(&mut cmd, Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("interceptor {args:?}: {e:#}"))
+    }
+
+    /// `testpeer webhook` in the server netns, listening on `listen`; waits until it is bound.
+    pub fn webhook_receiver(&self, listen: &str) -> Proc {
+        let mut cmd = self.server.command(testpeer_bin());
+        cmd.args(["webhook", "--listen", listen]);
+        let proc = Proc::spawn("webhook receiver", cmd).expect("spawn webhook receiver");
+        if let Err(e) = proc.stdout.wait_event("listening", WAIT, |_| true) {
+            panic!("webhook receiver did not start: {e:#}\n{}", proc.dump());
+        }
+        proc
     }
 
     /// `testpeer raw` from `ns`: sends `data` (\r\n escapes allowed) and returns the reply

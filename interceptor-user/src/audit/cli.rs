@@ -631,6 +631,21 @@ fn print_row(conn: &rusqlite::Connection, r: &store::Row, json: bool) -> Result<
                 s("purpose"),
             );
         }
+        "approval" => println!(
+            "#{} {t} approval {} {} {} {} {} requester={} actor={} reason={} approvals={}/{} hash={}",
+            r.seq,
+            s("approval_id"),
+            s("step"),
+            s("service"),
+            s("method"),
+            s("target"),
+            d["requester"]["subject"].as_str().unwrap_or("-"),
+            s("actor"),
+            s("reason"),
+            d["approvals"],
+            d["required"],
+            s("request_hash"),
+        ),
         _ => println!("#{} {t} {} {}", r.seq, r.kind, d),
     }
     Ok(())

@@ -95,8 +95,6 @@ impl AuditEvent {
     }
 }
 
-/// The policy in force, as the Art. 30 export needs it later: version, files, and each
-/// grant's service, role, purpose, lawful basis and categories of data subjects.
 /// Where the checkpoint signing key's public half is written: `<key file>.pub`
 /// (`audit-signing.key` → `audit-signing.key.pub`).
 pub fn public_key_path(key: &std::path::Path) -> std::path::PathBuf {
@@ -130,6 +128,8 @@ pub fn default_key_name() -> String {
     format!("{host}/interceptor")
 }
 
+/// The policy in force, as the Art. 30 export needs it later: version, files, and each
+/// grant's service, role, purpose, lawful basis and categories of data subjects.
 pub fn policy_event(policy: &crate::policy::PolicySet, why: &str) -> AuditEvent {
     AuditEvent::new(
         "policy",

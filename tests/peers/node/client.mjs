@@ -38,17 +38,17 @@ const { values: opt } = parseArgs({
   },
 });
 
+// Resolves once the output is written: process.exit() would cut a pipe off after 128 KiB.
 function emit(obj) {
-  process.stdout.write(JSON.stringify(obj, null, 2) + '\n');
+  return new Promise((resolve) => process.stdout.write(JSON.stringify(obj, null, 2) + '\n', resolve));
 }
 
 function fail(err) {
   const error = { type: err?.constructor?.name ?? 'Error', message: err?.message ?? String(err) };
   if (typeof err?.code === 'number') error.code = err.code;
   if (err?.data !== undefined) error.data = err.data;
-  emit({ ok: false, error, sdk: SDK, scenario: opt.scenario });
   console.error(err);
-  process.exit(1);
+  emit({ ok: false, error, sdk: SDK, scenario: opt.scenario }).then(() => process.exit(1));
 }
 
 function headers() {
@@ -147,7 +147,7 @@ async function main() {
   out.http_versions = null; // not observable through fetch
   if (transport.terminateSession) await transport.terminateSession().catch(() => {});
   await client.close();
-  emit(out);
+  await emit(out);
 }
 
 main().then(

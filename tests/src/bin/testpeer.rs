@@ -19,6 +19,12 @@
 //!      "checksum_sent":..,"checksum_received":..,"elapsed_ms":..,"error":..,"error_kind":..,
 //!      "errno":..}
 //!     and exits 0 on success, 2 when the connection was refused, 1 on any other failure.
+//!
+//! testpeer webhook --listen ADDR [--status CODE]
+//!     a minimal HTTP/1.1 receiver: prints {"event":"listening","addr":..} once bound, then per
+//!     request {"event":"webhook","method":..,"path":..,"headers":{lower-case name: value},
+//!     "body_raw":"<body as text>","body":<body parsed as JSON, or null>} and answers
+//!     CODE (default 204) with an empty body.
 //! ```
 use std::{
     io::{self, Read, Write},
@@ -156,6 +162,7 @@ fn main() -> ExitCode {
         "server" => server(&args),
         "client" => return client(&args),
         "raw" => raw(&args),
+        "webhook" => webhook(&args),
         other => Err(format!("unknown subcommand {other}")),
     };
     match res {
@@ -299,6 +306,83 @@ fn serve(mut stream: TcpStream, mode: Mode) -> (u64, u64, Option<String>) {
         Ok(())
     })();
     (bytes_in, bytes_out, res.err().map(|e| e.to_string()))
+}
+
+// ---------------------------------------------------------------- webhook receiver
+
+fn webhook(args: &Args) -> Result<(), String> {
+    let addr: SocketAddr = args
+        .value("--listen")
+        .ok_or("webhook needs --listen ADDR")?
+        .parse()
+        .map_err(|e| format!("--listen: {e}"))?;
+    let status = args.num("--status", 204)?;
+    let listener = bind_listener(addr).map_err(|e| format!("bind {addr}: {e}"))?;
+    let bound = listener.local_addr().map_err(|e| e.to_string())?;
+    emit(json!({"event": "listening", "addr": bound.to_string(), "pid": std::process::id()}));
+    for stream in listener.incoming() {
+        let Ok(stream) = stream else { continue };
+        thread::spawn(move || {
+            if let Err(e) = webhook_conn(stream, status) {
+                emit(json!({"event": "webhook_error", "error": e.to_string()}));
+            }
+        });
+    }
+    Ok(())
+}
+
+/// Reads HTTP/1.1 requests with a Content-Length body and answers each with `status`.
+fn webhook_conn(mut stream: TcpStream, status: u64) -> io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        let head_end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let n = stream.read(&mut chunk)?;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+        let mut lines = head.split("\r\n");
+        let request_line = lines.next().unwrap_or("");
+        let mut parts = request_line.split(' ');
+        let method = parts.next().unwrap_or("").to_string();
+        let path = parts.next().unwrap_or("").to_string();
+        let mut headers = serde_json::Map::new();
+        let mut len = 0usize;
+        for l in lines {
+            if let Some((k, v)) = l.split_once(':') {
+                let k = k.trim().to_ascii_lowercase();
+                let v = v.trim().to_string();
+                if k == "content-length" {
+                    len = v.parse().unwrap_or(0);
+                }
+                headers.insert(k, Value::String(v));
+            }
+        }
+        while buf.len() < head_end + len {
+            let n = stream.read(&mut chunk)?;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let body = buf[head_end..head_end + len].to_vec();
+        buf.drain(..head_end + len);
+        let text = String::from_utf8_lossy(&body).to_string();
+        emit(json!({
+            "event": "webhook", "method": method, "path": path, "headers": headers,
+            "body_raw": text,
+            "body": serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null),
+        }));
+        let reply = format!("HTTP/1.1 {status} Webhook\r\nContent-Length: 0\r\n\r\n");
+        stream.write_all(reply.as_bytes())?;
+    }
 }
 
 // ---------------------------------------------------------------- client
