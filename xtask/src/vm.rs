@@ -193,7 +193,9 @@ pub fn build_deb(root: &Path, release: bool, out: &Path) -> Result<PathBuf> {
     let mut build = Command::new("cargo");
     build
         .current_dir(root)
-        .args(["build", "-p", "interceptor-user", "--bins"]);
+        // The whole workspace, as `scripts/test.sh` builds it: the same feature resolution, so
+        // the suite's build is reused instead of rebuilding dependencies.
+        .args(["build", "--workspace", "--bins"]);
     if release {
         build.arg("--release");
     }
