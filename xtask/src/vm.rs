@@ -1070,19 +1070,32 @@ fn guest_checks(
             let verdict = vm.sh(&format!(
                 "{bin} audit verify --pubkey /etc/interceptor/audit-signing.key.pub 2>&1"
             ))?;
-            let audited: usize = vm
-                .sh(&format!(
-                    "{bin} audit tail -n 1000000 --json | grep -c '\"kind\":\"exchange\"' || true"
-                ))?
-                .trim()
-                .parse()
-                .context("counting audited exchanges")?;
+            // An exchange is in the log as its final record or, when the agent was killed
+            // between logging it and committing that record (its response then never
+            // completed), as the `request` record committed before it was forwarded.
+            let rows = vm.sh(&format!("{bin} audit tail -n 1000000 --json"))?;
+            let rows: Vec<serde_json::Value> = rows
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect();
+            let finished: std::collections::HashSet<u64> = rows
+                .iter()
+                .filter(|r| r["kind"] == "exchange")
+                .filter_map(|r| r["body"]["request_seq"].as_u64())
+                .collect();
+            let finals = rows.iter().filter(|r| r["kind"] == "exchange").count();
+            let incomplete = rows
+                .iter()
+                .filter(|r| r["kind"] == "request")
+                .filter(|r| r["seq"].as_u64().is_some_and(|s| !finished.contains(&s)))
+                .count();
+            let audited = finals + incomplete;
             let journalled = vm.journal("interceptor", "EVENT=exchange")?.len();
             if audited == 0 || audited < journalled {
                 bail!("{audited} exchanges audited, {journalled} in the journal");
             }
             Ok(format!(
-                "{audited} exchanges audited ({journalled} journalled); {}",
+                "{audited} exchanges audited ({finals} final records, {incomplete} cut by a kill; {journalled} journalled); {}",
                 verdict.lines().last().unwrap_or("")
             ))
         })(),

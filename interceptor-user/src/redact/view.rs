@@ -30,6 +30,16 @@ impl TextRedactor for ViewRedactor {
         let r = self.engine.redact_with(text, &self.view);
         (r.text, r.findings)
     }
+    fn redact_labelled<'t>(
+        &self,
+        label: Option<&str>,
+        text: &'t str,
+    ) -> (std::borrow::Cow<'t, str>, Vec<Finding>) {
+        let (out, ev) = self
+            .engine
+            .redact_field_cow(label.unwrap_or(""), text, &self.view);
+        (out, ev.findings)
+    }
 }
 
 /// The view of one grant: the service's view with the grant's modes and releases on top.
@@ -147,6 +157,28 @@ mod tests {
         assert!(out.contains("[EMAIL]"), "{out}");
         assert!(out.contains("+44 20 7946 0958"), "released in clear: {out}");
         assert!(f.iter().any(|f| f.entity == "EMAIL"));
+    }
+
+    #[test]
+    fn a_role_view_keeps_json_keys_as_labels() {
+        // A BSN passes its 11-test but is only recognised with its label (see the engine).
+        let base = engine().default_view().clone();
+        let v = view_for(&base, &[], &["PHONE".into()]);
+        let r = ViewRedactor::new(engine(), v);
+        let (plain, _) = r.redact_labelled(None, "111222333");
+        assert_eq!(plain, "111222333");
+        let (out, f) = r.redact_labelled(Some("bsn"), "111222333");
+        assert_ne!(out, "111222333", "labelled: masked");
+        assert!(f.iter().any(|f| f.entity == "NL_BSN"), "{f:?}");
+        // Through the JSON rewriter, as the agent uses it.
+        let mut j = crate::redact::json::JsonRedactor::new(
+            std::sync::Arc::new(ViewRedactor::new(engine(), base)),
+            crate::redact::json::JsonLimits::default(),
+        );
+        let mut o = Vec::new();
+        j.push(br#"{"bsn":"111222333"}"#, &mut o).unwrap();
+        j.finish(&mut o).unwrap();
+        assert!(!String::from_utf8_lossy(&o).contains("111222333"));
     }
 
     #[test]
