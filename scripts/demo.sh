@@ -9,7 +9,9 @@
 # It builds the agent (installing the toolchain and the MCP SDK peers first), starts a real
 # MCP server (Python SDK) and the agent, has a remote MCP client (2026-07-28 revision) and a
 # local one (2025-11-25, Python SDK 1.x) call tools, resources and prompts through it, and shows
-# the agent's per-exchange log and `interceptor status`. The agent then keeps running until Ctrl-C (DEMO_ONCE=1: stop at once).
+# the agent's per-exchange log and `interceptor status`; a bulk export is held until the DPO
+# approves it from the CLI; after the agent stops (ports refused), the audit log is verified
+# offline and the Art. 30 record exported. The agent then keeps running until Ctrl-C (DEMO_ONCE=1: stop at once).
 # Everything it creates is removed on exit.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -23,9 +25,13 @@ cargo build --release -p interceptor-user --bin interceptor
 BIN="$ROOT/target/release/interceptor"
 
 NS=icpt-demo; CLI=icpt-demo-cli; RUN=/run/interceptor-demo
-SERVER_PID=""; AGENT_PID=""; IDP_PID=""
+# The on-call DPO of the example policy ([[approvers]] dpo-oncall, uid 1500) approves from the
+# CLI as that uid; the control socket is opened to this group for the demo.
+DPO_UID=1500; DPO_GID=1500
+SERVER_PID=""; AGENT_PID=""; IDP_PID=""; HELD_PID=""
 cleanup() {
   set +e
+  [ -n "$HELD_PID" ] && kill "$HELD_PID" 2>/dev/null && wait "$HELD_PID" 2>/dev/null
   [ -n "$IDP_PID" ] && kill "$IDP_PID" 2>/dev/null && wait "$IDP_PID" 2>/dev/null
   [ -n "$AGENT_PID" ] && kill "$AGENT_PID" 2>/dev/null && wait "$AGENT_PID" 2>/dev/null
   [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null
@@ -78,6 +84,10 @@ sed -e "s|^instance = .*|instance = \"demo\"|" \
     -e "s|https://login.example.com|$ISSUER|" \
     -e "s|https://mcp.example.com:8080/mcp|$RESOURCE|g" \
     -e "s|^# ca_file = .*|ca_file = \"$RUN/ca.pem\"|" \
+    -e "s|^state_dir = .*|state_dir = \"$RUN/state\"|" \
+    -e "s|^signing_key = .*|signing_key = \"$RUN/audit-signing.key\"|" \
+    -e "s|^# \[approvals\]|[approvals]|" \
+    -e "s|^# control_group = .*|control_group = $DPO_GID|" \
     policies/interceptor.toml > "$RUN/interceptor.toml"
 
 echo "== starting the MCP server on 10.213.250.1:8080 (network namespace $NS)"
@@ -119,6 +129,23 @@ py2 --scenario call --tool export_customers --args '{"limit":10}' --header "Auth
 echo "== a local MCP client (Python SDK 1.x, 2025-11-25) on the host calls http://127.0.0.1:8080/mcp as alice"
 nsenter --net="/run/netns/$NS" "$P/.venv-mcp1/bin/python" "$P/py1_client.py" --url http://127.0.0.1:8080/mcp \
   --scenario call --tool customer_lookup --args '{"id":"7"}' --header "Authorization: Bearer $ALICE" 2>/dev/null | summary
+
+echo "== crm-batch asks for 2000 customers: more than 1000, so held for approval (rule bulk-export)"
+py2 --scenario call --tool export_customers --args '{"limit":2000}' --header "Authorization: Bearer $BATCH" \
+  > "$RUN/held.json" &
+HELD_PID=$!
+as_dpo() { setpriv --reuid "$DPO_UID" --regid "$DPO_GID" --clear-groups "$BIN" approvals --config "$RUN/interceptor.toml" "$@"; }
+ID=""
+for _ in $(seq 150); do
+  ID=$(as_dpo list --json 2>/dev/null | python3 -c 'import json,sys; a=json.load(sys.stdin).get("approvals") or []; print(a[0]["id"] if a else "")' || true)
+  [ -n "$ID" ] && break; sleep 0.1
+done
+[ -n "$ID" ] || { echo "demo: the export was not held" >&2; exit 1; }
+as_dpo list
+echo "== the DPO (uid $DPO_UID) approves it; the held call then reaches the server"
+as_dpo approve "$ID" --reason "quarterly report"
+wait "$HELD_PID"; HELD_PID=""
+summary < "$RUN/held.json"
 sleep 0.3
 echo "== interceptor status"
 "$BIN" status --config "$RUN/interceptor.toml"
@@ -130,6 +157,14 @@ if ip netns exec "$CLI" curl -sS -m 5 -o /dev/null http://10.213.250.1:8080/mcp 
 fi
 echo "(refused, as it must be)"
 "$BIN" status --config "$RUN/interceptor.toml" | tail -3
+
+echo "== the audit log: every exchange and approval step, verified offline against the signed checkpoints"
+"$BIN" audit pubkey --config "$RUN/interceptor.toml" --out "$RUN/audit.pub" >/dev/null
+"$BIN" audit verify --config "$RUN/interceptor.toml" --pubkey "$RUN/audit.pub" | tail -4
+"$BIN" audit tail -n 12 --config "$RUN/interceptor.toml"
+echo "== GDPR Art. 30 record of processing activities, from the policy and the observed traffic"
+"$BIN" audit export --format art30-md --from "$(date -u +%F)" --to "$(date -u -d tomorrow +%F)" \
+  --config "$RUN/interceptor.toml" | head -40
 
 if [ "${DEMO_ONCE:-0}" = 1 ] || ! [ -t 0 ]; then
   echo "== demo done"

@@ -817,6 +817,19 @@ pub fn canonical(addr: IpAddr) -> IpAddr {
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_example_configuration_is_valid() {
+        let text = include_str!("../../policies/interceptor.toml");
+        let cfg = Config::parse(text, "policies/interceptor.toml").expect("example parses");
+        assert_eq!(cfg.agent.state_dir, PathBuf::from("/var/lib/interceptor"));
+        assert_eq!(
+            cfg.audit.signing_key,
+            PathBuf::from("/etc/interceptor/audit-signing.key")
+        );
+        assert_eq!(cfg.audit.controller.name, "Example Ltd");
+        assert!(!cfg.services.is_empty());
+    }
+
     const OK: &str = r#"
 [agent]
 instance = "t1"
