@@ -104,7 +104,15 @@ for _ in $(seq 100); do grep -q "interceptor agent ready" "$RUN/agent.log" 2>/de
 grep -q "interceptor agent ready" "$RUN/agent.log" || { echo "agent did not become ready" >&2; exit 1; }
 
 summary() {
-  python3 -c 'import json,sys; d=json.load(sys.stdin); r=d.get("result") or {}; print("   ok=%s protocol=%s tools=%s %s" % (d.get("ok"), d.get("protocol_version"), [t["name"] for t in d.get("tools",[])], (d.get("error") or {}).get("message","") or ("isError=%s" % r.get("isError") if r else "")))'
+  python3 -c '
+import json, sys
+d = json.load(sys.stdin); r = d.get("result") or {}
+err = (d.get("error") or {}).get("message", "")
+print("   ok=%s protocol=%s tools=%s %s" % (d.get("ok"), d.get("protocol_version"), [t["name"] for t in d.get("tools", [])], err or ("isError=%s" % r.get("isError") if r else "")))
+text = " ".join(c.get("text", "") for c in r.get("content", []) if isinstance(c, dict))
+if text:
+    print("   the client got: %s%s" % (text[:150].replace("\n", " | "), "..." if len(text) > 150 else ""))
+'
 }
 token() { # token <grant args...>: a real access token for the CRM resource
   ip netns exec "$CLI" node "$P/oidc/token.mjs" --issuer "$ISSUER" --cacert "$RUN/ca.pem" \

@@ -827,7 +827,16 @@ mod tests {
             PathBuf::from("/etc/interceptor/audit-signing.key")
         );
         assert_eq!(cfg.audit.controller.name, "Example Ltd");
-        assert!(!cfg.services.is_empty());
+        let crm = &cfg.services[0];
+        assert_eq!(crm.name, "crm");
+        let redact = crm
+            .redact
+            .as_ref()
+            .expect("the example masks personal data");
+        assert_eq!(
+            redact.masking.get("IBAN"),
+            Some(&crate::redact::engine::MaskMode::Partial)
+        );
     }
 
     const OK: &str = r#"
