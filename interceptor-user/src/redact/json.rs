@@ -331,7 +331,8 @@ impl std::fmt::Debug for JsonRedactor {
     }
 }
 
-fn is_ws(b: u8) -> bool {
+/// JSON whitespace (RFC 8259 `ws`).
+pub(crate) fn is_ws(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\n' | b'\r')
 }
 

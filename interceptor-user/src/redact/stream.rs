@@ -18,7 +18,7 @@ use http_body::{Body, Frame};
 
 use super::{
     TextRedactor,
-    json::{JsonError, JsonLimits, JsonRedactor, Summary},
+    json::{JsonError, JsonLimits, JsonRedactor, Summary, is_ws},
 };
 use crate::mcp::{SsePiece, SseTokenizer};
 
@@ -73,7 +73,7 @@ impl<B> Redacting<B> {
         let mut out = Vec::with_capacity(chunk.len() + 64);
         match &mut self.kind {
             Kind::Json { redactor, started } => {
-                *started = *started || !chunk.iter().all(|&b| is_json_ws(b));
+                *started = *started || !chunk.iter().all(|&b| is_ws(b));
                 redactor.push(chunk, &mut out)?;
             }
             Kind::Sse(sse) => {
@@ -96,10 +96,6 @@ impl<B> Redacting<B> {
         }
         Ok(out)
     }
-}
-
-fn is_json_ws(b: u8) -> bool {
-    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
 }
 
 fn merge(evidence: &Evidence, s: Summary) {
@@ -236,7 +232,7 @@ impl SseRewriter {
 
     /// Redacts bytes of the current event's JSON data and writes what comes out.
     fn json_data(&mut self, bytes: &[u8], out: &mut Vec<u8>) -> Result<(), JsonError> {
-        self.started = self.started || !bytes.iter().all(|&b| is_json_ws(b));
+        self.started = self.started || !bytes.iter().all(|&b| is_ws(b));
         let mut buf = Vec::with_capacity(bytes.len() + 16);
         self.json.push(bytes, &mut buf)?;
         self.emit(&buf, out);
