@@ -77,6 +77,25 @@ impl Runs {
     }
 }
 
+/// The writer's `audit_writer_stats` line (logged at shutdown): records per transaction.
+fn records_per_transaction(log: &std::path::Path) -> f64 {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("audit_writer_stats"))
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| {
+            let f = if v["fields"].is_object() {
+                &v["fields"]
+            } else {
+                &v
+            };
+            f["records_per_transaction"].as_str()?.parse().ok()
+        })
+        .next_back()
+        .unwrap_or(f64::NAN)
+}
+
 pub fn bench_audit(args: AuditArgs) -> Result<()> {
     let t_start = Instant::now();
     let root = workspace_root().canonicalize().context("workspace root")?;
@@ -156,6 +175,7 @@ pub fn bench_audit(args: AuditArgs) -> Result<()> {
     ];
     let t_measure = Instant::now();
     let mut runs: [Runs; 2] = Default::default();
+    let mut batches = Vec::new();
     let labels = ["no audit", "audit"];
     for round in 0..args.rounds.max(1) {
         let order: [usize; 2] = if round % 2 == 0 { [0, 1] } else { [1, 0] };
@@ -169,7 +189,10 @@ pub fn bench_audit(args: AuditArgs) -> Result<()> {
                 },
             )?;
             let pid = node
-                .start_agent("warn,interceptor::agent=info", &alog)
+                .start_agent(
+                    "warn,interceptor::agent=info,interceptor::audit=info",
+                    &alog,
+                )
                 .with_context(|| {
                     format!(
                         "agent log:\n{}",
@@ -203,6 +226,9 @@ pub fn bench_audit(args: AuditArgs) -> Result<()> {
             );
             runs[i].rps.push(client(&node, pid, "rps", &rps_args)?);
             node.stop_agent();
+            if i == 1 {
+                batches.push(records_per_transaction(&alog));
+            }
         }
     }
     let measure_secs = t_measure.elapsed().as_secs_f64();
@@ -315,6 +341,12 @@ pub fn bench_audit(args: AuditArgs) -> Result<()> {
         y,
         y / x,
         y - x
+    );
+    println!(
+        "{:<22} {:>11} {:>11.2}   (group commit: records per transaction, whole run)",
+        "records/transaction",
+        "-",
+        median(batches)
     );
     let other = other_load.borrow();
     let max = other.iter().copied().fold(0.0, f64::max);

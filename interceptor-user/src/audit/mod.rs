@@ -19,7 +19,9 @@
 //! (on its own worker thread, hashing it as far as its sequence number), sends it over a
 //! bounded channel and awaits a one-shot acknowledgement. The writer takes whatever is queued
 //! (up to `audit.max_batch`) into one transaction — group commit: while one batch's fsync
-//! runs, the next batch queues — assigns sequence numbers, appends the leaves to the tree and
+//! runs, the next batch queues; under concurrent load a transaction also waits up to
+//! `audit.commit_delay_us` after its first record for more to join (fewer fsyncs and B-tree
+//! updates per record; never at concurrency 1) — assigns sequence numbers, appends the leaves to the tree and
 //! stores the new tree state, commits (`synchronous=FULL`: the WAL is fsync'd before COMMIT
 //! returns), then acknowledges every record of the batch. If the transaction fails (disk full,
 //! I/O error, database locked past the busy timeout) every record of the batch gets the error.
@@ -61,7 +63,10 @@ pub mod verify;
 
 use std::{
     path::PathBuf,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -166,9 +171,21 @@ pub struct Options {
     pub checkpoint_max_records: u64,
     pub retention: Option<Duration>,
     pub max_batch: usize,
+    /// How long a transaction waits for more records under concurrent load (see
+    /// `audit.commit_delay_us`).
+    pub commit_delay: Duration,
     pub counters: Option<CounterSource>,
     /// Id of the pseudonym key in force (recorded with each exchange).
     pub pseudonym_key: Option<String>,
+}
+
+/// Records committed and transactions that committed them, since the writer started.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    pub records: AtomicU64,
+    pub transactions: AtomicU64,
+    /// Records in the last transaction.
+    pub last: AtomicU64,
 }
 
 /// Handle on the audit log, shared by the data path.
@@ -176,6 +193,7 @@ pub struct Audit {
     tx: mpsc::Sender<Job>,
     pseudonym_key: Option<String>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    stats: Arc<WriterStats>,
 }
 
 impl std::fmt::Debug for Audit {
@@ -202,14 +220,25 @@ impl Audit {
         writer.meta_default("key", &opts.signer.verifier().text())?;
         let (tx, rx) = mpsc::channel(65_536);
         let pseudonym_key = opts.pseudonym_key.clone();
+        let stats = Arc::new(WriterStats::default());
+        let st = stats.clone();
         let thread = std::thread::Builder::new()
             .name("audit-writer".into())
-            .spawn(move || writer_thread(writer, origin, opts, rx))?;
+            .spawn(move || writer_thread(writer, origin, opts, rx, &st))?;
         Ok(Arc::new(Audit {
             tx,
             pseudonym_key,
             thread: Mutex::new(Some(thread)),
+            stats,
         }))
+    }
+
+    /// Group commit so far: (records committed, transactions).
+    pub fn stats(&self) -> (u64, u64) {
+        (
+            self.stats.records.load(Ordering::Relaxed),
+            self.stats.transactions.load(Ordering::Relaxed),
+        )
     }
 
     /// Queues a record; the acknowledgement says when it is durable.
@@ -317,7 +346,13 @@ impl Audit {
     }
 }
 
-fn writer_thread(mut w: store::Writer, origin: String, opts: Options, mut rx: mpsc::Receiver<Job>) {
+fn writer_thread(
+    mut w: store::Writer,
+    origin: String,
+    opts: Options,
+    mut rx: mpsc::Receiver<Job>,
+    stats: &WriterStats,
+) {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
@@ -356,6 +391,7 @@ fn writer_thread(mut w: store::Writer, origin: String, opts: Options, mut rx: mp
     let mut batch: Vec<store::Entry> = Vec::with_capacity(opts.max_batch);
     let mut acks: Vec<Option<oneshot::Sender<Result<u64, AuditError>>>> =
         Vec::with_capacity(opts.max_batch);
+    let mut last_batch = 0usize;
     loop {
         let wait = opts
             .checkpoint_interval
@@ -369,25 +405,46 @@ fn writer_thread(mut w: store::Writer, origin: String, opts: Options, mut rx: mp
             Ok(Some(Job::Append(e, a))) => {
                 batch.push(*e);
                 acks.push(a);
+                // Under concurrent load (the last transaction was shared), give the records
+                // that are on their way until `commit_delay` to join this one.
+                let deadline = (last_batch > 1 && !opts.commit_delay.is_zero())
+                    .then(|| tokio::time::Instant::now() + opts.commit_delay);
                 while batch.len() < opts.max_batch {
-                    match rx.try_recv() {
-                        Ok(Job::Append(e, a)) => {
+                    let next = match rx.try_recv() {
+                        Ok(j) => Some(j),
+                        Err(mpsc::error::TryRecvError::Disconnected) => None,
+                        Err(mpsc::error::TryRecvError::Empty) => match deadline {
+                            Some(d) => rt
+                                .block_on(async { tokio::time::timeout_at(d, rx.recv()).await })
+                                .ok()
+                                .flatten(),
+                            None => None,
+                        },
+                    };
+                    match next {
+                        Some(Job::Append(e, a)) => {
                             batch.push(*e);
                             acks.push(a);
                         }
-                        Ok(other) => {
+                        Some(other) => {
                             control = Some(other);
                             break;
                         }
-                        Err(_) => break,
+                        None => break,
                     }
                 }
+                last_batch = batch.len();
             }
             Ok(Some(other)) => control = Some(other),
         }
         if !batch.is_empty() {
             match w.append(&batch) {
                 Ok(seqs) => {
+                    stats.transactions.fetch_add(1, Ordering::Relaxed);
+                    stats
+                        .records
+                        .fetch_add(seqs.len() as u64, Ordering::Relaxed);
+                    stats.last.store(seqs.len() as u64, Ordering::Relaxed);
                     for (a, s) in acks.drain(..).zip(seqs) {
                         if let Some(a) = a {
                             let _ = a.send(Ok(s));
@@ -413,6 +470,18 @@ fn writer_thread(mut w: store::Writer, origin: String, opts: Options, mut rx: mp
                 let _ = reply.send(r);
             }
             Some(Job::Shutdown(reply)) => {
+                let (records, transactions) = (
+                    stats.records.load(Ordering::Relaxed),
+                    stats.transactions.load(Ordering::Relaxed),
+                );
+                info!(
+                    event = "audit_writer_stats",
+                    records,
+                    transactions,
+                    records_per_transaction =
+                        format!("{:.2}", records as f64 / transactions.max(1) as f64),
+                    "group commit"
+                );
                 let r = sign(&mut w, "shutdown")
                     .map(Some)
                     .map_err(|e| AuditError(e.reason()));
@@ -457,5 +526,90 @@ fn writer_thread(mut w: store::Writer, origin: String, opts: Options, mut rx: mp
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn start(dir: &std::path::Path, delay: Duration) -> Arc<Audit> {
+        Audit::start(Options {
+            db: dir.join("audit.db"),
+            signer: note::Signer::generate("test/interceptor").unwrap(),
+            origin: "test/interceptor".into(),
+            checkpoint_interval: Duration::from_secs(3600),
+            checkpoint_max_records: 1_000_000,
+            retention: None,
+            max_batch: 1024,
+            commit_delay: delay,
+            counters: None,
+            pseudonym_key: None,
+        })
+        .unwrap()
+    }
+
+    fn ev(i: u32) -> AuditEvent {
+        AuditEvent::new("test", serde_json::json!({ "i": i }))
+    }
+
+    /// Sends bursts of records until the writer's last transaction held more than one.
+    async fn shared_transaction(audit: &Audit) {
+        for _ in 0..20 {
+            let acks: Vec<Ack> = (0..16).map(|i| audit.submit(ev(i))).collect();
+            for a in acks {
+                a.await.unwrap().unwrap();
+            }
+            if audit.stats.last.load(Ordering::Relaxed) > 1 {
+                return;
+            }
+        }
+        panic!("16 records queued at once never shared a transaction");
+    }
+
+    #[tokio::test]
+    async fn commit_delay_gathers_records_only_under_concurrency() {
+        let d = store::tests::tempdir::Dir::new("commit-delay");
+        // A delay far longer than the test: a writer that waited at concurrency 1 would hang.
+        let audit = start(d.path(), Duration::from_secs(600));
+        for i in 0..3 {
+            tokio::time::timeout(Duration::from_secs(60), audit.append(ev(i)))
+                .await
+                .expect("a lone record is committed without waiting for company")
+                .unwrap();
+        }
+        assert_eq!(audit.stats(), (3, 3));
+        audit.shutdown().await.unwrap();
+
+        // Under concurrency (the last transaction was shared) a transaction waits for the
+        // records on their way: two records sent 20 ms apart share one.
+        let d = store::tests::tempdir::Dir::new("commit-delay2");
+        let audit = start(d.path(), Duration::from_secs(2));
+        shared_transaction(&audit).await;
+        let (records, txs) = audit.stats();
+        let first = audit.submit(ev(2));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let second = audit.submit(ev(3));
+        assert_eq!(first.await.unwrap().unwrap(), records);
+        assert_eq!(second.await.unwrap().unwrap(), records + 1);
+        assert_eq!(
+            audit.stats(),
+            (records + 2, txs + 1),
+            "the two records share a transaction"
+        );
+        audit.shutdown().await.unwrap();
+
+        // Without a delay, the same sequence takes two transactions.
+        let d = store::tests::tempdir::Dir::new("commit-delay3");
+        let audit = start(d.path(), Duration::ZERO);
+        shared_transaction(&audit).await;
+        let (records, txs) = audit.stats();
+        let first = audit.submit(ev(2));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let second = audit.submit(ev(3));
+        first.await.unwrap().unwrap();
+        second.await.unwrap().unwrap();
+        assert_eq!(audit.stats(), (records + 2, txs + 2));
+        audit.shutdown().await.unwrap();
     }
 }

@@ -239,6 +239,11 @@ impl Entry {
         self
     }
 
+    /// Length of the body without its sequence number.
+    pub fn body_len(&self) -> usize {
+        self.prefix.len()
+    }
+
     /// The complete body and its leaf hash at position `seq`.
     fn finish(&self, seq: u64) -> (String, Hash) {
         let tail = format!("{seq}}}");
@@ -247,11 +252,10 @@ impl Entry {
         let mut body = Vec::with_capacity(self.prefix.len() + tail.len());
         body.extend_from_slice(&self.prefix);
         body.extend_from_slice(tail.as_bytes());
-        // Serialised by serde_json from Rust strings: valid UTF-8.
-        (
-            String::from_utf8_lossy(&body).into_owned(),
-            h.finalize().into(),
-        )
+        // Serialised by serde_json from Rust strings: valid UTF-8 (checked, not assumed).
+        let body = String::from_utf8(body)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+        (body, h.finalize().into())
     }
 }
 
@@ -410,11 +414,9 @@ pub struct TreeState {
 }
 
 pub fn tree_state(conn: &Connection) -> Result<TreeState, StoreError> {
-    let (size, frontier, root): (i64, Vec<u8>, Vec<u8>) = conn.query_row(
-        "SELECT size, frontier, root FROM tree_state WHERE id = 1",
-        [],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-    )?;
+    let (size, frontier, root): (i64, Vec<u8>, Vec<u8>) = conn
+        .prepare_cached("SELECT size, frontier, root FROM tree_state WHERE id = 1")?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
     let frontier = Frontier::from_bytes(&frontier)
         .ok_or_else(|| StoreError::Invalid("tree_state.frontier is malformed".into()))?;
     let root: Hash = root
