@@ -1055,6 +1055,53 @@ impl Node {
             .unwrap_or_else(|e| panic!("interceptor {args:?}: {e:#}"))
     }
 
+    /// `interceptor ARGS --config CFG`, which must succeed; its standard output.
+    #[track_caller]
+    pub fn cli_ok(&self, cfg: &AgentConfig, args: &[&str]) -> String {
+        let out = self.cli(cfg, args);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "interceptor {args:?} failed: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    }
+
+    /// Exports the audit log's verifier key (`interceptor audit pubkey --out FILE`) as an
+    /// auditor keeps it, and returns FILE (`<node dir>/audit.vkey`).
+    #[track_caller]
+    pub fn audit_pubkey(&self, cfg: &AgentConfig) -> PathBuf {
+        let pubkey = self.dir.join("audit.vkey");
+        let path = pubkey.to_str().expect("UTF-8 test directory");
+        self.cli_ok(cfg, &["audit", "pubkey", "--out", path]);
+        pubkey
+    }
+
+    /// `interceptor audit verify [--db DB] --pubkey PUBKEY`: whether it passed, and what it
+    /// printed.
+    pub fn audit_verify(
+        &self,
+        cfg: &AgentConfig,
+        db: Option<&Path>,
+        pubkey: &Path,
+    ) -> (bool, String) {
+        let mut args = vec!["audit", "verify"];
+        if let Some(db) = db {
+            args.extend(["--db", db.to_str().expect("UTF-8 path")]);
+        }
+        args.extend(["--pubkey", pubkey.to_str().expect("UTF-8 path")]);
+        let out = self.cli(cfg, &args);
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+
     /// `interceptor status --json`, parsed.
     pub fn status(&self, cfg: &AgentConfig) -> Status {
         let out = self.cli(cfg, &["status", "--json"]);

@@ -242,22 +242,9 @@ impl Fx {
     /// The approval's steps and its exchange's records as the audit log holds them (the
     /// database read by `interceptor audit tail --json`), after checking the log verifies.
     fn audit_records(&self, id: &str) -> (Vec<String>, Vec<Value>) {
-        let pubkey = self.node.dir.join("audit.vkey");
-        let out = self.node.cli(
-            &self.cfg,
-            &["audit", "pubkey", "--out", pubkey.to_str().unwrap_or("")],
-        );
-        assert!(out.status.success(), "{}", text(&out));
-        let out = self.node.cli(
-            &self.cfg,
-            &["audit", "verify", "--pubkey", pubkey.to_str().unwrap_or("")],
-        );
-        assert!(
-            out.status.success(),
-            "audit verify: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let pubkey = self.node.audit_pubkey(&self.cfg);
+        let (ok, out) = self.node.audit_verify(&self.cfg, None, &pubkey);
+        assert!(ok, "audit verify: {out}");
         let out = self
             .node
             .cli(&self.cfg, &["audit", "tail", "-n", "100000", "--json"]);

@@ -36,17 +36,6 @@ fn sqlite(db: &Path, sql: &str) -> String {
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
-fn cli_ok(node: &Node, cfg: &AgentConfig, args: &[&str]) -> String {
-    let out = node.cli(cfg, args);
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "interceptor {args:?} failed: {text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    text
-}
-
 /// Copies the database files (as an auditor takes them away).
 fn take_copy(cfg: &AgentConfig, to: &Path) -> PathBuf {
     std::fs::create_dir_all(to).unwrap();
@@ -58,28 +47,6 @@ fn take_copy(cfg: &AgentConfig, to: &Path) -> PathBuf {
         }
     }
     to.join("audit.db")
-}
-
-fn verify(node: &Node, cfg: &AgentConfig, db: &Path, pubkey: &Path) -> (bool, String) {
-    let out = node.cli(
-        cfg,
-        &[
-            "audit",
-            "verify",
-            "--db",
-            db.to_str().unwrap(),
-            "--pubkey",
-            pubkey.to_str().unwrap(),
-        ],
-    );
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
 }
 
 #[test]
@@ -170,14 +137,9 @@ fn exchanges_are_recorded_verified_and_reported_per_article_30() {
         .expect("agent stops");
 
     // The auditor's public key, and the database taken away and verified offline.
-    let pubkey = node.dir.join("audit.vkey");
-    cli_ok(
-        &node,
-        &cfg,
-        &["audit", "pubkey", "--out", pubkey.to_str().unwrap()],
-    );
+    let pubkey = node.audit_pubkey(&cfg);
     let db = take_copy(&cfg, &node.dir.join("copy"));
-    let (ok, out) = verify(&node, &cfg, &db, &pubkey);
+    let (ok, out) = node.audit_verify(&cfg, Some(&db), &pubkey);
     assert!(ok, "{out}");
     assert!(out.contains("PASS"), "{out}");
     // The kernel's count of steered connections is matched by connection records.
@@ -237,8 +199,7 @@ fn exchanges_are_recorded_verified_and_reported_per_article_30() {
     }
 
     // Art. 30: exactly the purposes, categories and recipients the scenario produced.
-    let art = cli_ok(
-        &node,
+    let art = node.cli_ok(
         &cfg,
         &[
             "audit",
@@ -316,8 +277,7 @@ fn exchanges_are_recorded_verified_and_reported_per_article_30() {
         !masked[&by_purpose("support")].is_empty(),
         "customer_lookup masks personal data: {masked:?}"
     );
-    let md = cli_ok(
-        &node,
+    let md = node.cli_ok(
         &cfg,
         &[
             "audit",
@@ -338,8 +298,7 @@ fn exchanges_are_recorded_verified_and_reported_per_article_30() {
     );
 
     // Data-subject search through the keyed pseudonyms; the value is nowhere in the log.
-    let found = cli_ok(
-        &node,
+    let found = node.cli_ok(
         &cfg,
         &[
             "audit",
@@ -364,8 +323,7 @@ fn exchanges_are_recorded_verified_and_reported_per_article_30() {
 
     // An evidence bundle of the period verifies offline.
     let bundle = node.dir.join("bundle");
-    cli_ok(
-        &node,
+    node.cli_ok(
         &cfg,
         &[
             "audit",
@@ -380,8 +338,7 @@ fn exchanges_are_recorded_verified_and_reported_per_article_30() {
             bundle.to_str().unwrap(),
         ],
     );
-    let out = cli_ok(
-        &node,
+    let out = node.cli_ok(
         &cfg,
         &[
             "audit",
@@ -394,13 +351,13 @@ fn exchanges_are_recorded_verified_and_reported_per_article_30() {
     );
     assert!(out.contains("PASS"), "{out}");
     // Operators' views.
-    let tail = cli_ok(&node, &cfg, &["audit", "tail", "-n", "5"]);
+    let tail = node.cli_ok(&cfg, &["audit", "tail", "-n", "5"]);
     assert!(tail.contains("agent_stop"), "{tail}");
     let first: u64 = sqlite(&db, "SELECT min(seq) FROM records WHERE kind = 'exchange'")
         .trim()
         .parse()
         .unwrap();
-    let show = cli_ok(&node, &cfg, &["audit", "show", &first.to_string()]);
+    let show = node.cli_ok(&cfg, &["audit", "show", &first.to_string()]);
     let show: Value = serde_json::from_str(&show).unwrap();
     assert_eq!(show["kind"], "exchange");
     drop(server);
@@ -493,12 +450,7 @@ fn kill_9_under_load_loses_no_answered_exchange() {
         let _ = w.wait();
     }
     let got = answered(&out);
-    let pubkey = node.dir.join("audit.vkey");
-    cli_ok(
-        &node,
-        &cfg,
-        &["audit", "pubkey", "--out", pubkey.to_str().unwrap()],
-    );
+    let pubkey = node.audit_pubkey(&cfg);
     let db = take_copy(&cfg, &node.dir.join("copy"));
     let done = recorded(&db, "exchange", Some("result"));
     let missing: Vec<&String> = got.iter().filter(|id| !done.contains(*id)).collect();
@@ -522,7 +474,7 @@ fn kill_9_under_load_loses_no_answered_exchange() {
         unrecorded.is_empty(),
         "the server got unrecorded requests: {unrecorded:?}"
     );
-    let (ok, text) = verify(&node, &cfg, &db, &pubkey);
+    let (ok, text) = node.audit_verify(&cfg, Some(&db), &pubkey);
     assert!(ok, "{text}");
     eprintln!(
         "answered before the kill: {}, recorded: {}",
@@ -621,12 +573,7 @@ fn full_disk_refuses_requests_and_loses_nothing() {
             assert!(requested.contains(id), "the server got {id} unrecorded");
         }
     }
-    let pubkey = node.dir.join("audit.vkey");
-    cli_ok(
-        &node,
-        &cfg,
-        &["audit", "pubkey", "--out", pubkey.to_str().unwrap()],
-    );
-    let (ok, text) = verify(&node, &cfg, &db, &pubkey);
+    let pubkey = node.audit_pubkey(&cfg);
+    let (ok, text) = node.audit_verify(&cfg, Some(&db), &pubkey);
     assert!(ok, "{text}");
 }
