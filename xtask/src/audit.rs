@@ -17,7 +17,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use crate::{
-    mcp::{Figures, run_load},
+    mcp::{Figures, Runs, median, run_load},
     node::{Node, SERVER_IP, sh, workspace_root},
 };
 
@@ -46,35 +46,6 @@ pub struct AuditArgs {
     /// Do not build; use the binaries already in target/release.
     #[arg(long)]
     no_build: bool,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.retain(|x| !x.is_nan());
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
-#[derive(Default)]
-struct Runs {
-    lat: Vec<Figures>,
-    rps: Vec<Figures>,
-}
-
-impl Runs {
-    fn lat(&self, k: &str) -> f64 {
-        median(self.lat.iter().map(|f| f.get(k)).collect())
-    }
-    fn rps(&self, k: &str) -> f64 {
-        median(self.rps.iter().map(|f| f.get(k)).collect())
-    }
 }
 
 /// The writer's `audit_writer_stats` line (logged at shutdown): records per transaction.

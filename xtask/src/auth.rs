@@ -33,7 +33,7 @@ use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
 
 use crate::{
-    mcp::{Figures, make_certs, run_load},
+    mcp::{Figures, Runs, make_certs, run_load},
     node::{Node, SERVER_IP, sh, wait_for_line, workspace_root},
 };
 
@@ -155,36 +155,6 @@ fn node_script(netns: Option<&str>, script: &str, args: &[&str]) -> Result<Strin
         );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.retain(|x| !x.is_nan());
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
-/// Figures of one target over all rounds.
-#[derive(Default)]
-struct Runs {
-    lat: Vec<Figures>,
-    rps: Vec<Figures>,
-}
-
-impl Runs {
-    fn lat(&self, k: &str) -> f64 {
-        median(self.lat.iter().map(|f| f.get(k)).collect())
-    }
-    fn rps(&self, k: &str) -> f64 {
-        median(self.rps.iter().map(|f| f.get(k)).collect())
-    }
 }
 
 pub fn bench_auth(args: AuthArgs) -> Result<()> {

@@ -225,6 +225,38 @@ impl Bench<'_> {
 /// processes other than client, server and agent during the run, in cores; also pushed to
 /// `other_load`) and, for runs that report `total_calls`, `server_cpu_per_call_us` and
 /// `agent_cpu_per_call_us` over the whole run (warm-up included).
+/// The median of the figures that were measured (NaN when none was).
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
+    v.retain(|x| !x.is_nan());
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Figures of one configuration over all rounds (latency and RPS runs); each figure is the
+/// median over the rounds.
+#[derive(Default)]
+pub(crate) struct Runs {
+    pub(crate) lat: Vec<Figures>,
+    pub(crate) rps: Vec<Figures>,
+}
+
+impl Runs {
+    pub(crate) fn lat(&self, k: &str) -> f64 {
+        median(self.lat.iter().map(|f| f.get(k)).collect())
+    }
+    pub(crate) fn rps(&self, k: &str) -> f64 {
+        median(self.rps.iter().map(|f| f.get(k)).collect())
+    }
+}
+
 pub(crate) fn run_load(
     mut cmd: Command,
     what: &str,
