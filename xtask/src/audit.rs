@@ -46,6 +46,9 @@ pub struct AuditArgs {
     /// Do not build; use the binaries already in target/release.
     #[arg(long)]
     no_build: bool,
+    /// `audit.commit_delay_us` of the audited runs (the agent's default when not given).
+    #[arg(long)]
+    commit_delay_us: Option<u64>,
 }
 
 /// The writer's `audit_writer_stats` line (logged at shutdown): records per transaction.
@@ -153,10 +156,13 @@ pub fn bench_audit(args: AuditArgs) -> Result<()> {
         for i in order {
             node.write_agent_config_with(
                 &services,
-                if i == 0 {
-                    "enabled = false"
+                &if i == 0 {
+                    "enabled = false".to_string()
                 } else {
-                    "enabled = true"
+                    match args.commit_delay_us {
+                        Some(d) => format!("enabled = true\ncommit_delay_us = {d}"),
+                        None => "enabled = true".to_string(),
+                    }
                 },
             )?;
             let pid = node
@@ -314,10 +320,14 @@ pub fn bench_audit(args: AuditArgs) -> Result<()> {
         y - x
     );
     println!(
-        "{:<22} {:>11} {:>11.2}   (group commit: records per transaction, whole run)",
+        "{:<22} {:>11} {:>11.2}   (group commit: records per transaction, whole run; commit delay {})",
         "records/transaction",
         "-",
-        median(batches)
+        median(batches),
+        match args.commit_delay_us {
+            Some(d) => format!("{d} us"),
+            None => "default".into(),
+        }
     );
     let other = other_load.borrow();
     let max = other.iter().copied().fold(0.0, f64::max);
