@@ -339,7 +339,6 @@ fn start_audit(config: &Config) -> Result<Arc<Audit>> {
         retention: (au.retention_days > 0)
             .then(|| std::time::Duration::from_secs(au.retention_days * 86_400)),
         max_batch: au.max_batch,
-        commit_delay: std::time::Duration::from_micros(au.commit_delay_us),
         counters: Some(Box::new(move || {
             crate::audit::counters::read(&pin_root, &names)
         })),

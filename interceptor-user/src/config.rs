@@ -91,11 +91,6 @@ pub struct AuditSettings {
     pub retention_days: u64,
     /// Most records committed in one transaction (group commit).
     pub max_batch: usize,
-    /// Under concurrent load (the previous transaction held more than one record), how long
-    /// the writer waits after a transaction's first record for others to join it, in
-    /// microseconds. Fewer, larger transactions cost less CPU per record; at concurrency 1 the
-    /// writer never waits. 0 commits as soon as anything is queued.
-    pub commit_delay_us: u64,
     /// The controller named in the GDPR Art. 30 export.
     pub controller: Controller,
     /// Transfers of personal data to third countries or international organisations, as the
@@ -114,7 +109,6 @@ impl Default for AuditSettings {
             checkpoint_max_records: 10_000,
             retention_days: 0,
             max_batch: 1024,
-            commit_delay_us: 200,
             controller: Controller::default(),
             transfers: Vec::new(),
         }
@@ -535,12 +529,6 @@ impl Config {
         }
         if au.max_batch == 0 || au.max_batch > 65_536 {
             return Err(err("audit.max_batch".into(), "must be 1..=65536".into()));
-        }
-        if au.commit_delay_us > 100_000 {
-            return Err(err(
-                "audit.commit_delay_us".into(),
-                "must be at most 100000 (0.1 s): every audited call waits for it".into(),
-            ));
         }
         if self.services.is_empty() {
             return Err(err(

@@ -46,9 +46,6 @@ pub struct AuditArgs {
     /// Do not build; use the binaries already in target/release.
     #[arg(long)]
     no_build: bool,
-    /// `audit.commit_delay_us` of the audited runs (the agent's default when not given).
-    #[arg(long)]
-    commit_delay_us: Option<u64>,
 }
 
 /// The writer's `audit_writer_stats` line (logged at shutdown): records per transaction.
@@ -156,13 +153,10 @@ pub fn bench_audit(args: AuditArgs) -> Result<()> {
         for i in order {
             node.write_agent_config_with(
                 &services,
-                &if i == 0 {
-                    "enabled = false".to_string()
+                if i == 0 {
+                    "enabled = false"
                 } else {
-                    match args.commit_delay_us {
-                        Some(d) => format!("enabled = true\ncommit_delay_us = {d}"),
-                        None => "enabled = true".to_string(),
-                    }
+                    "enabled = true"
                 },
             )?;
             let pid = node
@@ -320,14 +314,10 @@ pub fn bench_audit(args: AuditArgs) -> Result<()> {
         y - x
     );
     println!(
-        "{:<22} {:>11} {:>11.2}   (group commit: records per transaction, whole run; commit delay {})",
+        "{:<22} {:>11} {:>11.2}   (group commit: records per transaction, whole run)",
         "records/transaction",
         "-",
-        median(batches),
-        match args.commit_delay_us {
-            Some(d) => format!("{d} us"),
-            None => "default".into(),
-        }
+        median(batches)
     );
     let other = other_load.borrow();
     let max = other.iter().copied().fold(0.0, f64::max);
