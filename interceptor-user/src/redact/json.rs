@@ -43,7 +43,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{Finding, TextRedactor};
+use super::{Finding, Head, TextRedactor};
 
 // Explicit path: the same whichever way this file is included (the fuzz target includes it
 // with `#[path]`).
@@ -1021,9 +1021,8 @@ impl JsonRedactor {
     /// Emits the redacted head of an over-long string, carrying the tail (see module docs).
     fn segment(&mut self, out: &mut Vec<u8>) -> Result<(), JsonErrorKind> {
         let text = self.decoded.as_str();
-        let n = text.len();
         let h = self.holdback;
-        if n >= h.saturating_mul(2) {
+        if text.len() >= h.saturating_mul(2) {
             // The label is context before the value's start: for the first window only, and
             // never for the part after a cut.
             let label = if self.seg_emitted {
@@ -1031,29 +1030,20 @@ impl JsonRedactor {
             } else {
                 label_of(&self.keys, self.label_at)
             };
-            let (whole, _) = self.redactor.redact_labelled(label, text);
-            for c in cut_candidates(text, h) {
-                let (Some(head_in), Some(tail_in)) = (text.get(..c), text.get(c..)) else {
-                    continue;
-                };
-                let (head, findings) = self.redactor.redact_labelled(label, head_in);
-                if !whole.starts_with(&*head) {
-                    continue;
-                }
-                let (tail, _) = self.redactor.redact_labelled(None, tail_in);
-                if whole.len() != head.len() + tail.len() || !whole.ends_with(&*tail) {
-                    continue;
-                }
-                let raw_c = raw_offset(&self.raw, c)
+            if let Some(head) = self.redactor.redact_head(label, text, h) {
+                let c = head.cut;
+                let raw_c = text
+                    .get(..c)
+                    .and_then(|_| raw_offset(&self.raw, c))
                     .filter(|&r| r <= self.raw.len())
                     .ok_or(JsonErrorKind::Internal)?;
-                if *head == *head_in {
+                if unchanged(&head.text, &text[..c]) {
                     out.extend_from_slice(&self.raw[..raw_c]);
                 } else {
-                    encode_into(&head, out);
+                    encode_into(&head.text, out);
                     self.cur_changed = true;
                 }
-                self.summary.record(findings, self.limits.max_findings);
+                self.summary.record(head.findings, self.limits.max_findings);
                 self.seg_emitted = true;
                 self.decoded.drain(..c);
                 self.raw.drain(..raw_c);
@@ -1214,6 +1204,42 @@ fn cut_candidates(text: &str, h: usize) -> Vec<usize> {
         k += 1;
     }
     cands
+}
+
+/// [`TextRedactor::redact_head`] by verification, for any redactor: the first of
+/// [`cut_candidates`] where `redact(text) == redact(text[..c]) ++ redact(text[c..])`, i.e. no
+/// match (nor the context of one) straddles the cut (a redaction of the window, and of the
+/// head and the tail per try).
+pub fn verified_head<'t, R: TextRedactor + ?Sized>(
+    redactor: &R,
+    label: Option<&str>,
+    text: &'t str,
+    holdback: usize,
+) -> Option<Head<'t>> {
+    let cands = cut_candidates(text, holdback);
+    if cands.is_empty() {
+        return None;
+    }
+    let (whole, _) = redactor.redact_labelled(label, text);
+    for c in cands {
+        let (Some(head_in), Some(tail_in)) = (text.get(..c), text.get(c..)) else {
+            continue;
+        };
+        let (head, findings) = redactor.redact_labelled(label, head_in);
+        if !whole.starts_with(&*head) {
+            continue;
+        }
+        let (tail, _) = redactor.redact_labelled(None, tail_in);
+        if whole.len() != head.len() + tail.len() || !whole.ends_with(&*tail) {
+            continue;
+        }
+        return Some(Head {
+            cut: c,
+            text: head,
+            findings,
+        });
+    }
+    None
 }
 
 /// The offset in the raw (escaped, already validated) bytes that decodes to `target` bytes.
