@@ -241,7 +241,13 @@ impl PseudonymKey {
         mac.update(&[0]);
         mac.update(normalised.as_bytes());
         let tag = mac.finalize().into_bytes();
-        hex::encode(&tag[..4])
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = String::with_capacity(8);
+        for &b in &tag[..4] {
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0xf)]));
+        }
+        out
     }
 }
 
@@ -1274,13 +1280,22 @@ impl Engine {
     /// word bytes. There the automaton sees the same on both sides (`\b` reads the start and
     /// end of a text as a non-word byte, and no pattern looks around otherwise), every
     /// validator and context search reads the same bytes, so `redact(text[..c])` is the head
-    /// of `redact(text)`, which is cut from the same output. `None` when no such point exists,
+    /// of `redact(text)`, which is cut from the same output.
+    ///
+    /// What follows the window cannot change the head either when the cut is at least
+    /// `holdback` before the end (the caller's bound: the longest match plus context), or, if
+    /// that is less, two pattern lengths and a context window before it (`tail_margin`): no
+    /// match starting before the cut reaches past the window, and nothing after the window
+    /// (nor the closure rescan around it) reads back across the cut. So the engine carries
+    /// a short tail into the next window, not a whole `max_match_len` (16 KiB for PEM
+    /// blocks), whose decisions are recorded like all others. `None` when no such point exists,
     /// when the closure rescan finds anything (adversarial input: the caller then verifies by
     /// redacting), or when a custom pattern uses other look-around.
     pub fn cut_head<'t>(&self, label: &str, text: &'t str, holdback: usize) -> Option<Head<'t>> {
         let inner = &*self.inner;
         let n = text.len();
-        let (lo, hi) = (n / 2, n.checked_sub(holdback.max(1))?);
+        let margin = holdback.min(self.tail_margin()).max(1);
+        let (lo, hi) = (n / 2, n.checked_sub(margin)?);
         if !inner.word_boundary_only || hi <= lo {
             return None;
         }
@@ -1336,6 +1351,17 @@ impl Engine {
             text: head,
             findings: ev.findings,
         })
+    }
+
+    /// See [`Engine::cut_head`]: a pattern length for a match starting before the cut, one for
+    /// the closure rescan's look back before a mask, the context window in bytes, and the
+    /// bytes around each that the automaton and the validators read.
+    fn tail_margin(&self) -> usize {
+        let inner = &*self.inner;
+        (inner.max_pattern_len + 2)
+            .saturating_mul(2)
+            .saturating_add(inner.window.saturating_mul(4))
+            .saturating_add(4)
     }
 
     /// Writes `text` with `matches` masked into a new buffer, with the spans of the masks in

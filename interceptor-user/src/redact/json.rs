@@ -1285,9 +1285,14 @@ fn raw_offset(raw: &[u8], target: usize) -> Option<usize> {
 /// characters; keeps everything else, non-ASCII as UTF-8.
 fn encode_into(s: &str, out: &mut Vec<u8>) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let bytes = s.as_bytes();
-    let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
+    let mut rest = s.as_bytes();
+    loop {
+        // Runs without a byte to escape at once (`plain_run` stops exactly at those).
+        let run = plain_run(rest);
+        out.extend_from_slice(&rest[..run]);
+        let Some(&b) = rest.get(run) else {
+            return;
+        };
         let short: &[u8] = match b {
             b'"' => b"\\\"",
             b'\\' => b"\\\\",
@@ -1296,10 +1301,8 @@ fn encode_into(s: &str, out: &mut Vec<u8>) {
             b'\t' => b"\\t",
             0x08 => b"\\b",
             0x0c => b"\\f",
-            0..=0x1f => b"",
-            _ => continue,
+            _ => b"",
         };
-        out.extend_from_slice(&bytes[start..i]);
         if short.is_empty() {
             out.extend_from_slice(b"\\u00");
             out.push(HEX[usize::from(b >> 4)]);
@@ -1307,9 +1310,8 @@ fn encode_into(s: &str, out: &mut Vec<u8>) {
         } else {
             out.extend_from_slice(short);
         }
-        start = i + 1;
+        rest = &rest[run + 1..];
     }
-    out.extend_from_slice(&bytes[start..]);
 }
 
 /// Redacts a whole document held in memory at once; returns the output and the summary.

@@ -54,7 +54,9 @@ pub trait TextRedactor: Send + Sync {
     }
 
     /// For a streaming caller that cannot hold a long string whole: a cut `c` of the window
-    /// `text` after its middle and at least `holdback` bytes before its end such that
+    /// `text` after its middle and at least `holdback` bytes before its end (or fewer, when
+    /// the redactor knows that nothing after the window can change the head, see
+    /// `Engine::cut_head`) such that
     /// redacting `text[..c]` (under `label`) and `text[c..]` (without: it does not start the
     /// value) apart gives exactly the redaction of `text`; and `text[..c]` redacted. `None`
     /// when there is no such cut (the caller grows the window).

@@ -546,7 +546,7 @@ fn check_cut(e: &Engine, label: &str, text: &str, holdback: usize) -> Option<usi
     let head = e.cut_head(label, text, holdback)?;
     let c = head.cut;
     assert!(
-        c > text.len() / 2 && c + holdback <= text.len(),
+        c > text.len() / 2 && c + holdback.min(e.tail_margin()) <= text.len(),
         "cut {c} out of range"
     );
     let view = e.default_view();
@@ -679,5 +679,49 @@ proptest! {
         let want = e.redact_field(&label, &text, e.default_view());
         prop_assert_eq!(got[label.as_str()].as_str(), Some(want.text.as_str()));
         prop_assert_eq!(summary.total(), want.findings.len() as u64);
+    }
+}
+
+#[test]
+fn long_strings_with_the_builtins_cut_short_tails_and_equal_whole_redaction() {
+    use crate::redact::json::{JsonLimits, JsonRedactor};
+    let e = engine();
+    // The hold-back is the PEM extent (16 KiB); the engine's tail is a few hundred bytes.
+    assert!(e.tail_margin() < 2048, "{}", e.tail_margin());
+    let pieces = [
+        "mail john.doe@example.com today, ",
+        "IBAN DE89 3704 0044 0532 0130 00 for refunds. ",
+        "DOB: 12.03.1985 ",
+        "the request fails when config is missing. ",
+        "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n-----END PRIVATE KEY-----\n",
+        "call +49 30 1234567 now; ",
+        "order #12345678 shipped v1.2.3, ",
+        "ip 203.0.113.45 at 10:22, ",
+        "version ",
+    ];
+    let mut text = String::new();
+    let mut i = 0usize;
+    while text.len() < 300_000 {
+        text.push_str(pieces[(i * 7 + i / 5) % pieces.len()]);
+        i += 1;
+    }
+    for (label, chunk) in [("note", 16 << 10), ("bsn", 1000), ("x", 65_537)] {
+        let doc = serde_json::json!({ label: text }).to_string();
+        let r: Arc<dyn TextRedactor> = Arc::new(e.clone());
+        let mut j = JsonRedactor::new(r, JsonLimits::default());
+        let mut out = Vec::new();
+        for c in doc.as_bytes().chunks(chunk) {
+            j.push(c, &mut out).expect("valid JSON");
+        }
+        let summary = j.finish(&mut out).expect("complete");
+        // Segmented: never more than a window and a short tail at once.
+        assert!(j.peak_buffered() < 2 * (JsonLimits::default().window + 4096));
+        let got: serde_json::Value = serde_json::from_slice(&out).expect("JSON out");
+        let want = e.redact_field(label, &text, e.default_view());
+        assert!(
+            got[label].as_str() == Some(want.text.as_str()),
+            "{label} {chunk}"
+        );
+        assert_eq!(summary.total(), want.findings.len() as u64);
     }
 }
