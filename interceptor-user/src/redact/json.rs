@@ -20,12 +20,16 @@
 //!
 //! # Bounded memory
 //! Only the string being read is buffered. A string longer than the window
-//! ([`JsonLimits::window`]) is processed in segments: the buffered window `W` is redacted as a
-//! whole, and a cut point `c` at least `holdback = max_match_len + context` bytes before its
-//! end is accepted only if `redact(W) == redact(W[..c]) ++ redact(W[c..])`, i.e. no match (nor
-//! the context of one) straddles the cut. Then `redact(W[..c])` is emitted and `W[c..]` is
-//! carried into the next window, so a match spanning the window boundary is still seen whole.
-//! If no cut point is consistent, the window grows, up to [`JsonLimits::max_window`]; beyond that
+//! ([`JsonLimits::window`]) is processed in segments: the redactor chooses a cut point `c` in
+//! the buffered window `W`, after its middle and (normally) at least `holdback = max_match_len
+//! + context` bytes before its end, such that `redact(W) == redact(W[..c]) ++ redact(W[c..])`,
+//! i.e. no match (nor the context of one) straddles the cut
+//! ([`TextRedactor::redact_head`]). Then `redact(W[..c])` is emitted and `W[c..]` is carried
+//! into the next window, so a match spanning the window boundary is still seen whole. Any
+//! redactor can do this by verification ([`verified_head`]: a few cut points, each checked by
+//! redacting the window, the head and the tail); the engine does it in one pass, from what
+//! each of its decisions read (`Engine::cut_head`), and then needs only a short tail. If no
+//! cut point is consistent, the window grows, up to [`JsonLimits::max_window`]; beyond that
 //! the document is refused ([`JsonErrorKind::SegmentationFailed`]). Memory is therefore
 //! O(max_window), independent of the size of the document.
 //!
