@@ -21,10 +21,10 @@
 //! # Bounded memory
 //! Only the string being read is buffered. A string longer than the window
 //! ([`JsonLimits::window`]) is processed in segments: the redactor chooses a cut point `c` in
-//! the buffered window `W`, after its middle and (normally) at least `holdback = max_match_len
-//! + context` bytes before its end, such that `redact(W) == redact(W[..c]) ++ redact(W[c..])`,
-//! i.e. no match (nor the context of one) straddles the cut
-//! ([`TextRedactor::redact_head`]). Then `redact(W[..c])` is emitted and `W[c..]` is carried
+//! the buffered window `W`, after its middle and (normally) at least
+//! `holdback = max_match_len + context` bytes before its end, such that
+//! `redact(W) == redact(W[..c]) ++ redact(W[c..])`, i.e. no match (nor the context of one)
+//! straddles the cut ([`TextRedactor::redact_head`]). Then `redact(W[..c])` is emitted and `W[c..]` is carried
 //! into the next window, so a match spanning the window boundary is still seen whole. Any
 //! redactor can do this by verification ([`verified_head`]: a few cut points, each checked by
 //! redacting the window, the head and the tail); the engine does it in one pass, from what
