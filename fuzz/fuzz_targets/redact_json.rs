@@ -12,7 +12,7 @@ use std::sync::Arc;
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 
-// Mirrors `interceptor::redact` (the trait and `Finding`) at the crate root, the `super` of
+// Mirrors `interceptor::redact` (the trait, `Finding` and `Head`) at the crate root, the `super` of
 // the included `json.rs`, so that it compiles here on its own, without the agent crate and its
 // eBPF build. Keep in sync with `interceptor-user/src/redact/mod.rs`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -33,6 +33,21 @@ pub trait TextRedactor: Send + Sync {
         let (out, findings) = self.redact(text);
         (Cow::Owned(out), findings)
     }
+    fn redact_head<'t>(
+        &self,
+        label: Option<&str>,
+        text: &'t str,
+        holdback: usize,
+    ) -> Option<Head<'t>> {
+        json::verified_head(self, label, text, holdback)
+    }
+}
+
+#[derive(Debug)]
+pub struct Head<'t> {
+    pub cut: usize,
+    pub text: Cow<'t, str>,
+    pub findings: Vec<Finding>,
 }
 
 #[allow(dead_code)]

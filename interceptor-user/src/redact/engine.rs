@@ -90,7 +90,7 @@ use regex_automata::{Anchored, Input, MatchKind};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
-use super::{Finding, TextRedactor};
+use super::{Finding, Head, TextRedactor};
 use detectors::{BUILTINS, NEGATIVE_GAP, NEGATIVE_WORDS, PENALTY, STRONG, THRESHOLD};
 use prefilter::{Cursor, Prefilter};
 pub use validate::Validator;
@@ -241,7 +241,13 @@ impl PseudonymKey {
         mac.update(&[0]);
         mac.update(normalised.as_bytes());
         let tag = mac.finalize().into_bytes();
-        hex::encode(&tag[..4])
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = String::with_capacity(8);
+        for &b in &tag[..4] {
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0xf)]));
+        }
+        out
     }
 }
 
@@ -332,6 +338,9 @@ struct Inner {
     max_pattern_len: usize,
     /// What the automaton may skip (`None`: some pattern has no usable anchors).
     prefilter: Option<Prefilter>,
+    /// No pattern looks around other than with the ASCII word boundary `\b`, for which the
+    /// start and end of a text read like a non-word byte: what [`Engine::cut_head`] needs.
+    word_boundary_only: bool,
     detectors: Vec<Detector>,
     key: PseudonymKey,
     view: MaskView,
@@ -402,6 +411,10 @@ struct Scratch<'l> {
     /// End of the last accepted match: a label before it belongs to that value, not to the
     /// next one.
     floor: usize,
+    /// What the current candidate's decision has read so far (see `scan_range`).
+    reach: (usize, usize),
+    /// The first byte the context search for `hits_for` read.
+    hits_lo: usize,
 }
 
 struct Accepted {
@@ -566,6 +579,12 @@ impl Engine {
             hirs.push(hir);
         }
         let prefilter = Prefilter::new(&hirs);
+        let word_boundary_only = hirs.iter().all(|h| {
+            h.properties()
+                .look_set()
+                .remove(regex_syntax::hir::Look::WordAscii)
+                .is_empty()
+        });
 
         let dfa_config = hybrid::dfa::Config::new().cache_capacity(CACHE_CAPACITY);
         let re = hybrid::regex::Regex::builder()
@@ -626,6 +645,7 @@ impl Engine {
             sources,
             max_pattern_len: pattern_len.iter().copied().max().unwrap_or(0),
             prefilter,
+            word_boundary_only,
             detectors,
             key,
             view: MaskView::from(cfg),
@@ -745,11 +765,22 @@ impl Engine {
     }
 
     fn scan_into(&self, text: &str, out: &mut Vec<Match>) {
-        self.scan_range("", text, 0, text.len(), out);
+        self.scan_range("", text, 0, text.len(), out, None);
     }
 
-    /// Validated matches that start in `from..stop` (`from` on a char boundary).
-    fn scan_range(&self, label: &str, text: &str, from: usize, stop: usize, out: &mut Vec<Match>) {
+    /// Validated matches that start in `from..stop` (`from` on a char boundary). With `reach`,
+    /// also what each automaton candidate's decision read: `(lo, hi)` such that the decision
+    /// depends on no byte outside `lo..hi` (context window, validator look-around and
+    /// extension, alternatives), for [`Engine::cut_head`].
+    fn scan_range(
+        &self,
+        label: &str,
+        text: &str,
+        from: usize,
+        stop: usize,
+        out: &mut Vec<Match>,
+        mut reach: Option<&mut Vec<(usize, usize)>>,
+    ) {
         let inner = &*self.inner;
         let hay = text.as_bytes();
         // Candidates starting before `stop` end before this.
@@ -797,6 +828,8 @@ impl Engine {
                 Ok(_) | Err(_) => break,
             };
             let (s, e, pid) = (m.start(), m.end(), m.pattern().as_u32());
+            // The automaton's look-around (`\b`) reads one byte either side.
+            scratch.reach = (s.saturating_sub(1), e + 1);
             let found = if e <= rejected_end {
                 None
             } else {
@@ -808,6 +841,9 @@ impl Engine {
                     },
                 }
             };
+            if let Some(r) = reach.as_deref_mut() {
+                r.push(scratch.reach);
+            }
             if found.is_none() {
                 rejected_end = rejected_end
                     .max(e)
@@ -989,9 +1025,20 @@ impl Engine {
         let mut best: Option<Accepted> = None;
         for &d in inner.patterns.get(pid as usize)? {
             let det = &inner.detectors[d as usize];
+            // Validators read two bytes either side, and those that extend a value up to
+            // their extent.
+            let ext = det.check.extent();
+            scratch.reach.0 = scratch.reach.0.min(s.saturating_sub(2));
+            scratch.reach.1 = scratch
+                .reach
+                .1
+                .max(e + 2)
+                .max(if ext > 0 { s + ext + 2 } else { 0 });
             let Some(v) = det.check.check(text, s, e) else {
                 continue;
             };
+            scratch.reach.0 = scratch.reach.0.min(v.start.saturating_sub(2));
+            scratch.reach.1 = scratch.reach.1.max(v.end + 2);
             if v.start >= v.end
                 || v.end > text.len()
                 || !text.is_char_boundary(v.start)
@@ -1048,6 +1095,7 @@ impl Engine {
     /// mask tokens.
     fn context_hits(&self, text: &str, s: usize, scratch: &mut Scratch<'_>) {
         if scratch.hits_for == Some((s, scratch.floor)) {
+            scratch.reach.0 = scratch.reach.0.min(scratch.hits_lo);
             return;
         }
         scratch.hits_for = Some((s, scratch.floor));
@@ -1065,6 +1113,8 @@ impl Engine {
             .last()
             .map_or(s, |(i, _)| i)
             .max(scratch.floor.min(s));
+        // The word-boundary check reads the byte before a word.
+        let mut lo = ws.saturating_sub(1);
         if ws == 0 && !scratch.label.is_empty() {
             // The field name counts as the text before the value (`"bsn": "..."`).
             if scratch.label_words.is_none() {
@@ -1087,11 +1137,12 @@ impl Engine {
         // `_` separates words here (JSON keys like `date_of_birth`).
         let word_byte = |b: u8| b.is_ascii_alphanumeric() || b >= 0x80;
         // Inside a mask token (`[NL_BSN:...]`, `[DOB]`): the word follows `[` and capitals.
-        let in_mask = |start: usize| {
+        let in_mask = |start: usize, lo: &mut usize| {
             let mut i = start;
             while i > 0 && (hay[i - 1].is_ascii_uppercase() || hay[i - 1] == b'_') {
                 i -= 1;
             }
+            *lo = (*lo).min(i.saturating_sub(1));
             i > 0 && hay[i - 1] == b'['
         };
         while ctx
@@ -1107,13 +1158,15 @@ impl Engine {
             let Some(start) = end.checked_sub(word.len) else {
                 continue;
             };
-            let before_ok = (start == 0 || !word_byte(hay[start - 1])) && !in_mask(start);
+            let before_ok = (start == 0 || !word_byte(hay[start - 1])) && !in_mask(start, &mut lo);
             let after_ok =
                 !word.end_boundary || end >= hay.len() || !word_byte(hay[end]) || end == s;
             if before_ok && after_ok {
                 scratch.hits.push(Hit { word: w, end });
             }
         }
+        scratch.hits_lo = lo;
+        scratch.reach.0 = scratch.reach.0.min(lo);
     }
 
     /// Masks `text` for the default view.
@@ -1142,7 +1195,7 @@ impl Engine {
     /// still sees its label.
     pub fn scan_field(&self, label: &str, text: &str) -> Vec<Match> {
         let mut out = Vec::new();
-        self.scan_range(label, text, 0, text.len(), &mut out);
+        self.scan_range(label, text, 0, text.len(), &mut out, None);
         out
     }
 
@@ -1166,13 +1219,13 @@ impl Engine {
     ) -> (Cow<'a, str>, Evidence) {
         let mut ev = Evidence::default();
         let mut matches = Vec::new();
-        self.scan_range(label, text, 0, text.len(), &mut matches);
+        self.scan_range(label, text, 0, text.len(), &mut matches, None);
         let Some((mut cur, mut masks)) = self.apply(text, &matches, view, &mut ev, true) else {
             return (Cow::Borrowed(text), ev);
         };
         for _ in 1..CLOSURE_ROUNDS {
             matches.clear();
-            self.rescan_near(label, &cur, &masks, &mut matches);
+            self.rescan_near(label, &cur, &masks, &mut matches, None);
             match self.apply(&cur, &matches, view, &mut ev, false) {
                 Some((next, next_masks)) => (cur, masks) = (next, next_masks),
                 None => break,
@@ -1185,7 +1238,14 @@ impl Engine {
     /// and a pattern length before it (new neighbours), and the context window (in bytes, 4
     /// per char) plus a pattern length after it (labels, floors). Everything else is byte for
     /// byte what the previous round scanned, with the same result.
-    fn rescan_near(&self, label: &str, text: &str, masks: &[(usize, usize)], out: &mut Vec<Match>) {
+    fn rescan_near(
+        &self,
+        label: &str,
+        text: &str,
+        masks: &[(usize, usize)],
+        out: &mut Vec<Match>,
+        mut reach: Option<&mut Vec<(usize, usize)>>,
+    ) {
         let inner = &*self.inner;
         let before = inner.max_pattern_len + 1;
         let after = inner
@@ -1207,10 +1267,101 @@ impl Engine {
             }
             if a < b {
                 let n = out.len();
-                self.scan_range(label, text, a, b, out);
+                self.scan_range(label, text, a, b, out, reach.as_deref_mut());
                 done = out[n..].last().map_or(b, |m| m.end.max(b));
             }
         }
+    }
+
+    /// [`TextRedactor::redact_head`] in one pass: the window is scanned once, masked once, and
+    /// the closure rescan runs once, all recording what each decision read (`scan_range`);
+    /// the cut is the last point after the window's middle and at least `holdback` before its
+    /// end that no match and no decision's reach spans, and that does not fall between two
+    /// word bytes. There the automaton sees the same on both sides (`\b` reads the start and
+    /// end of a text as a non-word byte, and no pattern looks around otherwise), every
+    /// validator and context search reads the same bytes, so `redact(text[..c])` is the head
+    /// of `redact(text)`, which is cut from the same output.
+    ///
+    /// What follows the window cannot change the head either when the cut is at least
+    /// `holdback` before the end (the caller's bound: the longest match plus context), or, if
+    /// that is less, two pattern lengths and a context window before it (`tail_margin`): no
+    /// match starting before the cut reaches past the window, and nothing after the window
+    /// (nor the closure rescan around it) reads back across the cut. So the engine carries
+    /// a short tail into the next window, not a whole `max_match_len` (16 KiB for PEM
+    /// blocks), whose decisions are recorded like all others. `None` when no such point exists,
+    /// when the closure rescan finds anything (adversarial input: the caller then verifies by
+    /// redacting), or when a custom pattern uses other look-around.
+    pub fn cut_head<'t>(&self, label: &str, text: &'t str, holdback: usize) -> Option<Head<'t>> {
+        let inner = &*self.inner;
+        let n = text.len();
+        let margin = holdback.min(self.tail_margin()).max(1);
+        let (lo, hi) = (n / 2, n.checked_sub(margin)?);
+        if !inner.word_boundary_only || hi <= lo {
+            return None;
+        }
+        let view = &inner.view;
+        let mut reach = Vec::new();
+        let mut matches = Vec::new();
+        self.scan_range(label, text, 0, n, &mut matches, Some(&mut reach));
+        let mut ev = Evidence::default();
+        let applied = self.apply(text, &matches, view, &mut ev, true);
+        // The input spans of the masked matches, in the order of the masks.
+        let masked: Vec<(usize, usize)> = matches
+            .iter()
+            .filter(|m| view.mode(&m.entity).is_some())
+            .map(|m| (m.start, m.end))
+            .collect();
+        if let Some((out, masks)) = &applied {
+            let mut found = Vec::new();
+            let mut near = Vec::new();
+            self.rescan_near(label, out, masks, &mut found, Some(&mut near));
+            if !found.is_empty() {
+                return None;
+            }
+            // Output offsets to input offsets (inside a mask: the masked value's span).
+            let to_input = |o: usize, up: bool| match masks.partition_point(|&(ms, _)| ms <= o) {
+                0 => o,
+                j => {
+                    let ((_, me), (vs, ve)) = (masks[j - 1], masked[j - 1]);
+                    match o.checked_sub(me) {
+                        Some(d) => ve + d,
+                        None if up => ve,
+                        None => vs,
+                    }
+                }
+            };
+            reach.extend(
+                near.iter()
+                    .map(|&(a, b)| (to_input(a, false), to_input(b, true))),
+            );
+        }
+        reach.extend(matches.iter().map(|m| (m.start, m.end)));
+        let c = free_cut(text, &mut reach, lo, hi)?;
+        let k = masked.iter().take_while(|m| m.1 <= c).count();
+        let head = match applied {
+            Some((mut out, masks)) if k > 0 => {
+                out.truncate(masks[k - 1].1 + (c - masked[k - 1].1));
+                Cow::Owned(out)
+            }
+            _ => Cow::Borrowed(text.get(..c)?),
+        };
+        ev.findings.truncate(k);
+        Some(Head {
+            cut: c,
+            text: head,
+            findings: ev.findings,
+        })
+    }
+
+    /// See [`Engine::cut_head`]: a pattern length for a match starting before the cut, one for
+    /// the closure rescan's look back before a mask, the context window in bytes, and the
+    /// bytes around each that the automaton and the validators read.
+    fn tail_margin(&self) -> usize {
+        let inner = &*self.inner;
+        (inner.max_pattern_len + 2)
+            .saturating_mul(2)
+            .saturating_add(inner.window.saturating_mul(4))
+            .saturating_add(4)
     }
 
     /// Writes `text` with `matches` masked into a new buffer, with the spans of the masks in
@@ -1282,6 +1433,40 @@ impl Engine {
         buf.push_str(&text[last..]);
         Some((buf, spans))
     }
+}
+
+/// The last `c` in `lo < c <= hi` on a char boundary, strictly inside none of the `reach`
+/// spans, and not between two word bytes (see [`Engine::cut_head`]).
+fn free_cut(text: &str, reach: &mut [(usize, usize)], lo: usize, hi: usize) -> Option<usize> {
+    let b = text.as_bytes();
+    // Blocked cut points, as inclusive ranges, merged.
+    reach.sort_unstable();
+    let mut blocked: Vec<(usize, usize)> = Vec::with_capacity(reach.len());
+    for &(a, z) in reach.iter().filter(|r| r.1 > r.0 + 1) {
+        match blocked.last_mut() {
+            Some(l) if a < l.1 => l.1 = l.1.max(z - 1),
+            _ => blocked.push((a + 1, z - 1)),
+        }
+    }
+    let mut c = hi;
+    let mut j = blocked.len();
+    while c > lo {
+        while j > 0 && blocked[j - 1].0 > c {
+            j -= 1;
+        }
+        if let Some(&(a, z)) = j.checked_sub(1).and_then(|i| blocked.get(i)) {
+            if z >= c {
+                c = a - 1;
+                continue;
+            }
+        }
+        let word = |i: usize| b.get(i).is_some_and(|&x| validate::is_word(x));
+        if text.is_char_boundary(c) && !(word(c - 1) && word(c)) {
+            return Some(c);
+        }
+        c -= 1;
+    }
+    None
 }
 
 /// `dateOfBirth` -> `date Of Birth`, `passport_no` -> `passport no`: the words of a field name
@@ -1401,5 +1586,15 @@ impl TextRedactor for Engine {
     ) -> (Cow<'t, str>, Vec<Finding>) {
         let (out, ev) = self.redact_field_cow(label.unwrap_or(""), text, &self.inner.view);
         (out, ev.findings)
+    }
+
+    fn redact_head<'t>(
+        &self,
+        label: Option<&str>,
+        text: &'t str,
+        holdback: usize,
+    ) -> Option<Head<'t>> {
+        self.cut_head(label.unwrap_or(""), text, holdback)
+            .or_else(|| super::json::verified_head(self, label, text, holdback))
     }
 }

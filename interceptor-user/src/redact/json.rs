@@ -20,12 +20,16 @@
 //!
 //! # Bounded memory
 //! Only the string being read is buffered. A string longer than the window
-//! ([`JsonLimits::window`]) is processed in segments: the buffered window `W` is redacted as a
-//! whole, and a cut point `c` at least `holdback = max_match_len + context` bytes before its
-//! end is accepted only if `redact(W) == redact(W[..c]) ++ redact(W[c..])`, i.e. no match (nor
-//! the context of one) straddles the cut. Then `redact(W[..c])` is emitted and `W[c..]` is
-//! carried into the next window, so a match spanning the window boundary is still seen whole.
-//! If no cut point is consistent, the window grows, up to [`JsonLimits::max_window`]; beyond that
+//! ([`JsonLimits::window`]) is processed in segments: the redactor chooses a cut point `c` in
+//! the buffered window `W`, after its middle and (normally) at least
+//! `holdback = max_match_len + context` bytes before its end, such that
+//! `redact(W) == redact(W[..c]) ++ redact(W[c..])`, i.e. no match (nor the context of one)
+//! straddles the cut ([`TextRedactor::redact_head`]). Then `redact(W[..c])` is emitted and `W[c..]` is carried
+//! into the next window, so a match spanning the window boundary is still seen whole. Any
+//! redactor can do this by verification ([`verified_head`]: a few cut points, each checked by
+//! redacting the window, the head and the tail); the engine does it in one pass, from what
+//! each of its decisions read (`Engine::cut_head`), and then needs only a short tail. If no
+//! cut point is consistent, the window grows, up to [`JsonLimits::max_window`]; beyond that
 //! the document is refused ([`JsonErrorKind::SegmentationFailed`]). Memory is therefore
 //! O(max_window), independent of the size of the document.
 //!
@@ -43,7 +47,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{Finding, TextRedactor};
+use super::{Finding, Head, TextRedactor};
 
 // Explicit path: the same whichever way this file is included (the fuzz target includes it
 // with `#[path]`).
@@ -1021,9 +1025,8 @@ impl JsonRedactor {
     /// Emits the redacted head of an over-long string, carrying the tail (see module docs).
     fn segment(&mut self, out: &mut Vec<u8>) -> Result<(), JsonErrorKind> {
         let text = self.decoded.as_str();
-        let n = text.len();
         let h = self.holdback;
-        if n >= h.saturating_mul(2) {
+        if text.len() >= h.saturating_mul(2) {
             // The label is context before the value's start: for the first window only, and
             // never for the part after a cut.
             let label = if self.seg_emitted {
@@ -1031,29 +1034,20 @@ impl JsonRedactor {
             } else {
                 label_of(&self.keys, self.label_at)
             };
-            let (whole, _) = self.redactor.redact_labelled(label, text);
-            for c in cut_candidates(text, h) {
-                let (Some(head_in), Some(tail_in)) = (text.get(..c), text.get(c..)) else {
-                    continue;
-                };
-                let (head, findings) = self.redactor.redact_labelled(label, head_in);
-                if !whole.starts_with(&*head) {
-                    continue;
-                }
-                let (tail, _) = self.redactor.redact_labelled(None, tail_in);
-                if whole.len() != head.len() + tail.len() || !whole.ends_with(&*tail) {
-                    continue;
-                }
-                let raw_c = raw_offset(&self.raw, c)
+            if let Some(head) = self.redactor.redact_head(label, text, h) {
+                let c = head.cut;
+                let raw_c = text
+                    .get(..c)
+                    .and_then(|_| raw_offset(&self.raw, c))
                     .filter(|&r| r <= self.raw.len())
                     .ok_or(JsonErrorKind::Internal)?;
-                if *head == *head_in {
+                if unchanged(&head.text, &text[..c]) {
                     out.extend_from_slice(&self.raw[..raw_c]);
                 } else {
-                    encode_into(&head, out);
+                    encode_into(&head.text, out);
                     self.cur_changed = true;
                 }
-                self.summary.record(findings, self.limits.max_findings);
+                self.summary.record(head.findings, self.limits.max_findings);
                 self.seg_emitted = true;
                 self.decoded.drain(..c);
                 self.raw.drain(..raw_c);
@@ -1216,6 +1210,42 @@ fn cut_candidates(text: &str, h: usize) -> Vec<usize> {
     cands
 }
 
+/// [`TextRedactor::redact_head`] by verification, for any redactor: the first of
+/// [`cut_candidates`] where `redact(text) == redact(text[..c]) ++ redact(text[c..])`, i.e. no
+/// match (nor the context of one) straddles the cut (a redaction of the window, and of the
+/// head and the tail per try).
+pub fn verified_head<'t, R: TextRedactor + ?Sized>(
+    redactor: &R,
+    label: Option<&str>,
+    text: &'t str,
+    holdback: usize,
+) -> Option<Head<'t>> {
+    let cands = cut_candidates(text, holdback);
+    if cands.is_empty() {
+        return None;
+    }
+    let (whole, _) = redactor.redact_labelled(label, text);
+    for c in cands {
+        let (Some(head_in), Some(tail_in)) = (text.get(..c), text.get(c..)) else {
+            continue;
+        };
+        let (head, findings) = redactor.redact_labelled(label, head_in);
+        if !whole.starts_with(&*head) {
+            continue;
+        }
+        let (tail, _) = redactor.redact_labelled(None, tail_in);
+        if whole.len() != head.len() + tail.len() || !whole.ends_with(&*tail) {
+            continue;
+        }
+        return Some(Head {
+            cut: c,
+            text: head,
+            findings,
+        });
+    }
+    None
+}
+
 /// The offset in the raw (escaped, already validated) bytes that decodes to `target` bytes.
 fn raw_offset(raw: &[u8], target: usize) -> Option<usize> {
     let (mut r, mut d) = (0usize, 0usize);
@@ -1259,9 +1289,14 @@ fn raw_offset(raw: &[u8], target: usize) -> Option<usize> {
 /// characters; keeps everything else, non-ASCII as UTF-8.
 fn encode_into(s: &str, out: &mut Vec<u8>) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let bytes = s.as_bytes();
-    let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
+    let mut rest = s.as_bytes();
+    loop {
+        // Runs without a byte to escape at once (`plain_run` stops exactly at those).
+        let run = plain_run(rest);
+        out.extend_from_slice(&rest[..run]);
+        let Some(&b) = rest.get(run) else {
+            return;
+        };
         let short: &[u8] = match b {
             b'"' => b"\\\"",
             b'\\' => b"\\\\",
@@ -1270,10 +1305,8 @@ fn encode_into(s: &str, out: &mut Vec<u8>) {
             b'\t' => b"\\t",
             0x08 => b"\\b",
             0x0c => b"\\f",
-            0..=0x1f => b"",
-            _ => continue,
+            _ => b"",
         };
-        out.extend_from_slice(&bytes[start..i]);
         if short.is_empty() {
             out.extend_from_slice(b"\\u00");
             out.push(HEX[usize::from(b >> 4)]);
@@ -1281,9 +1314,8 @@ fn encode_into(s: &str, out: &mut Vec<u8>) {
         } else {
             out.extend_from_slice(short);
         }
-        start = i + 1;
+        rest = &rest[run + 1..];
     }
-    out.extend_from_slice(&bytes[start..]);
 }
 
 /// Redacts a whole document held in memory at once; returns the output and the summary.

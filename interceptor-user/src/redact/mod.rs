@@ -52,6 +52,37 @@ pub trait TextRedactor: Send + Sync {
         let (out, findings) = self.redact(text);
         (Cow::Owned(out), findings)
     }
+
+    /// For a streaming caller that cannot hold a long string whole: a cut `c` of the window
+    /// `text` after its middle and at least `holdback` bytes before its end (or fewer, when
+    /// the redactor knows that nothing after the window can change the head, see
+    /// `Engine::cut_head`) such that
+    /// redacting `text[..c]` (under `label`) and `text[c..]` (without: it does not start the
+    /// value) apart gives exactly the redaction of `text`; and `text[..c]` redacted. `None`
+    /// when there is no such cut (the caller grows the window).
+    ///
+    /// The default tries a few cut points and checks each by redacting the window, the head
+    /// and the tail ([`json::verified_head`]); an engine that knows what its decisions read
+    /// can do it in one pass.
+    fn redact_head<'t>(
+        &self,
+        label: Option<&str>,
+        text: &'t str,
+        holdback: usize,
+    ) -> Option<Head<'t>> {
+        json::verified_head(self, label, text, holdback)
+    }
+}
+
+/// The redacted head of a long string's window (see [`TextRedactor::redact_head`]).
+#[derive(Debug)]
+pub struct Head<'t> {
+    /// Where the window was cut (a char boundary).
+    pub cut: usize,
+    /// The window's text before the cut, redacted (borrowed when nothing changed).
+    pub text: Cow<'t, str>,
+    /// What was masked in it.
+    pub findings: Vec<Finding>,
 }
 
 /// Reads the 32-byte pseudonym key, creating it (random, mode 0600) when the file is missing.

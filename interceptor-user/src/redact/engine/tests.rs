@@ -518,3 +518,210 @@ fn prefilter_changes_nothing_on_the_corpus() {
     assert!(!lower.has_prefilter());
     assert_eq!(lower.scan("see zzabcd now").len(), 1);
 }
+
+// ---- cutting long strings (`Engine::cut_head`) ------------------------------------------------
+
+/// The built-ins without the two detectors that extend values by kilobytes (PEM, JWT): a
+/// hold-back of a few hundred bytes, so the JSON rewriter cuts short strings often.
+fn short_engine() -> &'static Engine {
+    static E: OnceLock<Engine> = OnceLock::new();
+    E.get_or_init(|| {
+        let off = |entity: &str| DetectorSpec {
+            entity: entity.into(),
+            enabled: false,
+            context: vec![],
+            require_context: false,
+        };
+        let cfg = EngineConfig {
+            detectors: vec![off("PRIVATE_KEY"), off("JWT")],
+            ..EngineConfig::default()
+        };
+        Engine::new(&cfg, key()).expect("builds")
+    })
+}
+
+/// `cut_head`'s promise: the head is `text[..cut]` redacted, and redacting the head and the
+/// tail apart gives the redaction of the whole window.
+fn check_cut(e: &Engine, label: &str, text: &str, holdback: usize) -> Option<usize> {
+    let head = e.cut_head(label, text, holdback)?;
+    let c = head.cut;
+    assert!(
+        c > text.len() / 2 && c + holdback.min(e.tail_margin()) <= text.len(),
+        "cut {c} out of range"
+    );
+    let view = e.default_view();
+    let h = e.redact_field(label, &text[..c], view);
+    assert_eq!(*head.text, h.text, "head of {text:?} cut at {c}");
+    assert_eq!(
+        head.findings, h.findings,
+        "findings of the head of {text:?} cut at {c}"
+    );
+    let t = e.redact_field("", &text[c..], view);
+    let whole = e.redact_field(label, text, view);
+    assert_eq!(
+        format!("{}{}", h.text, t.text),
+        whole.text,
+        "{text:?} cut at {c}"
+    );
+    Some(c)
+}
+
+#[test]
+fn cut_head_never_splits_a_value_or_its_context() {
+    let e = short_engine();
+    let filler = "see logs below for the stack trace. ".repeat(40);
+    // A value straddling the preferred cut (len - holdback): cut before it, or after it.
+    for value in [
+        "john.doe@example.com",
+        "DE89 3704 0044 0532 0130 00",
+        "4111 1111 1111 1111",
+    ] {
+        // The filler is 36-byte sentences: cut after whole ones (a space before the value).
+        let text = format!("{}{value} {}", &filler[..576], &filler[..216]);
+        let n = text.len();
+        let whole = e.redact_field("", &text, e.default_view());
+        assert_eq!(whole.findings.len(), 1, "{}", whole.text);
+        for holdback in n - 576 - value.len() - 3..n - 576 + 3 {
+            let c = check_cut(e, "", &text, holdback).expect("a cut in prose");
+            assert!(c <= 576 || c >= 576 + value.len(), "{value} split at {c}");
+        }
+    }
+    // A context word before the cut, its value after: the value needs the word
+    // (`DOB`), so the cut must not fall between them.
+    for gap in 1..34 {
+        let text = format!(
+            "{}DOB:{}12.03.1985 {}",
+            &filler[..720],
+            " ".repeat(gap),
+            &filler[..200]
+        );
+        let whole = e.redact_field("", &text, e.default_view());
+        assert_eq!(whole.counts.get("DOB"), Some(&1), "{}", whole.text);
+        for holdback in (150..260).step_by(7) {
+            check_cut(e, "", &text, holdback);
+        }
+    }
+    // Only the label: a bare BSN at the very start needs it.
+    let text = format!("111222333 {}", &filler[..400]);
+    let c = check_cut(e, "bsn", &text, 50).expect("a cut in prose");
+    assert!(c > 10);
+    // Clean prose is cut where asked (just before the hold-back), so the tail stays short.
+    let c = check_cut(e, "", &filler, 100).expect("a cut in prose");
+    assert!(
+        c + 100 + 40 > filler.len(),
+        "cut at {c} of {}",
+        filler.len()
+    );
+    // Between two word bytes there is no cut: `\b` would see a boundary that is not there.
+    let hex = "0123456789abcdef".repeat(64);
+    assert_eq!(e.cut_head("", &hex, 100).map(|h| h.cut), None);
+}
+
+#[test]
+fn builtins_allow_one_pass_cuts() {
+    assert!(engine().inner.word_boundary_only);
+    // A custom pattern looking around otherwise leaves cutting to verification.
+    let line = Engine::new(
+        &EngineConfig {
+            custom: vec![CustomDetector {
+                entity: "CODE".into(),
+                pattern: "(?m)^zz[a-z]{4}$".into(),
+                validator: Validator::None,
+                context: vec![],
+                require_context: false,
+                confidence: None,
+            }],
+            ..EngineConfig::default()
+        },
+        key(),
+    )
+    .expect("engine");
+    assert!(!line.inner.word_boundary_only);
+    let text = "plain words here. ".repeat(40);
+    assert!(line.cut_head("", &text, 50).is_none());
+    // Through the trait it still cuts, by verification.
+    let head = TextRedactor::redact_head(&line, None, &text, 50).expect("verified cut");
+    assert_eq!(*head.text, text[..head.cut]);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn cut_head_equals_redacting_apart(
+        parts in proptest::collection::vec(fragment(), 1..8),
+        holdback in 1usize..120,
+        label in "(bsn|dob|phone|x)?",
+    ) {
+        let text = parts.join(" ");
+        check_cut(engine(), &label, &text, holdback);
+        check_cut(short_engine(), &label, &text, holdback);
+    }
+
+    #[test]
+    fn long_strings_through_the_rewriter_equal_whole_redaction(
+        parts in proptest::collection::vec(fragment(), 40..120),
+        label in "(note|bsn|dob)",
+        chunk in 1usize..5000,
+    ) {
+        use crate::redact::json::{JsonLimits, JsonRedactor};
+        let e = short_engine();
+        let text = parts.join(" ");
+        let doc = serde_json::json!({ label.as_str(): text }).to_string();
+        let r: Arc<dyn TextRedactor> = Arc::new(e.clone());
+        let mut j = JsonRedactor::new(r, JsonLimits { window: 0, ..JsonLimits::default() });
+        let mut out = Vec::new();
+        for c in doc.as_bytes().chunks(chunk) {
+            j.push(c, &mut out).expect("valid JSON");
+        }
+        let summary = j.finish(&mut out).expect("complete");
+        let got: serde_json::Value = serde_json::from_slice(&out).expect("JSON out");
+        let want = e.redact_field(&label, &text, e.default_view());
+        prop_assert_eq!(got[label.as_str()].as_str(), Some(want.text.as_str()));
+        prop_assert_eq!(summary.total(), want.findings.len() as u64);
+    }
+}
+
+#[test]
+fn long_strings_with_the_builtins_cut_short_tails_and_equal_whole_redaction() {
+    use crate::redact::json::{JsonLimits, JsonRedactor};
+    let e = engine();
+    // The hold-back is the PEM extent (16 KiB); the engine's tail is a few hundred bytes.
+    assert!(e.tail_margin() < 2048, "{}", e.tail_margin());
+    let pieces = [
+        "mail john.doe@example.com today, ",
+        "IBAN DE89 3704 0044 0532 0130 00 for refunds. ",
+        "DOB: 12.03.1985 ",
+        "the request fails when config is missing. ",
+        "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n-----END PRIVATE KEY-----\n",
+        "call +49 30 1234567 now; ",
+        "order #12345678 shipped v1.2.3, ",
+        "ip 203.0.113.45 at 10:22, ",
+        "version ",
+    ];
+    let mut text = String::new();
+    let mut i = 0usize;
+    while text.len() < 300_000 {
+        text.push_str(pieces[(i * 7 + i / 5) % pieces.len()]);
+        i += 1;
+    }
+    for (label, chunk) in [("note", 16 << 10), ("bsn", 1000), ("x", 65_537)] {
+        let doc = serde_json::json!({ label: text }).to_string();
+        let r: Arc<dyn TextRedactor> = Arc::new(e.clone());
+        let mut j = JsonRedactor::new(r, JsonLimits::default());
+        let mut out = Vec::new();
+        for c in doc.as_bytes().chunks(chunk) {
+            j.push(c, &mut out).expect("valid JSON");
+        }
+        let summary = j.finish(&mut out).expect("complete");
+        // Segmented: never more than a window and a short tail at once.
+        assert!(j.peak_buffered() < 2 * (JsonLimits::default().window + 4096));
+        let got: serde_json::Value = serde_json::from_slice(&out).expect("JSON out");
+        let want = e.redact_field(label, &text, e.default_view());
+        assert!(
+            got[label].as_str() == Some(want.text.as_str()),
+            "{label} {chunk}"
+        );
+        assert_eq!(summary.total(), want.findings.len() as u64);
+    }
+}

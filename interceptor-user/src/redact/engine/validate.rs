@@ -152,7 +152,7 @@ fn digit_vec(v: &[u8]) -> Digits {
     digits(v).collect()
 }
 
-fn is_word(b: u8) -> bool {
+pub(crate) fn is_word(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_'
 }
 
