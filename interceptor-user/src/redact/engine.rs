@@ -54,13 +54,15 @@
 //!   that checksum-only identifiers (BSN, PESEL, Steuer-ID, passport numbers, dates of
 //!   birth, BICs) need.
 //!
-//! # Figures (`cargo bench -p interceptor-user --bench redact`, 2.6 GHz KVM, one core)
+//! # Figures (`cargo bench -p interceptor-user --bench redact`, 2-core KVM, 2026-11-30)
 //!
-//! | workload | engine (redact) | engine (scan only) | naive, 1 regex per pattern | ratio |
-//! |---|---|---|---|---|
-//! | PII-sparse JSON, 4 MB | ~440 MB/s | ~520 MB/s | ~18 MB/s | ~24x |
-//! | PII-dense text, 1 MB, ~15 values/KB | ~65 MB/s | ~120 MB/s | ~12 MB/s | ~5.6x |
+//! | workload | engine, MB/s (best wall / CPU) | naive, 1 regex per pattern | ratio |
+//! |---|---|---|---|
+//! | PII-sparse JSON, 4 MB | 364 / 287 | 12.8 / 11.2 | ~25x |
+//! | PII-dense text, 1 MB, ~15 values/KB | 44 / 38 | 8.0 / 7.0 | ~5.4x |
 //!
+//! The README has the agent's path (the streaming JSON rewriter) and instruction counts,
+//! which are steadier on this VM than times.
 //! Dense text is bounded by per-value work (validator, context, HMAC-SHA256 pseudonym,
 //! evidence strings), sparse JSON by the DFA loop above.
 
@@ -654,9 +656,10 @@ impl Engine {
         };
         Ok(Engine {
             inner: Arc::new(inner),
-            // Off by default: measured slower than the plain lazy DFA on both bench workloads
-            // (2026-11-30: sparse 262 vs 350 MB/s, dense 37 vs 65 MB/s of CPU); kept, and
-            // proven equivalent by the tests, for the work that makes it pay.
+            // Off by default: measured no faster than the plain lazy DFA on either bench
+            // workload (2026-11-30, same run: sparse 374 / 264 MB/s with it against 364 / 287
+            // without, dense 37 / 32 against 44 / 38); kept, and proven equivalent by the
+            // tests, for the work that makes it pay.
             use_prefilter: false,
         })
     }
