@@ -485,6 +485,25 @@ fn field_labels_are_context() {
     assert_eq!(r.counts.get("PASSPORT"), Some(&1), "{}", r.text);
 }
 
+/// The built-ins plus a custom `CODE` detector with `pattern` (no validator, no context).
+fn with_code_detector(pattern: &str) -> Engine {
+    Engine::new(
+        &EngineConfig {
+            custom: vec![CustomDetector {
+                entity: "CODE".into(),
+                pattern: pattern.into(),
+                validator: Validator::None,
+                context: vec![],
+                require_context: false,
+                confidence: None,
+            }],
+            ..EngineConfig::default()
+        },
+        key(),
+    )
+    .expect("engine")
+}
+
 #[test]
 fn prefilter_changes_nothing_on_the_corpus() {
     let e = engine().clone().with_prefilter(true);
@@ -500,21 +519,7 @@ fn prefilter_changes_nothing_on_the_corpus() {
         assert_eq!(a, b, "{}", d.id);
     }
     // A custom detector without rare bytes turns the prefilter off; one with them keeps it.
-    let lower = Engine::new(
-        &EngineConfig {
-            custom: vec![CustomDetector {
-                entity: "CODE".into(),
-                pattern: "\\bzz[a-z]{4}\\b".into(),
-                validator: Validator::None,
-                context: vec![],
-                require_context: false,
-                confidence: None,
-            }],
-            ..EngineConfig::default()
-        },
-        key(),
-    )
-    .expect("engine");
+    let lower = with_code_detector("\\bzz[a-z]{4}\\b");
     assert!(!lower.has_prefilter());
     assert_eq!(lower.scan("see zzabcd now").len(), 1);
 }
@@ -621,21 +626,7 @@ fn cut_head_never_splits_a_value_or_its_context() {
 fn builtins_allow_one_pass_cuts() {
     assert!(engine().inner.word_boundary_only);
     // A custom pattern looking around otherwise leaves cutting to verification.
-    let line = Engine::new(
-        &EngineConfig {
-            custom: vec![CustomDetector {
-                entity: "CODE".into(),
-                pattern: "(?m)^zz[a-z]{4}$".into(),
-                validator: Validator::None,
-                context: vec![],
-                require_context: false,
-                confidence: None,
-            }],
-            ..EngineConfig::default()
-        },
-        key(),
-    )
-    .expect("engine");
+    let line = with_code_detector("(?m)^zz[a-z]{4}$");
     assert!(!line.inner.word_boundary_only);
     let text = "plain words here. ".repeat(40);
     assert!(line.cut_head("", &text, 50).is_none());
