@@ -18,11 +18,11 @@ use std::time::{Duration, Instant};
 
 use interceptor::audit::store::{Entry, Index, Writer};
 
+mod common;
+
+/// The thread's CPU time (0 where the kernel does not say).
 fn thread_cpu_ns() -> u64 {
-    std::fs::read_to_string("/proc/thread-self/schedstat")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
+    common::thread_cpu_ns().unwrap_or(0)
 }
 
 fn record(i: u64) -> serde_json::Value {

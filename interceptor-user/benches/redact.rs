@@ -26,10 +26,13 @@
 //! workload alone (for `perf record` or `valgrind --tool=callgrind`); `REDACT_BENCH_SUMMARY=1`
 //! skips criterion and prints the summary only.
 
+mod common;
+
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::thread_cpu_ns;
 use criterion::{Criterion, Throughput};
 use interceptor::redact::TextRedactor;
 use interceptor::redact::engine::{Engine, MaskView, Match, PseudonymKey, Redacted};
@@ -313,12 +316,6 @@ impl Naive {
         }
         engine.redact_matches(text, &kept, view)
     }
-}
-
-/// Nanoseconds this thread has run on a CPU (`/proc/thread-self/schedstat`, first field).
-fn thread_cpu_ns() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
-    s.split_whitespace().next()?.parse().ok()
 }
 
 /// (busy, total) jiffies of the whole machine (`/proc/stat`, first line).

@@ -48,21 +48,15 @@ pub struct AuditArgs {
     no_build: bool,
 }
 
-/// The writer's `audit_writer_stats` line (logged at shutdown): records per transaction.
+/// The writer's `audit_writer_stats` line (logged at shutdown; the agent's JSON log flattens
+/// fields into the event): records per transaction.
 fn records_per_transaction(log: &std::path::Path) -> f64 {
     std::fs::read_to_string(log)
         .unwrap_or_default()
         .lines()
         .filter(|l| l.contains("audit_writer_stats"))
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| {
-            let f = if v["fields"].is_object() {
-                &v["fields"]
-            } else {
-                &v
-            };
-            f["records_per_transaction"].as_str()?.parse().ok()
-        })
+        .filter_map(|v| v["records_per_transaction"].as_str()?.parse().ok())
         .next_back()
         .unwrap_or(f64::NAN)
 }

@@ -183,6 +183,16 @@ pub struct WriterStats {
     pub last: AtomicU64,
 }
 
+impl WriterStats {
+    /// (records committed, transactions).
+    pub fn totals(&self) -> (u64, u64) {
+        (
+            self.records.load(Ordering::Relaxed),
+            self.transactions.load(Ordering::Relaxed),
+        )
+    }
+}
+
 /// Handle on the audit log, shared by the data path.
 pub struct Audit {
     tx: mpsc::Sender<Job>,
@@ -230,10 +240,7 @@ impl Audit {
 
     /// Group commit so far: (records committed, transactions).
     pub fn stats(&self) -> (u64, u64) {
-        (
-            self.stats.records.load(Ordering::Relaxed),
-            self.stats.transactions.load(Ordering::Relaxed),
-        )
+        self.stats.totals()
     }
 
     /// Queues a record; the acknowledgement says when it is durable.
@@ -448,10 +455,7 @@ fn writer_thread(
                 let _ = reply.send(r);
             }
             Some(Job::Shutdown(reply)) => {
-                let (records, transactions) = (
-                    stats.records.load(Ordering::Relaxed),
-                    stats.transactions.load(Ordering::Relaxed),
-                );
+                let (records, transactions) = stats.totals();
                 info!(
                     event = "audit_writer_stats",
                     records,
