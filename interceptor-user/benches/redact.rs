@@ -408,8 +408,11 @@ fn main() {
             _ => sparse.as_str(),
         };
         let agent_path = which.ends_with("_agent");
-        // REDACT_BENCH_PREFILTER=1: the same with the prefilter (off by default).
-        let engine = engine.with_prefilter(std::env::var_os("REDACT_BENCH_PREFILTER").is_some());
+        // REDACT_BENCH_PREFILTER=1: the same with the prefilter (off by default);
+        // REDACT_BENCH_ONE_RUN=1: without the interleaved runs over long texts.
+        let engine = engine
+            .with_prefilter(std::env::var_os("REDACT_BENCH_PREFILTER").is_some())
+            .with_lanes(std::env::var_os("REDACT_BENCH_ONE_RUN").is_none());
         let shared: Arc<dyn TextRedactor> = Arc::new(engine.clone());
         let mut out = Vec::with_capacity(text.len() + (1 << 16));
         let start = Instant::now();

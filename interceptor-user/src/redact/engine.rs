@@ -67,6 +67,7 @@
 //! evidence strings), sparse JSON by the DFA loop above.
 
 mod detectors;
+mod lanes;
 mod prefilter;
 mod validate;
 
@@ -357,6 +358,16 @@ struct Word {
     end_boundary: bool,
 }
 
+/// When the interleaved runs of `lanes` are used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lanes {
+    Off,
+    /// On long texts, falling back to one search when candidates turn out dense.
+    Sparse,
+    #[cfg(test)]
+    Always,
+}
+
 /// The redaction engine: compiled once per policy, shared by all connections.
 #[derive(Clone)]
 pub struct Engine {
@@ -364,6 +375,8 @@ pub struct Engine {
     /// Whether scans use the prefilter (off by default: see `Engine::new`; tests and the
     /// benchmark compare both).
     use_prefilter: bool,
+    /// Whether long texts are searched in interleaved runs first (`lanes`).
+    lanes: Lanes,
 }
 
 impl fmt::Debug for Engine {
@@ -661,6 +674,7 @@ impl Engine {
             // without, dense 37 / 32 against 44 / 38); kept, and proven equivalent by the
             // tests, for the work that makes it pay.
             use_prefilter: false,
+            lanes: Lanes::Sparse,
         })
     }
 
@@ -669,6 +683,22 @@ impl Engine {
     #[doc(hidden)]
     pub fn with_prefilter(mut self, on: bool) -> Engine {
         self.use_prefilter = on;
+        self
+    }
+
+    /// The same engine with the interleaved runs over long texts on or off (the results are
+    /// the same; for tests and benchmarks).
+    #[doc(hidden)]
+    pub fn with_lanes(mut self, on: bool) -> Engine {
+        self.lanes = if on { Lanes::Sparse } else { Lanes::Off };
+        self
+    }
+
+    /// Lanes on every long text, also dense ones (tests: the dense-text fallback would
+    /// otherwise keep most generated texts from the lanes).
+    #[cfg(test)]
+    fn with_lanes_always(mut self) -> Engine {
+        self.lanes = Lanes::Always;
         self
     }
 
@@ -806,6 +836,18 @@ impl Engine {
         }
         let mut starts = None;
         let mut cache = inner.re_caches.get();
+        // Long texts: the automaton first runs over several segments at once (see `lanes`).
+        let mut lanes = match pf {
+            None if stop - from >= lanes::MIN_TEXT && self.lanes != Lanes::Off => lanes::find(
+                inner.re.forward(),
+                cache.forward_mut(),
+                text,
+                (from, stop, search_end),
+                inner.max_pattern_len,
+                self.lanes == Lanes::Sparse,
+            ),
+            _ => None,
+        };
         let mut scratch = Scratch {
             label,
             ..Scratch::default()
@@ -814,21 +856,35 @@ impl Engine {
         // rejected structure (`0044 0532 0130 00` inside a bad IBAN) and is skipped.
         let mut rejected_end = 0;
         while pos < stop {
-            let pos_from = match pf {
-                Some(pf) => {
-                    let bounds = (stop, search_end, limit);
-                    match self.skip(pf, hay, pos, bounds, &mut cache, &mut cursor, &mut starts) {
-                        Some(p) => p,
-                        None => break,
-                    }
+            let found = match (pf, lanes.as_mut()) {
+                (None, Some(lanes)) => lanes.search(&inner.re, &mut cache, text, pos, search_end),
+                _ => {
+                    let pos_from = match pf {
+                        Some(pf) => {
+                            let bounds = (stop, search_end, limit);
+                            match self.skip(
+                                pf,
+                                hay,
+                                pos,
+                                bounds,
+                                &mut cache,
+                                &mut cursor,
+                                &mut starts,
+                            ) {
+                                Some(p) => p,
+                                None => break,
+                            }
+                        }
+                        None => pos,
+                    };
+                    let input = Input::new(hay).span(pos_from..search_end);
+                    // No match, or (never with this configuration) a search error.
+                    inner.re.try_search(&mut cache, &input).ok().flatten()
                 }
-                None => pos,
             };
-            let input = Input::new(hay).span(pos_from..search_end);
-            let m = match inner.re.try_search(&mut cache, &input) {
-                Ok(Some(m)) if m.start() < stop => m,
-                // No match, or (never with this configuration) a search error.
-                Ok(_) | Err(_) => break,
+            let m = match found {
+                Some(m) if m.start() < stop => m,
+                _ => break,
             };
             let (s, e, pid) = (m.start(), m.end(), m.pattern().as_u32());
             // The automaton's look-around (`\b`) reads one byte either side.

@@ -716,3 +716,138 @@ fn long_strings_with_the_builtins_cut_short_tails_and_equal_whole_redaction() {
         assert_eq!(summary.total(), want.findings.len() as u64);
     }
 }
+// ---- interleaved runs over long texts (`lanes`) -----------------------------------------------
+
+/// Words without anything a detector looks for.
+fn filler(r: &mut corpus::Rng, len: usize) -> String {
+    const WORDS: &[&str] = &[
+        "lorem", "ipsum", "dolor", "sit", "amet", "the", "ticket", "was", "closed", "after",
+        "review", "and", "merged", "into", "main", "with", "a", "note",
+    ];
+    let mut s = String::new();
+    while s.len() < len {
+        s.push_str(WORDS[r.below(WORDS.len())]);
+        s.push(' ');
+    }
+    s.truncate(len);
+    s
+}
+
+fn assert_lanes_agree(e: &Engine, text: &str) -> Vec<Match> {
+    let lanes = e.clone().with_lanes_always();
+    let one = e.clone().with_lanes(false);
+    let found = lanes.scan(text);
+    assert_eq!(found, one.scan(text), "{text:?}");
+    assert_eq!(
+        lanes.redact_with(text, e.default_view()),
+        one.redact_with(text, e.default_view()),
+        "{text:?}"
+    );
+    found
+}
+
+#[test]
+fn lanes_find_values_across_segment_ends() {
+    // 4096 bytes in four lanes of 1024: values placed at every offset around the end of the
+    // first lane, long ones (e-mail, PEM, JWT) across it.
+    let e = engine();
+    let mut r = corpus::Rng::new(7);
+    let values = [
+        ("EMAIL", "jane.marie.doe@mail.example.co.uk"),
+        ("PHONE", "call +49 30 12345678"),
+        ("IBAN", "DE89 3704 0044 0532 0130 00"),
+        ("CARD", "4111 1111 1111 1111"),
+        ("IPV6", "2001:db8::1:2"),
+        (
+            "PRIVATE_KEY",
+            "-----BEGIN RSA PRIVATE KEY-----\nMIIBOgIBAAJBAKj34GkxFhD90vcNLYLInFEX6Ppy1tPf9Cnzj4p4WGeKLs1Pt8Qu\n-----END RSA PRIVATE KEY-----",
+        ),
+        ("US_SSN", "SSN: 536-22-1234"),
+    ];
+    let base = filler(&mut r, 4096);
+    for (entity, value) in values {
+        for at in 1024 - value.len() - 2..1024 + 2 {
+            let text = format!(
+                "{} {value} {}",
+                &base[..at - 1],
+                &base[at + value.len() + 1..]
+            );
+            assert_eq!(text.len(), 4096);
+            let found = assert_lanes_agree(e, &text);
+            assert!(
+                found
+                    .iter()
+                    .any(|m| &*m.entity == entity && (at..at + value.len()).contains(&m.start)),
+                "{entity} at {at}: {found:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn lanes_hand_over_matches_in_progress() {
+    // `Q?ZZZ`: after `Q`, the automaton's state is its start state again, though a match that
+    // began at `Q` is in progress. A lane ending right after `Q` stops there; the next lane
+    // must still report the match from `Q`, not from the first `Z`.
+    let cfg = EngineConfig {
+        detectors: detectors::BUILTINS
+            .iter()
+            .map(|b| DetectorSpec {
+                entity: b.entity.into(),
+                enabled: false,
+                context: vec![],
+                require_context: false,
+            })
+            .collect(),
+        custom: vec![CustomDetector {
+            entity: "CODE".into(),
+            pattern: "Q?ZZZ".into(),
+            validator: Validator::None,
+            context: vec![],
+            require_context: false,
+            confidence: None,
+        }],
+        ..EngineConfig::default()
+    };
+    let e = Engine::new(&cfg, key()).expect("engine");
+    let mut r = corpus::Rng::new(9);
+    let base = filler(&mut r, 4096);
+    for at in 1020..1026 {
+        let text = format!("{}QZZZ{}", &base[..at], &base[at + 4..]);
+        let found = assert_lanes_agree(&e, &text);
+        assert_eq!(
+            found.iter().map(|m| (m.start, m.end)).collect::<Vec<_>>(),
+            vec![(at, at + 4)],
+            "{at}"
+        );
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn lanes_change_nothing(
+        parts in proptest::collection::vec((fragment(), 0usize..700), 2..12),
+        label in "(bsn|dob|x)?",
+    ) {
+        let e = engine();
+        let mut r = corpus::Rng::new(parts.len() as u64);
+        let mut text = String::new();
+        for (fragment, gap) in &parts {
+            text.push_str(fragment);
+            text.push(' ');
+            text.push_str(&filler(&mut r, *gap));
+        }
+        while text.len() < lanes::MIN_TEXT {
+            text.push_str(&filler(&mut r, 300));
+        }
+        let lanes = e.clone().with_lanes_always();
+        let one = e.clone().with_lanes(false);
+        prop_assert_eq!(lanes.scan_field(&label, &text), one.scan_field(&label, &text));
+        prop_assert_eq!(
+            lanes.redact_field(&label, &text, e.default_view()),
+            one.redact_field(&label, &text, e.default_view())
+        );
+    }
+}

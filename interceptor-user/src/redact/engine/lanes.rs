@@ -1,0 +1,335 @@
+//! Interleaved runs of the forward automaton over long texts: where the one-pass search must
+//! look closer.
+//!
+//! Following the lazy DFA costs one table load per byte, and each load needs the state the
+//! previous one returned: one run cannot go faster than the latency of that load (~5 cycles
+//! per byte here). A long text is therefore cut into [`LANES`] segments and the automaton runs
+//! over all of them at once, one byte of each in turn; the loads of different segments do not
+//! depend on each other, so the CPU overlaps them.
+//!
+//! The runs only report *candidates*: each position `c` where a run, started fresh (from its
+//! segment's start, or just after its previous candidate), enters a match state (the byte
+//! that completed a match, or the one after it). The engine's leftmost-first search then runs
+//! from just before the candidates ([`Candidates::resume`]), and nothing else changes: which
+//! matches are found and how they are validated is the same as for one search over the whole
+//! text (property-tested against it).
+//!
+//! Why resuming there finds the same matches. Let `L` be the longest match of any pattern.
+//! A match `[s, e)` inside a run's reach makes that run enter a match state at some `c <= e`
+//! (the automaton reports the earliest match end of anything it tracks); if `c < s`, the run
+//! restarts at `c + 1 <= s` and the argument repeats. So some candidate `c` has
+//! `s <= c <= s + L`, found by a run started at or before `s`. A run crosses its segment's end
+//! and stops only `L + 1` bytes later, or where its state is the start state again: then
+//! nothing it tracks is in progress beyond what a fresh run from there would track, and the
+//! next segment's run, started earlier, reports the same match ends; its candidates within
+//! `L` of its start are credited with the stopped run's start. [`Candidates::resume`] takes,
+//! over the candidates within `L` of the first one at or after `pos`, the earliest start any
+//! of them allows: no match starts between `pos` and there.
+
+use regex_automata::hybrid::{self, LazyStateID};
+use regex_automata::util::start;
+use regex_automata::{Anchored, Input, Match};
+
+/// Runs interleaved.
+const LANES: usize = 4;
+/// Texts shorter than this are searched in one run (the set-up of the lanes does not pay).
+pub(super) const MIN_TEXT: usize = 2048;
+
+/// Lanes pay on text with fewer candidates than one per this many bytes...
+const SPARSE: usize = 512;
+/// ... known once this many were found.
+const DENSE_AFTER: usize = 8;
+
+/// One run: its state before reading `hay[q]`, and where it started fresh.
+#[derive(Clone, Copy, Default)]
+struct Lane {
+    sid: LazyStateID,
+    q: usize,
+    fresh: usize,
+}
+
+/// The candidates of one text, consumed in order by the search.
+#[derive(Debug)]
+pub(super) struct Candidates {
+    /// `(c, f)`: a run started fresh at `f` entered a match state reading `hay[c]` (or at
+    /// the end of the text, `c` = its length); sorted by `c`.
+    ends: Vec<(usize, usize)>,
+    next: usize,
+    max_len: usize,
+}
+
+impl Candidates {
+    /// A position `r >= pos` such that no match starts in `pos..r`, and the first candidate
+    /// at or after `pos` (for which the search from `r` looks); `None` when no match starts at
+    /// or after `pos`.
+    fn resume(&mut self, pos: usize) -> Option<(usize, usize)> {
+        while self.ends.get(self.next).is_some_and(|&(c, _)| c < pos) {
+            self.next += 1;
+        }
+        let &(first, _) = self.ends.get(self.next)?;
+        let reach = first.saturating_add(self.max_len);
+        let r = self.ends[self.next..]
+            .iter()
+            .take_while(|&&(c, _)| c <= reach)
+            .map(|&(c, f)| f.max(c.saturating_sub(self.max_len)))
+            .min()
+            .unwrap_or(first);
+        Some((r.max(pos), first))
+    }
+
+    /// The leftmost-first match starting at or after `pos` (a char boundary) and ending by
+    /// `end`: the same as `re`'s search over `pos..end`, reading only near candidates.
+    pub(super) fn search(
+        &mut self,
+        re: &hybrid::regex::Regex,
+        cache: &mut hybrid::regex::Cache,
+        text: &str,
+        mut pos: usize,
+        end: usize,
+    ) -> Option<Match> {
+        let hay = text.as_bytes();
+        // Every match starting at `s` ends by `s + max_len`, and the automaton reads one byte
+        // past the span: a search over `r..bound` finds every match starting by
+        // `bound - max_len - 1`, and the leftmost of them exactly as the whole search would.
+        let exact = self.max_len + 1;
+        loop {
+            let (r, first) = self.resume(pos)?;
+            let bound = end.min(first.saturating_add(exact + 1));
+            match re.try_search(cache, &Input::new(hay).span(r..bound)).ok()? {
+                Some(m) if bound == end || m.start() + exact <= bound => return Some(m),
+                Some(m) => {
+                    // A match too close to the bound to be sure of: search again, far enough.
+                    let bound = end.min(m.start().saturating_add(exact + 1));
+                    return re.try_search(cache, &Input::new(hay).span(r..bound)).ok()?;
+                }
+                None if bound == end => return None,
+                None => {
+                    // No match starts before `first + 1`.
+                    pos = bound - exact;
+                    while !text.is_char_boundary(pos) {
+                        pos += 1;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The automaton, its cache, and the cache's generation when the runs started (a cleared
+/// cache invalidates every state id: the runs then give up).
+struct Dfa<'a> {
+    dfa: &'a hybrid::dfa::DFA,
+    cache: &'a mut hybrid::dfa::Cache,
+    generation: usize,
+}
+
+impl Dfa<'_> {
+    /// The fresh state at `q` (what a search starting at `q` starts with).
+    fn fresh(&mut self, hay: &[u8], q: usize) -> Option<LazyStateID> {
+        let cfg = start::Config::new()
+            .anchored(Anchored::No)
+            .look_behind(q.checked_sub(1).and_then(|p| hay.get(p).copied()));
+        let sid = self.dfa.start_state(self.cache, &cfg).ok()?;
+        // A start state that matches (an empty pattern) leaves the work to the plain search.
+        (!sid.is_tagged() && self.valid()).then_some(sid)
+    }
+
+    fn valid(&self) -> bool {
+        self.cache.clear_count() == self.generation
+    }
+
+    /// One step of `lane`.
+    #[inline(always)]
+    fn step(&mut self, hay: &[u8], lane: &mut Lane, out: &mut Vec<(usize, usize)>) -> Option<()> {
+        let next = self
+            .dfa
+            .next_state_untagged(self.cache, lane.sid, hay[lane.q]);
+        if next.is_tagged() {
+            self.slow(hay, lane, next, out)
+        } else {
+            lane.sid = next;
+            lane.q += 1;
+            Some(())
+        }
+    }
+
+    /// A transition to a tagged state: not computed yet (compute it), a match (record it
+    /// and start fresh after it), or anything else (give up).
+    #[cold]
+    #[inline(never)]
+    fn slow(
+        &mut self,
+        hay: &[u8],
+        lane: &mut Lane,
+        mut next: LazyStateID,
+        out: &mut Vec<(usize, usize)>,
+    ) -> Option<()> {
+        if next.is_unknown() {
+            next = self
+                .dfa
+                .next_state(self.cache, lane.sid, hay[lane.q])
+                .ok()?;
+            if !self.valid() {
+                return None;
+            }
+        }
+        if next.is_match() {
+            out.push((lane.q, lane.fresh));
+            lane.q += 1;
+            lane.fresh = lane.q;
+            lane.sid = self.fresh(hay, lane.q)?;
+        } else if next.is_tagged() {
+            // Dead or quit: never before a match in an unanchored search, which restarts at
+            // every match; not worth reasoning about.
+            return None;
+        } else {
+            lane.sid = next;
+            lane.q += 1;
+        }
+        Some(())
+    }
+}
+
+/// The candidates of matches starting in `from..stop` (`from` on a char boundary), reading
+/// at most up to `end` (and the byte there, or the end of the text, for the automaton's
+/// one-byte delay); `max_len` is the longest match of any pattern. `None` when the text is
+/// too short for lanes to pay, when anything unusual happens (the cache was cleared, the
+/// automaton quit), or with `sparse_only` when candidates turn out dense: the caller then
+/// searches in one run.
+pub(super) fn find(
+    dfa: &hybrid::dfa::DFA,
+    cache: &mut hybrid::dfa::Cache,
+    text: &str,
+    (from, stop, end): (usize, usize, usize),
+    max_len: usize,
+    sparse_only: bool,
+) -> Option<Candidates> {
+    let hay = text.as_bytes();
+    let len = stop.checked_sub(from)?;
+    if len < MIN_TEXT || end > hay.len() || stop > end || !text.is_char_boundary(from) {
+        return None;
+    }
+    let mut d = Dfa {
+        dfa,
+        generation: cache.clear_count(),
+        cache,
+    };
+    // Lane `k` covers matches starting in `seg[k]..seg[k + 1]`.
+    let seg: [usize; LANES + 1] = std::array::from_fn(|k| {
+        if k == LANES {
+            return stop;
+        }
+        let mut b = from + len / LANES * k;
+        while b < stop && !text.is_char_boundary(b) {
+            b += 1;
+        }
+        b.min(stop)
+    });
+    let mut lanes = [Lane::default(); LANES];
+    for (k, lane) in lanes.iter_mut().enumerate() {
+        let sid = d.fresh(hay, seg[k])?;
+        *lane = Lane {
+            sid,
+            q: seg[k],
+            fresh: seg[k],
+        };
+    }
+    let mut ends: Vec<(usize, usize)> = Vec::new();
+
+    // All lanes together, as far as the shortest segment goes.
+    let steps = (0..LANES).map(|k| seg[k + 1] - seg[k]).min().unwrap_or(0);
+    let mut i = 0;
+    while i < steps {
+        // The states stay in registers for as long as no transition is tagged (not computed
+        // yet, or a match): then one step of each lane the careful way.
+        let mut sid = lanes.map(|l| l.sid);
+        {
+            let cache = &*d.cache;
+            let h: [&[u8]; LANES] = std::array::from_fn(|k| &hay[seg[k]..seg[k] + steps]);
+            while i < steps {
+                let next: [LazyStateID; LANES] =
+                    std::array::from_fn(|k| d.dfa.next_state_untagged(cache, sid[k], h[k][i]));
+                if next.iter().fold(false, |t, n| t | n.is_tagged()) {
+                    break;
+                }
+                sid = next;
+                i += 1;
+            }
+        }
+        for (k, lane) in lanes.iter_mut().enumerate() {
+            lane.sid = sid[k];
+            lane.q = seg[k] + i;
+        }
+        if i == steps {
+            break;
+        }
+        for lane in lanes.iter_mut() {
+            d.step(hay, lane, &mut ends)?;
+        }
+        i += 1;
+        // Dense text (personal data every few lines): one search does the same reading, and
+        // does not read each candidate twice.
+        if sparse_only && ends.len() > DENSE_AFTER && ends.len() * SPARSE > i * LANES {
+            return None;
+        }
+    }
+
+    // Then each lane alone: the rest of its segment, and past its end until its state is a
+    // fresh one or no match started in the segment can still end.
+    let mut handoff = [usize::MAX; LANES];
+    for k in 0..LANES {
+        let lane = &mut lanes[k];
+        let out = &mut ends;
+        let last = k + 1 == LANES;
+        let until = if last {
+            end
+        } else {
+            end.min(seg[k + 1].saturating_add(max_len + 1))
+        };
+        while lane.q < until {
+            if !last && lane.q >= seg[k + 1] && d.fresh(hay, lane.q)? == lane.sid {
+                handoff[k + 1] = lane.fresh;
+                break;
+            }
+            d.step(hay, lane, out)?;
+        }
+        if lane.q == end {
+            // Matches are reported one byte late: the byte after the range, or the end.
+            let last = match hay.get(end) {
+                Some(&b) => d.dfa.next_state(d.cache, lane.sid, b),
+                None => d.dfa.next_eoi_state(d.cache, lane.sid),
+            };
+            match last {
+                Ok(s) if s.is_match() => out.push((end, lane.fresh)),
+                Ok(s) if !s.is_quit() => {}
+                _ => return None,
+            }
+            if !d.valid() {
+                return None;
+            }
+        }
+    }
+
+    // A lane stopped early hands what it was tracking to the next one: candidates within
+    // `max_len` of that lane's start may end matches the stopped lane saw start. (With bounded
+    // patterns, a run in progress should never be in exactly the fresh state, order of its
+    // threads included, so this changes nothing; it keeps the argument from depending on how
+    // the automaton orders its states.)
+    for (&start, &f_stopped) in seg.iter().zip(&handoff).skip(1) {
+        if f_stopped == usize::MAX {
+            continue;
+        }
+        let reach = start.saturating_add(max_len);
+        for (c, f) in ends.iter_mut() {
+            if (start..=reach).contains(c) {
+                *f = (*f).min(f_stopped);
+            }
+        }
+    }
+    ends.sort_unstable();
+    Some(Candidates {
+        ends,
+        next: 0,
+        max_len,
+    })
+}
