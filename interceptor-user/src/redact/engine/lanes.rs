@@ -33,7 +33,7 @@ use regex_automata::{Anchored, Input, Match};
 /// Runs interleaved.
 const LANES: usize = 4;
 /// Texts shorter than this are searched in one run (the set-up of the lanes does not pay).
-pub(super) const MIN_TEXT: usize = 2048;
+pub(super) const MIN_TEXT: usize = 256;
 
 /// Lanes pay on text with fewer candidates than one per this many bytes...
 const SPARSE: usize = 512;
