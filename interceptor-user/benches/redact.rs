@@ -5,9 +5,10 @@
 //!   hashes, URLs, version strings, prose), one personal value every ~10 KB;
 //! - `dense_text`: ~1 MB of prose with a personal value every ~60-80 bytes, all entity types.
 //!
-//! For each, three ways:
-//! - `engine`: the engine over the whole text (`Engine::redact_cow`: one lazy-DFA pass +
-//!   validators + masking);
+//! For each, four ways:
+//! - `engine`: the engine over the whole text (`Engine::redact_cow`: one lazy-DFA pass, in
+//!   interleaved runs over long texts, + validators + masking);
+//! - `one run`: the same engine with the automaton in one run (`Engine::with_lanes(false)`);
 //! - `agent`: what the agent does with a response body: the streaming JSON rewriter in 16 KiB
 //!   chunks, each string value redacted through `TextRedactor::redact_labelled` with its key
 //!   (the dense text travels as the text of an MCP tool result);
@@ -408,11 +409,8 @@ fn main() {
             _ => sparse.as_str(),
         };
         let agent_path = which.ends_with("_agent");
-        // REDACT_BENCH_PREFILTER=1: the same with the prefilter (off by default);
         // REDACT_BENCH_ONE_RUN=1: without the interleaved runs over long texts.
-        let engine = engine
-            .with_prefilter(std::env::var_os("REDACT_BENCH_PREFILTER").is_some())
-            .with_lanes(std::env::var_os("REDACT_BENCH_ONE_RUN").is_none());
+        let engine = engine.with_lanes(std::env::var_os("REDACT_BENCH_ONE_RUN").is_none());
         let shared: Arc<dyn TextRedactor> = Arc::new(engine.clone());
         let mut out = Vec::with_capacity(text.len() + (1 << 16));
         let start = Instant::now();
@@ -498,9 +496,9 @@ fn main() {
     );
     println!(
         "{:<12} {:>17} {:>17} {:>17} {:>17} {:>14}",
-        "workload", "engine MB/s", "agent MB/s", "prefilter MB/s", "naive MB/s", "ratio (CPU)"
+        "workload", "engine MB/s", "agent MB/s", "one run MB/s", "naive MB/s", "ratio (CPU)"
     );
-    let prefiltered = engine.clone().with_prefilter(true);
+    let one_run = engine.clone().with_lanes(false);
     let j0 = machine_jiffies();
     let c0 = thread_cpu_ns();
     let w0 = Instant::now();
@@ -516,7 +514,7 @@ fn main() {
             black_box(agent(&shared, black_box(doc.as_bytes()), &mut out));
         });
         let p = mb_per_s(text.len(), &mut || {
-            black_box(prefiltered.redact_cow(black_box(text), &view));
+            black_box(one_run.redact_cow(black_box(text), &view));
         });
         let n = mb_per_s(text.len(), &mut || {
             black_box(naive.redact(&engine, black_box(text), &view));

@@ -23,6 +23,14 @@
 //!   limit). `meta` would pick the same lazy DFA but cannot run the anchored overlapping
 //!   (`All`) search used for alternatives, and falls back to a slow NFA when its cache
 //!   thrashes; here the cache is simply cleared and rebuilt (never an error, never a panic).
+//! * **Interleaved runs.** Following the automaton is one dependent table load per byte,
+//!   ~600 MB/s on one run here whatever the patterns. A text of 256 bytes or more is cut
+//!   into four segments and the automaton runs over all four at once, a byte of each in
+//!   turn (`lanes`): the loads overlap, and the runs only mark where a match state was
+//!   entered; the leftmost-first search then reads from a pattern length before each mark.
+//!   The matches are those of one search over the whole text (proof in `lanes`,
+//!   property-tested). Where marks are dense (personal data every few lines), one run reads
+//!   less and the engine falls back to it.
 //! * **Bounded.** Every pattern has a maximum length (patterns with unbounded repetition
 //!   are refused at load); validators that extend a match (PEM blocks, JWTs) do so by a
 //!   bounded amount. [`TextRedactor::max_match_len`] reports the maximum.
@@ -68,7 +76,6 @@
 
 mod detectors;
 mod lanes;
-mod prefilter;
 mod validate;
 
 #[cfg(test)]
@@ -86,16 +93,14 @@ use std::sync::Arc;
 
 use hmac::{Hmac, Mac};
 use regex_automata::hybrid;
-use regex_automata::hybrid::LazyStateID;
 use regex_automata::util::pool::Pool;
-use regex_automata::util::{start, syntax};
+use regex_automata::util::syntax;
 use regex_automata::{Anchored, Input, MatchKind};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 use super::{Finding, Head, TextRedactor};
 use detectors::{BUILTINS, NEGATIVE_GAP, NEGATIVE_WORDS, PENALTY, STRONG, THRESHOLD};
-use prefilter::{Cursor, Prefilter};
 pub use validate::Validator;
 
 /// The longest pattern a custom detector may have (bytes).
@@ -339,8 +344,6 @@ struct Inner {
     sources: Vec<String>,
     /// The longest match of any pattern, before validators extend it.
     max_pattern_len: usize,
-    /// What the automaton may skip (`None`: some pattern has no usable anchors).
-    prefilter: Option<Prefilter>,
     /// No pattern looks around other than with the ASCII word boundary `\b`, for which the
     /// start and end of a text read like a non-word byte: what [`Engine::cut_head`] needs.
     word_boundary_only: bool,
@@ -372,9 +375,6 @@ enum Lanes {
 #[derive(Clone)]
 pub struct Engine {
     inner: Arc<Inner>,
-    /// Whether scans use the prefilter (off by default: see `Engine::new`; tests and the
-    /// benchmark compare both).
-    use_prefilter: bool,
     /// Whether long texts are searched in interleaved runs first (`lanes`).
     lanes: Lanes,
 }
@@ -385,7 +385,6 @@ impl fmt::Debug for Engine {
             .field("patterns", &self.inner.patterns.len())
             .field("detectors", &self.inner.detectors.len())
             .field("max_match_len", &self.inner.max_len)
-            .field("prefilter", &self.inner.prefilter)
             .finish()
     }
 }
@@ -593,7 +592,6 @@ impl Engine {
             max_len = max_len.max(len).max(extent);
             hirs.push(hir);
         }
-        let prefilter = Prefilter::new(&hirs);
         let word_boundary_only = hirs.iter().all(|h| {
             h.properties()
                 .look_set()
@@ -659,7 +657,6 @@ impl Engine {
             patterns,
             sources,
             max_pattern_len: pattern_len.iter().copied().max().unwrap_or(0),
-            prefilter,
             word_boundary_only,
             detectors,
             key,
@@ -669,21 +666,8 @@ impl Engine {
         };
         Ok(Engine {
             inner: Arc::new(inner),
-            // Off by default: measured no faster than the plain lazy DFA on either bench
-            // workload (2026-11-30, same run: sparse 374 / 264 MB/s with it against 364 / 287
-            // without, dense 37 / 32 against 44 / 38); kept, and proven equivalent by the
-            // tests, for the work that makes it pay.
-            use_prefilter: false,
             lanes: Lanes::Sparse,
         })
-    }
-
-    /// The same engine with the prefilter on or off (the results are the same; for tests and
-    /// benchmarks).
-    #[doc(hidden)]
-    pub fn with_prefilter(mut self, on: bool) -> Engine {
-        self.use_prefilter = on;
-        self
     }
 
     /// The same engine with the interleaved runs over long texts on or off (the results are
@@ -700,12 +684,6 @@ impl Engine {
     fn with_lanes_always(mut self) -> Engine {
         self.lanes = Lanes::Always;
         self
-    }
-
-    /// Whether the patterns have a prefilter (custom patterns without rare anchor bytes, such
-    /// as all-lowercase words, leave the automaton to read every byte).
-    pub fn has_prefilter(&self) -> bool {
-        self.inner.prefilter.is_some()
     }
 
     /// All built-in detectors, pseudonymize by default.
@@ -823,22 +801,13 @@ impl Engine {
             hay.len()
                 .min(stop.saturating_add(inner.max_pattern_len + 1))
         };
-        let mut cursor = Cursor::default();
-        let pf = inner.prefilter.as_ref().filter(|_| self.use_prefilter);
-        let limit = stop.saturating_add(pf.map_or(0, Prefilter::max_lb));
         let mut pos = from;
-        if let Some(pf) = pf {
-            // Most short values hold no anchor at all: no automaton, no cache.
-            match pf.next_start(hay, from, limit, &mut cursor) {
-                Some(t) => pos = t,
-                None => return,
-            }
-        }
-        let mut starts = None;
         let mut cache = inner.re_caches.get();
         // Long texts: the automaton first runs over several segments at once (see `lanes`).
-        let mut lanes = match pf {
-            None if stop - from >= lanes::MIN_TEXT && self.lanes != Lanes::Off => lanes::find(
+        let mut lanes = match self.lanes {
+            Lanes::Off => None,
+            _ if stop - from < lanes::MIN_TEXT => None,
+            _ => lanes::find(
                 inner.re.forward(),
                 cache.forward_mut(),
                 text,
@@ -846,7 +815,6 @@ impl Engine {
                 inner.max_pattern_len,
                 self.lanes == Lanes::Sparse,
             ),
-            _ => None,
         };
         let mut scratch = Scratch {
             label,
@@ -856,28 +824,10 @@ impl Engine {
         // rejected structure (`0044 0532 0130 00` inside a bad IBAN) and is skipped.
         let mut rejected_end = 0;
         while pos < stop {
-            let found = match (pf, lanes.as_mut()) {
-                (None, Some(lanes)) => lanes.search(&inner.re, &mut cache, text, pos, search_end),
-                _ => {
-                    let pos_from = match pf {
-                        Some(pf) => {
-                            let bounds = (stop, search_end, limit);
-                            match self.skip(
-                                pf,
-                                hay,
-                                pos,
-                                bounds,
-                                &mut cache,
-                                &mut cursor,
-                                &mut starts,
-                            ) {
-                                Some(p) => p,
-                                None => break,
-                            }
-                        }
-                        None => pos,
-                    };
-                    let input = Input::new(hay).span(pos_from..search_end);
+            let found = match lanes.as_mut() {
+                Some(lanes) => lanes.search(&inner.re, &mut cache, text, pos, search_end),
+                None => {
+                    let input = Input::new(hay).span(pos..search_end);
                     // No match, or (never with this configuration) a search error.
                     inner.re.try_search(&mut cache, &input).ok().flatten()
                 }
@@ -926,93 +876,6 @@ impl Engine {
             while pos < stop && !text.is_char_boundary(pos) {
                 pos += 1;
             }
-        }
-    }
-
-    /// A position `p >= pos` such that no match starts in `[pos, p)`, so that a search from
-    /// `p` finds the same leftmost match as one from `pos`; `None` when no match starts in
-    /// `[pos, stop)` (see `prefilter`). Runs the forward automaton only from where the
-    /// prefilter says a match may start, and jumps ahead whenever it is back in its start
-    /// state with no anchor close enough.
-    #[allow(clippy::too_many_arguments)]
-    fn skip(
-        &self,
-        pf: &Prefilter,
-        hay: &[u8],
-        pos: usize,
-        (stop, end, limit): (usize, usize, usize),
-        cache: &mut hybrid::regex::Cache,
-        cursor: &mut Cursor,
-        starts: &mut Option<(usize, LazyStateID)>,
-    ) -> Option<usize> {
-        let dfa = self.inner.re.forward();
-        let fc = cache.forward_mut();
-        let mut t = pf.next_start(hay, pos, limit, cursor)?;
-        'jump: loop {
-            if t >= stop {
-                return None;
-            }
-            let Ok(mut sid) = dfa.start_state_forward(fc, &Input::new(hay).span(t..end)) else {
-                return Some(t);
-            };
-            let generation = fc.clear_count();
-            // The start state after a non-word byte: where the automaton is back to when
-            // nothing is in progress (ids are valid until the cache is cleared).
-            let start = match *starts {
-                Some((g, s)) if g == generation => s,
-                _ => {
-                    let cfg = start::Config::new()
-                        .anchored(Anchored::No)
-                        .look_behind(Some(b' '));
-                    match dfa.start_state(fc, &cfg) {
-                        Ok(s) if fc.clear_count() == generation => {
-                            *starts = Some((generation, s));
-                            s
-                        }
-                        _ => return Some(t),
-                    }
-                }
-            };
-            let mut q = t;
-            while let Some(&b) = hay.get(q).filter(|_| q < end) {
-                let mut next = dfa.next_state_untagged(fc, sid, b);
-                if next.is_tagged() {
-                    if !next.is_unknown() {
-                        // A match (or dead, or quit): the full search takes over.
-                        return Some(t);
-                    }
-                    next = match dfa.next_state(fc, sid, b) {
-                        Ok(n) if !n.is_tagged() && fc.clear_count() == generation => n,
-                        _ => return Some(t),
-                    };
-                }
-                sid = next;
-                q += 1;
-                if sid == start {
-                    // Nothing in progress at `q`.
-                    let next = match pf.cached(cursor, q) {
-                        Some(next) => next,
-                        None => pf.next_start(hay, q, limit, cursor),
-                    };
-                    match next {
-                        None => return None,
-                        Some(t2) if t2 > q => {
-                            t = t2;
-                            continue 'jump;
-                        }
-                        Some(_) => {}
-                    }
-                }
-            }
-            // Matches are reported one byte late: the byte after the span, or the end.
-            let last = match hay.get(end) {
-                Some(&b) => dfa.next_state(fc, sid, b),
-                None => dfa.next_eoi_state(fc, sid),
-            };
-            return match last {
-                Ok(s) if !s.is_match() => None,
-                _ => Some(t),
-            };
         }
     }
 
@@ -1325,8 +1188,19 @@ impl Engine {
                 a -= 1;
             }
             if a < b {
+                // The scan starts a pattern length earlier, and keeps what starts from `a`
+                // on: a candidate the group's start falls into (a rejected IBAN whose digits
+                // read as a phone number on their own) is then judged whole, as a scan of
+                // the whole text judges it, wherever the group starts (so also the same in a
+                // window of the text as in the whole).
+                let mut pre = a.saturating_sub(before);
+                while pre > 0 && !text.is_char_boundary(pre) {
+                    pre -= 1;
+                }
                 let n = out.len();
-                self.scan_range(label, text, a, b, out, reach.as_deref_mut());
+                self.scan_range(label, text, pre, b, out, reach.as_deref_mut());
+                let found = out.split_off(n);
+                out.extend(found.into_iter().filter(|m| m.start >= a));
                 done = out[n..].last().map_or(b, |m| m.end.max(b));
             }
         }

@@ -106,9 +106,8 @@ pub(crate) const NEGATIVE_WORDS: &[&str] = &[
 const MONTHS: &str = "(?i:january|february|march|april|may|june|july|august|september|october|november|december|jan|feb|mar|apr|jun|jul|aug|sep|sept|oct|nov|dec|januar|februar|märz|maerz|mai|juni|juli|oktober|dezember|jänner|janvier|février|fevrier|mars|avril|juin|juillet|août|aout|septembre|octobre|novembre|décembre|decembre|enero|febrero|marzo|abril|mayo|junio|julio|agosto|septiembre|setiembre|octubre|noviembre|diciembre|gennaio|febbraio|aprile|maggio|giugno|luglio|settembre|ottobre|dicembre|januari|februari|maart|mei|augustus|mrt|okt|stycznia|lutego|marca|kwietnia|maja|czerwca|lipca|sierpnia|września|wrzesnia|października|pazdziernika|listopada|grudnia|augusti|maj)";
 
 /// Month-first dates (`March 12, 1984`, `Sept. 3 1990`) are English usage, and English month
-/// names are written with a capital: requiring it keeps the pattern anchored on a rare byte
-/// (see `prefilter`), where a lowercase month name would make every digit a possible date
-/// 15 bytes into a match.
+/// names are written with a capital: requiring it keeps the automaton from following every
+/// lowercase word that starts like a month name as a possible date.
 const MONTHS_EN: &str = "(?:J(?i:anuary|an|une|un|uly|ul)|F(?i:ebruary|eb)|M(?i:arch|ar|ay)|A(?i:pril|pr|ugust|ug)|S(?i:eptember|ept|ep)|O(?i:ctober|ct)|N(?i:ovember|ov)|D(?i:ecember|ec))";
 
 /// Month names of the supported languages, lowercase, with their number.
