@@ -207,7 +207,7 @@ pub struct AuthSettings {
 #[serde(deny_unknown_fields)]
 pub struct ServiceAuth {
     /// This service's protected resource URL (RFC 8707/9728): the `aud` its tokens must carry,
-    /// e.g. "https://crm.example.com/mcp".
+    /// e.g. `https://crm.example.com/mcp`.
     pub resource: String,
     /// Forward the caller's token to the server (default: never).
     #[serde(default)]

@@ -252,7 +252,7 @@ pub struct InstallArgs {
     /// Where the binary goes on the target system.
     #[arg(long, default_value = "/usr/local/bin")]
     pub bin_dir: PathBuf,
-    /// Also start the service now (it needs a configured [[services]] table first).
+    /// Also start the service now (it needs a configured `[[services]]` table first).
     #[arg(long)]
     pub now: bool,
     /// Print the unit file for --bin-dir and exit.

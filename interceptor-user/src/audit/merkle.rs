@@ -129,7 +129,7 @@ fn subtree_root(leaves: &[Hash]) -> Hash {
     }
 }
 
-/// RFC 6962 PATH(m, D[n]): the audit path of leaf `index` in the tree of `leaves`.
+/// RFC 6962 `PATH(m, D[n])`: the audit path of leaf `index` in the tree of `leaves`.
 pub fn inclusion_proof(index: usize, leaves: &[Hash]) -> Vec<Hash> {
     let mut out = Vec::new();
     path(index, leaves, &mut out);

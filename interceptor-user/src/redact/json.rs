@@ -1211,7 +1211,7 @@ fn cut_candidates(text: &str, h: usize) -> Vec<usize> {
 }
 
 /// [`TextRedactor::redact_head`] by verification, for any redactor: the first of
-/// [`cut_candidates`] where `redact(text) == redact(text[..c]) ++ redact(text[c..])`, i.e. no
+/// `cut_candidates` where `redact(text) == redact(text[..c]) ++ redact(text[c..])`, i.e. no
 /// match (nor the context of one) straddles the cut (a redaction of the window, and of the
 /// head and the tail per try).
 pub fn verified_head<'t, R: TextRedactor + ?Sized>(
