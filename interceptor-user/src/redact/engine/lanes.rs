@@ -19,12 +19,14 @@
 //! (the automaton reports the earliest match end of anything it tracks); if `c < s`, the run
 //! restarts at `c + 1 <= s` and the argument repeats. So some candidate `c` has
 //! `s <= c <= s + L`, found by a run started at or before `s`. A run crosses its segment's end
-//! and stops only `L + 1` bytes later, or where its state is the start state again: then
-//! nothing it tracks is in progress beyond what a fresh run from there would track, and the
-//! next segment's run, started earlier, reports the same match ends; its candidates within
-//! `L` of its start are credited with the stopped run's start. [`Candidates::resume`] takes,
-//! over the candidates within `L` of the first one at or after `pos`, the earliest start any
-//! of them allows: no match starts between `pos` and there.
+//! and stops only `L + 1` bytes later, or where its state is the one the next segment's run
+//! had at the same place (or the fresh state): from there on both read the same and enter
+//! match states at the same places. The matches the stopped run was following may have
+//! started before the next segment, so the next run's candidates within `L` of its start are
+//! credited with the stopped run's start (tested: without it, values across lane ends are
+//! lost). [`Candidates::resume`] takes, over the candidates within `L` of the first one at or
+//! after `pos`, the earliest start any of them allows: no match starts between `pos` and
+//! there.
 
 use regex_automata::hybrid::{self, LazyStateID};
 use regex_automata::util::start;
@@ -35,6 +37,8 @@ const LANES: usize = 4;
 /// Texts shorter than this are searched in one run (the set-up of the lanes does not pay).
 pub(super) const MIN_TEXT: usize = 256;
 
+/// Steps whose states are kept, to stop lanes early past their segment.
+const TRAIL: usize = 128;
 /// Lanes pay on text with fewer candidates than one per this many bytes...
 const SPARSE: usize = 512;
 /// ... known once this many were found.
@@ -236,8 +240,14 @@ pub(super) fn find(
     }
     let mut ends: Vec<(usize, usize)> = Vec::new();
 
-    // All lanes together, as far as the shortest segment goes.
+    // All lanes together, as far as the shortest segment goes. The states of the first
+    // [`TRAIL`] steps are kept: a lane crossing into the next segment stops where its state
+    // is the one the next lane had there (the runs' states agree once the threads started
+    // before the segment's end are over, within a word in prose, a few dozen bytes in
+    // base64).
     let steps = (0..LANES).map(|k| seg[k + 1] - seg[k]).min().unwrap_or(0);
+    let kept = steps.min(TRAIL);
+    let mut trail = [[LazyStateID::default(); LANES]; TRAIL];
     let mut i = 0;
     while i < steps {
         // The states stay in registers for as long as no transition is tagged (not computed
@@ -246,9 +256,20 @@ pub(super) fn find(
         {
             let cache = &*d.cache;
             let h: [&[u8]; LANES] = std::array::from_fn(|k| &hay[seg[k]..seg[k] + steps]);
-            while i < steps {
-                let next: [LazyStateID; LANES] =
-                    std::array::from_fn(|k| d.dfa.next_state_untagged(cache, sid[k], h[k][i]));
+            let step = |sid: &[LazyStateID; LANES], i: usize| -> [LazyStateID; LANES] {
+                std::array::from_fn(|k| d.dfa.next_state_untagged(cache, sid[k], h[k][i]))
+            };
+            while i < kept {
+                trail[i] = sid;
+                let next = step(&sid, i);
+                if next.iter().fold(false, |t, n| t | n.is_tagged()) {
+                    break;
+                }
+                sid = next;
+                i += 1;
+            }
+            while i >= kept && i < steps {
+                let next = step(&sid, i);
                 if next.iter().fold(false, |t, n| t | n.is_tagged()) {
                     break;
                 }
@@ -274,8 +295,8 @@ pub(super) fn find(
         }
     }
 
-    // Then each lane alone: the rest of its segment, and past its end until its state is a
-    // fresh one or no match started in the segment can still end.
+    // Then each lane alone: the rest of its segment, and past its end until it reads as the
+    // next lane did, or no match started in the segment can still end.
     let mut handoff = [usize::MAX; LANES];
     for k in 0..LANES {
         let lane = &mut lanes[k];
@@ -287,9 +308,17 @@ pub(super) fn find(
             end.min(seg[k + 1].saturating_add(max_len + 1))
         };
         while lane.q < until {
-            if !last && lane.q >= seg[k + 1] && d.fresh(hay, lane.q)? == lane.sid {
-                handoff[k + 1] = lane.fresh;
-                break;
+            if !last && lane.q >= seg[k + 1] {
+                // The next lane was in this state here (or a fresh one would be): from here on
+                // it reads what this one would.
+                let same = match trail[..kept].get(lane.q - seg[k + 1]) {
+                    Some(states) => states[k + 1] == lane.sid,
+                    None => d.fresh(hay, lane.q)? == lane.sid,
+                };
+                if same {
+                    handoff[k + 1] = lane.fresh;
+                    break;
+                }
             }
             d.step(hay, lane, out)?;
         }
@@ -310,11 +339,8 @@ pub(super) fn find(
         }
     }
 
-    // A lane stopped early hands what it was tracking to the next one: candidates within
-    // `max_len` of that lane's start may end matches the stopped lane saw start. (With bounded
-    // patterns, a run in progress should never be in exactly the fresh state, order of its
-    // threads included, so this changes nothing; it keeps the argument from depending on how
-    // the automaton orders its states.)
+    // A lane stopped early hands what it was following to the next one: candidates within
+    // `max_len` of that lane's start may end matches that started in the stopped lane.
     for (&start, &f_stopped) in seg.iter().zip(&handoff).skip(1) {
         if f_stopped == usize::MAX {
             continue;

@@ -784,6 +784,26 @@ fn lanes_find_values_across_segment_ends() {
 }
 
 #[test]
+fn lanes_agree_on_text_without_fresh_states() {
+    // Base64 keeps the automaton following possible keys and tokens at every byte: lanes
+    // stop past their segment only where their state is the next lane's.
+    let mut r = corpus::Rng::new(11);
+    const B64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let blob: String = (0..4096).map(|_| char::from(B64[r.below(64)])).collect();
+    for at in [1000, 1020, 1024, 1030] {
+        let text = format!("{} jane.doe@example.com {}", &blob[..at], &blob[at + 22..]);
+        let found = assert_lanes_agree(engine(), &text);
+        assert!(
+            found
+                .iter()
+                .any(|m| &*m.entity == "EMAIL" && m.start == at + 1),
+            "{found:?}"
+        );
+    }
+    assert_lanes_agree(engine(), &blob);
+}
+
+#[test]
 fn lanes_hand_over_matches_in_progress() {
     // `Q?ZZZ`: after `Q`, the automaton's state is its start state again, though a match that
     // began at `Q` is in progress. A lane ending right after `Q` stops there; the next lane
