@@ -66,8 +66,8 @@
 //!
 //! | workload | engine, MB/s (best wall / CPU) | same engine, one run | naive, 1 regex per pattern |
 //! |---|---|---|---|
-//! | PII-sparse JSON, 4 MB | 793 / 558 | 345 / 279 | 13.3 / 12.0 |
-//! | PII-dense text, 1 MB, ~15 values/KB | 67 / 48 | 62 / 44 | 9.8 / 7.6 |
+//! | PII-sparse JSON, 4 MB | 813 / 556 | 353 / 286 | 12.4 / 11.2 |
+//! | PII-dense text, 1 MB, ~15 values/KB | 67 / 51 | 62 / 47 | 9.4 / 7.5 |
 //!
 //! The README has the agent's path (the streaming JSON rewriter). Sparse JSON is bounded by
 //! the four-lane loop (~60%) and the searches near each candidate; dense text by per-value
