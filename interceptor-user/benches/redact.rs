@@ -3,7 +3,9 @@
 //! Workloads (generated deterministically here):
 //! - `sparse_json`: ~4 MB of typical tool results (issue-tracker JSON: ids, timestamps,
 //!   hashes, URLs, version strings, prose), one personal value every ~10 KB;
-//! - `dense_text`: ~1 MB of prose with a personal value every ~60-80 bytes, all entity types.
+//! - `dense_text`: ~1 MB of prose with a personal value every ~60-80 bytes, all entity types;
+//! - `base64_json`: ~2 MB of MCP tool results with base64 images (200 B to 32 KiB each), where
+//!   the automaton never returns to its start state inside a string.
 //!
 //! For each, four ways:
 //! - `engine`: the engine over the whole text (`Engine::redact_cow`: one lazy-DFA pass, in
@@ -23,7 +25,7 @@
 //! much CPU other processes took meanwhile. Also printed: the build time of the engine, and
 //! what a dense (ahead-of-time) DFA of the same patterns would cost to build.
 //!
-//! `REDACT_BENCH_PROFILE=sparse|dense|sparse_agent|dense_agent [REDACT_BENCH_ITERS=n]` runs one
+//! `REDACT_BENCH_PROFILE=sparse|dense|base64[_agent] [REDACT_BENCH_ITERS=n]` runs one
 //! workload alone (for `perf record` or `valgrind --tool=callgrind`); `REDACT_BENCH_SUMMARY=1`
 //! skips criterion and prints the summary only.
 
@@ -220,6 +222,30 @@ fn sparse_json(target: usize) -> String {
     s
 }
 
+/// MCP tool results carrying images: base64 `data` strings from 200 bytes to 32 KiB (the
+/// automaton never returns to its start state inside them), with a short text part, one
+/// e-mail address every ~10 results.
+fn blob_json(target: usize) -> String {
+    const B64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut r = Rng(0xb10b_0000_0000_0007);
+    let mut items = Vec::new();
+    let mut len = 0;
+    let mut n = 0;
+    while len < target {
+        let size = 200 << r.below(8);
+        let data: String = (0..size).map(|_| char::from(B64[r.below(64)])).collect();
+        let mut text = prose(&mut r, 20);
+        if n % 10 == 3 {
+            text.push_str(&format!(" sent by mark.rossi{}@example.org", r.below(100)));
+        }
+        len += data.len() + text.len() + 80;
+        items.push(serde_json::json!({"type": "image", "mimeType": "image/png", "data": data}));
+        items.push(serde_json::json!({"type": "text", "text": text}));
+        n += 1;
+    }
+    serde_json::json!({"jsonrpc": "2.0", "id": 9, "result": {"content": items}}).to_string()
+}
+
 fn dense_text(target: usize) -> String {
     let mut r = Rng(0xdead_beef_0000_0042);
     let mut s = String::new();
@@ -398,6 +424,12 @@ fn main() {
     let sparse = sparse_json(4 << 20);
     let dense = dense_text(1 << 20);
     let dense_doc = tool_result(&dense);
+    let blobs = blob_json(2 << 20);
+    let workloads = [
+        ("sparse_json", &sparse, &sparse),
+        ("dense_text", &dense, &dense_doc),
+        ("base64_json", &blobs, &blobs),
+    ];
     if let Ok(which) = std::env::var("REDACT_BENCH_PROFILE") {
         // For `perf record` / callgrind: one workload alone, for ~5 s or n iterations.
         let iters: Option<u64> = std::env::var("REDACT_BENCH_ITERS")
@@ -406,6 +438,7 @@ fn main() {
         let text = match which.as_str() {
             "dense" => dense.as_str(),
             "dense_agent" => dense_doc.as_str(),
+            "base64" | "base64_agent" => blobs.as_str(),
             _ => sparse.as_str(),
         };
         let agent_path = which.ends_with("_agent");
@@ -433,10 +466,7 @@ fn main() {
 
     // Sanity: the baseline finds the same as the engine (before timing anything), and the
     // agent's path at least as much (keys are labels there).
-    for (name, text, doc) in [
-        ("sparse_json", &sparse, &sparse),
-        ("dense_text", &dense, &dense_doc),
-    ] {
+    for (name, text, doc) in workloads {
         let a = engine.redact_with(text, &view);
         let b = naive.redact(&engine, text, &view);
         let mut out = Vec::new();
@@ -461,10 +491,7 @@ fn main() {
     if criterion_too {
         let mut g = c.benchmark_group("redact");
         let mut out = Vec::new();
-        for (name, text, doc) in [
-            ("sparse_json", &sparse, &sparse),
-            ("dense_text", &dense, &dense_doc),
-        ] {
+        for (name, text, doc) in workloads {
             g.throughput(Throughput::Bytes(text.len() as u64));
             g.bench_function(format!("engine/{name}"), |b| {
                 b.iter(|| engine.redact_cow(black_box(text), &view).1.findings.len())
@@ -503,10 +530,7 @@ fn main() {
     let c0 = thread_cpu_ns();
     let w0 = Instant::now();
     let mut out = Vec::new();
-    for (name, text, doc) in [
-        ("sparse_json", &sparse, &sparse),
-        ("dense_text", &dense, &dense_doc),
-    ] {
+    for (name, text, doc) in workloads {
         let e = mb_per_s(text.len(), &mut || {
             black_box(engine.redact_cow(black_box(text), &view));
         });
