@@ -12,43 +12,12 @@ use std::sync::Arc;
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 
-// Mirrors `interceptor::redact` (the trait, `Finding` and `Head`) at the crate root, the `super` of
-// the included `json.rs`, so that it compiles here on its own, without the agent crate and its
-// eBPF build. Keep in sync with `interceptor-user/src/redact/mod.rs`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Finding {
-    pub entity: String,
-    pub pseudonym: String,
-}
+// The agent's `redact/redactor.rs` and `redact/json.rs`, compiled here at the crate root (the
+// `super` of both), without the agent crate and its eBPF build.
+#[path = "../../interceptor-user/src/redact/redactor.rs"]
+mod redactor;
 
-pub trait TextRedactor: Send + Sync {
-    fn max_match_len(&self) -> usize;
-    fn redact(&self, text: &str) -> (String, Vec<Finding>);
-    fn redact_labelled<'t>(
-        &self,
-        label: Option<&str>,
-        text: &'t str,
-    ) -> (Cow<'t, str>, Vec<Finding>) {
-        let _ = label;
-        let (out, findings) = self.redact(text);
-        (Cow::Owned(out), findings)
-    }
-    fn redact_head<'t>(
-        &self,
-        label: Option<&str>,
-        text: &'t str,
-        holdback: usize,
-    ) -> Option<Head<'t>> {
-        json::verified_head(self, label, text, holdback)
-    }
-}
-
-#[derive(Debug)]
-pub struct Head<'t> {
-    pub cut: usize,
-    pub text: Cow<'t, str>,
-    pub findings: Vec<Finding>,
-}
+pub use redactor::{Finding, Head, TextRedactor};
 
 #[allow(dead_code)]
 #[path = "../../interceptor-user/src/redact/json.rs"]

@@ -1,0 +1,73 @@
+//! What the redaction layers share: [`TextRedactor`], the [`Finding`]s it reports and the
+//! [`Head`] of a long string's window. Its own file so that the fuzz target compiles it with
+//! `json.rs` (both by `#[path]`, at its crate root), without a copy to keep in sync.
+
+use std::borrow::Cow;
+
+use serde::Serialize;
+
+/// One masked value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    /// Entity type, e.g. "EMAIL", "IBAN", "CARD".
+    pub entity: String,
+    /// Keyed pseudonym of the value (HMAC), never the value itself.
+    pub pseudonym: String,
+}
+
+/// Redacts personal data in one piece of text.
+pub trait TextRedactor: Send + Sync {
+    /// The longest text one detector can match: a streaming caller that holds back this many
+    /// bytes (plus context) at a chunk boundary never splits a match.
+    fn max_match_len(&self) -> usize;
+    /// Returns the text with every detected value masked, and what was masked.
+    fn redact(&self, text: &str) -> (String, Vec<Finding>);
+    /// Like [`redact`](Self::redact) for the value of a named field: `label` is the name of
+    /// the field (the JSON key of the member whose string value `text` is; for an element of
+    /// an array, the key of the member holding the array; `None` when there is none, or when
+    /// `text` is not the start of the value). A label is context right before the text, so
+    /// `{"bsn": "111222333"}` is a BSN although the string `111222333` alone is not.
+    ///
+    /// Returns the text borrowed when nothing changed (no copy). The default ignores the
+    /// label and calls `redact`.
+    fn redact_labelled<'t>(
+        &self,
+        label: Option<&str>,
+        text: &'t str,
+    ) -> (Cow<'t, str>, Vec<Finding>) {
+        let _ = label;
+        let (out, findings) = self.redact(text);
+        (Cow::Owned(out), findings)
+    }
+
+    /// For a streaming caller that cannot hold a long string whole: a cut `c` of the window
+    /// `text` after its middle and at least `holdback` bytes before its end (or fewer, when
+    /// the redactor knows that nothing after the window can change the head, see
+    /// `Engine::cut_head`) such that
+    /// redacting `text[..c]` (under `label`) and `text[c..]` (without: it does not start the
+    /// value) apart gives exactly the redaction of `text`; and `text[..c]` redacted. `None`
+    /// when there is no such cut (the caller grows the window).
+    ///
+    /// The default tries a few cut points and checks each by redacting the window, the head
+    /// and the tail ([`verified_head`](super::json::verified_head)); an engine that knows what its decisions read
+    /// can do it in one pass.
+    fn redact_head<'t>(
+        &self,
+        label: Option<&str>,
+        text: &'t str,
+        holdback: usize,
+    ) -> Option<Head<'t>> {
+        super::json::verified_head(self, label, text, holdback)
+    }
+}
+
+/// The redacted head of a long string's window (see [`TextRedactor::redact_head`]).
+#[derive(Debug)]
+pub struct Head<'t> {
+    /// Where the window was cut (a char boundary).
+    pub cut: usize,
+    /// The window's text before the cut, redacted (borrowed when nothing changed).
+    pub text: Cow<'t, str>,
+    /// What was masked in it.
+    pub findings: Vec<Finding>,
+}
