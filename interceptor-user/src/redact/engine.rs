@@ -99,6 +99,7 @@ use regex_automata::{Anchored, Input, MatchKind};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
+use super::json::floor_boundary;
 use super::{Finding, Head, TextRedactor};
 use detectors::{BUILTINS, NEGATIVE_GAP, NEGATIVE_WORDS, PENALTY, STRONG, THRESHOLD};
 pub use validate::Validator;
@@ -1177,26 +1178,21 @@ impl Engine {
         let mut i = 0;
         let mut done = 0;
         while i < masks.len() {
-            let mut a = masks[i].0.saturating_sub(before).max(done);
+            let a = masks[i].0.saturating_sub(before).max(done);
             let mut b = masks[i].1.saturating_add(after).min(text.len());
             i += 1;
             while i < masks.len() && masks[i].0.saturating_sub(before) <= b {
                 b = masks[i].1.saturating_add(after).min(text.len());
                 i += 1;
             }
-            while a > 0 && !text.is_char_boundary(a) {
-                a -= 1;
-            }
+            let a = floor_boundary(text, a);
             if a < b {
                 // The scan starts a pattern length earlier, and keeps what starts from `a`
                 // on: a candidate the group's start falls into (a rejected IBAN whose digits
                 // read as a phone number on their own) is then judged whole, as a scan of
                 // the whole text judges it, wherever the group starts (so also the same in a
                 // window of the text as in the whole).
-                let mut pre = a.saturating_sub(before);
-                while pre > 0 && !text.is_char_boundary(pre) {
-                    pre -= 1;
-                }
+                let pre = floor_boundary(text, a.saturating_sub(before));
                 let n = out.len();
                 self.scan_range(label, text, pre, b, out, reach.as_deref_mut());
                 let found = out.split_off(n);

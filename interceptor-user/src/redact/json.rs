@@ -1157,7 +1157,8 @@ fn push_esc(s: &mut Str, b: u8) {
     }
 }
 
-fn floor_boundary(text: &str, mut c: usize) -> usize {
+/// The char boundary at or before `c` (at most the text's length).
+pub(super) fn floor_boundary(text: &str, mut c: usize) -> usize {
     c = c.min(text.len());
     while c > 0 && !text.is_char_boundary(c) {
         c -= 1;

@@ -298,9 +298,7 @@ pub(super) fn find(
     // Then each lane alone: the rest of its segment, and past its end until it reads as the
     // next lane did, or no match started in the segment can still end.
     let mut handoff = [usize::MAX; LANES];
-    for k in 0..LANES {
-        let lane = &mut lanes[k];
-        let out = &mut ends;
+    for (k, lane) in lanes.iter_mut().enumerate() {
         let last = k + 1 == LANES;
         let until = if last {
             end
@@ -320,16 +318,16 @@ pub(super) fn find(
                     break;
                 }
             }
-            d.step(hay, lane, out)?;
+            d.step(hay, lane, &mut ends)?;
         }
         if lane.q == end {
             // Matches are reported one byte late: the byte after the range, or the end.
-            let last = match hay.get(end) {
+            let delayed = match hay.get(end) {
                 Some(&b) => d.dfa.next_state(d.cache, lane.sid, b),
                 None => d.dfa.next_eoi_state(d.cache, lane.sid),
             };
-            match last {
-                Ok(s) if s.is_match() => out.push((end, lane.fresh)),
+            match delayed {
+                Ok(s) if s.is_match() => ends.push((end, lane.fresh)),
                 Ok(s) if !s.is_quit() => {}
                 _ => return None,
             }
