@@ -11,6 +11,13 @@
 //!   and every shorter end that also matches at that position, so a rejected greedy or
 //!   higher-priority candidate never hides a valid one (e.g. a card number followed by a
 //!   year, a Luhn-invalid number that is a valid French NIR).
+//! * **E-mail beside the automaton.** The e-mail pattern alone is not in the union: its
+//!   local part may start after any `+`, `.` or `-`, and on base64 (images in tool results)
+//!   the union then tracks up to 64 such starts times every other bounded pattern in
+//!   progress, builds a new state at almost every byte and clears its cache again and again
+//!   (~2 MB/s). It is searched from each `@` instead (`side`), and its matches merged with
+//!   the union's by start, then pattern order: the same matches as the union with it inside
+//!   (property-tested).
 //!
 //!   Why the lazy DFA (`hybrid`) and not the dense DFA (`dfa::dense`) or `meta`: the dense
 //!   DFA of the unanchored union of ~40 bounded-repetition patterns has to determinize the
@@ -76,6 +83,7 @@
 
 mod detectors;
 mod lanes;
+mod side;
 mod validate;
 
 #[cfg(test)]
@@ -101,7 +109,9 @@ use sha2::Sha256;
 
 use super::json::floor_boundary;
 use super::{Finding, Head, TextRedactor};
-use detectors::{BUILTINS, NEGATIVE_GAP, NEGATIVE_WORDS, PENALTY, STRONG, THRESHOLD};
+use detectors::{
+    BUILTINS, EMAIL_PATTERN, NEGATIVE_GAP, NEGATIVE_WORDS, PENALTY, STRONG, THRESHOLD,
+};
 pub use validate::Validator;
 
 /// The longest pattern a custom detector may have (bytes).
@@ -332,9 +342,22 @@ type CachePool<T> = Pool<T, PoolFn<T>>;
 /// The context-word automaton and its caches.
 type ContextDfa = (Arc<hybrid::dfa::DFA>, CachePool<hybrid::dfa::Cache>);
 
+/// The caches of one search: the union automaton's and the e-mail pattern's.
+struct Caches {
+    re: hybrid::regex::Cache,
+    side: Option<hybrid::regex::Cache>,
+}
+
 struct Inner {
+    /// The union automaton: every pattern but the one searched beside it (`side`).
     re: Arc<hybrid::regex::Regex>,
-    re_caches: CachePool<hybrid::regex::Cache>,
+    /// The global id (index of `patterns`) of each pattern of `re`.
+    re_ids: Vec<u32>,
+    /// The longest match of a pattern of `re`.
+    re_max_len: usize,
+    /// The e-mail pattern, searched from each `@` (see `side`).
+    side: Option<Arc<side::Side>>,
+    caches: CachePool<Caches>,
     all: Arc<hybrid::dfa::DFA>,
     all_caches: CachePool<hybrid::dfa::Cache>,
     /// Context words, case-insensitive; pattern id = word id.
@@ -432,6 +455,34 @@ struct Scratch<'l> {
     hits_lo: usize,
 }
 
+/// The result of a search for the leftmost match `(start, end, pattern)` from `from`.
+#[derive(Clone, Copy, Default)]
+struct Next {
+    /// `None` before the first search.
+    from: Option<usize>,
+    found: Option<(usize, usize, u32)>,
+}
+
+impl Next {
+    fn searched(from: usize, found: Option<(usize, usize, u32)>) -> Next {
+        Next {
+            from: Some(from),
+            found,
+        }
+    }
+
+    /// Whether this is still the leftmost match from `pos`: while `pos` has not passed its
+    /// start, no match starts in `from..pos` (and the match at a start does not depend on
+    /// where the search began).
+    fn holds(&self, pos: usize) -> bool {
+        match (self.from, self.found) {
+            (None, _) => false,
+            (Some(f), None) => f <= pos,
+            (Some(f), Some((s, _, _))) => f <= pos && pos <= s,
+        }
+    }
+}
+
 struct Accepted {
     detector: u32,
     start: usize,
@@ -442,6 +493,12 @@ struct Accepted {
 impl Engine {
     /// Compiles the detectors of `cfg` into one automaton.
     pub fn new(cfg: &EngineConfig, key: PseudonymKey) -> Result<Engine, EngineError> {
+        Engine::build(cfg, key, true)
+    }
+
+    /// With `split`, the e-mail pattern is searched beside the union automaton (`side`);
+    /// without, it is in the union (tests: the two must find the same).
+    fn build(cfg: &EngineConfig, key: PseudonymKey, split: bool) -> Result<Engine, EngineError> {
         let mut detectors: Vec<Detector> = Vec::new();
         let mut sources: Vec<String> = Vec::new();
         let mut patterns: Vec<Vec<u32>> = Vec::new();
@@ -601,10 +658,42 @@ impl Engine {
         });
 
         let dfa_config = hybrid::dfa::Config::new().cache_capacity(CACHE_CAPACITY);
+        // The e-mail pattern is searched beside the union automaton (see `side`).
+        let side_pid = sources.iter().position(|s| split && s == EMAIL_PATTERN);
+        let side = match side_pid {
+            Some(i) => Some(Arc::new(
+                side::Side::new(
+                    i as u32,
+                    &sources[i],
+                    pattern_len[i],
+                    syntax_config(),
+                    dfa_config.clone(),
+                )
+                .map_err(EngineError::Build)?,
+            )),
+            None => None,
+        };
+        let mut re_ids: Vec<u32> = (0..sources.len() as u32)
+            .filter(|&i| Some(i as usize) != side_pid)
+            .collect();
+        let mut re_sources: Vec<&str> = re_ids
+            .iter()
+            .map(|&i| sources[i as usize].as_str())
+            .collect();
+        let re_max_len = re_ids
+            .iter()
+            .map(|&i| pattern_len[i as usize])
+            .max()
+            .unwrap_or(0);
+        if re_sources.is_empty() {
+            // Only the side pattern: a union that cannot match.
+            re_sources.push("[a&&b]");
+            re_ids.push(0);
+        }
         let re = hybrid::regex::Regex::builder()
             .syntax(syntax_config())
             .dfa(dfa_config.clone())
-            .build_many(&sources)
+            .build_many(&re_sources)
             .map_err(|e| EngineError::Build(e.to_string()))?;
         let all = hybrid::dfa::DFA::builder()
             .syntax(syntax_config())
@@ -647,10 +736,16 @@ impl Engine {
             })
             .collect();
         let (re, all) = (Arc::new(re), Arc::new(all));
-        let (re2, all2) = (Arc::clone(&re), Arc::clone(&all));
+        let (re2, side2, all2) = (Arc::clone(&re), side.clone(), Arc::clone(&all));
         let inner = Inner {
-            re_caches: Pool::new(Box::new(move || re2.create_cache())),
+            caches: Pool::new(Box::new(move || Caches {
+                re: re2.create_cache(),
+                side: side2.as_ref().map(|s| s.create_cache()),
+            })),
             re,
+            re_ids,
+            re_max_len,
+            side,
             all_caches: Pool::new(Box::new(move || all2.create_cache())),
             all,
             ctx,
@@ -803,20 +898,23 @@ impl Engine {
                 .min(stop.saturating_add(inner.max_pattern_len + 1))
         };
         let mut pos = from;
-        let mut cache = inner.re_caches.get();
+        let mut caches = inner.caches.get();
+        let caches = &mut *caches;
         // Long texts: the automaton first runs over several segments at once (see `lanes`).
         let mut lanes = match self.lanes {
             Lanes::Off => None,
             _ if stop - from < lanes::MIN_TEXT => None,
             _ => lanes::find(
                 inner.re.forward(),
-                cache.forward_mut(),
+                caches.re.forward_mut(),
                 text,
                 (from, stop, search_end),
-                inner.max_pattern_len,
+                inner.re_max_len,
                 self.lanes == Lanes::Sparse,
             ),
         };
+        // The next match of the union and of the side pattern.
+        let (mut next_re, mut next_side) = (Next::default(), Next::default());
         let mut scratch = Scratch {
             label,
             ..Scratch::default()
@@ -825,19 +923,36 @@ impl Engine {
         // rejected structure (`0044 0532 0130 00` inside a bad IBAN) and is skipped.
         let mut rejected_end = 0;
         while pos < stop {
-            let found = match lanes.as_mut() {
-                Some(lanes) => lanes.search(&inner.re, &mut cache, text, pos, search_end),
-                None => {
-                    let input = Input::new(hay).span(pos..search_end);
-                    // No match, or (never with this configuration) a search error.
-                    inner.re.try_search(&mut cache, &input).ok().flatten()
+            if !next_re.holds(pos) {
+                let found = match lanes.as_mut() {
+                    Some(lanes) => lanes.search(&inner.re, &mut caches.re, text, pos, search_end),
+                    None => {
+                        let input = Input::new(hay).span(pos..search_end);
+                        // No match, or (never with this configuration) a search error.
+                        inner.re.try_search(&mut caches.re, &input).ok().flatten()
+                    }
+                };
+                let found = found.and_then(|m| {
+                    let pid = *inner.re_ids.get(m.pattern().as_usize())?;
+                    Some((m.start(), m.end(), pid))
+                });
+                next_re = Next::searched(pos, found);
+            }
+            if let (Some(side), Some(cache)) = (&inner.side, caches.side.as_mut()) {
+                if !next_side.holds(pos) {
+                    let found = side.find(cache, hay, pos, search_end);
+                    next_side = Next::searched(pos, found.map(|(s, e)| (s, e, side.pid)));
                 }
+            }
+            // The leftmost of the two, the union's pattern order breaking ties.
+            let found = match (next_re.found, next_side.found) {
+                (Some(a), Some(b)) => Some(if (b.0, b.2) < (a.0, a.2) { b } else { a }),
+                (a, b) => a.or(b),
             };
-            let m = match found {
-                Some(m) if m.start() < stop => m,
+            let (s, e, pid) = match found {
+                Some(m) if m.0 < stop => m,
                 _ => break,
             };
-            let (s, e, pid) = (m.start(), m.end(), m.pattern().as_u32());
             // The automaton's look-around (`\b`) reads one byte either side.
             scratch.reach = (s.saturating_sub(1), e + 1);
             let found = if e <= rejected_end {

@@ -25,6 +25,20 @@ pub(crate) struct Builtin {
     pub negative: bool,
 }
 
+/// The e-mail pattern. The engine searches it beside the automaton, from each `@`
+/// (`side`), which relies on its shape: a local part of 1 to [`EMAIL_LOCAL_MAX`] bytes
+/// matching [`email_local`] and starting with an ASCII letter or digit after a word boundary,
+/// then the only `@`, then a domain whose match does not depend on the local part.
+pub(crate) const EMAIL_PATTERN: &str =
+    r"\b[A-Za-z0-9][A-Za-z0-9._%+-]{0,63}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}\.){1,6}[A-Za-z]{2,24}\b";
+/// The longest local part of [`EMAIL_PATTERN`].
+pub(crate) const EMAIL_LOCAL_MAX: usize = 64;
+
+/// A byte of the local part of [`EMAIL_PATTERN`] (`[A-Za-z0-9._%+-]`).
+pub(crate) fn email_local(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'%' | b'+' | b'-')
+}
+
 /// Confidence at or above which a candidate is reported and masked.
 pub(crate) const THRESHOLD: f32 = 0.5;
 /// Below this, an accepted candidate is compared with the other patterns matching at the same
@@ -371,9 +385,7 @@ pub(crate) const BUILTINS: &[Builtin] = &[
     // ---- contact -------------------------------------------------------------------------
     Builtin {
         entity: "EMAIL",
-        patterns: &[
-            r"\b[A-Za-z0-9][A-Za-z0-9._%+-]{0,63}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}\.){1,6}[A-Za-z]{2,24}\b",
-        ],
+        patterns: &[EMAIL_PATTERN],
         check: Check::Email,
         base: 0.95,
         context: &[],

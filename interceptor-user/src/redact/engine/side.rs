@@ -1,0 +1,91 @@
+//! The e-mail pattern, searched beside the automaton from each `@`.
+//!
+//! Why it is not in the union automaton: its local part `[A-Za-z0-9._%+-]{0,63}` may start
+//! after any `+`, `.`, `%` or `-`, and the lazy DFA of the union has to track every such start
+//! (up to 64) together with every other bounded pattern in progress. On text that keeps many
+//! of them in progress at once, base64 above all (letters, digits, `+`, `/`), the states are
+//! products of those counters: the DFA builds a new state at almost every byte, its cache
+//! fills and is cleared again and again, and the scan falls to ~1 MB/s (the union without this
+//! one pattern runs at several hundred MB/s on the same text, measured by the `base64_json`
+//! workload of `benches/redact.rs`).
+//!
+//! Every e-mail match contains exactly one `@` (the local part cannot hold one), at most
+//! [`EMAIL_LOCAL_MAX`] bytes after its start. So [`Side::find`] looks for the next `@`
+//! (memchr), walks back over local-part bytes to the leftmost start allowed there (an ASCII
+//! letter or digit after a word boundary), and runs the pattern anchored at that start. The
+//! domain part does not depend on where the local part starts, so if that start does not
+//! match, no start before this `@` does, and the search moves to the next `@`. The result is
+//! the leftmost-first match of the pattern from the search position, as the union's search
+//! would find it; the engine merges it with the union's matches by start, then pattern order
+//! (property-tested against the union automaton with the pattern inside).
+
+use regex_automata::hybrid;
+use regex_automata::util::syntax;
+use regex_automata::{Anchored, Input};
+
+use super::detectors::{EMAIL_LOCAL_MAX, email_local};
+
+/// The e-mail pattern (see the module docs) and its global pattern id.
+pub(super) struct Side {
+    pub(super) pid: u32,
+    re: hybrid::regex::Regex,
+    max_len: usize,
+}
+
+impl Side {
+    pub(super) fn new(
+        pid: u32,
+        source: &str,
+        max_len: usize,
+        syntax: syntax::Config,
+        dfa: hybrid::dfa::Config,
+    ) -> Result<Side, String> {
+        let re = hybrid::regex::Regex::builder()
+            .syntax(syntax)
+            .dfa(dfa)
+            .build(source)
+            .map_err(|e| e.to_string())?;
+        Ok(Side { pid, re, max_len })
+    }
+
+    pub(super) fn create_cache(&self) -> hybrid::regex::Cache {
+        self.re.create_cache()
+    }
+
+    /// The leftmost-first match of the pattern starting at or after `pos` and ending by
+    /// `end`: what the pattern's search over `pos..end` finds, reading ~64 bytes before each
+    /// `@` and the domain after it.
+    pub(super) fn find(
+        &self,
+        cache: &mut hybrid::regex::Cache,
+        hay: &[u8],
+        pos: usize,
+        end: usize,
+    ) -> Option<(usize, usize)> {
+        let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+        // No match starts in `pos..from`.
+        let mut from = pos;
+        while from < end {
+            let at = from + memchr::memchr(b'@', hay.get(from..end)?)?;
+            // The local part before this `@`: at most EMAIL_LOCAL_MAX bytes, from `from` on
+            // (a start before `from` would hold the previous `@`).
+            let mut x = at;
+            while x > from && at - x < EMAIL_LOCAL_MAX && email_local(hay[x - 1]) {
+                x -= 1;
+            }
+            let start =
+                (x..at).find(|&s| hay[s].is_ascii_alphanumeric() && (s == 0 || !word(hay[s - 1])));
+            if let Some(s) = start {
+                let input = Input::new(hay)
+                    .span(s..end.min(s.saturating_add(self.max_len)))
+                    .anchored(Anchored::Yes);
+                // No match, or (never with this configuration) a search error.
+                if let Some(m) = self.re.try_search(cache, &input).ok().flatten() {
+                    return Some((m.start(), m.end()));
+                }
+            }
+            from = at + 1;
+        }
+        None
+    }
+}
