@@ -25,8 +25,8 @@
 //! much CPU other processes took meanwhile. Also printed: the build time of the engine, and
 //! what a dense (ahead-of-time) DFA of the same patterns would cost to build.
 //!
-//! `REDACT_BENCH_PROFILE=sparse|dense|base64[_agent] [REDACT_BENCH_ITERS=n]` runs one
-//! workload alone (for `perf record` or `valgrind --tool=callgrind`); `REDACT_BENCH_SUMMARY=1`
+//! `REDACT_BENCH_PROFILE=sparse|dense|base64[_agent] [REDACT_BENCH_ITERS=n]
+//! [REDACT_BENCH_SCAN_ONLY=1]` runs one workload alone (for `perf record` or `valgrind --tool=callgrind`); `REDACT_BENCH_SUMMARY=1`
 //! skips criterion and prints the summary only.
 
 mod common;
@@ -445,12 +445,16 @@ fn main() {
         // REDACT_BENCH_ONE_RUN=1: without the interleaved runs over long texts.
         let engine = engine.with_lanes(std::env::var_os("REDACT_BENCH_ONE_RUN").is_none());
         let shared: Arc<dyn TextRedactor> = Arc::new(engine.clone());
+        // REDACT_BENCH_SCAN_ONLY=1: the engine's scan alone (no masking, no closure rescan).
+        let scan_only = std::env::var_os("REDACT_BENCH_SCAN_ONLY").is_some();
         let mut out = Vec::with_capacity(text.len() + (1 << 16));
         let start = Instant::now();
         let mut n = 0;
         while iters.map_or(start.elapsed() < Duration::from_secs(5), |i| n < i) {
             if agent_path {
                 black_box(agent(&shared, black_box(text.as_bytes()), &mut out));
+            } else if scan_only {
+                black_box(engine.scan(black_box(text)));
             } else {
                 black_box(engine.redact_cow(black_box(text), &view));
             }

@@ -1144,13 +1144,19 @@ impl Engine {
         };
         let mut cache = caches.get();
         let hay = text.as_bytes();
-        let ws = text[..s]
-            .char_indices()
-            .rev()
-            .take(inner.window)
-            .last()
-            .map_or(s, |(i, _)| i)
-            .max(scratch.floor.min(s));
+        // `window` chars before `s`: as many bytes when they are ASCII.
+        let lo = s.saturating_sub(inner.window);
+        let ws = if hay[lo..s].is_ascii() {
+            lo
+        } else {
+            text[..s]
+                .char_indices()
+                .rev()
+                .take(inner.window)
+                .last()
+                .map_or(s, |(i, _)| i)
+        };
+        let ws = ws.max(scratch.floor.min(s));
         // The word-boundary check reads the byte before a word.
         let mut lo = ws.saturating_sub(1);
         if ws == 0 && !scratch.label.is_empty() {
@@ -1420,6 +1426,7 @@ impl Engine {
     ) -> Option<(String, Vec<(usize, usize)>)> {
         let mut out: Option<String> = None;
         let mut spans = Vec::new();
+        let mut norm = String::new();
         let mut last = 0;
         for m in matches {
             let Some(mode) = view.mode(&m.entity) else {
@@ -1434,10 +1441,9 @@ impl Engine {
             let value = &text[m.start..m.end];
             buf.push_str(&text[last..m.start]);
             let det = &self.inner.detectors[m.detector as usize];
-            let pseudonym = self
-                .inner
-                .key
-                .pseudonym(&m.entity, &det.check.normalize(value));
+            norm.clear();
+            det.check.normalize_into(value, &mut norm);
+            let pseudonym = self.inner.key.pseudonym(&m.entity, &norm);
             let mask_start = buf.len();
             match mode {
                 MaskMode::Remove => {

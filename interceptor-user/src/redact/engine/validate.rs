@@ -414,7 +414,7 @@ fn card_groups(v: &[u8]) -> bool {
 
 /// A numeric date: `Y-M-D`, `D.M.Y`, `D/M/Y`, `M/D/Y` (two-digit years allowed). Returns the
 /// normalised `YYYY-MM-DD` (or `YY-MM-DD`).
-fn numeric_date(v: &[u8]) -> Option<String> {
+pub(crate) fn numeric_date(v: &[u8]) -> Option<String> {
     let (y, m, d) = numeric_ymd(v)?;
     Some(format!("{y:04}-{m:02}-{d:02}"))
 }
@@ -459,7 +459,7 @@ fn numeric_ymd(v: &[u8]) -> Option<(u32, u32, u32)> {
 }
 
 /// A date with a month name, in any of the supported languages' word orders.
-fn named_date(v: &str) -> Option<String> {
+pub(crate) fn named_date(v: &str) -> Option<String> {
     let mut month = None;
     let mut nums: Vec<(u32, usize)> = Vec::new();
     for tok in v.split([' ', ',', '.']) {
@@ -957,15 +957,24 @@ impl Validator {
     /// The value as it is hashed into its pseudonym: the same person's data written
     /// differently gives the same pseudonym.
     pub(crate) fn normalize(self, v: &str) -> String {
-        let alnum_upper = || {
-            v.chars()
-                .filter(char::is_ascii_alphanumeric)
-                .map(|c| c.to_ascii_uppercase())
-                .collect()
+        let mut out = String::with_capacity(v.len());
+        self.normalize_into(v, &mut out);
+        out
+    }
+
+    /// [`Validator::normalize`] appended to `out` (the engine reuses one buffer).
+    pub(crate) fn normalize_into(self, v: &str, out: &mut String) {
+        let start = out.len();
+        // Byte filters: a byte of a multi-byte char is never ASCII, so filtering bytes is
+        // filtering chars.
+        let mut keep = |f: fn(&u8) -> bool, map: fn(u8) -> u8| {
+            out.extend(v.bytes().filter(f).map(|b| char::from(map(b))));
         };
-        let digits_only = || v.chars().filter(char::is_ascii_digit).collect();
         match self {
-            Validator::Email => v.to_ascii_lowercase(),
+            Validator::Email => {
+                out.push_str(v);
+                out[start..].make_ascii_lowercase();
+            }
             Validator::Luhn
             | Validator::Mod11
             | Validator::Card
@@ -973,12 +982,11 @@ impl Validator {
             | Validator::SePnr
             | Validator::NlBsn
             | Validator::PlPesel
-            | Validator::DeTaxId => digits_only(),
+            | Validator::DeTaxId => keep(u8::is_ascii_digit, |b| b),
             Validator::Phone => {
-                let d: String = digits_only();
-                match d.strip_prefix("00") {
-                    Some(rest) if v.starts_with("00") => rest.to_string(),
-                    _ => d,
+                keep(u8::is_ascii_digit, |b| b);
+                if v.starts_with("00") && out[start..].starts_with("00") {
+                    out.replace_range(start..start + 2, "");
                 }
             }
             Validator::Mod97
@@ -989,26 +997,27 @@ impl Validator {
             | Validator::EsNie
             | Validator::EsDni
             | Validator::FrNir
-            | Validator::Passport => alnum_upper(),
-            Validator::Mac => v
-                .chars()
-                .filter(char::is_ascii_hexdigit)
-                .map(|c| c.to_ascii_lowercase())
-                .collect(),
-            Validator::Ipv4 => Ipv4Addr::from_str(v)
-                .map(|a| a.to_string())
-                .unwrap_or_else(|_| v.to_string()),
-            Validator::Ipv6 => Ipv6Addr::from_str(v)
-                .map(|a| a.to_string())
-                .unwrap_or_else(|_| v.to_ascii_lowercase()),
-            Validator::Dob => numeric_date(v.as_bytes())
-                .or_else(|| named_date(v))
-                .unwrap_or_else(digits_only),
+            | Validator::Passport => keep(u8::is_ascii_alphanumeric, |b| b.to_ascii_uppercase()),
+            Validator::Mac => keep(u8::is_ascii_hexdigit, |b| b.to_ascii_lowercase()),
+            // An address the parser accepts is written back as it was (four decimal octets
+            // without leading zeros); one it rejects is kept as is.
+            Validator::Ipv4 => out.push_str(v),
+            Validator::Ipv6 => match Ipv6Addr::from_str(v) {
+                Ok(a) => out.push_str(&a.to_string()),
+                Err(_) => {
+                    out.push_str(v);
+                    out[start..].make_ascii_lowercase();
+                }
+            },
+            Validator::Dob => match numeric_date(v.as_bytes()).or_else(|| named_date(v)) {
+                Some(d) => out.push_str(&d),
+                None => keep(u8::is_ascii_digit, |b| b),
+            },
             Validator::None
             | Validator::TokenEnd
             | Validator::SlackToken
             | Validator::PemBlock
-            | Validator::Jwt => v.to_string(),
+            | Validator::Jwt => out.push_str(v),
         }
     }
 }
