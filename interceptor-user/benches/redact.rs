@@ -5,7 +5,10 @@
 //!   hashes, URLs, version strings, prose), one personal value every ~10 KB;
 //! - `dense_text`: ~1 MB of prose with a personal value every ~60-80 bytes, all entity types;
 //! - `base64_json`: ~2 MB of MCP tool results with base64 images (200 B to 32 KiB each), where
-//!   the automaton never returns to its start state inside a string.
+//!   the automaton never returns to its start state inside a string;
+//! - `numeric_csv`: ~1 MB of a CSV export in a tool result's text (order ids, SKUs,
+//!   quantities, amounts, timestamps; an e-mail every 50 rows), where most numbers are
+//!   candidates of some number pattern that the validators then reject.
 //!
 //! For each, four ways:
 //! - `engine`: the engine over the whole text (`Engine::redact_cow`: one lazy-DFA pass, in
@@ -25,7 +28,7 @@
 //! much CPU other processes took meanwhile. Also printed: the build time of the engine, and
 //! what a dense (ahead-of-time) DFA of the same patterns would cost to build.
 //!
-//! `REDACT_BENCH_PROFILE=sparse|dense|base64[_agent] [REDACT_BENCH_ITERS=n]
+//! `REDACT_BENCH_PROFILE=sparse|dense|base64|csv[_agent] [REDACT_BENCH_ITERS=n]
 //! [REDACT_BENCH_SCAN_ONLY=1]` runs one workload alone (for `perf record` or `valgrind --tool=callgrind`); `REDACT_BENCH_SUMMARY=1`
 //! skips criterion and prints the summary only.
 
@@ -246,6 +249,42 @@ fn blob_json(target: usize) -> String {
     serde_json::json!({"jsonrpc": "2.0", "id": 9, "result": {"content": items}}).to_string()
 }
 
+fn numeric_csv(target: usize) -> String {
+    let mut r = Rng(0x0c5f_0000_0000_0011);
+    let mut s = String::from("order_id,sku,qty,unit_price,total,created_at,status,contact\n");
+    let mut n = 0;
+    while s.len() < target {
+        let qty = 1 + r.below(40);
+        let price = 100 + r.below(99_900);
+        s.push_str(&format!(
+            "{}{},SKU-{}-{},{qty},{}.{:02},{}.{:02},2025-{:02}-{:02} {:02}:{:02}:{:02},{},{}\n",
+            // Ids without a leading zero: a 10-digit number starting with 0 is also a
+            // national phone number (FR, NL), which the engine masks without context.
+            1 + r.below(9),
+            r.digits(9),
+            r.digits(4),
+            r.below(100),
+            price / 100,
+            price % 100,
+            qty * price / 100,
+            qty * price % 100,
+            1 + r.below(12),
+            1 + r.below(28),
+            r.below(24),
+            r.below(60),
+            r.below(60),
+            r.pick(&["paid", "shipped", "refunded"]),
+            if n % 50 == 7 {
+                format!("{}@example.com", r.pick(WORDS))
+            } else {
+                String::new()
+            }
+        ));
+        n += 1;
+    }
+    s
+}
+
 fn dense_text(target: usize) -> String {
     let mut r = Rng(0xdead_beef_0000_0042);
     let mut s = String::new();
@@ -425,10 +464,13 @@ fn main() {
     let dense = dense_text(1 << 20);
     let dense_doc = tool_result(&dense);
     let blobs = blob_json(2 << 20);
+    let csv = numeric_csv(1 << 20);
+    let csv_doc = tool_result(&csv);
     let workloads = [
         ("sparse_json", &sparse, &sparse),
         ("dense_text", &dense, &dense_doc),
         ("base64_json", &blobs, &blobs),
+        ("numeric_csv", &csv, &csv_doc),
     ];
     if let Ok(which) = std::env::var("REDACT_BENCH_PROFILE") {
         // For `perf record` / callgrind: one workload alone, for ~5 s or n iterations.
@@ -439,6 +481,8 @@ fn main() {
             "dense" => dense.as_str(),
             "dense_agent" => dense_doc.as_str(),
             "base64" | "base64_agent" => blobs.as_str(),
+            "csv" => csv.as_str(),
+            "csv_agent" => csv_doc.as_str(),
             _ => sparse.as_str(),
         };
         let agent_path = which.ends_with("_agent");

@@ -809,3 +809,24 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #[test]
+    fn plain_run_stops_at_the_first_byte_to_escape(
+        parts in proptest::collection::vec(
+            prop_oneof![
+                3 => "[ -~]{0,100}".prop_map(String::into_bytes),
+                1 => "[\"\\\\\n\t\r\u{0}\u{1f}]".prop_map(String::into_bytes),
+                1 => "\\PC{0,20}".prop_map(String::into_bytes),
+            ],
+            0..12,
+        ),
+    ) {
+        let b = parts.concat();
+        let expected = b
+            .iter()
+            .position(|&c| c < 0x20 || c == b'"' || c == b'\\')
+            .unwrap_or(b.len());
+        prop_assert_eq!(plain_run(&b), expected);
+    }
+}
