@@ -1171,3 +1171,56 @@ const GOLDEN_PSEUDONYMS: [&str; 6] = [
     "iban [IBAN:1486b816]",
     "mac [MAC_ADDRESS:a5b01b45]",
 ];
+
+#[test]
+fn engines_with_only_the_side_pattern_or_without_it() {
+    // Only EMAIL enabled: the union holds nothing that can match, the side search all.
+    let only = |keep: &[&str], custom: Vec<CustomDetector>| EngineConfig {
+        detectors: detectors::BUILTINS
+            .iter()
+            .map(|b| DetectorSpec {
+                entity: b.entity.into(),
+                enabled: keep.contains(&b.entity),
+                context: vec![],
+                require_context: false,
+            })
+            .collect(),
+        custom,
+        ..EngineConfig::default()
+    };
+    let text = "mail jane.doe@example.com or call +49 30 12345678, card 4111 1111 1111 1111";
+    let email = Engine::new(&only(&["EMAIL"], vec![]), key()).expect("engine");
+    assert!(email.inner.side.is_some());
+    let found: Vec<_> = email
+        .scan(text)
+        .iter()
+        .map(|m| m.entity.to_string())
+        .collect();
+    assert_eq!(found, ["EMAIL"]);
+    // EMAIL disabled: no side search, the rest as before.
+    let rest = Engine::new(&only(&["PHONE", "CARD"], vec![]), key()).expect("engine");
+    assert!(rest.inner.side.is_none());
+    let found: Vec<_> = rest
+        .scan(text)
+        .iter()
+        .map(|m| m.entity.to_string())
+        .collect();
+    assert_eq!(found, ["PHONE", "CARD"]);
+    // A custom detector with the very same pattern shares the side search.
+    let custom = CustomDetector {
+        entity: "WORK_MAIL".into(),
+        pattern: detectors::EMAIL_PATTERN.into(),
+        validator: Validator::None,
+        context: vec![],
+        require_context: false,
+        confidence: Some(0.99),
+    };
+    let both = Engine::new(&only(&[], vec![custom]), key()).expect("engine");
+    assert!(both.inner.side.is_some());
+    let found: Vec<_> = both
+        .scan(text)
+        .iter()
+        .map(|m| m.entity.to_string())
+        .collect();
+    assert_eq!(found, ["WORK_MAIL"]);
+}
