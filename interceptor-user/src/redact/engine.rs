@@ -1318,8 +1318,9 @@ impl Engine {
                 let pre = floor_boundary(text, a.saturating_sub(before));
                 let n = out.len();
                 self.scan_range(label, text, pre, b, out, reach.as_deref_mut());
-                let found = out.split_off(n);
-                out.extend(found.into_iter().filter(|m| m.start >= a));
+                // In order: those starting before `a` come first.
+                let before_a = out[n..].iter().take_while(|m| m.start < a).count();
+                out.drain(n..n + before_a);
                 done = out[n..].last().map_or(b, |m| m.end.max(b));
             }
         }

@@ -24,6 +24,7 @@ use regex_automata::util::syntax;
 use regex_automata::{Anchored, Input};
 
 use super::detectors::{EMAIL_LOCAL_MAX, email_local};
+use super::validate::is_word;
 
 /// The e-mail pattern (see the module docs) and its global pattern id.
 pub(super) struct Side {
@@ -62,7 +63,6 @@ impl Side {
         pos: usize,
         end: usize,
     ) -> Option<(usize, usize)> {
-        let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
         // No match starts in `pos..from`.
         let mut from = pos;
         while from < end {
@@ -73,8 +73,8 @@ impl Side {
             while x > from && at - x < EMAIL_LOCAL_MAX && email_local(hay[x - 1]) {
                 x -= 1;
             }
-            let start =
-                (x..at).find(|&s| hay[s].is_ascii_alphanumeric() && (s == 0 || !word(hay[s - 1])));
+            let start = (x..at)
+                .find(|&s| hay[s].is_ascii_alphanumeric() && (s == 0 || !is_word(hay[s - 1])));
             if let Some(s) = start {
                 let input = Input::new(hay)
                     .span(s..end.min(s.saturating_add(self.max_len)))

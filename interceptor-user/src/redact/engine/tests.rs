@@ -809,15 +809,7 @@ fn lanes_hand_over_matches_in_progress() {
     // began at `Q` is in progress. A lane ending right after `Q` stops there; the next lane
     // must still report the match from `Q`, not from the first `Z`.
     let cfg = EngineConfig {
-        detectors: detectors::BUILTINS
-            .iter()
-            .map(|b| DetectorSpec {
-                entity: b.entity.into(),
-                enabled: false,
-                context: vec![],
-                require_context: false,
-            })
-            .collect(),
+        detectors: builtins_enabled(&[]),
         custom: vec![CustomDetector {
             entity: "CODE".into(),
             pattern: "Q?ZZZ".into(),
@@ -1172,40 +1164,37 @@ const GOLDEN_PSEUDONYMS: [&str; 6] = [
     "mac [MAC_ADDRESS:a5b01b45]",
 ];
 
+/// Every built-in, enabled only if its entity is in `keep`.
+fn builtins_enabled(keep: &[&str]) -> Vec<DetectorSpec> {
+    detectors::BUILTINS
+        .iter()
+        .map(|b| DetectorSpec {
+            entity: b.entity.into(),
+            enabled: keep.contains(&b.entity),
+            context: vec![],
+            require_context: false,
+        })
+        .collect()
+}
+
 #[test]
 fn engines_with_only_the_side_pattern_or_without_it() {
-    // Only EMAIL enabled: the union holds nothing that can match, the side search all.
     let only = |keep: &[&str], custom: Vec<CustomDetector>| EngineConfig {
-        detectors: detectors::BUILTINS
-            .iter()
-            .map(|b| DetectorSpec {
-                entity: b.entity.into(),
-                enabled: keep.contains(&b.entity),
-                context: vec![],
-                require_context: false,
-            })
-            .collect(),
+        detectors: builtins_enabled(keep),
         custom,
         ..EngineConfig::default()
     };
     let text = "mail jane.doe@example.com or call +49 30 12345678, card 4111 1111 1111 1111";
+    let found =
+        |e: &Engine| -> Vec<String> { e.scan(text).iter().map(|m| m.entity.to_string()).collect() };
+    // Only EMAIL enabled: the union holds nothing that can match, the side search all.
     let email = Engine::new(&only(&["EMAIL"], vec![]), key()).expect("engine");
     assert!(email.inner.side.is_some());
-    let found: Vec<_> = email
-        .scan(text)
-        .iter()
-        .map(|m| m.entity.to_string())
-        .collect();
-    assert_eq!(found, ["EMAIL"]);
+    assert_eq!(found(&email), ["EMAIL"]);
     // EMAIL disabled: no side search, the rest as before.
     let rest = Engine::new(&only(&["PHONE", "CARD"], vec![]), key()).expect("engine");
     assert!(rest.inner.side.is_none());
-    let found: Vec<_> = rest
-        .scan(text)
-        .iter()
-        .map(|m| m.entity.to_string())
-        .collect();
-    assert_eq!(found, ["PHONE", "CARD"]);
+    assert_eq!(found(&rest), ["PHONE", "CARD"]);
     // A custom detector with the very same pattern shares the side search.
     let custom = CustomDetector {
         entity: "WORK_MAIL".into(),
@@ -1217,10 +1206,5 @@ fn engines_with_only_the_side_pattern_or_without_it() {
     };
     let both = Engine::new(&only(&[], vec![custom]), key()).expect("engine");
     assert!(both.inner.side.is_some());
-    let found: Vec<_> = both
-        .scan(text)
-        .iter()
-        .map(|m| m.entity.to_string())
-        .collect();
-    assert_eq!(found, ["WORK_MAIL"]);
+    assert_eq!(found(&both), ["WORK_MAIL"]);
 }
