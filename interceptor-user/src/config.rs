@@ -380,7 +380,7 @@ pub enum NonMcp {
 }
 
 /// How the agent talks to the real server.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     /// The server speaks TLS: re-encrypt toward it and verify its certificate.
@@ -395,6 +395,32 @@ pub struct UpstreamConfig {
     /// Forward the caller's own `Authorization` header (default: strip it).
     #[serde(default)]
     pub forward_client_authorization: bool,
+    /// A pooled connection to the server idle longer than this (ms) is not reused; 0 never
+    /// reuses one. It must stay below the server's own keep-alive timeout: a server that closes
+    /// an idle connection just as a request is written to it fails that request, and a POST
+    /// cannot be retried safely (the tool may already have run). uvicorn, hypercorn, Node and
+    /// Apache close after 5 s, gunicorn after 2 s; the default stays under all of them.
+    #[serde(default = "UpstreamConfig::default_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+}
+
+impl UpstreamConfig {
+    fn default_idle_timeout_ms() -> u64 {
+        1_500
+    }
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            tls: None,
+            http2: false,
+            auth_header: None,
+            auth_value_file: None,
+            forward_client_authorization: false,
+            idle_timeout_ms: Self::default_idle_timeout_ms(),
+        }
+    }
 }
 
 /// Limits on what a caller may send; exceeding one gets a clear HTTP/JSON-RPC error.
@@ -617,6 +643,12 @@ impl Config {
                     ));
                 }
                 _ => {}
+            }
+            if s.upstream.idle_timeout_ms > 3_600_000 {
+                return Err(err(
+                    key("upstream.idle_timeout_ms"),
+                    "must be at most 3600000 (one hour)".into(),
+                ));
             }
             if let Some(f) = &s.upstream.auth_value_file {
                 check_secret_file(f).map_err(|p| err(key("upstream.auth_value_file"), p))?;
@@ -913,6 +945,20 @@ address = "10.0.0.1"
         );
         let e = Config::parse(&badfmt, "t.toml").unwrap_err().to_string();
         assert!(e.contains("agent.log_format"), "{e}");
+    }
+
+    #[test]
+    fn upstream_idle_timeout_defaults_below_common_keep_alives_and_is_bounded() {
+        let c = Config::parse(OK, "t.toml").unwrap();
+        // Under gunicorn's 2 s (and uvicorn's, Node's 5 s): see UpstreamConfig::idle_timeout_ms.
+        assert_eq!(c.services[0].upstream.idle_timeout_ms, 1_500);
+        assert_eq!(UpstreamConfig::default().idle_timeout_ms, 1_500);
+        let set = format!("{OK}\n[services.upstream]\nidle_timeout_ms = 0\n");
+        let c = Config::parse(&set, "t.toml").unwrap();
+        assert_eq!(c.services[1].upstream.idle_timeout_ms, 0);
+        let big = format!("{OK}\n[services.upstream]\nidle_timeout_ms = 3600001\n");
+        let e = Config::parse(&big, "t.toml").unwrap_err().to_string();
+        assert!(e.contains("services[1].upstream.idle_timeout_ms"), "{e}");
     }
 
     #[test]

@@ -278,8 +278,12 @@ impl McpService {
             tls: up_tls,
         };
         let mut b = Client::builder(TokioExecutor::new());
-        b.pool_idle_timeout(std::time::Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
+        // Idle connections are dropped before the server's keep-alive timeout can close them
+        // under a request (see `UpstreamConfig::idle_timeout_ms`); 0 keeps none.
+        let idle = cfg.upstream.idle_timeout_ms;
+        b.pool_idle_timeout(std::time::Duration::from_millis(idle))
+            .pool_max_idle_per_host(if idle == 0 { 0 } else { 256 })
+            .pool_timer(hyper_util::rt::TokioTimer::new())
             .http2_only(cfg.upstream.http2)
             .set_host(false);
         let client = b.build(dialer);

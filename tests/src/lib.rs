@@ -987,8 +987,13 @@ impl Node {
 
     /// Starts `testpeer server` in `ns` listening on every address in `listen`.
     pub fn server(&self, ns: &Netns, listen: &[&str], mode: &str) -> Server {
+        self.server_with(ns, listen, mode, &[])
+    }
+
+    /// [`Node::server`] with extra `testpeer server` arguments (e.g. `--keep-alive-ms`).
+    pub fn server_with(&self, ns: &Netns, listen: &[&str], mode: &str, extra: &[&str]) -> Server {
         let mut cmd = self.command_in(ns, None, None, &testpeer_bin());
-        cmd.arg("server").args(["--mode", mode]);
+        cmd.arg("server").args(["--mode", mode]).args(extra);
         for l in listen {
             cmd.args(["--listen", l]);
         }

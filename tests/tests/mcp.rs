@@ -540,6 +540,70 @@ fn upstream_credential_replaces_the_callers_token() {
     );
 }
 
+/// Pooled connections to the server are reused while fresh and dropped once idle longer than
+/// `upstream.idle_timeout_ms` (default 1.5 s), so that a server's keep-alive timeout (uvicorn's
+/// 5 s) never closes a connection under a request the agent is writing. The server here
+/// closes connections idle for 4 s and reports which connection carried each request.
+#[test]
+fn idle_upstream_connections_are_not_reused_past_the_idle_timeout() {
+    let node = node!("mcp_upstream_idle");
+    let port = node.port(0);
+    let server = node.server_with(
+        &node.server,
+        &[&format!("0.0.0.0:{port}")],
+        "mcp-echo",
+        &["--keep-alive-ms", "4000"],
+    );
+    let cfg = node.agent_config().mcp_service("crm", port, "");
+    let _agent = node.start_agent(&cfg);
+    let call = |id: u32| {
+        let body = GOOD.replace("\"id\":7", &format!("\"id\":{id}"));
+        let (reply, _) = node.raw(
+            &node.client,
+            &addr(SERVER_IP, port),
+            &post(&body, "Connection: close\\r\\n"),
+        );
+        assert!(reply.starts_with("HTTP/1.1 200"), "request {id}: {reply}");
+        let seen = server.proc.stdout.events("mcp_request");
+        let ev = seen
+            .iter()
+            .find(|e| e["body"]["id"] == id)
+            .unwrap_or_else(|| panic!("request {id} did not reach the server: {seen:?}"))
+            .clone();
+        (
+            ev["peer"].as_str().unwrap_or_default().to_string(),
+            ev["idle_ms"].clone(),
+        )
+    };
+    let (first, idle) = call(1);
+    assert!(
+        idle.is_null(),
+        "the first request opens a connection: {idle}"
+    );
+    // Back to back: the pooled connection is reused (a new caller connection each time).
+    let (second, idle) = call(2);
+    assert_eq!(second, first, "a fresh pooled connection should be reused");
+    assert!(idle.as_u64().is_some_and(|ms| ms < 1_500), "{idle}");
+    // Idle for 2.5 s, past the agent's 1.5 s but within the server's 4 s: a new connection.
+    std::thread::sleep(Duration::from_millis(2_500));
+    let (third, idle) = call(3);
+    assert_ne!(
+        third, second,
+        "a connection idle past upstream.idle_timeout_ms was reused (idle {idle} ms)"
+    );
+    assert!(idle.is_null(), "{idle}");
+    // The old connection was closed by the agent, not left for the server to time out.
+    let closed = server
+        .proc
+        .stdout
+        .wait_event("closed", WAIT, |e| e["peer"] == first.as_str());
+    assert!(closed.is_ok(), "{}", server.proc.dump());
+    assert!(
+        server.proc.stdout.events("keep_alive_expired").is_empty(),
+        "the server had to close an idle connection itself"
+    );
+}
+
 #[test]
 fn batches_and_notifications_are_separate_exchanges() {
     let node = node!("mcp_batch");

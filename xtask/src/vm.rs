@@ -697,6 +697,11 @@ fn run_kernel(
     if let Ok(j) = vm.sh("journalctl --no-pager -b -o short-monotonic") {
         let _ = std::fs::write(out.join(format!("journal-{tag}.log")), j);
     }
+    // The agent's records with every field (the text journal keeps only the message: an
+    // `upstream_error` line there does not say what the error was).
+    if let Ok(j) = vm.sh("journalctl --no-pager -b -o json -u interceptor") {
+        let _ = std::fs::write(out.join(format!("journal-{tag}-interceptor.json")), j);
+    }
     if let Err(e) = res {
         c.record("guest checks ran to the end", false, format!("{e:#}"));
     }

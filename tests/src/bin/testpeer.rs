@@ -183,8 +183,11 @@ enum Mode {
     Sink,
     Source(u64),
     /// A minimal, fast MCP-over-HTTP/1.1 responder (keep-alive): every JSON-RPC request gets a
-    /// result echoing its method, params and the request headers it received.
-    McpEcho,
+    /// result echoing its method, params and the request headers it received. A connection
+    /// idle for `keep_alive_ms` (0: never) is closed, as uvicorn or Node do after 5 s.
+    McpEcho {
+        keep_alive_ms: u64,
+    },
 }
 
 fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
@@ -211,7 +214,9 @@ fn server(args: &Args) -> Result<(), String> {
         "echo" => Mode::Echo,
         "sink" => Mode::Sink,
         "source" => Mode::Source(args.num("--source-bytes", 1 << 20)?),
-        "mcp-echo" => Mode::McpEcho,
+        "mcp-echo" => Mode::McpEcho {
+            keep_alive_ms: args.num("--keep-alive-ms", 0)?,
+        },
         m => return Err(format!("unknown --mode {m}")),
     };
     let listeners: Vec<TcpListener> = addrs
@@ -256,9 +261,9 @@ fn accept_loop(listener: TcpListener, mode: Mode) {
 }
 
 fn serve(mut stream: TcpStream, mode: Mode) -> (u64, u64, Option<String>) {
-    if mode == Mode::McpEcho {
+    if let Mode::McpEcho { keep_alive_ms } = mode {
         let _ = stream.set_nodelay(true);
-        return match serve_mcp_echo(&mut stream) {
+        return match serve_mcp_echo(&mut stream, keep_alive_ms) {
             Ok((i, o)) => (i, o, None),
             Err(e) => (0, 0, Some(e.to_string())),
         };
@@ -284,7 +289,7 @@ fn serve(mut stream: TcpStream, mode: Mode) -> (u64, u64, Option<String>) {
                 }
                 bytes_in += n as u64;
             },
-            Mode::McpEcho => unreachable!("handled before"),
+            Mode::McpEcho { .. } => unreachable!("handled before"),
             Mode::Source(total) => {
                 while bytes_out < total {
                     let n = ((total - bytes_out) as usize).min(BUF);
@@ -584,13 +589,18 @@ fn mcp_answer(req: &Value, headers: &serde_json::Map<String, Value>) -> Option<V
     }))
 }
 
-/// Serves keep-alive HTTP/1.1 requests until the peer closes. Returns bytes in/out.
-fn serve_mcp_echo(stream: &mut TcpStream) -> io::Result<(u64, u64)> {
+/// Serves keep-alive HTTP/1.1 requests until the peer closes, or until the connection has been
+/// idle for `keep_alive_ms` (when not 0). Returns bytes in/out. Each `mcp_request` event says
+/// which connection (`peer`) carried it and how long that connection had been idle (`idle_ms`,
+/// null for its first request).
+fn serve_mcp_echo(stream: &mut TcpStream, keep_alive_ms: u64) -> io::Result<(u64, u64)> {
     let (mut bytes_in, mut bytes_out) = (0u64, 0u64);
     let mut buf: Vec<u8> = Vec::with_capacity(8192);
     let mut tmp = vec![0u8; 64 * 1024];
+    let peer = stream.peer_addr().map(|a| a.to_string()).ok();
+    let mut answered: Option<Instant> = None;
     loop {
-        // Read the head.
+        // Read the head; between requests, an idle connection is closed after keep_alive_ms.
         let head_end = loop {
             if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                 break p + 4;
@@ -598,13 +608,37 @@ fn serve_mcp_echo(stream: &mut TcpStream) -> io::Result<(u64, u64)> {
             if buf.len() > 64 * 1024 {
                 return Err(io::Error::other("request head too large"));
             }
-            let n = stream.read(&mut tmp)?;
+            let idle_limit = match answered {
+                Some(t) if keep_alive_ms > 0 && buf.is_empty() => {
+                    let left = Duration::from_millis(keep_alive_ms).saturating_sub(t.elapsed());
+                    if left.is_zero() {
+                        emit(json!({"event": "keep_alive_expired", "peer": peer}));
+                        return Ok((bytes_in, bytes_out));
+                    }
+                    Some(left)
+                }
+                _ => None,
+            };
+            stream.set_read_timeout(idle_limit)?;
+            let n = match stream.read(&mut tmp) {
+                Ok(n) => n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             if n == 0 {
                 return Ok((bytes_in, bytes_out));
             }
             bytes_in += n as u64;
             buf.extend_from_slice(&tmp[..n]);
         };
+        stream.set_read_timeout(None)?;
         let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
         let mut lines = head.split("\r\n");
         let request_line = lines.next().unwrap_or("").to_string();
@@ -632,9 +666,10 @@ fn serve_mcp_echo(stream: &mut TcpStream) -> io::Result<(u64, u64)> {
         buf.drain(..head_end + len);
         let method = request_line.split(' ').next().unwrap_or("").to_string();
         let parsed: Option<Value> = serde_json::from_slice(&body).ok();
-        emit(
-            json!({"event": "mcp_request", "request_line": request_line, "headers": headers, "body": parsed}),
-        );
+        emit(json!({
+            "event": "mcp_request", "request_line": request_line, "headers": headers, "body": parsed,
+            "peer": peer, "idle_ms": answered.map(|t| t.elapsed().as_millis() as u64),
+        }));
         let (status, payload) = match (method.as_str(), parsed) {
             ("POST", Some(Value::Array(items))) => {
                 let out: Vec<Value> = items
@@ -663,6 +698,7 @@ fn serve_mcp_echo(stream: &mut TcpStream) -> io::Result<(u64, u64)> {
         );
         stream.write_all(resp.as_bytes())?;
         bytes_out += resp.len() as u64;
+        answered = Some(Instant::now());
     }
 }
 
