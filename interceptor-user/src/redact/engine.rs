@@ -370,6 +370,8 @@ struct Inner {
     sources: Vec<String>,
     /// The longest match of any pattern, before validators extend it.
     max_pattern_len: usize,
+    /// The shortest match of any pattern: a shorter range holds no candidate.
+    min_pattern_len: usize,
     /// No pattern looks around other than with the ASCII word boundary `\b`, for which the
     /// start and end of a text read like a non-word byte: what [`Engine::cut_head`] needs.
     word_boundary_only: bool,
@@ -411,6 +413,7 @@ impl fmt::Debug for Engine {
             .field("patterns", &self.inner.patterns.len())
             .field("detectors", &self.inner.detectors.len())
             .field("max_match_len", &self.inner.max_len)
+            .field("min_pattern_len", &self.inner.min_pattern_len)
             .finish()
     }
 }
@@ -652,6 +655,12 @@ impl Engine {
             max_len = max_len.max(len).max(extent);
             hirs.push(hir);
         }
+        // (A pattern that cannot match has no minimum.)
+        let min_pattern_len = hirs
+            .iter()
+            .filter_map(|h| h.properties().minimum_len())
+            .min()
+            .unwrap_or(usize::MAX);
         let word_boundary_only = hirs.iter().all(|h| {
             h.properties()
                 .look_set()
@@ -755,6 +764,7 @@ impl Engine {
             patterns,
             sources,
             max_pattern_len: pattern_len.iter().copied().max().unwrap_or(0),
+            min_pattern_len,
             word_boundary_only,
             detectors,
             key,
@@ -899,6 +909,10 @@ impl Engine {
             hay.len()
                 .min(stop.saturating_add(inner.max_pattern_len + 1))
         };
+        // Too short a range to hold any candidate (keys, short values): nothing to set up.
+        if search_end.saturating_sub(from) < inner.min_pattern_len {
+            return;
+        }
         let mut pos = from;
         let mut caches = inner.caches.get();
         let caches = &mut *caches;

@@ -1208,3 +1208,38 @@ fn engines_with_only_the_side_pattern_or_without_it() {
     assert!(both.inner.side.is_some());
     assert_eq!(found(&both), ["WORK_MAIL"]);
 }
+
+/// Ranges shorter than the shortest pattern are not searched at all; a text exactly that long
+/// still is, at the start, the end and alone (a field value of its own).
+#[test]
+fn texts_as_short_as_the_shortest_pattern_are_still_scanned() {
+    let cfg = EngineConfig {
+        detectors: builtins_enabled(&[]),
+        custom: vec![CustomDetector {
+            entity: "TICKET".into(),
+            pattern: r"\bQ[0-9]{2}\b".into(),
+            validator: Validator::None,
+            context: vec![],
+            require_context: false,
+            confidence: None,
+        }],
+        ..EngineConfig::default()
+    };
+    let e = Engine::new(&cfg, key()).expect("builds");
+    assert_eq!(e.inner.min_pattern_len, 3);
+    for (text, n) in [
+        ("Q12", 1),
+        ("Q1", 0),
+        ("", 0),
+        ("a Q12", 1),
+        ("Q12 b", 1),
+        ("Q12Q", 0),
+    ] {
+        let r = e.redact(text);
+        assert_eq!(r.counts.get("TICKET").copied().unwrap_or(0), n, "{text:?}");
+        let (out, _) = e.redact_labelled(Some("ticket"), text);
+        assert_eq!(out, r.text, "{text:?}");
+    }
+    // The built-ins: "+12" (a phone number's shortest shape) is as short as they go.
+    assert_eq!(engine().inner.min_pattern_len, 3);
+}
