@@ -268,3 +268,62 @@ fn a_100000_record_export_streams_through_masked_in_bounded_memory() {
     }
     drop((s1, s2));
 }
+
+/// `check-config` compiles each service's detectors as the agent will (an unbounded custom
+/// pattern used to pass the check and then stop the agent at start), and names a custom
+/// detector that would make the automaton thrash on base64-like content; the agent logs the
+/// same warning at start and still serves.
+#[test]
+fn check_config_compiles_detectors_and_names_costly_ones() {
+    let node = node!("redact_check_config");
+    let port = node.port(0);
+    let check = |cfg: &AgentConfig| {
+        let mut cmd = node.server.command(interceptor_bin());
+        cmd.arg("check-config").arg(&cfg.path);
+        run_timeout(&mut cmd, Duration::from_secs(60)).expect("interceptor check-config")
+    };
+    let detector = |entity: &str, pattern: &str| {
+        format!(
+            "[services.redact]\n[[services.redact.custom]]\nentity = {entity:?}\npattern = {pattern:?}\n"
+        )
+    };
+    let broken = node
+        .agent_config()
+        .mcp_service("crm", port, &detector("TICKET", r"\bT-[0-9]+\b"));
+    node.write_config(&broken);
+    let out = check(&broken);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "an unbounded pattern passed: {err}");
+    assert!(
+        err.contains("services.crm.redact") && err.contains("TICKET"),
+        "{err}"
+    );
+
+    let costly = node.agent_config().mcp_service(
+        "crm",
+        port,
+        &detector(
+            "CORP_LOGIN",
+            r"\b[A-Za-z0-9][A-Za-z0-9._%+-]{0,63}@corp\.example\b",
+        ),
+    );
+    node.write_config(&costly);
+    let out = check(&costly);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("warning: services.crm.redact: custom detector CORP_LOGIN"),
+        "{err}"
+    );
+    let agent = node.start_agent(&costly);
+    let w = agent.wait_event("redact_costly_detector", |e| e["entity"] == "CORP_LOGIN");
+    assert_eq!(w["service"], "crm", "{w}");
+
+    let fine =
+        node.agent_config()
+            .mcp_service("crm", port, &detector("EMPLOYEE_ID", r"\bEMP-[0-9]{6}\b"));
+    node.write_config(&fine);
+    let out = check(&fine);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && !err.contains("warning"), "{err}");
+}

@@ -495,10 +495,85 @@ struct Accepted {
     confidence: f32,
 }
 
+/// Bytes of each probe text of [`Engine::costly_custom_detectors`].
+const PROBE_LEN: usize = 16 * 1024;
+/// Automaton memory per probe byte above which a custom detector is reported: the built-ins
+/// take ~7 bytes per byte of random base64 and ~9 of printable text (115 and 150 KB after
+/// 16 KB), the e-mail pattern inside the union automaton ~130 on base64 (2.2 MB; it then
+/// redacted base64 at 1-2 MB/s).
+const PROBE_BYTES_PER_BYTE: usize = 32;
+
+/// Random base64 and random printable ASCII, [`PROBE_LEN`] bytes each (fixed seed).
+fn probe_texts() -> [String; 2] {
+    const B64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = move |n: usize| {
+        // xorshift64*: any fixed sequence with every byte value of `n` will do.
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 33) as usize % n
+    };
+    let base64 = (0..PROBE_LEN)
+        .map(|_| char::from(B64[next(B64.len())]))
+        .collect();
+    let printable = (0..PROBE_LEN)
+        .map(|_| char::from(b' ' + next(95) as u8))
+        .collect();
+    [base64, printable]
+}
+
 impl Engine {
     /// Compiles the detectors of `cfg` into one automaton.
     pub fn new(cfg: &EngineConfig, key: PseudonymKey) -> Result<Engine, EngineError> {
         Engine::build(cfg, key, true)
+    }
+
+    /// The custom detectors of `cfg` that make the automaton build a new state at nearly
+    /// every byte of random base64 or printable text, with the automaton memory their probe
+    /// took. A long bounded class that can start after common punctuation (as an e-mail
+    /// local part, `[a-z0-9._+-]{1,64}@...`) does that: every position starts one more count
+    /// in progress, times every other pattern in progress. Content of that kind (images in
+    /// tool results) is then redacted at a few MB/s instead of hundreds. The engine is still
+    /// correct: the agent and `check-config` warn, naming the detector. Each custom detector
+    /// is probed with the built-ins `cfg` enables (the union it will run in), alone among
+    /// custom ones; one that does not compile is skipped (`Engine::new` reports it).
+    pub fn costly_custom_detectors(cfg: &EngineConfig) -> Vec<(String, usize)> {
+        if cfg.custom.is_empty() {
+            return Vec::new();
+        }
+        let probes = probe_texts();
+        let limit = PROBE_LEN * PROBE_BYTES_PER_BYTE;
+        cfg.custom
+            .iter()
+            .filter_map(|c| {
+                let one = EngineConfig {
+                    custom: vec![c.clone()],
+                    ..cfg.clone()
+                };
+                let e = Engine::new(&one, PseudonymKey::new([0; 32])).ok()?;
+                let used = probes
+                    .iter()
+                    .map(|t| e.automaton_memory(t))
+                    .max()
+                    .unwrap_or(0);
+                (used > limit).then(|| (c.entity.clone(), used))
+            })
+            .collect()
+    }
+
+    /// The memory the union automaton's cache holds after one search of every match in
+    /// `text` from a fresh cache (a cache cleared meanwhile counts as full).
+    fn automaton_memory(&self, text: &str) -> usize {
+        let re = &self.inner.re;
+        let mut cache = re.create_cache();
+        for _ in re.find_iter(&mut cache, text.as_bytes()) {}
+        let dfa = cache.forward();
+        if dfa.clear_count() > 0 {
+            CACHE_CAPACITY
+        } else {
+            dfa.memory_usage()
+        }
     }
 
     /// With `split`, the e-mail pattern is searched beside the union automaton (`side`);

@@ -1243,3 +1243,49 @@ fn texts_as_short_as_the_shortest_pattern_are_still_scanned() {
     // The built-ins: "+12" (a phone number's shortest shape) is as short as they go.
     assert_eq!(engine().inner.min_pattern_len, 3);
 }
+
+/// A custom detector shaped like an e-mail local part (a long bounded class after common
+/// punctuation) is reported as costly on base64; an ordinary one is not, and neither are the
+/// built-ins with it. The probe measures what the e-mail pattern inside the union automaton
+/// did (checked: `Engine::build(.., false)` takes over the limit on the same probe).
+#[test]
+fn custom_detectors_that_thrash_the_automaton_are_reported() {
+    let custom = |entity: &str, pattern: &str| CustomDetector {
+        entity: entity.into(),
+        pattern: pattern.into(),
+        validator: Validator::None,
+        context: vec![],
+        require_context: false,
+        confidence: None,
+    };
+    let cfg = EngineConfig {
+        custom: vec![
+            custom("EMPLOYEE_ID", r"\bEMP-[0-9]{6}\b"),
+            custom(
+                "CORP_LOGIN",
+                r"\b[A-Za-z0-9][A-Za-z0-9._%+-]{0,63}@corp\.example\b",
+            ),
+            custom("BROKEN", r"[0-9]+"),
+        ],
+        ..EngineConfig::default()
+    };
+    let costly = Engine::costly_custom_detectors(&cfg);
+    assert_eq!(
+        costly.iter().map(|c| c.0.as_str()).collect::<Vec<_>>(),
+        ["CORP_LOGIN"],
+        "{costly:?}"
+    );
+    assert!(costly[0].1 > PROBE_LEN * PROBE_BYTES_PER_BYTE);
+    // The measure itself: the built-ins stay far under the limit, the e-mail pattern inside
+    // the union (as it once was) goes over it.
+    let limit = PROBE_LEN * PROBE_BYTES_PER_BYTE;
+    let split = Engine::builtin(key());
+    let union = Engine::build(&EngineConfig::default(), key(), false).expect("builds");
+    for text in probe_texts() {
+        // ~115 KB on base64, ~150 KB on printable text.
+        let used = split.automaton_memory(&text);
+        assert!(used < limit / 2, "{used}");
+    }
+    assert!(union.automaton_memory(&probe_texts()[0]) > limit);
+    assert!(Engine::costly_custom_detectors(&EngineConfig::default()).is_empty());
+}
