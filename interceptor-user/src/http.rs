@@ -822,6 +822,68 @@ impl RetainNames for HeaderMap {
     }
 }
 
+/// Methods that change nothing on the server (MCP has no idempotency key: `tools/call` and
+/// everything else may act, and are never sent twice).
+const REPLAYABLE: &[&str] = &[
+    "initialize",
+    "ping",
+    "server/discover",
+    "tools/list",
+    "resources/list",
+    "resources/templates/list",
+    "resources/read",
+    "prompts/list",
+    "prompts/get",
+    "completion/complete",
+];
+
+/// Whether the request (every message of a batch) may be sent again: only requests, only of
+/// [`REPLAYABLE`] methods.
+fn replayable(messages: &[mcp::Message]) -> bool {
+    !messages.is_empty()
+        && messages.iter().all(|m| {
+            m.kind == mcp::Kind::Request
+                && m.method.as_deref().is_some_and(|x| REPLAYABLE.contains(&x))
+        })
+}
+
+fn copy_request(r: &Request<Full<Bytes>>) -> Request<Full<Bytes>> {
+    let mut c = Request::new(r.body().clone());
+    *c.method_mut() = r.method().clone();
+    *c.uri_mut() = r.uri().clone();
+    *c.version_mut() = r.version();
+    *c.headers_mut() = r.headers().clone();
+    c
+}
+
+/// An established connection that ended before any answer: closed (end of stream before a
+/// complete response) or reset. Not a failure to connect, which says nothing was sent.
+fn closed_before_answer(e: &hyper_util::client::legacy::Error) -> bool {
+    if e.is_connect() {
+        return false;
+    }
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(h) = err.downcast_ref::<hyper::Error>()
+            && (h.is_incomplete_message() || h.is_canceled())
+        {
+            return true;
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::ConnectionAborted
+            )
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
 fn upstream_failed(ctx: &ConnCtx, e: &dyn std::fmt::Display) -> Response<RespBody> {
     warn!(
         event = "upstream_error",
@@ -1184,7 +1246,26 @@ async fn handle_post(
             }
         }
     }
-    let resp = match ctx.svc.client.request(up).await {
+    // A request without side effects is sent once more, on another connection, when the
+    // pooled connection it went out on was closed by the server before any answer (its
+    // keep-alive ending as the request arrived): the server may or may not have read it,
+    // which only matters for a request that changes something.
+    let replay = (legacy.is_none() && replayable(&messages)).then(|| copy_request(&up));
+    let sent = match (ctx.svc.client.request(up).await, replay) {
+        (Err(e), Some(again)) if closed_before_answer(&e) => {
+            warn!(
+                event = "upstream_retry",
+                service = %ctx.svc.cfg.name,
+                conn_id = ctx.info.id,
+                side = "upstream",
+                error = %e,
+                "the server closed the connection before answering; sent again on another connection (no side effects)"
+            );
+            ctx.svc.client.request(again).await
+        }
+        (sent, _) => sent,
+    };
+    let resp = match sent {
         Ok(r) => r,
         Err(e) => {
             let mut failed: Vec<Pending> = pending.into_values().collect();

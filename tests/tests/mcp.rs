@@ -617,6 +617,74 @@ fn idle_upstream_connections_are_not_reused_past_the_idle_timeout() {
     );
 }
 
+/// When the server closes a pooled connection without answering the request just written to
+/// it (its keep-alive ending as the request arrived), a request without side effects is sent
+/// again on another connection and the caller gets its answer; a `tools/call` is not (the tool
+/// may have run): the caller gets a 502 and the server saw it once. The server here drops
+/// every request that is not the first on its connection.
+#[test]
+fn requests_without_side_effects_are_retried_when_the_server_closes_a_pooled_connection() {
+    let node = node!("mcp_upstream_retry");
+    let port = node.port(0);
+    let server = node.server_with(
+        &node.server,
+        &[&format!("0.0.0.0:{port}")],
+        "mcp-echo",
+        &["--drop-reused"],
+    );
+    let cfg = node.agent_config().mcp_service("crm", port, "");
+    let agent = node.start_agent(&cfg);
+    let send = |body: &str| {
+        node.raw(
+            &node.client,
+            &addr(SERVER_IP, port),
+            &post(body, "Connection: close\\r\\n"),
+        )
+        .0
+    };
+    let seen = |id: u32| {
+        server
+            .proc
+            .stdout
+            .events("mcp_request")
+            .iter()
+            .filter(|e| e["body"]["id"] == id)
+            .count()
+    };
+    let list = |id: u32| format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/list"}}"#);
+    // Opens connection A.
+    let reply = send(&list(1));
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    // Goes out on A, which the server drops: sent again, on B.
+    let reply = send(&list(2));
+    assert!(
+        reply.starts_with("HTTP/1.1 200") && reply.contains("tools/list"),
+        "{reply}\n{}",
+        server.proc.dump()
+    );
+    assert_eq!(seen(2), 2, "{}", server.proc.dump());
+    let retry = agent.wait_event("upstream_retry", |_| true);
+    assert_eq!(retry["side"], "upstream", "{retry}");
+    // A tool call goes out on B, which the server drops: not sent again.
+    let call = GOOD.replace("\"id\":7", "\"id\":3");
+    let reply = send(&call);
+    assert!(reply.starts_with("HTTP/1.1 502"), "{reply}");
+    assert_eq!(
+        seen(3),
+        1,
+        "a tool call was sent twice: {}",
+        server.proc.dump()
+    );
+    let ex = agent.wait_event("exchange", |e| e["jsonrpc_id"] == "3");
+    assert_eq!(ex["outcome"], "upstream_error", "{ex}");
+    assert_eq!(
+        server.proc.stdout.events("dropped").len(),
+        2,
+        "{}",
+        server.proc.dump()
+    );
+}
+
 #[test]
 fn batches_and_notifications_are_separate_exchanges() {
     let node = node!("mcp_batch");

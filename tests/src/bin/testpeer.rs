@@ -185,8 +185,12 @@ enum Mode {
     /// A minimal, fast MCP-over-HTTP/1.1 responder (keep-alive): every JSON-RPC request gets a
     /// result echoing its method, params and the request headers it received. A connection
     /// idle for `keep_alive_ms` (0: never) is closed, as uvicorn or Node do after 5 s.
+    /// With `drop_reused`, a request that is not the first on its connection is read and the
+    /// connection closed without an answer (what a client sees when the server's keep-alive
+    /// ends just as its request arrives).
     McpEcho {
         keep_alive_ms: u64,
+        drop_reused: bool,
     },
 }
 
@@ -216,6 +220,7 @@ fn server(args: &Args) -> Result<(), String> {
         "source" => Mode::Source(args.num("--source-bytes", 1 << 20)?),
         "mcp-echo" => Mode::McpEcho {
             keep_alive_ms: args.num("--keep-alive-ms", 0)?,
+            drop_reused: args.flag("--drop-reused"),
         },
         m => return Err(format!("unknown --mode {m}")),
     };
@@ -261,9 +266,13 @@ fn accept_loop(listener: TcpListener, mode: Mode) {
 }
 
 fn serve(mut stream: TcpStream, mode: Mode) -> (u64, u64, Option<String>) {
-    if let Mode::McpEcho { keep_alive_ms } = mode {
+    if let Mode::McpEcho {
+        keep_alive_ms,
+        drop_reused,
+    } = mode
+    {
         let _ = stream.set_nodelay(true);
-        return match serve_mcp_echo(&mut stream, keep_alive_ms) {
+        return match serve_mcp_echo(&mut stream, keep_alive_ms, drop_reused) {
             Ok((i, o)) => (i, o, None),
             Err(e) => (0, 0, Some(e.to_string())),
         };
@@ -593,7 +602,11 @@ fn mcp_answer(req: &Value, headers: &serde_json::Map<String, Value>) -> Option<V
 /// idle for `keep_alive_ms` (when not 0). Returns bytes in/out. Each `mcp_request` event says
 /// which connection (`peer`) carried it and how long that connection had been idle (`idle_ms`,
 /// null for its first request).
-fn serve_mcp_echo(stream: &mut TcpStream, keep_alive_ms: u64) -> io::Result<(u64, u64)> {
+fn serve_mcp_echo(
+    stream: &mut TcpStream,
+    keep_alive_ms: u64,
+    drop_reused: bool,
+) -> io::Result<(u64, u64)> {
     let (mut bytes_in, mut bytes_out) = (0u64, 0u64);
     let mut buf: Vec<u8> = Vec::with_capacity(8192);
     let mut tmp = vec![0u8; 64 * 1024];
@@ -670,6 +683,10 @@ fn serve_mcp_echo(stream: &mut TcpStream, keep_alive_ms: u64) -> io::Result<(u64
             "event": "mcp_request", "request_line": request_line, "headers": headers, "body": parsed,
             "peer": peer, "idle_ms": answered.map(|t| t.elapsed().as_millis() as u64),
         }));
+        if drop_reused && answered.is_some() {
+            emit(json!({"event": "dropped", "peer": peer, "body": parsed}));
+            return Ok((bytes_in, bytes_out));
+        }
         let (status, payload) = match (method.as_str(), parsed) {
             ("POST", Some(Value::Array(items))) => {
                 let out: Vec<Value> = items
