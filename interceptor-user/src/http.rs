@@ -1250,7 +1250,7 @@ async fn handle_post(
     // pooled connection it went out on was closed by the server before any answer (its
     // keep-alive ending as the request arrived): the server may or may not have read it,
     // which only matters for a request that changes something.
-    let replay = (legacy.is_none() && replayable(&messages)).then(|| copy_request(&up));
+    let replay = (legacy.is_none() && replayable(messages)).then(|| copy_request(&up));
     let sent = match (ctx.svc.client.request(up).await, replay) {
         (Err(e), Some(again)) if closed_before_answer(&e) => {
             warn!(
