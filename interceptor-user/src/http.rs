@@ -823,7 +823,8 @@ impl RetainNames for HeaderMap {
 }
 
 /// Methods that change nothing on the server (MCP has no idempotency key: `tools/call` and
-/// everything else may act, and are never sent twice).
+/// everything else may act, and are never sent twice). `initialize` may open a session: one
+/// opened twice leaves an unused session, which the server expires.
 const REPLAYABLE: &[&str] = &[
     "initialize",
     "ping",
