@@ -723,6 +723,7 @@ fn new_record(
         outcome: String::new(),
         error_code: None,
         notifications: 0,
+        upstream_attempts: 1,
         subject: None,
         issuer: None,
         client_id: None,
@@ -1262,6 +1263,9 @@ async fn handle_post(
                 error = %e,
                 "the server closed the connection before answering; sent again on another connection (no side effects)"
             );
+            for p in pending.values_mut() {
+                p.rec.upstream_attempts = 2;
+            }
             ctx.svc.client.request(again).await
         }
         (sent, _) => sent,

@@ -99,6 +99,11 @@ pub struct ExchangeRecord {
     pub outcome: String,
     pub error_code: Option<i64>,
     pub notifications: u32,
+    /// How many times the request was sent to the server: 2 when a request without side
+    /// effects went out again after the server closed the connection before answering (the
+    /// server may have read it both times). Written only when above 1.
+    #[serde(skip_serializing_if = "sent_once")]
+    pub upstream_attempts: u32,
     /// Verified caller (from the bearer token), when the service requires one.
     pub subject: Option<String>,
     pub issuer: Option<String>,
@@ -332,6 +337,7 @@ impl Phase for ExchangeLog {
             outcome = %r.outcome,
             error_code = r.error_code,
             notifications = r.notifications,
+            upstream_attempts = r.upstream_attempts,
             subject = r.subject.as_deref(),
             issuer = r.issuer.as_deref(),
             client_id = r.client_id.as_deref(),
@@ -380,4 +386,8 @@ impl Phase for ExchangeLog {
             "approval {}", e.step.as_str()
         );
     }
+}
+
+fn sent_once(n: &u32) -> bool {
+    *n <= 1
 }

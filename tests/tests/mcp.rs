@@ -665,6 +665,34 @@ fn requests_without_side_effects_are_retried_when_the_server_closes_a_pooled_con
     assert_eq!(seen(2), 2, "{}", server.proc.dump());
     let retry = agent.wait_event("upstream_retry", |_| true);
     assert_eq!(retry["side"], "upstream", "{retry}");
+    // The exchange record says the server was sent it twice (it may have read it twice).
+    let ex = agent.wait_event("exchange", |e| e["jsonrpc_id"] == "2");
+    assert_eq!(ex["upstream_attempts"], 2, "{ex}");
+    assert_eq!(ex["outcome"], "result", "{ex}");
+    let ex = agent.wait_event("exchange", |e| e["jsonrpc_id"] == "1");
+    assert_eq!(ex["upstream_attempts"], 1, "{ex}");
+    // And so does the audit store's record (written only when above 1).
+    let db = cfg.state_dir.join("audit.db");
+    let stored = |id: u32| {
+        let sql = format!(
+            "SELECT coalesce(json_extract(b.body, '$.data.upstream_attempts'), 'absent') FROM records r JOIN bodies b ON b.seq = r.seq WHERE r.kind = 'exchange' AND json_extract(b.body, '$.data.jsonrpc_id') = '{id}'"
+        );
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let out = std::process::Command::new("sqlite3")
+                .arg(&db)
+                .arg(&sql)
+                .output()
+                .expect("sqlite3");
+            let v = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            if !v.is_empty() || std::time::Instant::now() > deadline {
+                return v;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    assert_eq!(stored(2), "2");
+    assert_eq!(stored(1), "absent");
     // A tool call goes out on B, which the server drops: not sent again.
     let call = GOOD.replace("\"id\":7", "\"id\":3");
     let reply = send(&call);
