@@ -256,14 +256,7 @@ fn borrowed_when_nothing_masked() {
 fn custom_detectors_and_errors() {
     let cfg = EngineConfig {
         custom: vec![
-            CustomDetector {
-                entity: "EMPLOYEE_ID".into(),
-                pattern: r"\bEMP-[0-9]{6}\b".into(),
-                validator: Validator::None,
-                context: vec![],
-                require_context: false,
-                confidence: None,
-            },
+            custom("EMPLOYEE_ID", r"\bEMP-[0-9]{6}\b"),
             CustomDetector {
                 entity: "LOYALTY_CARD".into(),
                 pattern: r"\b[0-9]{10}\b".into(),
@@ -287,14 +280,7 @@ fn custom_detectors_and_errors() {
     assert_eq!(r.counts.get("LOYALTY_CARD"), Some(&1), "{}", r.text);
     assert_eq!(r.counts.get("EMAIL"), None);
     let bad = |p: &str| EngineConfig {
-        custom: vec![CustomDetector {
-            entity: "X".into(),
-            pattern: p.into(),
-            validator: Validator::None,
-            context: vec![],
-            require_context: false,
-            confidence: None,
-        }],
+        custom: vec![custom("X", p)],
         ..EngineConfig::default()
     };
     assert!(matches!(
@@ -479,14 +465,7 @@ fn field_labels_are_context() {
 fn with_code_detector(pattern: &str) -> Engine {
     Engine::new(
         &EngineConfig {
-            custom: vec![CustomDetector {
-                entity: "CODE".into(),
-                pattern: pattern.into(),
-                validator: Validator::None,
-                context: vec![],
-                require_context: false,
-                confidence: None,
-            }],
+            custom: vec![custom("CODE", pattern)],
             ..EngineConfig::default()
         },
         key(),
@@ -810,14 +789,7 @@ fn lanes_hand_over_matches_in_progress() {
     // must still report the match from `Q`, not from the first `Z`.
     let cfg = EngineConfig {
         detectors: builtins_enabled(&[]),
-        custom: vec![CustomDetector {
-            entity: "CODE".into(),
-            pattern: "Q?ZZZ".into(),
-            validator: Validator::None,
-            context: vec![],
-            require_context: false,
-            confidence: None,
-        }],
+        custom: vec![custom("CODE", "Q?ZZZ")],
         ..EngineConfig::default()
     };
     let e = Engine::new(&cfg, key()).expect("engine");
@@ -1165,6 +1137,18 @@ const GOLDEN_PSEUDONYMS: [&str; 6] = [
 ];
 
 /// Every built-in, enabled only if its entity is in `keep`.
+/// A custom detector with no validator, no context words and the default confidence.
+fn custom(entity: &str, pattern: &str) -> CustomDetector {
+    CustomDetector {
+        entity: entity.into(),
+        pattern: pattern.into(),
+        validator: Validator::None,
+        context: vec![],
+        require_context: false,
+        confidence: None,
+    }
+}
+
 fn builtins_enabled(keep: &[&str]) -> Vec<DetectorSpec> {
     detectors::BUILTINS
         .iter()
@@ -1196,15 +1180,11 @@ fn engines_with_only_the_side_pattern_or_without_it() {
     assert!(rest.inner.side.is_none());
     assert_eq!(found(&rest), ["PHONE", "CARD"]);
     // A custom detector with the very same pattern shares the side search.
-    let custom = CustomDetector {
-        entity: "WORK_MAIL".into(),
-        pattern: detectors::EMAIL_PATTERN.into(),
-        validator: Validator::None,
-        context: vec![],
-        require_context: false,
+    let work_mail = CustomDetector {
         confidence: Some(0.99),
+        ..custom("WORK_MAIL", detectors::EMAIL_PATTERN)
     };
-    let both = Engine::new(&only(&[], vec![custom]), key()).expect("engine");
+    let both = Engine::new(&only(&[], vec![work_mail]), key()).expect("engine");
     assert!(both.inner.side.is_some());
     assert_eq!(found(&both), ["WORK_MAIL"]);
 }
@@ -1215,14 +1195,7 @@ fn engines_with_only_the_side_pattern_or_without_it() {
 fn texts_as_short_as_the_shortest_pattern_are_still_scanned() {
     let cfg = EngineConfig {
         detectors: builtins_enabled(&[]),
-        custom: vec![CustomDetector {
-            entity: "TICKET".into(),
-            pattern: r"\bQ[0-9]{2}\b".into(),
-            validator: Validator::None,
-            context: vec![],
-            require_context: false,
-            confidence: None,
-        }],
+        custom: vec![custom("TICKET", r"\bQ[0-9]{2}\b")],
         ..EngineConfig::default()
     };
     let e = Engine::new(&cfg, key()).expect("builds");
@@ -1250,14 +1223,6 @@ fn texts_as_short_as_the_shortest_pattern_are_still_scanned() {
 /// did (checked: `Engine::build(.., false)` takes over the limit on the same probe).
 #[test]
 fn custom_detectors_that_thrash_the_automaton_are_reported() {
-    let custom = |entity: &str, pattern: &str| CustomDetector {
-        entity: entity.into(),
-        pattern: pattern.into(),
-        validator: Validator::None,
-        context: vec![],
-        require_context: false,
-        confidence: None,
-    };
     let cfg = EngineConfig {
         custom: vec![
             custom("EMPLOYEE_ID", r"\bEMP-[0-9]{6}\b"),
