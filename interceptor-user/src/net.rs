@@ -130,13 +130,13 @@ impl DataPath {
                         Some(r) => {
                             let e = Engine::new(r, key)
                                 .map_err(|e| anyhow::anyhow!("services.{}.redact: {e}", s.name))?;
-                            for (entity, bytes) in Engine::costly_custom_detectors(r) {
+                            for c in Engine::costly_custom_detectors(r) {
                                 warn!(
                                     event = "redact_costly_detector",
                                     service = %s.name,
-                                    entity = %entity,
-                                    automaton_bytes = bytes,
-                                    "custom detector {entity} makes the redaction automaton build a new state at nearly every byte of base64-like content: such responses will be redacted at a few MB/s (a long bounded class after punctuation, as an e-mail local part; anchor it on a rarer byte or shorten it)"
+                                    entity = %c.entity,
+                                    automaton_bytes = c.automaton_bytes,
+                                    "{c}"
                                 );
                             }
                             (Some(e.clone()), e)

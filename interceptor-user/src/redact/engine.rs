@@ -503,6 +503,28 @@ const PROBE_LEN: usize = 16 * 1024;
 /// redacted base64 at 1-2 MB/s).
 const PROBE_BYTES_PER_BYTE: usize = 32;
 
+/// A custom detector that makes the automaton thrash (see
+/// [`Engine::costly_custom_detectors`]); its `Display` is the warning the agent logs and
+/// `check-config` prints.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CostlyDetector {
+    pub entity: String,
+    /// Automaton memory its probe took.
+    pub automaton_bytes: usize,
+}
+
+impl fmt::Display for CostlyDetector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "custom detector {} makes the redaction automaton build a new state at nearly every byte of base64-like content ({} KB for {} KB of probe): such responses will be redacted at a few MB/s (a long bounded class after punctuation, as an e-mail local part; anchor it on a rarer byte or shorten it)",
+            self.entity,
+            self.automaton_bytes / 1024,
+            PROBE_LEN / 1024
+        )
+    }
+}
+
 /// Random base64 and random printable ASCII, [`PROBE_LEN`] bytes each (fixed seed).
 fn probe_texts() -> [String; 2] {
     const B64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -538,7 +560,7 @@ impl Engine {
     /// correct: the agent and `check-config` warn, naming the detector. Each custom detector
     /// is probed with the built-ins `cfg` enables (the union it will run in), alone among
     /// custom ones; one that does not compile is skipped (`Engine::new` reports it).
-    pub fn costly_custom_detectors(cfg: &EngineConfig) -> Vec<(String, usize)> {
+    pub fn costly_custom_detectors(cfg: &EngineConfig) -> Vec<CostlyDetector> {
         if cfg.custom.is_empty() {
             return Vec::new();
         }
@@ -557,7 +579,10 @@ impl Engine {
                     .map(|t| e.automaton_memory(t))
                     .max()
                     .unwrap_or(0);
-                (used > limit).then(|| (c.entity.clone(), used))
+                (used > limit).then(|| CostlyDetector {
+                    entity: c.entity.clone(),
+                    automaton_bytes: used,
+                })
             })
             .collect()
     }

@@ -1236,11 +1236,11 @@ fn custom_detectors_that_thrash_the_automaton_are_reported() {
     };
     let costly = Engine::costly_custom_detectors(&cfg);
     assert_eq!(
-        costly.iter().map(|c| c.0.as_str()).collect::<Vec<_>>(),
+        costly.iter().map(|c| c.entity.as_str()).collect::<Vec<_>>(),
         ["CORP_LOGIN"],
         "{costly:?}"
     );
-    assert!(costly[0].1 > PROBE_LEN * PROBE_BYTES_PER_BYTE);
+    assert!(costly[0].automaton_bytes > PROBE_LEN * PROBE_BYTES_PER_BYTE);
     // The measure itself: the built-ins stay far under the limit, the e-mail pattern inside
     // the union (as it once was) goes over it.
     let limit = PROBE_LEN * PROBE_BYTES_PER_BYTE;
