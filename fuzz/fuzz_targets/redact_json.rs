@@ -17,7 +17,7 @@ use serde_json::Value;
 #[path = "../../interceptor-user/src/redact/redactor.rs"]
 mod redactor;
 
-pub use redactor::{Finding, Head, TextRedactor};
+pub use redactor::{Finding, Head, Pseudonym, TextRedactor};
 
 #[allow(dead_code)]
 #[path = "../../interceptor-user/src/redact/json.rs"]
@@ -64,7 +64,7 @@ impl TextRedactor for TestRedactor {
                 out.push_str("[EMAIL]");
                 findings.push(Finding {
                     entity: "EMAIL".into(),
-                    pseudonym: String::new(),
+                    pseudonym: Pseudonym::from_tag([0; 4]),
                 });
             } else if pin
                 && at < 6
@@ -74,7 +74,7 @@ impl TextRedactor for TestRedactor {
                 out.push_str("[PIN]");
                 findings.push(Finding {
                     entity: "PIN".into(),
-                    pseudonym: String::new(),
+                    pseudonym: Pseudonym::from_tag([0; 4]),
                 });
             } else {
                 out.push_str(token);

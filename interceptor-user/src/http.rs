@@ -1433,7 +1433,7 @@ where
     let (text, findings) = redactor.redact(&String::from_utf8_lossy(&bytes));
     let mut found = crate::redact::json::Summary::default();
     for f in findings {
-        *found.counts.entry(f.entity.clone()).or_insert(0) += 1;
+        found.tally(&f.entity);
         found.findings.push(f);
     }
     evidence

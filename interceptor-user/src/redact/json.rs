@@ -160,9 +160,19 @@ impl Summary {
         self.counts.values().sum()
     }
 
+    /// Counts one more value of `entity` (allocating its name only the first time).
+    pub fn tally(&mut self, entity: &str) {
+        match self.counts.get_mut(entity) {
+            Some(n) => *n += 1,
+            None => {
+                self.counts.insert(entity.to_string(), 1);
+            }
+        }
+    }
+
     fn record(&mut self, findings: Vec<Finding>, max_findings: usize) {
         for f in findings {
-            *self.counts.entry(f.entity.clone()).or_insert(0) += 1;
+            self.tally(&f.entity);
             if self.findings.len() < max_findings {
                 self.findings.push(f);
             } else {

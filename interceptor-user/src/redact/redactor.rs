@@ -3,16 +3,71 @@
 //! `json.rs` (both by `#[path]`, at its crate root), without a copy to keep in sync.
 
 use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 
-/// One masked value.
+/// One masked value. Neither field allocates per value: a response can carry thousands.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Finding {
-    /// Entity type, e.g. "EMAIL", "IBAN", "CARD".
-    pub entity: String,
+    /// Entity type, e.g. "EMAIL", "IBAN", "CARD" (shared with the detector).
+    #[serde(serialize_with = "as_str")]
+    pub entity: Arc<str>,
     /// Keyed pseudonym of the value (HMAC), never the value itself.
-    pub pseudonym: String,
+    pub pseudonym: Pseudonym,
+}
+
+fn as_str<S: Serializer>(s: &Arc<str>, ser: S) -> Result<S::Ok, S::Error> {
+    ser.serialize_str(s)
+}
+
+/// A value's pseudonym: the first four bytes of its keyed hash as 8 lowercase hex digits,
+/// held inline. Reads, prints and serialises as that string.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Pseudonym([u8; 8]);
+
+impl Pseudonym {
+    /// The pseudonym of a tag (the leading bytes of a keyed hash).
+    pub fn from_tag(tag: [u8; 4]) -> Pseudonym {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; 8];
+        for (pair, b) in out.chunks_exact_mut(2).zip(tag) {
+            pair[0] = HEX[usize::from(b >> 4)];
+            pair[1] = HEX[usize::from(b & 0xf)];
+        }
+        Pseudonym(out)
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Always hex digits (the only constructor writes them).
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl std::ops::Deref for Pseudonym {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl fmt::Display for Pseudonym {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for Pseudonym {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl Serialize for Pseudonym {
+    fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        ser.serialize_str(self.as_str())
+    }
 }
 
 /// Redacts personal data in one piece of text.

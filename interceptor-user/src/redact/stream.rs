@@ -339,7 +339,7 @@ mod tests {
             let f = (0..n)
                 .map(|_| Finding {
                     entity: "WORD".into(),
-                    pseudonym: "p".into(),
+                    pseudonym: crate::redact::Pseudonym::from_tag([0; 4]),
                 })
                 .collect();
             (text.replace("secret", "[WORD]"), f)

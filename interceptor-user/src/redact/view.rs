@@ -156,7 +156,7 @@ mod tests {
         let (out, f) = r.redact("mail jane.doe@example.com or call +44 20 7946 0958");
         assert!(out.contains("[EMAIL]"), "{out}");
         assert!(out.contains("+44 20 7946 0958"), "released in clear: {out}");
-        assert!(f.iter().any(|f| f.entity == "EMAIL"));
+        assert!(f.iter().any(|f| &*f.entity == "EMAIL"));
     }
 
     #[test]
@@ -169,7 +169,7 @@ mod tests {
         assert_eq!(plain, "111222333");
         let (out, f) = r.redact_labelled(Some("bsn"), "111222333");
         assert_ne!(out, "111222333", "labelled: masked");
-        assert!(f.iter().any(|f| f.entity == "NL_BSN"), "{f:?}");
+        assert!(f.iter().any(|f| &*f.entity == "NL_BSN"), "{f:?}");
         // Through the JSON rewriter, as the agent uses it.
         let mut j = crate::redact::json::JsonRedactor::new(
             std::sync::Arc::new(ViewRedactor::new(engine(), base)),

@@ -1,4 +1,5 @@
 use super::*;
+use crate::redact::Pseudonym;
 use proptest::prelude::*;
 use std::borrow::Cow;
 
@@ -14,12 +15,12 @@ fn email_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || "._%+-@".contains(c)
 }
 
-fn pseudonym(s: &str) -> String {
-    let mut h: u64 = 0xcbf29ce484222325;
+fn pseudonym(s: &str) -> Pseudonym {
+    let mut h: u32 = 0x811c9dc5;
     for b in s.bytes() {
-        h = (h ^ u64::from(b)).wrapping_mul(0x100000001b3);
+        h = (h ^ u32::from(b)).wrapping_mul(0x01000193);
     }
-    format!("p{h:016x}")
+    Pseudonym::from_tag(h.to_be_bytes())
 }
 
 const PIN_REACH: usize = 6;
