@@ -56,13 +56,17 @@
 //!   closure rescan below finds something (adversarial input), a further round writes a new
 //!   buffer and drops the previous one. [`TextRedactor::redact`] must return a `String` and so
 //!   always makes that one copy.
-//! * **Closure.** After masking, the output is scanned again around each mask (a pattern
-//!   length before, the context window and a pattern length after: the only places where a
-//!   decision can change); anything that became detectable because its surroundings changed
-//!   is masked too, up to a fixed number of rounds. So the output of `redact_with` contains
-//!   no validated match of the engine except entities shown in clear, and redacting twice
-//!   changes nothing (masks never match: they are `[ENTITY]`, `[ENTITY:8 hex]`, `****1234`;
-//!   property-tested).
+//! * **Closure.** After masking, the output is scanned again around each mask (as far before
+//!   it as a candidate can reach it, the context window after it and as far as a candidate
+//!   can reach past that: the only places where a decision can change); anything that became
+//!   detectable because its surroundings changed is masked too, up to a fixed number of
+//!   rounds. How far a candidate reaches is bounded per byte: a match holding a byte is no
+//!   longer than the longest pattern that can hold it, and the long ones (e-mail addresses,
+//!   tokens) hold no space, so in prose that is tens of bytes, not the longest pattern's 300
+//!   (property-tested against rescanning the whole output). So the output of `redact_with`
+//!   contains no validated match of the engine except entities shown in clear, and redacting
+//!   twice changes nothing (masks never match: they are `[ENTITY]`, `[ENTITY:8 hex]`,
+//!   `****1234`; property-tested).
 //! * **Fields.** [`Engine::scan_field`] / [`Engine::redact_field`] take the name of the field
 //!   a value belongs to (JSON key, CSV column) as context before it: redacting JSON string
 //!   by string through [`TextRedactor::redact`] loses the keys, and with them the labels
@@ -450,6 +454,10 @@ struct Inner {
     max_pattern_len: usize,
     /// The shortest match of any pattern: a shorter range holds no candidate.
     min_pattern_len: usize,
+    /// For each byte, the longest match of the patterns that can hold it (0: none can): a
+    /// match holding a run of bytes is no longer than the least of theirs (see
+    /// [`Engine::reach_back`]).
+    byte_reach: Box<[usize; 256]>,
     /// No pattern looks around other than with the ASCII word boundary `\b`, for which the
     /// start and end of a text read like a non-word byte: what [`Engine::cut_head`] needs.
     word_boundary_only: bool,
@@ -833,6 +841,14 @@ impl Engine {
             max_len = max_len.max(len).max(extent);
             hirs.push(hir);
         }
+        let mut byte_reach = Box::new([0usize; 256]);
+        for (hir, &len) in hirs.iter().zip(&pattern_len) {
+            for (b, holds) in held_bytes(hir).iter().enumerate() {
+                if *holds {
+                    byte_reach[b] = byte_reach[b].max(len);
+                }
+            }
+        }
         // (A pattern that cannot match has no minimum.)
         let min_pattern_len = hirs
             .iter()
@@ -943,6 +959,7 @@ impl Engine {
             sources,
             max_pattern_len: pattern_len.iter().copied().max().unwrap_or(0),
             min_pattern_len,
+            byte_reach,
             word_boundary_only,
             detectors,
             key,
@@ -1080,12 +1097,12 @@ impl Engine {
     ) {
         let inner = &*self.inner;
         let hay = text.as_bytes();
-        // Candidates starting before `stop` end before this.
+        // Candidates starting before `stop` end before this (and the automaton reads one
+        // byte more).
         let search_end = if stop >= hay.len() {
             hay.len()
         } else {
-            hay.len()
-                .min(stop.saturating_add(inner.max_pattern_len + 1))
+            hay.len().min(stop + self.reach_forward(hay, stop) + 1)
         };
         // Too short a range to hold any candidate (keys, short values): nothing to set up.
         if search_end.saturating_sub(from) < inner.min_pattern_len {
@@ -1473,9 +1490,16 @@ impl Engine {
     }
 
     /// Scans the parts of `text` whose decisions a mask can have changed: the mask itself
-    /// and a pattern length before it (new neighbours), and the context window (in bytes, 4
-    /// per char) plus a pattern length after it (labels, floors). Everything else is byte for
-    /// byte what the previous round scanned, with the same result.
+    /// and, before it, every candidate that can reach it (new neighbours); after it, the
+    /// context window (in bytes, 4 per char) and every candidate that can reach past that
+    /// (labels, floors). Everything else is byte for byte what the previous round scanned,
+    /// with the same result.
+    ///
+    /// How far a candidate can reach is bounded by the bytes around the mask, not only by the
+    /// longest pattern: a match holding a byte is no longer than the longest pattern that can
+    /// hold it ([`Engine::reach_back`], [`Engine::reach_forward`]). The long patterns (e-mail
+    /// addresses, tokens) hold no space, so in prose a mask is rescanned a few dozen bytes
+    /// either side rather than the 300 of the longest pattern.
     fn rescan_near(
         &self,
         label: &str,
@@ -1485,29 +1509,55 @@ impl Engine {
         mut reach: Option<&mut Vec<(usize, usize)>>,
     ) {
         let inner = &*self.inner;
-        let before = inner.max_pattern_len + 1;
-        let after = inner
-            .window
-            .saturating_mul(4)
-            .saturating_add(inner.max_pattern_len + 1);
+        let hay = text.as_bytes();
+        let window = inner.window.saturating_mul(4);
+        // A candidate reads a mask when its validator's look-around (two bytes) does: it
+        // then holds every byte from its start to one before the mask.
+        let group_start = |m: (usize, usize)| {
+            self.reach_back(hay, m.0.saturating_sub(1).min(hay.len()))
+                .saturating_sub(1)
+        };
+        let group_end = |m: (usize, usize)| {
+            let q = m.1.saturating_add(window).min(hay.len());
+            (q + self.reach_forward(hay, q) + 1).min(hay.len())
+        };
         let mut i = 0;
         let mut done = 0;
         while i < masks.len() {
-            let a = masks[i].0.saturating_sub(before).max(done);
-            let mut b = masks[i].1.saturating_add(after).min(text.len());
+            let a = group_start(masks[i]).max(done);
+            let mut last = masks[i];
             i += 1;
-            while i < masks.len() && masks[i].0.saturating_sub(before) <= b {
-                b = masks[i].1.saturating_add(after).min(text.len());
-                i += 1;
-            }
+            // The masks whose regions overlap, in one group. A group ends at least a window
+            // after its last mask: a mask starting before that joins it without walking the
+            // bytes (personal data every few words), and the group's end is walked once.
+            let b = loop {
+                if i < masks.len() && masks[i].0 <= last.1.saturating_add(window) {
+                    last = masks[i];
+                    i += 1;
+                    continue;
+                }
+                // (The later the mask, the later its region ends.)
+                let b = group_end(last);
+                if i < masks.len() && group_start(masks[i]) <= b {
+                    last = masks[i];
+                    i += 1;
+                    continue;
+                }
+                break b;
+            };
             let a = floor_boundary(text, a);
             if a < b {
-                // The scan starts a pattern length earlier, and keeps what starts from `a`
-                // on: a candidate the group's start falls into (a rejected IBAN whose digits
-                // read as a phone number on their own) is then judged whole, as a scan of
-                // the whole text judges it, wherever the group starts (so also the same in a
-                // window of the text as in the whole).
-                let pre = floor_boundary(text, a.saturating_sub(before));
+                // The scan starts where the first candidate holding the group's start can
+                // start, and keeps what starts from `a` on: a candidate the group's start
+                // falls into (a rejected IBAN whose digits read as a phone number on their
+                // own) is then judged whole, as a scan of the whole text judges it, wherever
+                // the group starts (so also the same in a window of the text as in the
+                // whole).
+                let pre = floor_boundary(
+                    text,
+                    self.reach_back(hay, (a + 1).min(hay.len()))
+                        .saturating_sub(1),
+                );
                 let n = out.len();
                 self.scan_range(label, text, pre, b, out, reach.as_deref_mut());
                 // In order: those starting before `a` come first.
@@ -1516,6 +1566,41 @@ impl Engine {
                 done = out[n..].last().map_or(b, |m| m.end.max(b));
             }
         }
+    }
+
+    /// The earliest start of a match that holds every byte of `hay[s..p]`: walking back
+    /// from `p`, each byte bounds the length of a match holding it (`byte_reach`), and a
+    /// match holding `k` bytes before `p` is at least `k` long. Never before
+    /// `p - max_pattern_len`.
+    fn reach_back(&self, hay: &[u8], p: usize) -> usize {
+        let inner = &*self.inner;
+        let mut bound = inner.max_pattern_len;
+        let mut k = 0;
+        while k < p && k < bound {
+            let r = inner.byte_reach[usize::from(hay[p - 1 - k])];
+            if r <= k {
+                break;
+            }
+            bound = bound.min(r);
+            k += 1;
+        }
+        p - k
+    }
+
+    /// How far after `q` a match starting before `q` can end (see [`Engine::reach_back`]).
+    fn reach_forward(&self, hay: &[u8], q: usize) -> usize {
+        let inner = &*self.inner;
+        let mut bound = inner.max_pattern_len;
+        let mut k = 0;
+        while q + k < hay.len() && k < bound {
+            let r = inner.byte_reach[usize::from(hay[q + k])];
+            if r <= k {
+                break;
+            }
+            bound = bound.min(r);
+            k += 1;
+        }
+        k
     }
 
     /// [`TextRedactor::redact_head`] in one pass: the window is scanned once, masked once, and
@@ -1716,6 +1801,44 @@ fn free_cut(text: &str, reach: &mut [(usize, usize)], lo: usize, hi: usize) -> O
 
 /// `dateOfBirth` -> `date Of Birth`, `passport_no` -> `passport no`: the words of a field name
 /// as the context words are written.
+/// The bytes a match of `hir` can hold (look-around holds none).
+fn held_bytes(hir: &regex_syntax::hir::Hir) -> [bool; 256] {
+    use regex_syntax::hir::{Class, HirKind};
+    let mut held = [false; 256];
+    let mut todo = vec![hir];
+    while let Some(h) = todo.pop() {
+        match h.kind() {
+            HirKind::Empty | HirKind::Look(_) => {}
+            HirKind::Literal(lit) => {
+                for &b in lit.0.iter() {
+                    held[usize::from(b)] = true;
+                }
+            }
+            HirKind::Class(Class::Bytes(c)) => {
+                for r in c.iter() {
+                    held[usize::from(r.start())..=usize::from(r.end())].fill(true);
+                }
+            }
+            HirKind::Class(Class::Unicode(c)) => {
+                for r in c.iter() {
+                    let (lo, hi) = (u32::from(r.start()), u32::from(r.end()));
+                    if lo < 0x80 {
+                        held[lo as usize..=hi.min(0x7f) as usize].fill(true);
+                    }
+                    if hi >= 0x80 {
+                        // Any byte of a multi-byte char.
+                        held[0x80..].fill(true);
+                    }
+                }
+            }
+            HirKind::Repetition(r) => todo.push(&r.sub),
+            HirKind::Capture(c) => todo.push(&c.sub),
+            HirKind::Concat(hs) | HirKind::Alternation(hs) => todo.extend(hs.iter()),
+        }
+    }
+    held
+}
+
 fn split_label(label: &str) -> String {
     let mut out = String::with_capacity(label.len() + 4);
     let mut prev: Option<char> = None;

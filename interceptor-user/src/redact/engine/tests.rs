@@ -447,6 +447,90 @@ proptest! {
 }
 
 #[test]
+fn byte_reach_is_the_longest_pattern_holding_each_byte() {
+    let e = Engine::new(
+        &EngineConfig {
+            detectors: builtins_enabled(&[]),
+            custom: vec![
+                custom("A", r"\b[a-c]{2}-(?i:x)[0-9]{1,4}\b"),
+                custom("B", r"q[0-9]{20}"),
+                custom("C", r"é[y-z]"),
+            ],
+            ..EngineConfig::default()
+        },
+        key(),
+    )
+    .unwrap();
+    let reach = &e.inner.byte_reach;
+    for b in [b'a', b'c', b'-', b'x', b'X'] {
+        assert_eq!(reach[usize::from(b)], 8, "{}", char::from(b));
+    }
+    // Digits are held by both; the longer decides.
+    assert_eq!(reach[usize::from(b'5')], 21);
+    // Any byte of a multi-byte char, and the ASCII of the class.
+    assert_eq!(reach[0xc3], 3);
+    assert_eq!(reach[0xa9], 3);
+    assert_eq!(reach[usize::from(b'z')], 3);
+    // Held by none: a match cannot run across them (`\b` holds no byte).
+    for b in [b' ', b'd', b'\n', b'Q'] {
+        assert_eq!(reach[usize::from(b)], 0, "{}", char::from(b));
+    }
+    // "bb-X12 q" then digits: a match reaching the end holds the 20 digits and the `q` only.
+    let hay = b"bb-X12 q01234567890123456789";
+    assert_eq!(e.reach_back(hay, hay.len()), 7);
+    assert_eq!(e.reach_back(hay, 6), 0);
+    assert_eq!(e.reach_forward(hay, 0), 6);
+    assert_eq!(e.reach_forward(hay, 2), 4);
+}
+
+/// `redact_field` with the closure rescanning the whole output at every round: what the
+/// rescan near masks (`rescan_near`) must find.
+fn redact_rescanning_everything(e: &Engine, label: &str, text: &str, view: &MaskView) -> String {
+    let mut ev = Evidence::default();
+    let Some((mut cur, _)) = e.apply(text, &e.scan_field(label, text), view, &mut ev, true) else {
+        return text.to_string();
+    };
+    for _ in 1..CLOSURE_ROUNDS {
+        match e.apply(&cur, &e.scan_field(label, &cur), view, &mut ev, false) {
+            Some((next, _)) => cur = next,
+            None => break,
+        }
+    }
+    cur
+}
+
+/// Texts where masks change what is around them: values next to each other and to the
+/// labels and identifier words that decide their neighbours, with short gaps.
+fn crowded_text() -> impl Strategy<Value = String> {
+    let gap = prop_oneof![
+        Just(String::new()),
+        Just(" ".to_string()),
+        Just("\n".to_string()),
+        "[ -~]{0,3}",
+        "[a-z ]{0,12}",
+    ];
+    proptest::collection::vec((fragment(), gap), 1..10)
+        .prop_map(|parts| parts.into_iter().map(|(f, g)| f + &g).collect::<String>())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn rescanning_near_masks_finds_what_rescanning_everything_finds(
+        text in crowded_text(),
+        label in "(bsn|phone|x)?",
+    ) {
+        let e = engine();
+        for view in [e.default_view().clone(), remove_view()] {
+            let near = e.redact_field(&label, &text, &view).text;
+            let everything = redact_rescanning_everything(e, &label, &text, &view);
+            prop_assert_eq!(near, everything, "input {:?}", text);
+        }
+    }
+}
+
+#[test]
 fn field_labels_are_context() {
     let e = engine();
     assert!(e.scan("111222333").is_empty());
@@ -1168,7 +1252,6 @@ const GOLDEN_PSEUDONYMS: [&str; 6] = [
     "mac [MAC_ADDRESS:a5b01b45]",
 ];
 
-/// Every built-in, enabled only if its entity is in `keep`.
 /// A custom detector with no validator, no context words and the default confidence.
 fn custom(entity: &str, pattern: &str) -> CustomDetector {
     CustomDetector {
@@ -1181,6 +1264,7 @@ fn custom(entity: &str, pattern: &str) -> CustomDetector {
     }
 }
 
+/// Every built-in, enabled only if its entity is in `keep`.
 fn builtins_enabled(keep: &[&str]) -> Vec<DetectorSpec> {
     detectors::BUILTINS
         .iter()
