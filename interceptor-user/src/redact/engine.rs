@@ -342,6 +342,28 @@ impl PseudonymKey {
 
     /// First 8 hex digits of HMAC-SHA256(key, entity || 0 || normalised value).
     pub fn pseudonym(&self, entity: &str, normalised: &str) -> Pseudonym {
+        let (e, v) = (entity.as_bytes(), normalised.as_bytes());
+        let n = e.len() + 1 + v.len();
+        if n <= 55 {
+            // The common case: the message and its padding fill one block, and the outer
+            // hash reads only the tag's first word.
+            let mut block = [0u8; 64];
+            block[..e.len()].copy_from_slice(e);
+            block[e.len() + 1..n].copy_from_slice(v);
+            block[n] = 0x80;
+            block[56..].copy_from_slice(&((64 + n as u64) * 8).to_be_bytes());
+            let mut inner = self.inner;
+            sha2::compress256(&mut inner, &[block.into()]);
+            let mut block = [0u8; 64];
+            for (o, w) in block.chunks_exact_mut(4).zip(inner) {
+                o.copy_from_slice(&w.to_be_bytes());
+            }
+            block[32] = 0x80;
+            block[56..].copy_from_slice(&((64u64 + 32) * 8).to_be_bytes());
+            let mut outer = self.outer;
+            sha2::compress256(&mut outer, &[block.into()]);
+            return Pseudonym::from_tag(outer[0].to_be_bytes());
+        }
         let mut h = Sha256Blocks::after(self.inner, 64);
         h.update(entity.as_bytes());
         h.update(&[0]);
