@@ -77,15 +77,15 @@
 //!
 //! | workload | engine, MB/s (best wall / CPU) | same engine, one run | naive, 1 regex per pattern |
 //! |---|---|---|---|
-//! | PII-sparse JSON, 4 MB | 868 / 704 | 368 / 303 | 13.7 / 13.2 |
-//! | PII-dense text, 1 MB, ~15 values/KB | 69 / 47 | 66 / 51 | 7.8 / 7.1 |
-//! | tool results with base64 images, 2 MB | 1115 / 685 | 432 / 345 | 7.7 / 6.3 |
-//! | CSV export, 1 MB | 43 / 26 | 45 / 38 | 5.7 / 4.9 |
+//! | PII-sparse JSON, 4 MB | 1107 / 911 | 420 / 357 | 14.8 / 12.9 |
+//! | PII-dense text, 1 MB, ~15 values/KB | 83 / 67 | 75 / 59 | 10.4 / 9.0 |
+//! | tool results with base64 images, 2 MB | 1291 / 1016 | 449 / 394 | 8.8 / 8.1 |
+//! | CSV export, 1 MB | 63 / 53 | 65 / 55 | 5.9 / 5.2 |
 //!
 //! The README has the agent's path (the streaming JSON rewriter). Sparse JSON and base64 are
 //! bounded by the four-lane loop; dense text by per-value work (searches restarted at every
-//! value, validator, context, HMAC-SHA256 pseudonym, evidence strings); the CSV export by
-//! candidates the validators reject (alternatives, closure rescan).
+//! value, validator, context, HMAC-SHA256 pseudonym); the CSV export by candidates the
+//! validators reject (alternatives).
 
 mod detectors;
 mod lanes;
