@@ -105,11 +105,13 @@ use std::fmt;
 use std::panic::{RefUnwindSafe, UnwindSafe};
 use std::sync::Arc;
 
+use hmac::{Hmac, Mac};
 use regex_automata::hybrid;
 use regex_automata::util::pool::Pool;
 use regex_automata::util::syntax;
 use regex_automata::{Anchored, Input, MatchKind};
 use serde::{Deserialize, Serialize};
+use sha2::Sha256;
 
 use super::json::floor_boundary;
 use super::{Finding, Head, Pseudonym, TextRedactor};
@@ -244,74 +246,8 @@ impl From<&EngineConfig> for MaskView {
 }
 
 /// The agent's pseudonymisation key (HMAC-SHA256).
-///
-/// Holds the SHA-256 states after the key's inner and outer pad blocks (RFC 2104), so that a
-/// pseudonym of a short value costs two compressions and no copy of a hasher: it is computed
-/// for every masked value. Checked against the `hmac` crate (`engine/tests.rs`).
 #[derive(Clone)]
-pub struct PseudonymKey {
-    inner: [u32; 8],
-    outer: [u32; 8],
-}
-
-/// SHA-256's initial state (FIPS 180-4, 5.3.3).
-const SHA256_IV: [u32; 8] = [
-    0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19,
-];
-
-/// SHA-256 over 64-byte blocks, after a state that has already absorbed `done` bytes.
-struct Sha256Blocks {
-    state: [u32; 8],
-    block: [u8; 64],
-    used: usize,
-    total: u64,
-}
-
-impl Sha256Blocks {
-    fn after(state: [u32; 8], done: u64) -> Sha256Blocks {
-        Sha256Blocks {
-            state,
-            block: [0; 64],
-            used: 0,
-            total: done,
-        }
-    }
-
-    fn compress(&mut self) {
-        sha2::compress256(&mut self.state, &[self.block.into()]);
-        self.used = 0;
-    }
-
-    fn update(&mut self, mut data: &[u8]) {
-        self.total += data.len() as u64;
-        while !data.is_empty() {
-            let n = data.len().min(64 - self.used);
-            self.block[self.used..self.used + n].copy_from_slice(&data[..n]);
-            self.used += n;
-            data = &data[n..];
-            if self.used == 64 {
-                self.compress();
-            }
-        }
-    }
-
-    fn finish(mut self) -> [u8; 32] {
-        let bits = self.total.wrapping_mul(8);
-        self.block[self.used] = 0x80;
-        self.block[self.used + 1..].fill(0);
-        if self.used + 1 > 56 {
-            self.compress();
-            self.block.fill(0);
-        }
-        self.block[56..].copy_from_slice(&bits.to_be_bytes());
-        self.compress();
-        let mut out = [0u8; 32];
-        for (o, w) in out.chunks_exact_mut(4).zip(self.state) {
-            o.copy_from_slice(&w.to_be_bytes());
-        }
-        out
-    }
-}
+pub struct PseudonymKey(Hmac<Sha256>);
 
 impl PseudonymKey {
     pub fn new(key: [u8; 32]) -> PseudonymKey {
@@ -319,59 +255,17 @@ impl PseudonymKey {
     }
 
     pub fn from_slice(key: &[u8]) -> PseudonymKey {
-        // HMAC accepts keys of any length: a longer one than a block is hashed first.
-        let mut k = [0u8; 64];
-        if key.len() > 64 {
-            let mut h = Sha256Blocks::after(SHA256_IV, 0);
-            h.update(key);
-            k[..32].copy_from_slice(&h.finish());
-        } else {
-            k[..key.len()].copy_from_slice(key);
-        }
-        let pad = |byte: u8| {
-            let mut state = SHA256_IV;
-            let block: [u8; 64] = std::array::from_fn(|i| k[i] ^ byte);
-            sha2::compress256(&mut state, &[block.into()]);
-            state
-        };
-        PseudonymKey {
-            inner: pad(0x36),
-            outer: pad(0x5c),
-        }
+        // HMAC accepts keys of any length.
+        PseudonymKey(<Hmac<Sha256> as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!()))
     }
 
     /// First 8 hex digits of HMAC-SHA256(key, entity || 0 || normalised value).
     pub fn pseudonym(&self, entity: &str, normalised: &str) -> Pseudonym {
-        let (e, v) = (entity.as_bytes(), normalised.as_bytes());
-        let n = e.len() + 1 + v.len();
-        if n <= 55 {
-            // The common case: the message and its padding fill one block, and the outer
-            // hash reads only the tag's first word.
-            let mut block = [0u8; 64];
-            block[..e.len()].copy_from_slice(e);
-            block[e.len() + 1..n].copy_from_slice(v);
-            block[n] = 0x80;
-            block[56..].copy_from_slice(&((64 + n as u64) * 8).to_be_bytes());
-            let mut inner = self.inner;
-            sha2::compress256(&mut inner, &[block.into()]);
-            let mut block = [0u8; 64];
-            for (o, w) in block.chunks_exact_mut(4).zip(inner) {
-                o.copy_from_slice(&w.to_be_bytes());
-            }
-            block[32] = 0x80;
-            block[56..].copy_from_slice(&((64u64 + 32) * 8).to_be_bytes());
-            let mut outer = self.outer;
-            sha2::compress256(&mut outer, &[block.into()]);
-            return Pseudonym::from_tag(outer[0].to_be_bytes());
-        }
-        let mut h = Sha256Blocks::after(self.inner, 64);
-        h.update(entity.as_bytes());
-        h.update(&[0]);
-        h.update(normalised.as_bytes());
-        let digest = h.finish();
-        let mut h = Sha256Blocks::after(self.outer, 64);
-        h.update(&digest);
-        let tag = h.finish();
+        let mut mac = self.0.clone();
+        mac.update(entity.as_bytes());
+        mac.update(&[0]);
+        mac.update(normalised.as_bytes());
+        let tag = mac.finalize().into_bytes();
         Pseudonym::from_tag([tag[0], tag[1], tag[2], tag[3]])
     }
 }
