@@ -446,6 +446,39 @@ proptest! {
     }
 }
 
+/// Modes and counts are kept per detector for the first `DETECTOR_SLOTS` detectors and looked
+/// up by name beyond: both give the same evidence.
+#[test]
+fn counts_and_modes_beyond_the_detector_slots() {
+    let custom: Vec<CustomDetector> = (0..DETECTOR_SLOTS)
+        .map(|i| custom(&format!("C{i:02}"), &format!(r"\bzq{i:02}x[0-9]{{3}}\b")))
+        .collect();
+    let e = Engine::new(
+        &EngineConfig {
+            custom,
+            ..EngineConfig::default()
+        },
+        key(),
+    )
+    .unwrap();
+    assert!(e.inner.detectors.len() > DETECTOR_SLOTS + 8);
+    let last = DETECTOR_SLOTS - 1;
+    let text = format!("zq00x123 and zq{last:02}x456, zq{last:02}x789, zq05x000 and zq00x999");
+    let mut view = e.default_view().clone();
+    view.masking.insert(format!("C{last:02}"), MaskMode::Remove);
+    view.clear.insert("C05".into());
+    let r = e.redact_with(&text, &view);
+    let want: BTreeMap<String, u32> = [("C00".to_string(), 2), (format!("C{last:02}"), 2)]
+        .into_iter()
+        .collect();
+    assert_eq!(r.counts, want, "{}", r.text);
+    assert_eq!(r.released_in_clear.get("C05"), Some(&1));
+    assert!(r.text.contains(&format!("[C{last:02}],")), "{}", r.text);
+    assert!(r.text.contains("[C00:"), "{}", r.text);
+    assert!(r.text.contains("zq05x000"), "{}", r.text);
+    assert_eq!(r.findings.len(), 4);
+}
+
 #[test]
 fn byte_reach_is_the_longest_pattern_holding_each_byte() {
     let e = Engine::new(
