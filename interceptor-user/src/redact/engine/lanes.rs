@@ -82,11 +82,11 @@ impl Candidates {
     }
 
     /// The leftmost-first match starting at or after `pos` (a char boundary) and ending by
-    /// `end`: the same as `re`'s search over `pos..end`, reading only near candidates.
+    /// `end`: the same as `find`'s search over `pos..end` (the union's leftmost-first
+    /// search), reading only near candidates.
     pub(super) fn search(
         &mut self,
-        re: &hybrid::regex::Regex,
-        cache: &mut hybrid::regex::Cache,
+        find: &mut impl FnMut(&Input<'_>) -> Option<Match>,
         text: &str,
         mut pos: usize,
         end: usize,
@@ -99,12 +99,12 @@ impl Candidates {
         loop {
             let (r, first) = self.resume(pos)?;
             let bound = end.min(first.saturating_add(exact + 1));
-            match re.try_search(cache, &Input::new(hay).span(r..bound)).ok()? {
+            match find(&Input::new(hay).span(r..bound)) {
                 Some(m) if bound == end || m.start() + exact <= bound => return Some(m),
                 Some(m) => {
                     // A match too close to the bound to be sure of: search again, far enough.
                     let bound = end.min(m.start().saturating_add(exact + 1));
-                    return re.try_search(cache, &Input::new(hay).span(r..bound)).ok()?;
+                    return find(&Input::new(hay).span(r..bound));
                 }
                 None if bound == end => return None,
                 None => {

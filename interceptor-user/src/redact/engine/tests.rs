@@ -1080,6 +1080,50 @@ fn side_email_search_equals_the_union_on_the_corpus() {
     }
 }
 
+/// `find_re` against regex-automata's own `try_search` from every position of `text` (and a
+/// span ending early): same matches, fixed-length patterns included.
+fn assert_find_re_agrees(e: &Engine, text: &str) -> usize {
+    let inner = &*e.inner;
+    let mut cache = inner.re.create_cache();
+    let hay = text.as_bytes();
+    let mut fixed = 0;
+    for pos in (0..=hay.len()).filter(|&p| text.is_char_boundary(p)) {
+        for end in [hay.len(), hay.len().min(pos + 24)] {
+            if !text.is_char_boundary(end) {
+                continue;
+            }
+            let input = Input::new(hay).span(pos..end);
+            let want = inner.re.try_search(&mut cache, &input).unwrap();
+            let got = inner.find_re(&mut cache, &input);
+            assert_eq!(got, want, "{text:?} from {pos} to {end}");
+            if let Some(m) = got {
+                fixed += usize::from(inner.re_fixed_len[m.pattern().as_usize()].is_some());
+            }
+        }
+    }
+    fixed
+}
+
+#[test]
+fn union_search_skipping_the_reverse_search_equals_try_search() {
+    let e = engine();
+    let mut fixed = 0;
+    for d in corpus::generate().iter().step_by(7) {
+        fixed += assert_find_re_agrees(e, &d.text);
+    }
+    // The shortcut was taken, many times.
+    assert!(fixed > 1000, "{fixed}");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn union_search_equals_try_search_on_fragments(text in crowded_text()) {
+        assert_find_re_agrees(engine(), &text);
+    }
+}
+
 #[test]
 fn base64_does_not_thrash_the_automaton_cache() {
     // Random base64 once kept the e-mail local part's counters (a new start after every
