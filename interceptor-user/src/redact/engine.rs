@@ -113,7 +113,7 @@ use regex_automata::{Anchored, Input, MatchKind};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
-use super::json::floor_boundary;
+use super::json::{add_count, floor_boundary};
 use super::{Finding, Head, Pseudonym, TextRedactor};
 use detectors::{
     BUILTINS, EMAIL_PATTERN, NEGATIVE_GAP, NEGATIVE_WORDS, PENALTY, STRONG, THRESHOLD,
@@ -1529,33 +1529,27 @@ impl Engine {
         }
     }
 
-    /// The earliest start of a match that holds every byte of `hay[s..p]`: walking back
-    /// from `p`, each byte bounds the length of a match holding it (`byte_reach`), and a
-    /// match holding `k` bytes before `p` is at least `k` long. Never before
-    /// `p - max_pattern_len`.
+    /// The earliest start of a match that holds every byte of `hay[s..p]` (see
+    /// [`Engine::reach`]).
     fn reach_back(&self, hay: &[u8], p: usize) -> usize {
-        let inner = &*self.inner;
-        let mut bound = inner.max_pattern_len;
-        let mut k = 0;
-        while k < p && k < bound {
-            let r = inner.byte_reach[usize::from(hay[p - 1 - k])];
-            if r <= k {
-                break;
-            }
-            bound = bound.min(r);
-            k += 1;
-        }
-        p - k
+        p - self.reach(hay[..p].iter().rev())
     }
 
-    /// How far after `q` a match starting before `q` can end (see [`Engine::reach_back`]).
+    /// How far after `q` a match starting before `q` can end (see [`Engine::reach`]).
     fn reach_forward(&self, hay: &[u8], q: usize) -> usize {
+        self.reach(hay[q..].iter())
+    }
+
+    /// How many of `bytes` (walked away from a point) one match can hold: each byte bounds the
+    /// length of a match holding it (`byte_reach`), and a match holding `k` of them is at
+    /// least `k` long. Never more than `max_pattern_len`.
+    fn reach<'h>(&self, bytes: impl Iterator<Item = &'h u8>) -> usize {
         let inner = &*self.inner;
         let mut bound = inner.max_pattern_len;
         let mut k = 0;
-        while q + k < hay.len() && k < bound {
-            let r = inner.byte_reach[usize::from(hay[q + k])];
-            if r <= k {
+        for &b in bytes {
+            let r = inner.byte_reach[usize::from(b)];
+            if k >= bound || r <= k {
                 break;
             }
             bound = bound.min(r);
@@ -1721,7 +1715,7 @@ impl Engine {
             last = m.end;
             match counts.get_mut(slot) {
                 Some(c) => *c += 1,
-                None => count(&mut ev.counts, &m.entity, 1),
+                None => add_count(&mut ev.counts, &m.entity, 1),
             }
             ev.findings.push(Finding {
                 entity: m.entity.clone(),
@@ -1730,7 +1724,7 @@ impl Engine {
         }
         for (d, &n) in counts.iter().enumerate() {
             if n > 0 {
-                count(&mut ev.counts, &self.inner.detectors[d].entity, n);
+                add_count(&mut ev.counts, &self.inner.detectors[d].entity, n);
             }
         }
         let mut buf = out?;
@@ -1742,16 +1736,6 @@ impl Engine {
 /// Detectors whose mode and count [`Engine::apply`] keeps in arrays (the built-ins and a few
 /// custom ones); the others are looked up by name at each value.
 const DETECTOR_SLOTS: usize = 64;
-
-/// Adds `n` to the count of `entity` (allocating its name only the first time).
-fn count(counts: &mut BTreeMap<String, u32>, entity: &str, n: u32) {
-    match counts.get_mut(entity) {
-        Some(c) => *c += n,
-        None => {
-            counts.insert(entity.to_string(), n);
-        }
-    }
-}
 
 /// The last `c` in `lo < c <= hi` on a char boundary, strictly inside none of the `reach`
 /// spans, and not between two word bytes (see [`Engine::cut_head`]).

@@ -160,14 +160,9 @@ impl Summary {
         self.counts.values().sum()
     }
 
-    /// Counts one more value of `entity` (allocating its name only the first time).
+    /// Counts one more value of `entity`.
     pub fn tally(&mut self, entity: &str) {
-        match self.counts.get_mut(entity) {
-            Some(n) => *n += 1,
-            None => {
-                self.counts.insert(entity.to_string(), 1);
-            }
-        }
+        add_count(&mut self.counts, entity, 1);
     }
 
     fn record(&mut self, findings: Vec<Finding>, max_findings: usize) {
@@ -1206,6 +1201,20 @@ fn push_esc(s: &mut Str, b: u8) {
 }
 
 /// The char boundary at or before `c` (at most the text's length).
+/// Adds `n` to the count of `entity` (allocating its name only the first time).
+pub(super) fn add_count<N: Copy + std::ops::AddAssign>(
+    counts: &mut BTreeMap<String, N>,
+    entity: &str,
+    n: N,
+) {
+    match counts.get_mut(entity) {
+        Some(c) => *c += n,
+        None => {
+            counts.insert(entity.to_string(), n);
+        }
+    }
+}
+
 pub(super) fn floor_boundary(text: &str, mut c: usize) -> usize {
     c = c.min(text.len());
     while c > 0 && !text.is_char_boundary(c) {
