@@ -1659,6 +1659,10 @@ impl Engine {
         ev: &mut Evidence,
         first: bool,
     ) -> Option<(String, Vec<(usize, usize)>)> {
+        // Most strings of a JSON document hold nothing: they must not pay for the arrays below.
+        if matches.is_empty() {
+            return None;
+        }
         let mut out: Option<String> = None;
         let mut spans = Vec::new();
         let mut norm = String::new();
@@ -1668,6 +1672,8 @@ impl Engine {
         // dense text.
         let mut modes: [Option<Option<MaskMode>>; DETECTOR_SLOTS] = [None; DETECTOR_SLOTS];
         let mut counts = [0u32; DETECTOR_SLOTS];
+        // The slots counted: the count loop below stops there.
+        let mut used = 0;
         for m in matches {
             let slot = m.detector as usize;
             let mode = match modes.get_mut(slot) {
@@ -1714,7 +1720,10 @@ impl Engine {
             spans.push((mask_start, buf.len()));
             last = m.end;
             match counts.get_mut(slot) {
-                Some(c) => *c += 1,
+                Some(c) => {
+                    *c += 1;
+                    used = used.max(slot + 1);
+                }
                 None => add_count(&mut ev.counts, &m.entity, 1),
             }
             ev.findings.push(Finding {
@@ -1722,7 +1731,7 @@ impl Engine {
                 pseudonym,
             });
         }
-        for (d, &n) in counts.iter().enumerate() {
+        for (d, &n) in counts[..used].iter().enumerate() {
             if n > 0 {
                 add_count(&mut ev.counts, &self.inner.detectors[d].entity, n);
             }
