@@ -109,7 +109,7 @@ use hmac::{Hmac, Mac};
 use regex_automata::hybrid;
 use regex_automata::util::pool::Pool;
 use regex_automata::util::syntax;
-use regex_automata::{Anchored, Input, MatchKind};
+use regex_automata::{Anchored, HalfMatch, Input, MatchKind};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
@@ -118,6 +118,7 @@ use super::{Finding, Head, Pseudonym, TextRedactor};
 use detectors::{
     BUILTINS, EMAIL_PATTERN, NEGATIVE_GAP, NEGATIVE_WORDS, PENALTY, STRONG, THRESHOLD,
 };
+use lanes::LaneSearch;
 pub use validate::Validator;
 
 /// The longest pattern a custom detector may have (bytes).
@@ -400,8 +401,22 @@ impl Inner {
         cache: &mut hybrid::regex::Cache,
         input: &Input<'_>,
     ) -> Option<regex_automata::Match> {
-        let (fwd, rev) = cache.as_parts_mut();
-        let end = self.re.forward().try_search_fwd(fwd, input).ok()??;
+        let end = self
+            .re
+            .forward()
+            .try_search_fwd(cache.forward_mut(), input)
+            .ok()??;
+        self.start_of(cache, input, end)
+    }
+
+    /// The leftmost-first match in `input` that ends at `end` (what the forward search
+    /// found): its start, as [`Inner::find_re`] finds it.
+    fn start_of(
+        &self,
+        cache: &mut hybrid::regex::Cache,
+        input: &Input<'_>,
+        end: HalfMatch,
+    ) -> Option<regex_automata::Match> {
         let (pid, e) = (end.pattern(), end.offset());
         if e == input.start() {
             return Some(regex_automata::Match::new(pid, e..e));
@@ -416,7 +431,11 @@ impl Inner {
             .span(input.start()..e)
             .anchored(Anchored::Yes)
             .earliest(false);
-        let start = self.re.reverse().try_search_rev(rev, &back).ok()??;
+        let start = self
+            .re
+            .reverse()
+            .try_search_rev(cache.reverse_mut(), &back)
+            .ok()??;
         Some(regex_automata::Match::new(pid, start.offset()..e))
     }
 }
@@ -432,10 +451,15 @@ struct Word {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Lanes {
     Off,
-    /// On long texts, falling back to one search when candidates turn out dense.
+    /// On long texts: candidates first, and the lanes run the searches themselves when the
+    /// candidates turn out dense.
     Sparse,
+    /// Candidates, also on dense text.
     #[cfg(test)]
     Always,
+    /// The lanes run the searches, also on sparse text.
+    #[cfg(test)]
+    Searches,
 }
 
 /// The redaction engine: compiled once per policy, shared by all connections.
@@ -953,6 +977,14 @@ impl Engine {
         self
     }
 
+    /// The lanes running the engine's searches on every long text, also sparse ones (tests:
+    /// otherwise only dense texts take that way).
+    #[cfg(test)]
+    fn with_lane_searches(mut self) -> Engine {
+        self.lanes = Lanes::Searches;
+        self
+    }
+
     /// All built-in detectors, pseudonymize by default.
     pub fn builtin(key: PseudonymKey) -> Engine {
         match Engine::new(&EngineConfig::default(), key) {
@@ -1079,6 +1111,14 @@ impl Engine {
         let mut lanes = match self.lanes {
             Lanes::Off => None,
             _ if stop - from < lanes::MIN_TEXT => None,
+            #[cfg(test)]
+            Lanes::Searches => lanes::searches(
+                inner.re.forward(),
+                caches.re.forward_mut(),
+                text,
+                (from, stop.min(from + lanes::WINDOW), search_end),
+            )
+            .map(LaneSearch::Dense),
             _ => lanes::find(
                 inner.re.forward(),
                 caches.re.forward_mut(),
@@ -1088,6 +1128,15 @@ impl Engine {
                 self.lanes == Lanes::Sparse,
             ),
         };
+        if let Some(LaneSearch::Crowded) = lanes {
+            lanes = lanes::searches(
+                inner.re.forward(),
+                caches.re.forward_mut(),
+                text,
+                (from, stop.min(from + lanes::WINDOW), search_end),
+            )
+            .map(LaneSearch::Dense);
+        }
         // The next match of the union and of the side pattern.
         let (mut next_re, mut next_side) = (Next::default(), Next::default());
         let mut scratch = Scratch {
@@ -1099,10 +1148,36 @@ impl Engine {
         let mut rejected_end = 0;
         while pos < stop {
             if !next_re.holds(pos) {
-                let mut find = |input: &Input<'_>| inner.find_re(&mut caches.re, input);
+                if let Some(LaneSearch::Dense(searches)) = &lanes {
+                    if searches.ran_out(pos) {
+                        // The next window, if the lanes ran the searches needed so far.
+                        let window = stop.min(pos.saturating_add(lanes::WINDOW));
+                        lanes = if searches.paid() && stop - pos >= lanes::MIN_SEARCHES {
+                            lanes::searches(
+                                inner.re.forward(),
+                                caches.re.forward_mut(),
+                                text,
+                                (pos, window, search_end),
+                            )
+                            .map(LaneSearch::Dense)
+                        } else {
+                            None
+                        };
+                    }
+                }
+                let input = Input::new(hay).span(pos..search_end);
                 let found = match lanes.as_mut() {
-                    Some(lanes) => lanes.search(&mut find, text, pos, search_end),
-                    None => find(&Input::new(hay).span(pos..search_end)),
+                    Some(LaneSearch::Sparse(lanes)) => {
+                        let mut find = |input: &Input<'_>| inner.find_re(&mut caches.re, input);
+                        lanes.search(&mut find, text, pos, search_end)
+                    }
+                    Some(LaneSearch::Crowded) | None => inner.find_re(&mut caches.re, &input),
+                    Some(LaneSearch::Dense(searches)) => match searches.get(pos) {
+                        Some(end) => end.and_then(|(e, pid)| {
+                            inner.start_of(&mut caches.re, &input, HalfMatch::new(pid, e))
+                        }),
+                        None => inner.find_re(&mut caches.re, &input),
+                    },
                 };
                 let found = found.and_then(|m| {
                     let pid = *inner.re_ids.get(m.pattern().as_usize())?;

@@ -30,7 +30,7 @@
 
 use regex_automata::hybrid::{self, LazyStateID};
 use regex_automata::util::start;
-use regex_automata::{Anchored, Input, Match};
+use regex_automata::{Anchored, Input, Match, PatternID};
 
 /// Runs interleaved.
 const LANES: usize = 4;
@@ -194,12 +194,25 @@ impl Dfa<'_> {
     }
 }
 
+/// What the lanes found over one range of a text.
+#[derive(Debug)]
+pub(super) enum LaneSearch {
+    /// Few candidates: the engine searches near each.
+    Sparse(Candidates),
+    /// Many: the lanes ran the engine's searches (see [`searches`]).
+    Dense(Searches),
+    /// Many, found by [`find`]: the caller has the lanes run the searches. (Not from `find`
+    /// itself: the loop there compiles to more instructions per byte when it can.)
+    Crowded,
+}
+
 /// The candidates of matches starting in `from..stop` (`from` on a char boundary), reading
 /// at most up to `end` (and the byte there, or the end of the text, for the automaton's
 /// one-byte delay); `max_len` is the longest match of any pattern. `None` when the text is
-/// too short for lanes to pay, when anything unusual happens (the cache was cleared, the
-/// automaton quit), or with `sparse_only` when candidates turn out dense: the caller then
-/// searches in one run.
+/// too short for lanes to pay, or when anything unusual happens (the cache was cleared, the
+/// automaton quit): the caller then searches in one run. With `sparse_only`, when the
+/// candidates turn out dense: `Crowded` on a text long enough for the lanes to run the
+/// searches instead ([`searches`]), `None` on a shorter one.
 pub(super) fn find(
     dfa: &hybrid::dfa::DFA,
     cache: &mut hybrid::dfa::Cache,
@@ -207,7 +220,7 @@ pub(super) fn find(
     (from, stop, end): (usize, usize, usize),
     max_len: usize,
     sparse_only: bool,
-) -> Option<Candidates> {
+) -> Option<LaneSearch> {
     let hay = text.as_bytes();
     let len = stop.checked_sub(from)?;
     if len < MIN_TEXT || end > hay.len() || stop > end || !text.is_char_boundary(from) {
@@ -296,10 +309,10 @@ pub(super) fn find(
             d.step(hay, lane, &mut ends)?;
         }
         i += 1;
-        // Dense text (personal data every few lines): one search does the same reading, and
-        // does not read each candidate twice.
+        // Dense text (personal data every few lines): reading again from each candidate
+        // would read the text twice; the lanes run the engine's searches themselves instead.
         if sparse_only && ends.len() > DENSE_AFTER && ends.len() * SPARSE > i * LANES {
-            return None;
+            return (len >= MIN_SEARCHES).then_some(LaneSearch::Crowded);
         }
     }
 
@@ -359,9 +372,292 @@ pub(super) fn find(
         }
     }
     ends.sort_unstable();
-    Some(Candidates {
+    Some(LaneSearch::Sparse(Candidates {
         ends,
         next: 0,
         max_len,
+    }))
+}
+
+/// A search the engine's loop makes: over `f..end`, the union's leftmost-first search finds a
+/// match ending at `.0` of pattern `.1`, or nothing.
+pub(super) type Search = (usize, Option<(usize, PatternID)>);
+
+/// Dense text: the results of the leftmost-first searches the engine makes from each match
+/// end, found by the lanes over one window of the text; consumed in order by the engine's
+/// loop.
+#[derive(Debug)]
+pub(super) struct Searches {
+    /// Sorted by where they start, one per start.
+    done: Vec<Search>,
+    next: usize,
+    /// The window's end: searches starting there or later were not run.
+    until: usize,
+    /// Searches the engine asked for that the lanes had run, and had not.
+    hits: usize,
+    misses: usize,
+}
+
+/// The lanes run the searches of this many bytes at a time: the engine then sees whether
+/// they were the ones it needed before it has the next window run.
+pub(super) const WINDOW: usize = 32 << 10;
+/// The lanes run the searches of texts this long or longer: in shorter ones, where the lanes
+/// meet costs more than they save.
+pub(super) const MIN_SEARCHES: usize = 4 << 10;
+
+impl Searches {
+    #[cfg(test)]
+    pub(super) fn done(&self) -> &[Search] {
+        &self.done
+    }
+
+    /// What the search over `pos..end` finds, if the lanes ran it; `pos` never decreases
+    /// from one call to the next.
+    pub(super) fn get(&mut self, pos: usize) -> Option<Option<(usize, PatternID)>> {
+        while self.done.get(self.next).is_some_and(|&(f, _)| f < pos) {
+            self.next += 1;
+        }
+        match self.done.get(self.next) {
+            Some(&(f, found)) if f == pos => {
+                self.hits += 1;
+                Some(found)
+            }
+            _ => {
+                self.misses += 1;
+                None
+            }
+        }
+    }
+
+    /// Whether the search from `pos` is past the window.
+    pub(super) fn ran_out(&self, pos: usize) -> bool {
+        pos >= self.until
+    }
+
+    /// Whether the lanes ran most of the searches the engine needed: a text whose candidates
+    /// are mostly rejected (numbers in a CSV export) has the engine search again from inside
+    /// each, where no lane did, and the lanes' reading is then wasted.
+    pub(super) fn paid(&self) -> bool {
+        self.hits >= self.misses
+    }
+}
+
+/// How far past its segment a lane may go before its searches meet the next lane's.
+const MEET_WITHIN: usize = 4096;
+
+/// One lane's leftmost-first searches: the state before reading `hay[q]`, where the current
+/// search started, and the last match state it entered with the end of that match.
+#[derive(Clone, Copy, Default)]
+struct Run {
+    sid: LazyStateID,
+    q: usize,
+    fresh: usize,
+    last: Option<(LazyStateID, usize)>,
+}
+
+impl Dfa<'_> {
+    /// One step of a run's search: a search ends when the automaton dies (it dies only after a
+    /// match, which it reports one byte late); it is recorded and the next starts at that
+    /// match's end, as the engine's loop does after a value.
+    fn search_step(&mut self, hay: &[u8], run: &mut Run, out: &mut Vec<Search>) -> Option<()> {
+        let next = self.dfa.next_state(self.cache, run.sid, hay[run.q]).ok()?;
+        if !self.valid() {
+            return None;
+        }
+        if next.is_tagged() {
+            if next.is_match() {
+                run.last = Some((next, run.q));
+            } else if next.is_dead() {
+                let (sid, e) = run.last?;
+                out.push((
+                    run.fresh,
+                    Some((e, self.dfa.match_pattern(self.cache, sid, 0))),
+                ));
+                if e <= run.fresh {
+                    // An empty match (no built-in pattern has one): not worth reasoning about.
+                    return None;
+                }
+                *run = Run {
+                    sid: self.fresh(hay, e)?,
+                    q: e,
+                    fresh: e,
+                    last: None,
+                };
+                return Some(());
+            } else {
+                // Quit, or a start state (only with a prefilter, which the union has not).
+                return None;
+            }
+        }
+        run.sid = next;
+        run.q += 1;
+        Some(())
+    }
+
+    /// The end of the range, at `run.q`: the byte after it, or the end of the text, ends the
+    /// search.
+    fn search_end(&mut self, hay: &[u8], run: &mut Run, out: &mut Vec<Search>) -> Option<()> {
+        let next = match hay.get(run.q) {
+            Some(&b) => self.dfa.next_state(self.cache, run.sid, b),
+            None => self.dfa.next_eoi_state(self.cache, run.sid),
+        }
+        .ok()?;
+        if !self.valid() || next.is_quit() {
+            return None;
+        }
+        if next.is_match() {
+            run.last = Some((next, run.q));
+        }
+        let found = run
+            .last
+            .map(|(sid, e)| (e, self.dfa.match_pattern(self.cache, sid, 0)));
+        out.push((run.fresh, found));
+        Some(())
+    }
+}
+
+/// Dense text: the searches of the engine's loop, run by the lanes. The loop searches from
+/// `pos`, takes the match, and searches again from its end, or from a little further when a
+/// validator rejects it or extends it. Each lane does the same over its segment, assuming
+/// every match is taken as found: it starts at its segment's start, and again at each match
+/// end. Each search is a fact that does not depend on the lane: what the union's search over
+/// `f..end` finds, for the `f` it started at. The engine uses the result when it searches from
+/// an `f` a lane searched from (and searches itself otherwise, after a rejected value for
+/// example: the next value's end is then usually a lane's `f` again).
+///
+/// A lane runs past its segment until it starts a search where the next lane started one:
+/// from there on it would repeat the next lane's searches. In dense text that is within a
+/// value or two; a lane that has not met the next within [`MEET_WITHIN`] bytes, or anything
+/// unusual (the cache cleared, the automaton quit), gives `None`: the caller searches in one
+/// run.
+pub(super) fn searches(
+    dfa: &hybrid::dfa::DFA,
+    cache: &mut hybrid::dfa::Cache,
+    text: &str,
+    (from, stop, end): (usize, usize, usize),
+) -> Option<Searches> {
+    let hay = text.as_bytes();
+    let len = stop.checked_sub(from)?;
+    if len < MIN_TEXT || end > hay.len() || stop > end || !text.is_char_boundary(from) {
+        return None;
+    }
+    let mut d = Dfa {
+        dfa,
+        generation: cache.clear_count(),
+        cache,
+    };
+    let seg: [usize; LANES + 1] = std::array::from_fn(|k| {
+        if k == LANES {
+            return stop;
+        }
+        let mut b = from + len / LANES * k;
+        while b < stop && !text.is_char_boundary(b) {
+            b += 1;
+        }
+        b.min(stop)
+    });
+    let mut runs = [Run::default(); LANES];
+    for (k, run) in runs.iter_mut().enumerate() {
+        *run = Run {
+            sid: d.fresh(hay, seg[k])?,
+            q: seg[k],
+            fresh: seg[k],
+            last: None,
+        };
+    }
+    let mut done: [Vec<Search>; LANES] = Default::default();
+
+    // All lanes together, until one reaches its segment's end. The lanes need not keep step:
+    // each reads from its own position.
+    loop {
+        // A lane in a match state goes on alone until it leaves it (a few bytes).
+        for (k, run) in runs.iter_mut().enumerate() {
+            while run.sid.is_tagged() && run.q < seg[k + 1] {
+                d.search_step(hay, run, &mut done[k])?;
+            }
+        }
+        let n = (0..LANES)
+            .map(|k| seg[k + 1].saturating_sub(runs[k].q))
+            .min()
+            .unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        let mut sid = runs.map(|r| r.sid);
+        let mut i = 0;
+        let mut tagged = None;
+        {
+            let (dfa, cache) = (d.dfa, &*d.cache);
+            let h: [&[u8]; LANES] = std::array::from_fn(|k| &hay[runs[k].q..runs[k].q + n]);
+            for (((&a, &b), &c), &e) in h[0].iter().zip(h[1]).zip(h[2]).zip(h[3]) {
+                let b = [a, b, c, e];
+                let next: [LazyStateID; LANES] =
+                    std::array::from_fn(|k| dfa.next_state_untagged(cache, sid[k], b[k]));
+                if next.iter().fold(false, |t, n| t | n.is_tagged()) {
+                    tagged = Some(next);
+                    break;
+                }
+                sid = next;
+                i += 1;
+            }
+        }
+        for (k, run) in runs.iter_mut().enumerate() {
+            run.sid = sid[k];
+            run.q += i;
+        }
+        // The step that met a tagged state: the careful way for the lanes that met one.
+        if let Some(next) = tagged {
+            for (k, run) in runs.iter_mut().enumerate() {
+                if next[k].is_tagged() {
+                    d.search_step(hay, run, &mut done[k])?;
+                } else {
+                    run.sid = next[k];
+                    run.q += 1;
+                }
+            }
+        }
+    }
+
+    // Then each lane alone, the last first: the rest of its segment, and past its end until it
+    // starts a search the next lane started (or no search it starts is needed).
+    for k in (0..LANES).rev() {
+        let run = &mut runs[k];
+        let last = k + 1 == LANES;
+        loop {
+            if run.q == run.fresh && run.last.is_none() {
+                // A search starts here.
+                if run.fresh >= stop {
+                    break;
+                }
+                if !last && run.fresh >= seg[k + 1] {
+                    // (A later lane may have stopped where the one after it started.)
+                    let met = done[k + 1..]
+                        .iter()
+                        .any(|later| later.binary_search_by_key(&run.fresh, |s| s.0).is_ok());
+                    if met {
+                        break;
+                    }
+                    if run.fresh > seg[k + 1] + MEET_WITHIN {
+                        return None;
+                    }
+                }
+            }
+            if run.q >= end {
+                d.search_end(hay, run, &mut done[k])?;
+                break;
+            }
+            d.search_step(hay, run, &mut done[k])?;
+        }
+    }
+
+    let mut done: Vec<Search> = done.into_iter().flatten().collect();
+    done.sort_unstable_by_key(|s| s.0);
+    done.dedup_by_key(|s| s.0);
+    Some(Searches {
+        done,
+        next: 0,
+        until: stop,
+        hits: 0,
+        misses: 0,
     })
 }

@@ -592,17 +592,18 @@ fn with_code_detector(pattern: &str) -> Engine {
 
 #[test]
 fn lanes_change_nothing_on_the_corpus() {
-    let e = engine().clone().with_lanes_always();
-    let one = e.clone().with_lanes(false);
+    let one = engine().clone().with_lanes(false);
     let mut long = 0;
     for d in corpus::generate() {
         long += usize::from(d.text.len() >= lanes::MIN_TEXT);
-        assert_eq!(e.scan(&d.text), one.scan(&d.text), "{}", d.id);
-        let (a, b) = (
-            e.redact_with(&d.text, e.default_view()),
-            one.redact_with(&d.text, e.default_view()),
-        );
-        assert_eq!(a, b, "{}", d.id);
+        for e in lane_modes(engine()) {
+            assert_eq!(e.scan(&d.text), one.scan(&d.text), "{:?} {}", e.lanes, d.id);
+            let (a, b) = (
+                e.redact_with(&d.text, e.default_view()),
+                one.redact_with(&d.text, e.default_view()),
+            );
+            assert_eq!(a, b, "{:?} {}", e.lanes, d.id);
+        }
     }
     assert!(
         long >= 20,
@@ -828,17 +829,98 @@ fn filler(r: &mut corpus::Rng, len: usize) -> String {
     s
 }
 
+/// The engine with lanes in both ways on every long text: finding candidates, and running
+/// the searches.
+fn lane_modes(e: &Engine) -> [Engine; 2] {
+    [
+        e.clone().with_lanes_always(),
+        e.clone().with_lane_searches(),
+    ]
+}
+
 fn assert_lanes_agree(e: &Engine, text: &str) -> Vec<Match> {
-    let lanes = e.clone().with_lanes_always();
     let one = e.clone().with_lanes(false);
-    let found = lanes.scan(text);
-    assert_eq!(found, one.scan(text), "{text:?}");
-    assert_eq!(
-        lanes.redact_with(text, e.default_view()),
-        one.redact_with(text, e.default_view()),
-        "{text:?}"
-    );
+    let found = one.scan(text);
+    for lanes in lane_modes(e) {
+        assert_eq!(lanes.scan(text), found, "{:?} {text:?}", lanes.lanes);
+        assert_eq!(
+            lanes.redact_with(text, e.default_view()),
+            one.redact_with(text, e.default_view()),
+            "{:?} {text:?}",
+            lanes.lanes
+        );
+    }
     found
+}
+
+#[test]
+fn lane_searches_are_the_searches_of_one_run() {
+    // Each search the lanes ran finds what the union's search from its start finds, and on
+    // dense text they include the searches the engine makes after most values.
+    let e = engine();
+    let inner = &*e.inner;
+    let mut cache = inner.re.create_cache();
+    let dense: String = corpus::generate()
+        .iter()
+        .map(|d| d.text.as_str())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut r = corpus::Rng::new(5);
+    let mut sparse = filler(&mut r, 3000);
+    sparse.push_str(" mail jane.doe@example.com or +49 30 12345678 ");
+    sparse.push_str(&filler(&mut r, 3000));
+    for (text, from, stop) in [
+        (&dense, 0, dense.len()),
+        (&dense, 1001, dense.len() / 2),
+        (&sparse, 0, sparse.len()),
+    ] {
+        let (from, stop) = (floor_boundary(text, from), floor_boundary(text, stop));
+        let hay = text.as_bytes();
+        let searches = lanes::searches(
+            inner.re.forward(),
+            cache.forward_mut(),
+            text,
+            (from, stop, hay.len()),
+        )
+        .expect("the lanes ran");
+        let done = searches.done();
+        assert!(!done.is_empty());
+        for &(f, found) in done {
+            let want = inner
+                .re
+                .forward()
+                .try_search_fwd(cache.forward_mut(), &Input::new(hay).span(f..hay.len()))
+                .expect("search");
+            assert_eq!(found, want.map(|h| (h.offset(), h.pattern())), "from {f}");
+        }
+        let ends: HashSet<usize> = done.iter().map(|s| s.0).collect();
+        // (E-mail addresses are found beside the union, which the lanes run.)
+        let matches: Vec<Match> = e
+            .clone()
+            .with_lanes(false)
+            .scan(&text[..stop])
+            .into_iter()
+            .filter(|m| m.start >= from && &*m.entity != "EMAIL")
+            .collect();
+        let after = matches.iter().filter(|m| ends.contains(&m.end)).count();
+        assert!(
+            after * 10 >= matches.len() * 9,
+            "{after} of {} values end where a lane searched",
+            matches.len()
+        );
+    }
+    // The engine's loop over several windows of searches, as dense text takes it by default.
+    assert!(dense.len() > 3 * lanes::WINDOW, "{}", dense.len());
+    let one = e.clone().with_lanes(false);
+    for lanes in [e.clone(), e.clone().with_lane_searches()] {
+        assert_eq!(lanes.scan(&dense), one.scan(&dense), "{:?}", lanes.lanes);
+        assert_eq!(
+            lanes.redact(&dense),
+            one.redact(&dense),
+            "{:?}",
+            lanes.lanes
+        );
+    }
 }
 
 #[test]
@@ -942,13 +1024,14 @@ proptest! {
         while text.len() < lanes::MIN_TEXT {
             text.push_str(&filler(&mut r, 300));
         }
-        let lanes = e.clone().with_lanes_always();
         let one = e.clone().with_lanes(false);
-        prop_assert_eq!(lanes.scan_field(&label, &text), one.scan_field(&label, &text));
-        prop_assert_eq!(
-            lanes.redact_field(&label, &text, e.default_view()),
-            one.redact_field(&label, &text, e.default_view())
-        );
+        for lanes in lane_modes(e) {
+            prop_assert_eq!(lanes.scan_field(&label, &text), one.scan_field(&label, &text));
+            prop_assert_eq!(
+                lanes.redact_field(&label, &text, e.default_view()),
+                one.redact_field(&label, &text, e.default_view())
+            );
+        }
     }
 }
 
@@ -969,18 +1052,13 @@ fn union_engine() -> &'static Engine {
 fn assert_side_agrees(label: &str, text: &str) {
     let (split, union) = (engine(), union_engine());
     assert!(split.inner.side.is_some() && union.inner.side.is_none());
-    for lanes in [false, true] {
-        let (s, u) = if lanes {
-            (
-                split.clone().with_lanes_always(),
-                union.clone().with_lanes_always(),
-            )
-        } else {
-            (
-                split.clone().with_lanes(false),
-                union.clone().with_lanes(false),
-            )
-        };
+    let modes: [fn(Engine) -> Engine; 3] = [
+        |e| e.with_lanes(false),
+        Engine::with_lanes_always,
+        Engine::with_lane_searches,
+    ];
+    for mode in modes {
+        let (s, u) = (mode(split.clone()), mode(union.clone()));
         assert_eq!(
             s.scan_field(label, text),
             u.scan_field(label, text),
