@@ -36,8 +36,11 @@
 //!   turn (`lanes`): the loads overlap, and the runs only mark where a match state was
 //!   entered; the leftmost-first search then reads from a pattern length before each mark.
 //!   The matches are those of one search over the whole text (proof in `lanes`,
-//!   property-tested). Where marks are dense (personal data every few lines), one run reads
-//!   less and the engine falls back to it.
+//!   property-tested). Where marks are dense (personal data every few lines), the lanes run
+//!   the leftmost-first searches themselves, from each match end, in windows of 8 KB then
+//!   32 KB, and the engine takes their results where it searches from the same place; after
+//!   a window where it mostly searched from elsewhere (rejected candidates, as in CSV
+//!   exports), it searches alone for the rest of the text.
 //! * **Bounded.** Every pattern has a maximum length (patterns with unbounded repetition
 //!   are refused at load); validators that extend a match (PEM blocks, JWTs) do so by a
 //!   bounded amount. [`TextRedactor::max_match_len`] reports the maximum.
@@ -83,9 +86,8 @@
 //! | CSV export, 1 MB | 63 / 53 | 65 / 55 | 5.9 / 5.2 |
 //!
 //! The README has the agent's path (the streaming JSON rewriter). Sparse JSON and base64 are
-//! bounded by the four-lane loop; dense text by per-value work (searches restarted at every
-//! value, validator, context, HMAC-SHA256 pseudonym); the CSV export by candidates the
-//! validators reject (alternatives).
+//! bounded by the four-lane loop; dense text by per-value work (search, validator, context,
+//! HMAC-SHA256 pseudonym); the CSV export by candidates the validators reject (alternatives).
 
 mod detectors;
 mod lanes;
@@ -969,8 +971,8 @@ impl Engine {
         self
     }
 
-    /// Lanes on every long text, also dense ones (tests: the dense-text fallback would
-    /// otherwise keep most generated texts from the lanes).
+    /// Lanes finding candidates on every long text, also dense ones (tests: dense texts
+    /// would otherwise take the lanes' searches instead).
     #[cfg(test)]
     fn with_lanes_always(mut self) -> Engine {
         self.lanes = Lanes::Always;
@@ -1116,7 +1118,7 @@ impl Engine {
                 inner.re.forward(),
                 caches.re.forward_mut(),
                 text,
-                (from, stop.min(from + lanes::WINDOW), search_end),
+                (from, stop.min(from + lanes::FIRST_WINDOW), search_end),
             )
             .map(LaneSearch::Dense),
             _ => lanes::find(
@@ -1133,7 +1135,7 @@ impl Engine {
                 inner.re.forward(),
                 caches.re.forward_mut(),
                 text,
-                (from, stop.min(from + lanes::WINDOW), search_end),
+                (from, stop.min(from + lanes::FIRST_WINDOW), search_end),
             )
             .map(LaneSearch::Dense);
         }

@@ -27,6 +27,14 @@
 //! lost). [`Candidates::resume`] takes, over the candidates within `L` of the first one at or
 //! after `pos`, the earliest start any of them allows: no match starts between `pos` and
 //! there.
+//!
+//! Dense text (a value every few dozen bytes) has candidates everywhere, and reading again
+//! from each would read the text twice. There the lanes run the engine's searches themselves
+//! ([`searches`]): each lane searches leftmost-first from its segment's start, and again from
+//! each match end, as the engine does after a value it masks; the engine takes a lane's
+//! result when it searches from where a lane did. Those results are facts about the text, not
+//! about the lane (tested against the union's own search from each start), so a search the
+//! lanes did not run (after a rejected candidate) is simply run by the engine.
 
 use regex_automata::hybrid::{self, LazyStateID};
 use regex_automata::util::start;
@@ -401,6 +409,9 @@ pub(super) struct Searches {
 /// The lanes run the searches of this many bytes at a time: the engine then sees whether
 /// they were the ones it needed before it has the next window run.
 pub(super) const WINDOW: usize = 32 << 10;
+/// ... and of this many first, so that a text where they are not (a CSV export, scanned in
+/// segments of ~100 KB by the JSON rewriter) wastes little at each segment.
+pub(super) const FIRST_WINDOW: usize = 8 << 10;
 /// The lanes run the searches of texts this long or longer: in shorter ones, where the lanes
 /// meet costs more than they save.
 pub(super) const MIN_SEARCHES: usize = 4 << 10;
