@@ -80,10 +80,10 @@
 //!
 //! | workload | engine, MB/s (best wall / CPU) | same engine, one run | naive, 1 regex per pattern |
 //! |---|---|---|---|
-//! | PII-sparse JSON, 4 MB | 1107 / 911 | 420 / 357 | 14.8 / 12.9 |
-//! | PII-dense text, 1 MB, ~15 values/KB | 83 / 67 | 75 / 59 | 10.4 / 9.0 |
-//! | tool results with base64 images, 2 MB | 1291 / 1016 | 449 / 394 | 8.8 / 8.1 |
-//! | CSV export, 1 MB | 63 / 53 | 65 / 55 | 5.9 / 5.2 |
+//! | PII-sparse JSON, 4 MB | 1135 / 1018 | 432 / 385 | 15.9 / 14.1 |
+//! | PII-dense text, 1 MB, ~15 values/KB | 91 / 81 | 77 / 66 | 10.8 / 9.7 |
+//! | tool results with base64 images, 2 MB | 1301 / 1128 | 457 / 424 | 9.3 / 8.3 |
+//! | CSV export, 1 MB | 63 / 56 | 64 / 56 | 6.0 / 5.4 |
 //!
 //! The README has the agent's path (the streaming JSON rewriter). Sparse JSON and base64 are
 //! bounded by the four-lane loop; dense text by per-value work (search, validator, context,
