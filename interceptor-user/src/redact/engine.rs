@@ -1513,18 +1513,32 @@ impl Engine {
         let mut ev = Evidence::default();
         let mut matches = Vec::new();
         self.scan_range(label, text, 0, text.len(), &mut matches, None);
-        let Some((mut cur, mut masks)) = self.apply(text, &matches, view, &mut ev, true) else {
-            return (Cow::Borrowed(text), ev);
+        let out = self.mask_scanned(label, text, view, matches, &mut ev);
+        (out, ev)
+    }
+
+    /// Masks `text`, whose matches are `matches`, and rescans it until no mask changes what
+    /// its neighbours decide.
+    fn mask_scanned<'a>(
+        &self,
+        label: &str,
+        text: &'a str,
+        view: &MaskView,
+        mut matches: Vec<Match>,
+        ev: &mut Evidence,
+    ) -> Cow<'a, str> {
+        let Some((mut cur, mut masks)) = self.apply(text, &matches, view, ev, true) else {
+            return Cow::Borrowed(text);
         };
         for _ in 1..CLOSURE_ROUNDS {
             matches.clear();
             self.rescan_near(label, &cur, &masks, &mut matches, None);
-            match self.apply(&cur, &matches, view, &mut ev, false) {
+            match self.apply(&cur, &matches, view, ev, false) {
                 Some((next, next_masks)) => (cur, masks) = (next, next_masks),
                 None => break,
             }
         }
-        (Cow::Owned(cur), ev)
+        Cow::Owned(cur)
     }
 
     /// Scans the parts of `text` whose decisions a mask can have changed: the mask itself
@@ -2010,7 +2024,16 @@ impl TextRedactor for Engine {
         label: Option<&str>,
         text: &'t str,
     ) -> (Cow<'t, str>, Vec<Finding>) {
-        let (out, ev) = self.redact_field_cow(label.unwrap_or(""), text, &self.inner.view);
+        // Most strings of a JSON document hold nothing: they return before any evidence is
+        // set up (its maps cost more to drop than a short string takes to scan).
+        let label = label.unwrap_or("");
+        let mut matches = Vec::new();
+        self.scan_range(label, text, 0, text.len(), &mut matches, None);
+        if matches.is_empty() {
+            return (Cow::Borrowed(text), Vec::new());
+        }
+        let mut ev = Evidence::default();
+        let out = self.mask_scanned(label, text, &self.inner.view, matches, &mut ev);
         (out, ev.findings)
     }
 
