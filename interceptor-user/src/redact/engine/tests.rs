@@ -1035,6 +1035,31 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+
+    /// Crowded text long enough for several windows of lane searches (8 KB, then 32 KB),
+    /// with rejected candidates and values the rescan changes between the ones the lanes
+    /// search from.
+    #[test]
+    fn lane_searches_change_nothing_on_long_crowded_text(
+        parts in proptest::collection::vec(crowded_text(), 300..500),
+        label in "(bsn|phone|x)?",
+    ) {
+        let e = engine();
+        let text = parts.join(" ");
+        prop_assume!(text.len() > lanes::FIRST_WINDOW + lanes::WINDOW);
+        let one = e.clone().with_lanes(false);
+        for lanes in [e.clone(), e.clone().with_lane_searches()] {
+            prop_assert_eq!(lanes.scan_field(&label, &text), one.scan_field(&label, &text));
+            prop_assert_eq!(
+                lanes.redact_field(&label, &text, e.default_view()),
+                one.redact_field(&label, &text, e.default_view())
+            );
+        }
+    }
+}
+
 /// The built-ins with the e-mail pattern inside the union automaton, as before `side`.
 fn union_engine() -> &'static Engine {
     static E: OnceLock<Engine> = OnceLock::new();
