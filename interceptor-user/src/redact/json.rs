@@ -1309,13 +1309,11 @@ fn raw_offset(raw: &[u8], target: usize) -> Option<usize> {
     let (mut r, mut d) = (0usize, 0usize);
     while d < target {
         if *raw.get(r)? != b'\\' {
-            // Plain bytes map one to one; skip to the next escape or the target.
-            let run = raw
-                .get(r..)?
-                .iter()
-                .take(target - d)
-                .position(|&b| b == b'\\')
-                .unwrap_or((target - d).min(raw.len() - r));
+            // Plain bytes map one to one; skip to the next escape or the target (memchr: a
+            // long string is mapped back at every cut, and byte by byte that was 5% of dense
+            // text through the agent).
+            let plain = raw.get(r..r.saturating_add(target - d).min(raw.len()))?;
+            let run = memchr::memchr(b'\\', plain).unwrap_or(plain.len());
             if run == 0 {
                 return None;
             }
