@@ -1841,8 +1841,10 @@ const DETECTOR_SLOTS: usize = 64;
 /// spans, and not between two word bytes (see [`Engine::cut_head`]).
 fn free_cut(text: &str, reach: &mut [(usize, usize)], lo: usize, hi: usize) -> Option<usize> {
     let b = text.as_bytes();
-    // Blocked cut points, as inclusive ranges, merged.
-    reach.sort_unstable();
+    // Blocked cut points, as inclusive ranges, merged. (`reach` is a few sorted runs, which
+    // the stable sort merges; the unstable one sorted them afresh, 2.5% of dense text
+    // through the agent.)
+    reach.sort();
     let mut blocked: Vec<(usize, usize)> = Vec::with_capacity(reach.len());
     for &(a, z) in reach.iter().filter(|r| r.1 > r.0 + 1) {
         match blocked.last_mut() {
