@@ -557,6 +557,8 @@ pub(super) fn searches(
         generation: cache.clear_count(),
         cache,
     };
+    // The segments as in `find`, written out again: with one helper for both, the loop in
+    // `find` compiled to 3% more instructions on sparse JSON (callgrind).
     let seg: [usize; LANES + 1] = std::array::from_fn(|k| {
         if k == LANES {
             return stop;
