@@ -1114,13 +1114,7 @@ impl Engine {
             Lanes::Off => None,
             _ if stop - from < lanes::MIN_TEXT => None,
             #[cfg(test)]
-            Lanes::Searches => lanes::searches(
-                inner.re.forward(),
-                caches.re.forward_mut(),
-                text,
-                (from, stop.min(from + lanes::FIRST_WINDOW), search_end),
-            )
-            .map(LaneSearch::Dense),
+            Lanes::Searches => Some(LaneSearch::Crowded),
             _ => lanes::find(
                 inner.re.forward(),
                 caches.re.forward_mut(),
@@ -1130,6 +1124,7 @@ impl Engine {
                 self.lanes == Lanes::Sparse,
             ),
         };
+        // Dense candidates (or the test mode): the lanes run the searches.
         if let Some(LaneSearch::Crowded) = lanes {
             lanes = lanes::searches(
                 inner.re.forward(),

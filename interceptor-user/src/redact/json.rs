@@ -1217,7 +1217,6 @@ fn push_esc(s: &mut Str, b: u8) {
     }
 }
 
-/// The char boundary at or before `c` (at most the text's length).
 /// Adds `n` to the count of `entity` (allocating its name only the first time).
 pub(super) fn add_count<N: Copy + std::ops::AddAssign>(
     counts: &mut BTreeMap<String, N>,
@@ -1232,6 +1231,7 @@ pub(super) fn add_count<N: Copy + std::ops::AddAssign>(
     }
 }
 
+/// The char boundary at or before `c` (at most the text's length).
 pub(super) fn floor_boundary(text: &str, mut c: usize) -> usize {
     c = c.min(text.len());
     while c > 0 && !text.is_char_boundary(c) {
