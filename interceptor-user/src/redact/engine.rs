@@ -108,10 +108,11 @@ use std::panic::{RefUnwindSafe, UnwindSafe};
 use std::sync::Arc;
 
 use hmac::{Hmac, Mac};
-use regex_automata::hybrid;
+use regex_automata::hybrid::{self, LazyStateID};
 use regex_automata::util::pool::Pool;
+use regex_automata::util::start;
 use regex_automata::util::syntax;
-use regex_automata::{Anchored, HalfMatch, Input, MatchKind};
+use regex_automata::{Anchored, HalfMatch, Input, MatchKind, PatternID};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
@@ -324,6 +325,8 @@ pub enum EngineError {
     },
     #[error("detector {entity}: pattern can match the empty string")]
     Empty { entity: String },
+    #[error("detector {entity}: empty context word")]
+    EmptyContextWord { entity: String },
     #[error("unknown built-in detector {0:?}")]
     UnknownDetector(String),
     #[error("building the automaton: {0}")]
@@ -691,6 +694,16 @@ impl Engine {
         for spec in &cfg.detectors {
             if !BUILTINS.iter().any(|b| b.entity == spec.entity) {
                 return Err(EngineError::UnknownDetector(spec.entity.clone()));
+            }
+        }
+        // An empty word would be found everywhere: a mistake, not a way to say "always".
+        let words_of = cfg.detectors.iter().map(|d| (&d.entity, &d.context));
+        for (entity, context) in words_of.chain(cfg.custom.iter().map(|c| (&c.entity, &c.context)))
+        {
+            if context.iter().any(|w| w.is_empty()) {
+                return Err(EngineError::EmptyContextWord {
+                    entity: entity.clone(),
+                });
             }
         }
         let add_pattern =
@@ -1252,30 +1265,20 @@ impl Engine {
         let inner = &*self.inner;
         let hay = text.as_bytes();
         let end = hay.len().min(s.saturating_add(inner.max_pattern_len + 1));
-        let input = Input::new(hay).span(s..end).anchored(Anchored::Yes);
         let mut cache = inner.all_caches.get();
-        let mut state = hybrid::dfa::OverlappingState::start();
         scratch.alts.clear();
-        loop {
-            if inner
-                .all
-                .try_search_overlapping_fwd(&mut cache, &input, &mut state)
-                .is_err()
-            {
-                break;
-            }
-            match state.get_match() {
-                Some(hm) => {
-                    let (p, e) = (hm.pattern().as_u32(), hm.offset());
-                    if (p, e) != (pid0, e0) && e > s && text.is_char_boundary(e) {
-                        scratch.alts.push((p, e));
-                    }
+        let config = start::Config::new()
+            .anchored(Anchored::Yes)
+            .look_behind(s.checked_sub(1).map(|i| hay[i]));
+        if let Ok(sid) = inner.all.start_state(&mut cache, &config) {
+            let alts = &mut scratch.alts;
+            anchored_matches(&inner.all, &mut cache, hay, (s, end), sid, |p, e| {
+                let p = p.as_u32();
+                if (p, e) != (pid0, e0) && e > s && text.is_char_boundary(e) {
+                    alts.push((p, e));
                 }
-                None => break,
-            }
-            if scratch.alts.len() > 256 {
-                break;
-            }
+                alts.len() <= 256
+            });
         }
         drop(cache);
         let mut alts = std::mem::take(&mut scratch.alts);
@@ -1923,6 +1926,45 @@ fn split_label(label: &str) -> String {
         prev = Some(c);
     }
     out
+}
+
+/// Follows `dfa` from `sid`, a start state anchored at `from`, over `hay[from..end]` until
+/// it dies, and calls `found` with each pattern that matches from `from` and where that
+/// match ends, in the order an overlapping search reports them (by end, then pattern), until
+/// `found` returns false. As in regex-automata's searches, a match is reported one byte late
+/// (reading `hay[j]` reports those ending at `j`), and the byte at `end` (or the end of the
+/// text) decides those ending at `end`. Stops at a cache error or a quit state (neither
+/// occurs with these automata), as an overlapping search would stop with an error. Saves
+/// the set-up of one overlapping search per match, the main cost on short anchored runs (the
+/// alternatives at a candidate's start).
+fn anchored_matches(
+    dfa: &hybrid::dfa::DFA,
+    cache: &mut hybrid::dfa::Cache,
+    hay: &[u8],
+    (from, end): (usize, usize),
+    mut sid: LazyStateID,
+    mut found: impl FnMut(PatternID, usize) -> bool,
+) {
+    let mut j = from;
+    loop {
+        let next = match hay.get(j) {
+            Some(&b) => dfa.next_state(cache, sid, b),
+            None => dfa.next_eoi_state(cache, sid),
+        };
+        let Ok(next) = next else { return };
+        if next.is_match() {
+            for k in 0..dfa.match_len(cache, next) {
+                if !found(dfa.match_pattern(cache, next, k), j) {
+                    return;
+                }
+            }
+        }
+        if j >= end || next.is_dead() || next.is_quit() {
+            return;
+        }
+        sid = next;
+        j += 1;
+    }
 }
 
 /// Context words in a field name, with word boundaries; a plural `s` after a word still ends

@@ -299,6 +299,25 @@ fn custom_detectors_and_errors() {
         Engine::new(&bad(r"[a-z]{5000}"), key()),
         Err(EngineError::TooLong { .. })
     ));
+    let mut empty_word = bad(r"\bX-[0-9]{4}\b");
+    empty_word.custom[0].context = vec!["badge".into(), String::new()];
+    assert!(matches!(
+        Engine::new(&empty_word, key()),
+        Err(EngineError::EmptyContextWord { entity }) if entity == "X"
+    ));
+    let empty_builtin_word = EngineConfig {
+        detectors: vec![DetectorSpec {
+            entity: "PHONE".into(),
+            enabled: true,
+            context: vec![String::new()],
+            require_context: false,
+        }],
+        ..EngineConfig::default()
+    };
+    assert!(matches!(
+        Engine::new(&empty_builtin_word, key()),
+        Err(EngineError::EmptyContextWord { entity }) if entity == "PHONE"
+    ));
     let unknown = EngineConfig {
         detectors: vec![DetectorSpec {
             entity: "NOPE".into(),
@@ -1517,4 +1536,72 @@ fn custom_detectors_that_thrash_the_automaton_are_reported() {
     }
     assert!(union.automaton_memory(&probe_texts()[0]) > limit);
     assert!(Engine::costly_custom_detectors(&EngineConfig::default()).is_empty());
+}
+
+/// Every pattern matching at `s` and where it ends, as the anchored overlapping search of the
+/// all-pattern automaton reports them (what `alternatives` ran before it followed the
+/// automaton itself), capped as `alternatives` caps them.
+fn alternatives_by_overlapping_search(e: &Engine, text: &str, s: usize) -> Vec<(u32, usize)> {
+    let inner = &*e.inner;
+    let hay = text.as_bytes();
+    let end = hay.len().min(s.saturating_add(inner.max_pattern_len + 1));
+    let input = Input::new(hay).span(s..end).anchored(Anchored::Yes);
+    let mut cache = inner.all_caches.get();
+    let mut state = hybrid::dfa::OverlappingState::start();
+    let mut alts = Vec::new();
+    while inner
+        .all
+        .try_search_overlapping_fwd(&mut cache, &input, &mut state)
+        .is_ok()
+    {
+        let Some(hm) = state.get_match() else { break };
+        let (p, e) = (hm.pattern().as_u32(), hm.offset());
+        if e > s && text.is_char_boundary(e) {
+            alts.push((p, e));
+        }
+        if alts.len() > 256 {
+            break;
+        }
+    }
+    alts
+}
+
+fn assert_alternatives_agree(e: &Engine, text: &str) -> usize {
+    let mut seen = 0;
+    for s in (0..text.len()).filter(|&i| text.is_char_boundary(i)) {
+        let want = alternatives_by_overlapping_search(e, text, s);
+        // The candidate itself is left out: the first one found, if any.
+        let (pid0, e0) = want.first().copied().unwrap_or((u32::MAX, 0));
+        let mut want: Vec<(u32, usize)> = want.into_iter().filter(|&m| m != (pid0, e0)).collect();
+        want.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+        want.dedup();
+        let mut scratch = Scratch::default();
+        e.alternatives(text, s, pid0, e0, &mut scratch);
+        assert_eq!(scratch.alts, want, "{text:?} at {s}");
+        seen += want.len();
+    }
+    seen
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Following the all-pattern automaton from a candidate's start finds what its
+    /// overlapping search finds.
+    #[test]
+    fn alternatives_equal_the_overlapping_search(text in crowded_text()) {
+        assert_alternatives_agree(engine(), &text);
+    }
+}
+
+#[test]
+fn alternatives_equal_the_overlapping_search_on_the_corpus() {
+    let e = engine();
+    let seen: usize = corpus::generate()
+        .iter()
+        .step_by(13)
+        .map(|d| assert_alternatives_agree(e, &d.text))
+        .sum();
+    // Other patterns matched at candidates' starts, many times.
+    assert!(seen > 1000, "{seen}");
 }
