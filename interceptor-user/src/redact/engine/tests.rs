@@ -1540,7 +1540,7 @@ fn custom_detectors_that_thrash_the_automaton_are_reported() {
 
 /// Every pattern matching at `s` and where it ends, as the anchored overlapping search of the
 /// all-pattern automaton reports them (what `alternatives` ran before it followed the
-/// automaton itself), capped as `alternatives` caps them.
+/// automaton itself). (Both stop after 256; no text here comes near.)
 fn alternatives_by_overlapping_search(e: &Engine, text: &str, s: usize) -> Vec<(u32, usize)> {
     let inner = &*e.inner;
     let hay = text.as_bytes();
