@@ -244,6 +244,11 @@ fn num(ds: &[u32]) -> u32 {
         .fold(0u32, |a, &d| a.saturating_mul(10).saturating_add(d))
 }
 
+/// [`num`] of the digits of `v`, without collecting them (dates: three per candidate).
+fn num_of(v: &[u8]) -> u32 {
+    digits(v).fold(0u32, |a, d| a.saturating_mul(10).saturating_add(d))
+}
+
 const ISO_COUNTRIES: &str = "ADAEAFAGAIALAMAOAQARASATAUAWAXAZBABBBDBEBFBGBHBIBJBLBMBNBOBQBRBSBTBVBWBYBZCACCCDCFCGCHCICKCLCMCNCOCRCUCVCWCXCYCZDEDJDKDMDODZECEEEGEHERESETFIFJFKFMFOFRGAGBGDGEGFGGGHGIGLGMGNGPGQGRGSGTGUGWGYHKHMHNHRHTHUIDIEILIMINIOIQIRISITJEJMJOJPKEKGKHKIKMKNKPKRKWKYKZLALBLCLILKLRLSLTLULVLYMAMCMDMEMFMGMHMKMLMMMNMOMPMQMRMSMTMUMVMWMXMYMZNANCNENFNGNINLNONPNRNUNZOMPAPEPFPGPHPKPLPMPNPRPSPTPWPYQARERORSRURWSASBSCSDSESGSHSISJSKSLSMSNSOSRSSSTSVSXSYSZTCTDTFTGTHTJTKTLTMTNTOTRTTTVTWTZUAUGUMUSUYUZVAVCVEVGVIVNVUWFWSXKYEYTZAZMZW";
 
 fn is_country(c: &[u8]) -> bool {
@@ -453,7 +458,7 @@ fn numeric_ymd(v: &[u8]) -> Option<(u32, u32, u32)> {
     if k != 3 {
         return None;
     }
-    let n = parts.map(|p| num(&digit_vec(p)));
+    let n = parts.map(num_of);
     let year_ok = |y: u32, len: usize| len == 2 || (len == 4 && (1900..=2025).contains(&y));
     if parts[0].len() == 4 {
         let (y, m, d) = (n[0], n[1], n[2]);
@@ -566,7 +571,7 @@ fn nir(v: &[u8]) -> bool {
     if compact.len() != 15 {
         return false;
     }
-    let month = num(&digit_vec(&compact[3..5]));
+    let month = num_of(&compact[3..5]);
     if !(matches!(month, 1..=12) || month >= 20) {
         return false;
     }
@@ -581,7 +586,7 @@ fn nir(v: &[u8]) -> bool {
         return false;
     }
     let n: u64 = body.iter().fold(0u64, |a, &b| a * 10 + u64::from(b - b'0'));
-    let key = u64::from(num(&digit_vec(&compact[13..15])));
+    let key = u64::from(num_of(&compact[13..15]));
     97 - n % 97 == key
 }
 
