@@ -239,14 +239,18 @@ fn valid_date(y: u32, m: u32, d: u32) -> bool {
     d >= 1 && d <= dim
 }
 
+/// The number that decimal digits write, saturating.
+fn decimal(ds: impl Iterator<Item = u32>) -> u32 {
+    ds.fold(0u32, |a, d| a.saturating_mul(10).saturating_add(d))
+}
+
 fn num(ds: &[u32]) -> u32 {
-    ds.iter()
-        .fold(0u32, |a, &d| a.saturating_mul(10).saturating_add(d))
+    decimal(ds.iter().copied())
 }
 
 /// [`num`] of the digits of `v`, without collecting them (dates: three per candidate).
 fn num_of(v: &[u8]) -> u32 {
-    digits(v).fold(0u32, |a, d| a.saturating_mul(10).saturating_add(d))
+    decimal(digits(v))
 }
 
 const ISO_COUNTRIES: &str = "ADAEAFAGAIALAMAOAQARASATAUAWAXAZBABBBDBEBFBGBHBIBJBLBMBNBOBQBRBSBTBVBWBYBZCACCCDCFCGCHCICKCLCMCNCOCRCUCVCWCXCYCZDEDJDKDMDODZECEEEGEHERESETFIFJFKFMFOFRGAGBGDGEGFGGGHGIGLGMGNGPGQGRGSGTGUGWGYHKHMHNHRHTHUIDIEILIMINIOIQIRISITJEJMJOJPKEKGKHKIKMKNKPKRKWKYKZLALBLCLILKLRLSLTLULVLYMAMCMDMEMFMGMHMKMLMMMNMOMPMQMRMSMTMUMVMWMXMYMZNANCNENFNGNINLNONPNRNUNZOMPAPEPFPGPHPKPLPMPNPRPSPTPWPYQARERORSRURWSASBSCSDSESGSHSISJSKSLSMSNSOSRSSSTSVSXSYSZTCTDTFTGTHTJTKTLTMTNTOTRTTTVTWTZUAUGUMUSUYUZVAVCVEVGVIVNVUWFWSXKYEYTZAZMZW";
