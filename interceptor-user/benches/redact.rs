@@ -8,7 +8,9 @@
 //!   the automaton never returns to its start state inside a string;
 //! - `numeric_csv`: ~1 MB of a CSV export in a tool result's text (order ids, SKUs,
 //!   quantities, amounts, timestamps; an e-mail every 50 rows), where most numbers are
-//!   candidates of some number pattern that the validators then reject.
+//!   candidates of some number pattern that the validators then reject;
+//! - `records_json`: ~1 MB of customer records as `structuredContent` (name, e-mail, phone,
+//!   IBAN, date of birth, city, a note): a bulk export, personal data in most string values.
 //!
 //! For each, four ways:
 //! - `engine`: the engine over the whole text (`Engine::redact_cow`: one lazy-DFA pass, in
@@ -28,7 +30,7 @@
 //! much CPU other processes took meanwhile. Also printed: the build time of the engine, and
 //! what a dense (ahead-of-time) DFA of the same patterns would cost to build.
 //!
-//! `REDACT_BENCH_PROFILE=sparse|dense|base64|csv[_agent] [REDACT_BENCH_ITERS=n]
+//! `REDACT_BENCH_PROFILE=sparse|dense|base64|csv|records[_agent] [REDACT_BENCH_ITERS=n]
 //! [REDACT_BENCH_SCAN_ONLY=1]` runs one workload alone (for `perf record` or `valgrind --tool=callgrind`); `REDACT_BENCH_SUMMARY=1`
 //! skips criterion and prints the summary only.
 
@@ -249,6 +251,35 @@ fn blob_json(target: usize) -> String {
     serde_json::json!({"jsonrpc": "2.0", "id": 9, "result": {"content": items}}).to_string()
 }
 
+fn records_json(target: usize) -> String {
+    let mut r = Rng(0x2ec0_2d50_0000_0013);
+    let mut items = Vec::new();
+    let mut len = 0;
+    let mut n = 0u64;
+    while len < target {
+        let (first, last) = (r.pick(WORDS), r.pick(WORDS));
+        let item = serde_json::json!({
+            "id": 100_000 + n,
+            "name": format!("{first} {last}"),
+            "email": format!("{first}.{last}{}@example.com", r.below(100)),
+            "phone": format!("+49 30 {}", r.digits(7)),
+            "iban": "DE89 3704 0044 0532 0130 00",
+            "date_of_birth": format!("19{}-{:02}-{:02}", 40 + r.below(60), 1 + r.below(12), 1 + r.below(28)),
+            "city": r.pick(&["Berlin", "Lyon", "Milano", "Utrecht", "Krakow"]),
+            "active": !n.is_multiple_of(3),
+            "note": prose(&mut r, 8),
+        });
+        len += item.to_string().len() + 1;
+        items.push(item);
+        n += 1;
+    }
+    serde_json::json!({"jsonrpc": "2.0", "id": 11, "result": {
+        "content": [{"type": "text", "text": "exported"}],
+        "structuredContent": {"customers": items},
+    }})
+    .to_string()
+}
+
 fn numeric_csv(target: usize) -> String {
     let mut r = Rng(0x0c5f_0000_0000_0011);
     let mut s = String::from("order_id,sku,qty,unit_price,total,created_at,status,contact\n");
@@ -466,11 +497,13 @@ fn main() {
     let blobs = blob_json(2 << 20);
     let csv = numeric_csv(1 << 20);
     let csv_doc = tool_result(&csv);
+    let records = records_json(1 << 20);
     let workloads = [
         ("sparse_json", &sparse, &sparse),
         ("dense_text", &dense, &dense_doc),
         ("base64_json", &blobs, &blobs),
         ("numeric_csv", &csv, &csv_doc),
+        ("records_json", &records, &records),
     ];
     if let Ok(which) = std::env::var("REDACT_BENCH_PROFILE") {
         // For `perf record` / callgrind: one workload alone, for ~5 s or n iterations.
@@ -483,6 +516,7 @@ fn main() {
             "base64" | "base64_agent" => blobs.as_str(),
             "csv" => csv.as_str(),
             "csv_agent" => csv_doc.as_str(),
+            "records" | "records_agent" => records.as_str(),
             _ => sparse.as_str(),
         };
         let agent_path = which.ends_with("_agent");

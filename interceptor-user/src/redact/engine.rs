@@ -117,7 +117,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 use super::json::{add_count, floor_boundary};
-use super::{Finding, Head, Pseudonym, TextRedactor};
+use super::{Finding, Head, Pseudonym, Sieve, TextRedactor};
 use detectors::{
     BUILTINS, EMAIL_PATTERN, NEGATIVE_GAP, NEGATIVE_WORDS, PENALTY, STRONG, THRESHOLD,
 };
@@ -2048,9 +2048,81 @@ impl Engine {
     }
 }
 
+/// Where the engine's patterns may match in one text, found by one interleaved pass over it
+/// (see `lanes`): for a caller that redacts many short pieces of that text one by one (the
+/// JSON rewriter's string values), to pass over the pieces in which nothing can match without
+/// searching each of them again. See [`Engine::sieve`].
+#[derive(Debug)]
+pub struct LaneSieve {
+    candidates: lanes::Candidates,
+    /// The e-mail pattern is not in the union automaton: it is searched from each `@` (see
+    /// `side`).
+    at_sign: bool,
+}
+
+impl Sieve for LaneSieve {
+    /// `false` also when either neighbour of the piece is a word byte (see [`Engine::sieve`]).
+    ///
+    /// Why. A match of the piece alone is a match of `text` at the same place: the patterns
+    /// look around only with `\b`, for which the piece's ends read as non-word bytes, as its
+    /// neighbours in `text` are. The candidates tell where no match of `text` starts.
+    fn clean(&mut self, text: &str, start: usize, end: usize) -> bool {
+        let hay = text.as_bytes();
+        let non_word =
+            |i: Option<usize>| i.and_then(|i| hay.get(i)).is_none_or(|&b| !is_word_byte(b));
+        if start > end || end > hay.len() || !non_word(start.checked_sub(1)) || !non_word(Some(end))
+        {
+            return false;
+        }
+        if self.at_sign && memchr::memchr(b'@', &hay[start..end]).is_some() {
+            return false;
+        }
+        self.candidates.none_start_in(start, end)
+    }
+}
+
+/// A byte `\b` reads as a word byte (ASCII word boundary).
+fn is_word_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_'
+}
+
+impl Engine {
+    /// A [`LaneSieve`] over `text`: one interleaved pass of the union automaton (the lanes,
+    /// which find candidates at about a byte per cycle), and a search for `@` per piece asked
+    /// about. `None` when it would not pay or cannot be sound: a text too short for the lanes,
+    /// candidates too dense (the pieces then hold values anyway), the lanes off, or a custom
+    /// pattern looking around other than with `\b`.
+    pub fn sieve(&self, text: &str) -> Option<LaneSieve> {
+        let inner = &*self.inner;
+        if self.lanes == Lanes::Off || !inner.word_boundary_only {
+            return None;
+        }
+        let mut caches = inner.caches.get();
+        let found = lanes::find(
+            inner.re.forward(),
+            caches.re.forward_mut(),
+            text,
+            (0, text.len(), text.len()),
+            inner.re_max_len,
+            true,
+        );
+        match found {
+            Some(LaneSearch::Sparse(candidates)) => Some(LaneSieve {
+                candidates,
+                at_sign: inner.side.is_some(),
+            }),
+            _ => None,
+        }
+    }
+}
+
 impl TextRedactor for Engine {
     fn max_match_len(&self) -> usize {
         self.inner.max_len
+    }
+
+    fn sieve(&self, text: &str) -> Option<Box<dyn Sieve>> {
+        Engine::sieve(self, text).map(|s| Box::new(s) as Box<dyn Sieve>)
     }
 
     fn redact(&self, text: &str) -> (String, Vec<Finding>) {

@@ -17,7 +17,7 @@ pub mod view;
 
 mod redactor;
 
-pub use redactor::{Finding, Head, Pseudonym, TextRedactor};
+pub use redactor::{Finding, Head, Pseudonym, Sieve, TextRedactor};
 
 /// Reads the 32-byte pseudonym key, creating it (random, mode 0600) when the file is missing.
 pub fn load_or_create_key(path: &std::path::Path) -> std::io::Result<[u8; 32]> {

@@ -95,6 +95,15 @@ pub trait TextRedactor: Send + Sync {
         (Cow::Owned(out), findings)
     }
 
+    /// For a caller about to redact many short pieces of `text` (the string values of a
+    /// JSON chunk): a [`Sieve`] telling which pieces certainly hold nothing, found in one pass
+    /// over `text`. `None` (the default) when the redactor cannot tell: every piece is then
+    /// redacted.
+    fn sieve(&self, text: &str) -> Option<Box<dyn Sieve>> {
+        let _ = text;
+        None
+    }
+
     /// For a streaming caller that cannot hold a long string whole: a cut `c` of the window
     /// `text` after its middle and at least `holdback` bytes before its end (or fewer, when
     /// the redactor knows that nothing after the window can change the head, see
@@ -114,6 +123,14 @@ pub trait TextRedactor: Send + Sync {
     ) -> Option<Head<'t>> {
         super::json::verified_head(self, label, text, holdback)
     }
+}
+
+/// Which pieces of one text certainly need no redaction (see [`TextRedactor::sieve`]).
+pub trait Sieve: Send {
+    /// Whether redacting `text[start..end]` alone, under any label, certainly finds and
+    /// changes nothing; `text` is the text the sieve was made for. `false` when unsure.
+    /// Pieces are asked about in order: increasing `start`, not overlapping.
+    fn clean(&mut self, text: &str, start: usize, end: usize) -> bool;
 }
 
 /// The redacted head of a long string's window (see [`TextRedactor::redact_head`]).

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::{
-    Finding, TextRedactor,
+    Finding, Sieve, TextRedactor,
     engine::{Engine, MaskMode, MaskView},
 };
 
@@ -25,6 +25,10 @@ impl ViewRedactor {
 impl TextRedactor for ViewRedactor {
     fn max_match_len(&self) -> usize {
         self.engine.max_match_len()
+    }
+    fn sieve(&self, text: &str) -> Option<Box<dyn Sieve>> {
+        // Which values match does not depend on the view (only how they are masked).
+        TextRedactor::sieve(&self.engine, text)
     }
     fn redact(&self, text: &str) -> (String, Vec<Finding>) {
         let r = self.engine.redact_with(text, &self.view);

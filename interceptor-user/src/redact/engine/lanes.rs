@@ -89,6 +89,12 @@ impl Candidates {
         Some((r.max(pos), first))
     }
 
+    /// Whether no match starts in `start..end`. Queried in increasing order of `start`, like
+    /// [`Candidates::search`] (the candidates before `start` are passed over for good).
+    pub(super) fn none_start_in(&mut self, start: usize, end: usize) -> bool {
+        self.resume(start).is_none_or(|(r, _)| r >= end)
+    }
+
     /// The leftmost-first match starting at or after `pos` (a char boundary) and ending by
     /// `end`: the same as `find`'s search over `pos..end` (the union's leftmost-first
     /// search), reading only near candidates.
