@@ -346,7 +346,45 @@ struct Detector {
 type PoolFn<T> = Box<dyn Fn() -> T + Send + Sync + UnwindSafe + RefUnwindSafe>;
 type CachePool<T> = Pool<T, PoolFn<T>>;
 /// The context-word automaton and its caches.
-type ContextDfa = (Arc<hybrid::dfa::DFA>, CachePool<hybrid::dfa::Cache>);
+type ContextDfa = (Arc<hybrid::dfa::DFA>, CachePool<ContextCache>);
+
+/// A thread's cache of the context-word automaton, and the words it found in the last field
+/// names (a document's values come under a few keys, again and again).
+struct ContextCache {
+    dfa: hybrid::dfa::Cache,
+    labels: Vec<(Box<str>, Vec<u32>)>,
+    /// The entry of `labels` replaced next when it is full.
+    evict: usize,
+}
+
+/// Field names whose context words a thread keeps.
+const LABELS_KEPT: usize = 32;
+
+impl ContextCache {
+    /// The context words in `label` (see [`label_words`]), computed once per label while it
+    /// stays among the last [`LABELS_KEPT`].
+    fn label_words(&mut self, ctx: &hybrid::dfa::DFA, words: &[Word], label: &str) -> Vec<u32> {
+        if let Some((_, w)) = self.labels.iter().find(|(l, _)| **l == *label) {
+            return w.clone();
+        }
+        let mut found = Vec::new();
+        label_words(ctx, &mut self.dfa, words, label, &mut found);
+        let split = split_label(label);
+        if split != label {
+            label_words(ctx, &mut self.dfa, words, &split, &mut found);
+        }
+        found.sort_unstable();
+        found.dedup();
+        let entry = (Box::from(label), found.clone());
+        if self.labels.len() < LABELS_KEPT {
+            self.labels.push(entry);
+        } else {
+            self.labels[self.evict % LABELS_KEPT] = entry;
+            self.evict = self.evict.wrapping_add(1);
+        }
+        found
+    }
+}
 
 /// The caches of one search: the union automaton's and the e-mail pattern's.
 struct Caches {
@@ -926,8 +964,11 @@ impl Engine {
                 .map_err(|e| EngineError::Build(e.to_string()))?;
             let dfa = Arc::new(dfa);
             let dfa2 = Arc::clone(&dfa);
-            let caches: CachePool<hybrid::dfa::Cache> =
-                Pool::new(Box::new(move || dfa2.create_cache()));
+            let caches: CachePool<ContextCache> = Pool::new(Box::new(move || ContextCache {
+                dfa: dfa2.create_cache(),
+                labels: Vec::new(),
+                evict: 0,
+            }));
             Some((dfa, caches))
         };
         let words = words
@@ -1409,15 +1450,7 @@ impl Engine {
         if ws == 0 && !scratch.label.is_empty() {
             // The field name counts as the text before the value (`"bsn": "..."`).
             if scratch.label_words.is_none() {
-                let mut words = Vec::new();
-                label_words(ctx, &mut cache, &inner.words, scratch.label, &mut words);
-                let split = split_label(scratch.label);
-                if split != scratch.label {
-                    label_words(ctx, &mut cache, &inner.words, &split, &mut words);
-                }
-                words.sort_unstable();
-                words.dedup();
-                scratch.label_words = Some(words);
+                scratch.label_words = Some(cache.label_words(ctx, &inner.words, scratch.label));
             }
             for &w in scratch.label_words.iter().flatten() {
                 scratch.hits.push(Hit { word: w, end: 0 });
@@ -1437,7 +1470,7 @@ impl Engine {
             i > 0 && hay[i - 1] == b'['
         };
         while ctx
-            .try_search_overlapping_fwd(&mut cache, &input, &mut state)
+            .try_search_overlapping_fwd(&mut cache.dfa, &input, &mut state)
             .is_ok()
         {
             let Some(hm) = state.get_match() else { break };

@@ -1815,3 +1815,56 @@ fn the_rewriter_redacts_only_the_strings_the_sieve_does_not_pass() {
     assert_eq!(all, 300 * 7);
     assert!((30..all / 10).contains(&calls), "{calls}");
 }
+
+#[test]
+fn field_names_context_words_are_kept_per_thread_and_stay_exact() {
+    let e = engine();
+    let inner = &*e.inner;
+    let (ctx, _) = inner.ctx.as_ref().expect("context words");
+    let fresh = |label: &str| {
+        let mut cache = ctx.create_cache();
+        let mut w = Vec::new();
+        label_words(ctx, &mut cache, &inner.words, label, &mut w);
+        let split = split_label(label);
+        if split != label {
+            label_words(ctx, &mut cache, &inner.words, &split, &mut w);
+        }
+        w.sort_unstable();
+        w.dedup();
+        w
+    };
+    let mut kept = ContextCache {
+        dfa: ctx.create_cache(),
+        labels: Vec::new(),
+        evict: 0,
+    };
+    let mut labels: Vec<String> = [
+        "bsn",
+        "date_of_birth",
+        "phoneNumber",
+        "passports",
+        "x",
+        "note",
+        "pesel",
+        "phone",
+        "nino",
+        "iban",
+        "sofi",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    labels.extend((0..40).map(|i| format!("field_{i}_dob")));
+    let mut seen_words = 0;
+    for round in 0..3 {
+        for i in 0..labels.len() {
+            // Different orders, so that entries are replaced and found again.
+            let label = &labels[(i * (round + 1) * 7) % labels.len()];
+            let want = fresh(label);
+            seen_words += want.len();
+            assert_eq!(kept.label_words(ctx, &inner.words, label), want, "{label}");
+        }
+    }
+    assert!(kept.labels.len() <= LABELS_KEPT);
+    assert!(seen_words > 100, "{seen_words}");
+}
