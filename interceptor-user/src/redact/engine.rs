@@ -1113,7 +1113,7 @@ impl Engine {
             return self.redact_with(text, view);
         }
         let out = self
-            .apply(text, matches, view, &mut ev, true)
+            .apply(text, matches, view, &mut ev, (true, true))
             .map(|(t, _)| t);
         Redacted {
             text: out.unwrap_or_else(|| text.to_string()),
@@ -1544,27 +1544,28 @@ impl Engine {
         let mut ev = Evidence::default();
         let mut matches = Vec::new();
         self.scan_range(label, text, 0, text.len(), &mut matches, None);
-        let out = self.mask_scanned(label, text, view, matches, &mut ev);
+        let out = self.mask_scanned(label, text, view, matches, (&mut ev, true));
         (out, ev)
     }
 
     /// Masks `text`, whose matches are `matches`, and rescans it until no mask changes what
-    /// its neighbours decide.
+    /// its neighbours decide. The findings go into `ev`, and with `tally` the counts per entity
+    /// type too.
     fn mask_scanned<'a>(
         &self,
         label: &str,
         text: &'a str,
         view: &MaskView,
         mut matches: Vec<Match>,
-        ev: &mut Evidence,
+        (ev, tally): (&mut Evidence, bool),
     ) -> Cow<'a, str> {
-        let Some((mut cur, mut masks)) = self.apply(text, &matches, view, ev, true) else {
+        let Some((mut cur, mut masks)) = self.apply(text, &matches, view, ev, (true, tally)) else {
             return Cow::Borrowed(text);
         };
         for _ in 1..CLOSURE_ROUNDS {
             matches.clear();
             self.rescan_near(label, &cur, &masks, &mut matches, None);
-            match self.apply(&cur, &matches, view, ev, false) {
+            match self.apply(&cur, &matches, view, ev, (false, tally)) {
                 Some((next, next_masks)) => (cur, masks) = (next, next_masks),
                 None => break,
             }
@@ -1711,7 +1712,8 @@ impl Engine {
         let mut matches = Vec::new();
         self.scan_range(label, text, 0, n, &mut matches, Some(&mut reach));
         let mut ev = Evidence::default();
-        let applied = self.apply(text, &matches, view, &mut ev, true);
+        // Only the findings go into the head.
+        let applied = self.apply(text, &matches, view, &mut ev, (true, false));
         // The input spans of the masked matches, in the order of the masks.
         let masked: Vec<(usize, usize)> = matches
             .iter()
@@ -1772,14 +1774,15 @@ impl Engine {
     }
 
     /// Writes `text` with `matches` masked into a new buffer, with the spans of the masks in
-    /// it; `None` if nothing is masked.
+    /// it; `None` if nothing is masked. Evidence in `ev`: the findings; with `first` (the
+    /// text as it came) the values released in clear; with `tally` the counts per entity type.
     fn apply(
         &self,
         text: &str,
         matches: &[Match],
         view: &MaskView,
         ev: &mut Evidence,
-        first: bool,
+        (first, tally): (bool, bool),
     ) -> Option<(String, Vec<(usize, usize)>)> {
         // Most strings of a JSON document hold nothing: they must not pay for the arrays below.
         if matches.is_empty() {
@@ -1846,7 +1849,8 @@ impl Engine {
                     *c += 1;
                     used = used.max(slot + 1);
                 }
-                None => add_count(&mut ev.counts, &m.entity, 1),
+                None if tally => add_count(&mut ev.counts, &m.entity, 1),
+                None => {}
             }
             ev.findings.push(Finding {
                 entity: m.entity.clone(),
@@ -1854,7 +1858,7 @@ impl Engine {
             });
         }
         for (d, &n) in counts[..used].iter().enumerate() {
-            if n > 0 {
+            if n > 0 && tally {
                 add_count(&mut ev.counts, &self.inner.detectors[d].entity, n);
             }
         }
@@ -2177,7 +2181,8 @@ impl TextRedactor for Engine {
             return (Cow::Borrowed(text), Vec::new());
         }
         let mut ev = Evidence::default();
-        let out = self.mask_scanned(label, text, &self.inner.view, matches, &mut ev);
+        // Only the findings are returned: the counts per entity type are not kept.
+        let out = self.mask_scanned(label, text, &self.inner.view, matches, (&mut ev, false));
         (out, ev.findings)
     }
 

@@ -539,11 +539,23 @@ fn byte_reach_is_the_longest_pattern_holding_each_byte() {
 /// rescan near masks (`rescan_near`) must find.
 fn redact_rescanning_everything(e: &Engine, label: &str, text: &str, view: &MaskView) -> String {
     let mut ev = Evidence::default();
-    let Some((mut cur, _)) = e.apply(text, &e.scan_field(label, text), view, &mut ev, true) else {
+    let Some((mut cur, _)) = e.apply(
+        text,
+        &e.scan_field(label, text),
+        view,
+        &mut ev,
+        (true, true),
+    ) else {
         return text.to_string();
     };
     for _ in 1..CLOSURE_ROUNDS {
-        match e.apply(&cur, &e.scan_field(label, &cur), view, &mut ev, false) {
+        match e.apply(
+            &cur,
+            &e.scan_field(label, &cur),
+            view,
+            &mut ev,
+            (false, true),
+        ) {
             Some((next, _)) => cur = next,
             None => break,
         }
