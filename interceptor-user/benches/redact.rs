@@ -18,7 +18,9 @@
 //! - `one run`: the same engine with the automaton in one run (`Engine::with_lanes(false)`);
 //! - `agent`: what the agent does with a response body: the streaming JSON rewriter in 16 KiB
 //!   chunks, each string value redacted through `TextRedactor::redact_labelled` with its key
-//!   (the dense text travels as the text of an MCP tool result);
+//!   (the dense text travels as the text of an MCP tool result), by a `ViewRedactor` as for a
+//!   caller whose grant has its own masking (the agent gives the engine itself to callers with
+//!   the service's masking: the same work since both cut long strings in one pass);
 //! - `naive`: the baseline, one `regex::Regex` per pattern, one pass each over the text, the
 //!   same validators and context checks, overlaps resolved, same masking.
 //!
@@ -45,6 +47,7 @@ use criterion::{Criterion, Throughput};
 use interceptor::redact::TextRedactor;
 use interceptor::redact::engine::{Engine, MaskView, Match, PseudonymKey, Redacted};
 use interceptor::redact::json::{JsonLimits, JsonRedactor};
+use interceptor::redact::view::ViewRedactor;
 
 struct Rng(u64);
 
@@ -489,8 +492,9 @@ fn main() {
     let t = Instant::now();
     let engine = Engine::builtin(PseudonymKey::new([42; 32]));
     println!("engine built in {:?}: {engine:?}", t.elapsed());
-    let shared: Arc<dyn TextRedactor> = Arc::new(engine.clone());
     let view = engine.default_view().clone();
+    // What the agent runs: the service's engine through a role's view.
+    let shared: Arc<dyn TextRedactor> = Arc::new(ViewRedactor::new(engine.clone(), view.clone()));
     let sparse = sparse_json(4 << 20);
     let dense = dense_text(1 << 20);
     let dense_doc = tool_result(&dense);
@@ -522,7 +526,10 @@ fn main() {
         let agent_path = which.ends_with("_agent");
         // REDACT_BENCH_ONE_RUN=1: without the interleaved runs over long texts.
         let engine = engine.with_lanes(std::env::var_os("REDACT_BENCH_ONE_RUN").is_none());
-        let shared: Arc<dyn TextRedactor> = Arc::new(engine.clone());
+        let shared: Arc<dyn TextRedactor> = Arc::new(ViewRedactor::new(
+            engine.clone(),
+            engine.default_view().clone(),
+        ));
         // REDACT_BENCH_SCAN_ONLY=1: the engine's scan alone (no masking, no closure rescan).
         let scan_only = std::env::var_os("REDACT_BENCH_SCAN_ONLY").is_some();
         let mut out = Vec::with_capacity(text.len() + (1 << 16));

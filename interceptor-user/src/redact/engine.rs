@@ -1534,6 +1534,27 @@ impl Engine {
         }
     }
 
+    /// [`TextRedactor::redact_labelled`] for a view: the text (borrowed when nothing is
+    /// masked) and the findings, without the counts per entity type (the JSON rewriter counts
+    /// the findings).
+    pub fn redact_field_findings<'a>(
+        &self,
+        label: &str,
+        text: &'a str,
+        view: &MaskView,
+    ) -> (Cow<'a, str>, Vec<Finding>) {
+        // Most strings of a JSON document hold nothing: they return before any evidence is
+        // set up (its maps cost more to drop than a short string takes to scan).
+        let mut matches = Vec::new();
+        self.scan_range(label, text, 0, text.len(), &mut matches, None);
+        if matches.is_empty() {
+            return (Cow::Borrowed(text), Vec::new());
+        }
+        let mut ev = Evidence::default();
+        let out = self.mask_scanned(label, text, view, matches, (&mut ev, false));
+        (out, ev.findings)
+    }
+
     /// Like [`Engine::redact_cow`] for the value of a field (see [`Engine::scan_field`]).
     pub fn redact_field_cow<'a>(
         &self,
@@ -1700,6 +1721,18 @@ impl Engine {
     /// when the closure rescan finds anything (adversarial input: the caller then verifies by
     /// redacting), or when a custom pattern uses other look-around.
     pub fn cut_head<'t>(&self, label: &str, text: &'t str, holdback: usize) -> Option<Head<'t>> {
+        self.cut_head_for(label, text, holdback, &self.inner.view)
+    }
+
+    /// [`Engine::cut_head`] for a role's view (what [`ViewRedactor`](super::view::ViewRedactor)
+    /// cuts with).
+    pub fn cut_head_for<'t>(
+        &self,
+        label: &str,
+        text: &'t str,
+        holdback: usize,
+        view: &MaskView,
+    ) -> Option<Head<'t>> {
         let inner = &*self.inner;
         let n = text.len();
         let margin = holdback.min(self.tail_margin()).max(1);
@@ -1707,7 +1740,6 @@ impl Engine {
         if !inner.word_boundary_only || hi <= lo {
             return None;
         }
-        let view = &inner.view;
         let mut reach = Vec::new();
         let mut matches = Vec::new();
         self.scan_range(label, text, 0, n, &mut matches, Some(&mut reach));
@@ -1724,9 +1756,13 @@ impl Engine {
             let mut found = Vec::new();
             let mut near = Vec::new();
             self.rescan_near(label, out, masks, &mut found, Some(&mut near));
-            if !found.is_empty() {
+            // A value the view shows in clear is found again, and left as it is (as the
+            // closure rescan of `mask_scanned` leaves it); anything to mask is a new match
+            // around a mask (adversarial input): verified by the caller instead.
+            if found.iter().any(|m| view.mode(&m.entity).is_some()) {
                 return None;
             }
+            near.extend(found.iter().map(|m| (m.start, m.end)));
             // Output offsets to input offsets (inside a mask: the masked value's span).
             let to_input = |o: usize, up: bool| match masks.partition_point(|&(ms, _)| ms <= o) {
                 0 => o,
@@ -2172,18 +2208,7 @@ impl TextRedactor for Engine {
         label: Option<&str>,
         text: &'t str,
     ) -> (Cow<'t, str>, Vec<Finding>) {
-        // Most strings of a JSON document hold nothing: they return before any evidence is
-        // set up (its maps cost more to drop than a short string takes to scan).
-        let label = label.unwrap_or("");
-        let mut matches = Vec::new();
-        self.scan_range(label, text, 0, text.len(), &mut matches, None);
-        if matches.is_empty() {
-            return (Cow::Borrowed(text), Vec::new());
-        }
-        let mut ev = Evidence::default();
-        // Only the findings are returned: the counts per entity type are not kept.
-        let out = self.mask_scanned(label, text, &self.inner.view, matches, (&mut ev, false));
-        (out, ev.findings)
+        self.redact_field_findings(label.unwrap_or(""), text, &self.inner.view)
     }
 
     fn redact_head<'t>(

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::{
-    Finding, Sieve, TextRedactor,
+    Finding, Head, Sieve, TextRedactor,
     engine::{Engine, MaskMode, MaskView},
 };
 
@@ -39,10 +39,19 @@ impl TextRedactor for ViewRedactor {
         label: Option<&str>,
         text: &'t str,
     ) -> (std::borrow::Cow<'t, str>, Vec<Finding>) {
-        let (out, ev) = self
-            .engine
-            .redact_field_cow(label.unwrap_or(""), text, &self.view);
-        (out, ev.findings)
+        self.engine
+            .redact_field_findings(label.unwrap_or(""), text, &self.view)
+    }
+    fn redact_head<'t>(
+        &self,
+        label: Option<&str>,
+        text: &'t str,
+        holdback: usize,
+    ) -> Option<Head<'t>> {
+        // The engine cuts in one pass with this view; it verifies when it cannot.
+        self.engine
+            .cut_head_for(label.unwrap_or(""), text, holdback, &self.view)
+            .or_else(|| super::json::verified_head(self, label, text, holdback))
     }
 }
 

@@ -675,13 +675,34 @@ fn short_engine() -> &'static Engine {
 /// `cut_head`'s promise: the head is `text[..cut]` redacted, and redacting the head and the
 /// tail apart gives the redaction of the whole window.
 fn check_cut(e: &Engine, label: &str, text: &str, holdback: usize) -> Option<usize> {
-    let head = e.cut_head(label, text, holdback)?;
+    check_cut_for(e, label, text, holdback, e.default_view())
+}
+
+/// A view that shows phone numbers in clear and masks e-mails and cards its own way.
+fn releasing_view(e: &Engine) -> MaskView {
+    crate::redact::view::view_for(
+        e.default_view(),
+        &[
+            ("EMAIL".to_string(), MaskMode::Remove),
+            ("CARD".to_string(), MaskMode::Partial),
+        ],
+        &["PHONE".to_string(), "IPV4".to_string()],
+    )
+}
+
+fn check_cut_for(
+    e: &Engine,
+    label: &str,
+    text: &str,
+    holdback: usize,
+    view: &MaskView,
+) -> Option<usize> {
+    let head = e.cut_head_for(label, text, holdback, view)?;
     let c = head.cut;
     assert!(
         c > text.len() / 2 && c + holdback.min(e.tail_margin()) <= text.len(),
         "cut {c} out of range"
     );
-    let view = e.default_view();
     let h = e.redact_field(label, &text[..c], view);
     assert_eq!(*head.text, h.text, "head of {text:?} cut at {c}");
     assert_eq!(
@@ -774,6 +795,7 @@ proptest! {
         let text = parts.join(" ");
         check_cut(engine(), &label, &text, holdback);
         check_cut(short_engine(), &label, &text, holdback);
+        check_cut_for(engine(), &label, &text, holdback, &releasing_view(engine()));
     }
 
     #[test]
@@ -843,6 +865,71 @@ fn long_strings_with_the_builtins_cut_short_tails_and_equal_whole_redaction() {
         assert_eq!(summary.total(), want.findings.len() as u64);
     }
 }
+#[test]
+fn a_roles_view_cuts_long_strings_in_one_pass_with_its_own_masks() {
+    use crate::redact::json::{JsonLimits, JsonRedactor};
+    use crate::redact::view::{ViewRedactor, view_for};
+    let e = engine();
+    let view = view_for(
+        e.default_view(),
+        &[
+            ("EMAIL".to_string(), MaskMode::Remove),
+            ("IBAN".to_string(), MaskMode::Partial),
+        ],
+        &["PHONE".to_string()],
+    );
+    let pieces = [
+        "mail john.doe@example.com today, ",
+        "IBAN DE89 3704 0044 0532 0130 00 for refunds. ",
+        "the request fails when config is missing. ",
+        "call +49 30 1234567 now; ",
+        "DOB: 12.03.1985 ",
+    ];
+    let mut text = String::new();
+    let mut i = 0usize;
+    while text.len() < 300_000 {
+        text.push_str(pieces[(i * 7 + i / 3) % pieces.len()]);
+        i += 1;
+    }
+    let r = ViewRedactor::new(e.clone(), view.clone());
+    // The engine's one pass: the cut is within its short tail of the window's end, not a
+    // hold-back (16 KiB) before it as verification needs.
+    let window = &text[..floor_boundary(&text, 128 << 10)];
+    let holdback = r.max_match_len() + JsonLimits::default().context;
+    let head = r
+        .redact_head(Some("note"), window, holdback)
+        .expect("a cut");
+    assert!(
+        head.cut + 2048 > window.len(),
+        "{} of {}",
+        head.cut,
+        window.len()
+    );
+    assert_eq!(
+        head.text,
+        e.redact_field("note", &window[..head.cut], &view).text
+    );
+    for chunk in [16 << 10, 1000] {
+        let doc = serde_json::json!({ "note": text }).to_string();
+        let mut j = JsonRedactor::new(
+            Arc::new(ViewRedactor::new(e.clone(), view.clone())),
+            JsonLimits::default(),
+        );
+        let mut out = Vec::new();
+        for c in doc.as_bytes().chunks(chunk) {
+            j.push(c, &mut out).expect("valid JSON");
+        }
+        let summary = j.finish(&mut out).expect("complete");
+        let got: serde_json::Value = serde_json::from_slice(&out).expect("JSON out");
+        let want = e.redact_field("note", &text, &view);
+        assert!(got["note"].as_str() == Some(want.text.as_str()), "{chunk}");
+        assert_eq!(summary.total(), want.findings.len() as u64);
+        // The view's choices, not the service's.
+        assert!(want.text.contains("[EMAIL]") && !want.text.contains("[EMAIL:"));
+        assert!(want.text.contains("+49 30 1234567") && want.text.contains("****"));
+    }
+}
+
 // ---- interleaved runs over long texts (`lanes`) -----------------------------------------------
 
 /// Words without anything a detector looks for.
