@@ -1718,8 +1718,9 @@ impl Engine {
     /// (nor the closure rescan around it) reads back across the cut. So the engine carries
     /// a short tail into the next window, not a whole `max_match_len` (16 KiB for PEM
     /// blocks), whose decisions are recorded like all others. `None` when no such point exists,
-    /// when the closure rescan finds anything (adversarial input: the caller then verifies by
-    /// redacting), or when a custom pattern uses other look-around.
+    /// when the closure rescan finds anything to mask (adversarial input: the caller then
+    /// verifies by redacting; values the view shows in clear are left as they are), or when a
+    /// custom pattern uses other look-around.
     pub fn cut_head<'t>(&self, label: &str, text: &'t str, holdback: usize) -> Option<Head<'t>> {
         self.cut_head_for(label, text, holdback, &self.inner.view)
     }
