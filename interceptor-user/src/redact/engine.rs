@@ -1595,7 +1595,8 @@ impl Engine {
     }
 
     /// Scans the parts of `text` whose decisions a mask can have changed: the mask itself
-    /// and, before it, every candidate that can reach it (new neighbours); after it, the
+    /// and, before it, every candidate that can reach it (new neighbours); after it, any run
+    /// of capitals and `_` (a context word's check for a mask token walks back over it), the
     /// context window (in bytes, 4 per char) and every candidate that can reach past that
     /// (labels, floors). Everything else is byte for byte what the previous round scanned,
     /// with the same result.
@@ -1623,7 +1624,19 @@ impl Engine {
                 .saturating_sub(1)
         };
         let group_end = |m: (usize, usize)| {
-            let q = m.1.saturating_add(window).min(hay.len());
+            // A context word's check for a mask token around it walks back over capitals and
+            // `_` (`in_mask` in `context_hits`): from a word anywhere in such a run right after
+            // the mask, that walk reads the mask.
+            let run = hay
+                .get(m.1..)
+                .unwrap_or_default()
+                .iter()
+                .take_while(|&&b| b.is_ascii_uppercase() || b == b'_')
+                .count();
+            let q =
+                m.1.saturating_add(run)
+                    .saturating_add(window)
+                    .min(hay.len());
             (q + self.reach_forward(hay, q) + 1).min(hay.len())
         };
         let mut i = 0;

@@ -595,6 +595,27 @@ proptest! {
 }
 
 #[test]
+fn the_rescan_after_a_mask_covers_a_run_of_capitals_a_context_word_walks_back_over() {
+    // A context word's check for a mask token (`[TOKEN_word`) walks back over capitals and
+    // `_`. Masking a value at the start of such a run changes that check for a word at its
+    // end, however long the run: the rescan must reach the candidates after that word.
+    let e = with_code_detector("TCK[A-Z]{3}");
+    let view = e.default_view();
+    for n in [10usize, 150, 300, 600] {
+        for tail in ["ssn 536-22-1234", "passport C01X00T47", "dob 12.03.1985"] {
+            let text = format!("x [TCKABC{}{tail} y", "_".repeat(n));
+            let near = e.redact_field("", &text, view).text;
+            assert_eq!(
+                near,
+                redact_rescanning_everything(&e, "", &text, view),
+                "{n} {tail}"
+            );
+            assert!(!near.contains("TCKABC") && !near.contains(&tail[tail.len() - 8..]));
+        }
+    }
+}
+
+#[test]
 fn field_labels_are_context() {
     let e = engine();
     assert!(e.scan("111222333").is_empty());
