@@ -2155,8 +2155,10 @@ impl Sieve for LaneSieve {
     /// neighbours in `text` are. The candidates tell where no match of `text` starts.
     fn clean(&mut self, text: &str, start: usize, end: usize) -> bool {
         let hay = text.as_bytes();
-        let non_word =
-            |i: Option<usize>| i.and_then(|i| hay.get(i)).is_none_or(|&b| !is_word_byte(b));
+        let non_word = |i: Option<usize>| {
+            i.and_then(|i| hay.get(i))
+                .is_none_or(|&b| !validate::is_word(b))
+        };
         if start > end || end > hay.len() || !non_word(start.checked_sub(1)) || !non_word(Some(end))
         {
             return false;
@@ -2166,11 +2168,6 @@ impl Sieve for LaneSieve {
         }
         self.candidates.none_start_in(start, end)
     }
-}
-
-/// A byte `\b` reads as a word byte (ASCII word boundary).
-fn is_word_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'_'
 }
 
 impl Engine {
