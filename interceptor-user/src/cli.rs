@@ -63,6 +63,30 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::audit::cli::AuditCommand,
     },
+    /// Redact a sample (a file, or standard input) as a service's responses are redacted: the
+    /// redacted sample on standard output, what was masked and why on standard error. A dry
+    /// run for tuning detectors; pseudonyms are the agent's (the key in force).
+    Redact {
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// The service whose `[services.redact]` applies; default: the only one that has it
+        /// (the built-in detectors when none has).
+        #[arg(long)]
+        service: Option<String>,
+        /// How to read the sample.
+        #[arg(long, value_enum, default_value = "auto")]
+        format: crate::redact::sample::SampleFormat,
+        /// A random key instead of the one in force (the pseudonyms then differ from the
+        /// agent's): for a host where the agent has not created its key ring yet.
+        #[arg(long)]
+        ephemeral_key: bool,
+        /// Print one JSON report on standard output instead (output, counts, pseudonyms and,
+        /// for text, each detection).
+        #[arg(long)]
+        json: bool,
+        /// The sample (default: standard input).
+        file: Option<PathBuf>,
+    },
     /// Calls held for approval: list, show, approve, deny (talks to the running agent).
     Approvals {
         #[command(flatten)]
@@ -161,6 +185,21 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Install(args) => crate::service::install_command(args),
         Command::Uninstall(args) => crate::service::uninstall_command(args),
         Command::Audit { command } => crate::audit::cli::run(command),
+        Command::Redact {
+            config,
+            service,
+            format,
+            ephemeral_key,
+            json,
+            file,
+        } => redact_command(
+            &config,
+            service.as_deref(),
+            format,
+            ephemeral_key,
+            json,
+            file,
+        ),
         Command::CheckConfig { config } => {
             let cfg = load(&config)?;
             // The redaction detectors compile as the agent will compile them (a pattern
@@ -184,6 +223,129 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Largest sample `interceptor redact` reads.
+const MAX_SAMPLE: u64 = 64 << 20;
+
+fn redact_command(
+    config: &std::path::Path,
+    service: Option<&str>,
+    format: crate::redact::sample::SampleFormat,
+    ephemeral_key: bool,
+    json: bool,
+    file: Option<PathBuf>,
+) -> Result<ExitCode> {
+    use crate::redact::engine::{Engine, EngineConfig, PseudonymKey};
+    use std::io::Read as _;
+    let cfg = load(config)?;
+    let settings = match service {
+        Some(name) => {
+            let s = cfg
+                .services
+                .iter()
+                .find(|s| s.name == name)
+                .ok_or_else(|| anyhow::anyhow!("{}: no service {name:?}", config.display()))?;
+            s.redact.clone().ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{}: services.{name} has no [services.redact]: its responses are not \
+                     redacted (only request parameters in its records, by the built-in detectors)",
+                    config.display()
+                )
+            })?
+        }
+        None => {
+            let with: Vec<_> = cfg.services.iter().filter(|s| s.redact.is_some()).collect();
+            match with.as_slice() {
+                [] => {
+                    eprintln!(
+                        "no service redacts responses: the built-in detectors, default masking"
+                    );
+                    EngineConfig::default()
+                }
+                [one] => one.redact.clone().unwrap_or_default(),
+                many => anyhow::bail!(
+                    "{}: several services redact ({}): choose one with --service",
+                    config.display(),
+                    many.iter()
+                        .map(|s| s.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            }
+        }
+    };
+    let key = if ephemeral_key {
+        let mut k = [0u8; 32];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut k))
+            .context("reading /dev/urandom")?;
+        k
+    } else {
+        let ring = crate::audit::keys::KeyRing::new(&cfg.agent.pseudonym_keys());
+        let ctx = || format!("agent.pseudonym_key_dir {}", ring.dir().display());
+        let ids = ring.ids().with_context(ctx)?;
+        let Some(id) = ids.last() else {
+            anyhow::bail!(
+                "{}: no pseudonym key yet (the agent creates one at its first start); \
+                 --ephemeral-key redacts with a random one",
+                ctx()
+            );
+        };
+        ring.get(id).with_context(ctx)?
+    };
+    let engine = Engine::new(&settings, PseudonymKey::new(key))
+        .map_err(|e| anyhow::anyhow!("redaction settings: {e}"))?;
+    let mut input = Vec::new();
+    let what = file
+        .as_ref()
+        .map_or_else(|| "standard input".to_string(), |f| f.display().to_string());
+    let read = match &file {
+        Some(f) => {
+            std::fs::File::open(f).and_then(|f| f.take(MAX_SAMPLE + 1).read_to_end(&mut input))
+        }
+        None => std::io::stdin()
+            .take(MAX_SAMPLE + 1)
+            .read_to_end(&mut input),
+    };
+    read.with_context(|| format!("reading {what}"))?;
+    if input.len() as u64 > MAX_SAMPLE {
+        anyhow::bail!("{what}: larger than {MAX_SAMPLE} bytes");
+    }
+    let report = crate::redact::sample::redact_sample(&engine, &input, format)
+        .map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    print!("{}", report.output);
+    if !report.output.ends_with('\n') {
+        println!();
+    }
+    let list = |m: &std::collections::BTreeMap<String, u64>| {
+        m.iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let total: u64 = report.masked.values().sum();
+    eprintln!(
+        "{} ({}): masked {total} value(s){}{}",
+        what,
+        report.format,
+        if total > 0 { ": " } else { "" },
+        list(&report.masked)
+    );
+    if !report.released.is_empty() {
+        eprintln!("released in clear: {}", list(&report.released));
+    }
+    for d in &report.detections {
+        eprintln!(
+            "  {}..{} {} (confidence {:.2}): {}",
+            d.start, d.end, d.entity, d.confidence, d.value
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn init_logging(format: &str) {

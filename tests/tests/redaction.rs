@@ -167,6 +167,43 @@ fn personal_data_in_every_kind_of_answer_reaches_the_client_masked() {
         });
         assert_eq!(rpc["outcome"], "error", "{rpc}");
     }
+    // `interceptor redact`, the operators' dry run, masks a sample as the agent masked the
+    // live answers: the same settings and the key in force give the same pseudonym.
+    let sample = cfg.path.with_file_name("sample.txt");
+    std::fs::write(&sample, "reply to jane.doe@example.com today\n").expect("sample");
+    let mut cmd = node.server.command(interceptor_bin());
+    cmd.arg("redact")
+        .arg("--config")
+        .arg(&cfg.path)
+        .args(["--service", "crm"])
+        .arg(&sample);
+    let out = run_timeout(&mut cmd, Duration::from_secs(60)).expect("interceptor redact");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        stdout,
+        format!("reply to [EMAIL:{}] today\n", pseudonyms[0][0]),
+        "{stderr}"
+    );
+    assert!(stderr.contains("masked 1 value(s): EMAIL 1"), "{stderr}");
+    assert!(stderr.contains("EMAIL (confidence"), "{stderr}");
+    // A service that does not redact its answers is named as such, not dry-run silently.
+    let mut cmd = node.server.command(interceptor_bin());
+    cmd.arg("redact")
+        .arg("--config")
+        .arg(&cfg.path)
+        .args(["--service", "nope"])
+        .arg(&sample);
+    let out = run_timeout(&mut cmd, Duration::from_secs(60)).expect("interceptor redact");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no service \"nope\""),
+        "{out:?}"
+    );
+
     // Nothing the agent wrote anywhere holds a value in clear.
     std::thread::sleep(Duration::from_millis(200));
     let log = agent.proc.stderr.all().join("\n") + &agent.proc.stdout.all().join("\n");

@@ -12,6 +12,7 @@
 //! The two meet at [`TextRedactor`], so each can be tested on its own.
 pub mod engine;
 pub mod json;
+pub mod sample;
 pub mod stream;
 pub mod view;
 
