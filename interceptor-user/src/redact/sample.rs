@@ -61,7 +61,10 @@ pub struct SampleReport {
 pub enum SampleError {
     #[error("the sample is not valid UTF-8 (byte {0}); use --format json for JSON with escapes")]
     NotUtf8(usize),
-    #[error("the sample is refused as the agent would refuse the response: {0}")]
+    #[error(
+        "refused as the agent refuses a JSON response that is not valid JSON: {0} \
+         (--format text reads the sample as plain text)"
+    )]
     Json(super::json::JsonError),
 }
 
