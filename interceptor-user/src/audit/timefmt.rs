@@ -24,6 +24,11 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
+/// The year (UTC) of a time in Unix milliseconds.
+pub fn utc_year(ms: i64) -> i64 {
+    civil_from_days(ms.div_euclid(86_400_000)).0
+}
+
 /// `2026-05-01T12:00:00.123Z`.
 pub fn rfc3339(ms: i64) -> String {
     let secs = ms.div_euclid(1000);

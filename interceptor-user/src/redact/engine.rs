@@ -119,7 +119,8 @@ use sha2::Sha256;
 use super::json::{add_count, floor_boundary};
 use super::{Finding, Head, Pseudonym, Sieve, TextRedactor};
 use detectors::{
-    BUILTINS, EMAIL_PATTERN, NEGATIVE_GAP, NEGATIVE_WORDS, PENALTY, STRONG, THRESHOLD,
+    BUILTINS, EMAIL_PATTERN, ID_WORDS, NATIONAL_IDS, NEGATIVE_GAP, NEGATIVE_WORDS, PENALTY, STRONG,
+    THRESHOLD,
 };
 use lanes::LaneSearch;
 pub use validate::Validator;
@@ -726,6 +727,16 @@ impl Engine {
                 word_neg.push(neg);
                 (words.len() - 1) as u32
             };
+        // A detector's context word, and the same words run together when it has several:
+        // `date of birth` is also found in a key `dateOfBirth` (or `dateofbirth`) of JSON
+        // inside a text, where a capital after a small letter separates words.
+        let context_word =
+            |w: &str, ctx: &mut Vec<u32>, words: &mut Vec<String>, word_neg: &mut Vec<bool>| {
+                ctx.push(word_id(w, false, words, word_neg));
+                if w.contains(' ') {
+                    ctx.push(word_id(&w.replace(' ', ""), false, words, word_neg));
+                }
+            };
         for w in NEGATIVE_WORDS {
             word_id(w, true, &mut words, &mut word_neg);
         }
@@ -758,18 +769,20 @@ impl Engine {
             if spec.is_some_and(|s| !s.enabled) {
                 continue;
             }
-            let mut context: Vec<u32> = b
-                .context
-                .iter()
-                .map(|w| word_id(w, false, &mut words, &mut word_neg))
-                .collect();
+            let generic: &[&str] = if NATIONAL_IDS.contains(&b.entity) {
+                ID_WORDS
+            } else {
+                &[]
+            };
+            let mut context = Vec::new();
+            for w in b.context.iter().chain(generic) {
+                context_word(w, &mut context, &mut words, &mut word_neg);
+            }
             let (mut base, mut boost) = (b.base, b.boost);
             if let Some(s) = spec {
-                context.extend(
-                    s.context
-                        .iter()
-                        .map(|w| word_id(w, false, &mut words, &mut word_neg)),
-                );
+                for w in &s.context {
+                    context_word(w, &mut context, &mut words, &mut word_neg);
+                }
                 if s.require_context {
                     base = base.min(0.3);
                     boost = boost.max(0.6);
@@ -818,11 +831,10 @@ impl Engine {
                     entity: c.entity.clone(),
                 });
             }
-            let mut context: Vec<u32> = c
-                .context
-                .iter()
-                .map(|w| word_id(w, false, &mut words, &mut word_neg))
-                .collect();
+            let mut context = Vec::new();
+            for w in &c.context {
+                context_word(w, &mut context, &mut words, &mut word_neg);
+            }
             context.sort_unstable();
             context.dedup();
             let (base, boost) = if c.require_context {
@@ -1351,10 +1363,13 @@ impl Engine {
         let mut best: Option<Accepted> = None;
         for &d in inner.patterns.get(pid as usize)? {
             let det = &inner.detectors[d as usize];
-            // Validators read two bytes either side, and those that extend a value up to
-            // their extent.
+            // Validators read two bytes either side (some further back), and those that
+            // extend a value up to their extent.
             let ext = det.check.extent();
-            scratch.reach.0 = scratch.reach.0.min(s.saturating_sub(2));
+            scratch.reach.0 = scratch
+                .reach
+                .0
+                .min(s.saturating_sub(det.check.lookbehind()));
             scratch.reach.1 = scratch
                 .reach
                 .1
@@ -1458,8 +1473,10 @@ impl Engine {
         }
         let input = Input::new(hay).span(ws..s);
         let mut state = hybrid::dfa::OverlappingState::start();
-        // `_` separates words here (JSON keys like `date_of_birth`).
+        // `_` separates words here (JSON keys like `date_of_birth`), and so does a capital
+        // after a small letter (`dateOfBirth`, `passportNumber` in JSON inside a text).
         let word_byte = |b: u8| b.is_ascii_alphanumeric() || b >= 0x80;
+        let camel = |a: u8, b: u8| a.is_ascii_lowercase() && b.is_ascii_uppercase();
         // Inside a mask token (`[NL_BSN:...]`, `[DOB]`): the word follows `[` and capitals.
         let in_mask = |start: usize, lo: &mut usize| {
             let mut i = start;
@@ -1482,9 +1499,14 @@ impl Engine {
             let Some(start) = end.checked_sub(word.len) else {
                 continue;
             };
-            let before_ok = (start == 0 || !word_byte(hay[start - 1])) && !in_mask(start, &mut lo);
-            let after_ok =
-                !word.end_boundary || end >= hay.len() || !word_byte(hay[end]) || end == s;
+            let before_ok =
+                (start == 0 || !word_byte(hay[start - 1]) || camel(hay[start - 1], hay[start]))
+                    && !in_mask(start, &mut lo);
+            let after_ok = !word.end_boundary
+                || end >= hay.len()
+                || !word_byte(hay[end])
+                || end == s
+                || camel(hay[end - 1], hay[end]);
             if before_ok && after_ok {
                 scratch.hits.push(Hit { word: w, end });
             }

@@ -51,6 +51,36 @@ pub(crate) const PENALTY: f32 = 0.6;
 /// detector after it.
 pub(crate) const NEGATIVE_GAP: usize = 16;
 
+/// Generic words for a person's identity number, context of every national ID detector
+/// (`National ID: 12345678Z`, `ID number: AB123456C`): a context word ending where the
+/// negative word `id` ends, or after it, cancels its penalty.
+pub(crate) const ID_WORDS: &[&str] = &[
+    "national id",
+    "national identity",
+    "identity number",
+    "identification number",
+    "id number",
+    "id no",
+    "personal id",
+    "personal number",
+    "id card",
+    "identity card",
+];
+
+/// The entity types of national identity numbers (which take [`ID_WORDS`] as context).
+pub(crate) const NATIONAL_IDS: &[&str] = &[
+    "UK_NINO",
+    "ES_DNI",
+    "ES_NIE",
+    "FR_NIR",
+    "US_SSN",
+    "SE_PERSONNUMMER",
+    "NL_BSN",
+    "PL_PESEL",
+    "DE_TAX_ID",
+    "IT_CODICE_FISCALE",
+];
+
 /// Words that, just before a number, say it is an identifier of something else.
 pub(crate) const NEGATIVE_WORDS: &[&str] = &[
     "order",
@@ -315,7 +345,8 @@ pub(crate) const BUILTINS: &[Builtin] = &[
     // ---- secrets -------------------------------------------------------------------------
     Builtin {
         entity: "PRIVATE_KEY",
-        patterns: &[r"-----BEGIN (?:[A-Z0-9]{1,12} ){0,3}PRIVATE KEY-----"],
+        // PEM (`RSA`, `EC`, `ENCRYPTED`, `OPENSSH`...) and OpenPGP armour (`PGP ... BLOCK`).
+        patterns: &[r"-----BEGIN (?:[A-Z0-9]{1,12} ){0,3}PRIVATE KEY(?: BLOCK)?-----"],
         check: Check::PemBlock,
         base: 0.99,
         context: &[],
@@ -564,9 +595,13 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         entity: "PHONE",
         patterns: &[
             r"(?:\+|\b00)[1-9][0-9]{0,2}(?:[ .-]?\(0\))?(?:[ .-]?\(?[0-9]{1,5}\)?){1,6}\b",
-            r"(?:\b[2-9][0-9]{2}|\([2-9][0-9]{2}\))[ .-]?[2-9][0-9]{2}[ .-][0-9]{4}\b",
+            // NANP, also with the trunk prefix (`1-800-555-0199`).
+            r"(?:\b1[ .-])?(?:\b[2-9][0-9]{2}|\([2-9][0-9]{2}\))[ .-]?[2-9][0-9]{2}[ .-][0-9]{4}\b",
             r"(?:\b0|\(0)[1-9][0-9]{0,4}\)?(?:[ ./-]?[0-9]{2,8}){1,4}\b",
-            r"\b[1-9][0-9]{1,2}(?: [0-9]{2,3}){2,3}\b",
+            // Groups of two or three, the last up to four (`612 345 678`, `347 123 4567`).
+            r"\b[1-9][0-9]{1,2}(?: [0-9]{2,3}){1,2} [0-9]{2,4}\b",
+            // Italian mobiles as they are usually written (`333 1234567`).
+            r"\b3[0-9]{2}[ .-][0-9]{6,7}\b",
         ],
         check: Check::Phone,
         base: 0.8,

@@ -408,6 +408,15 @@ fn fragment() -> impl Strategy<Value = String> {
         "612 345 678",
         "version",
         "invoice@shop.com",
+        "10.0.0.1-10.0.0.255",
+        "dateOfBirth",
+        "passportNumber",
+        "national id",
+        "DOB:",
+        "1-800-555-0199",
+        "cell",
+        "333 1234567",
+        "-----BEGIN PGP PRIVATE KEY BLOCK-----",
     ]
     .into_iter()
     .map(String::from)
@@ -1987,4 +1996,146 @@ fn field_names_context_words_are_kept_per_thread_and_stay_exact() {
     }
     assert!(kept.labels.len() <= LABELS_KEPT);
     assert!(seen_words > 100, "{seen_words}");
+}
+
+/// The year (UTC) now.
+fn this_year() -> i64 {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    crate::audit::timefmt::utc_year(ms)
+}
+
+#[test]
+fn dates_of_birth_of_this_year_are_dates_of_birth() {
+    // The upper year was fixed at 2025: every date of birth after it stayed in clear.
+    let y = this_year();
+    assert_finds(&format!("DOB: {y}-01-15"), "DOB", &format!("{y}-01-15"));
+    assert_finds(
+        &format!("born 15 January {y}"),
+        "DOB",
+        &format!("15 January {y}"),
+    );
+    assert_finds(
+        &format!("Geburtsdatum: 15.01.{y}"),
+        "DOB",
+        &format!("15.01.{y}"),
+    );
+    // Years to come are not birth years (one year of slack for a long-running agent).
+    assert_clean(&format!("DOB: {}-01-15", y + 2));
+}
+
+#[test]
+fn a_label_glued_to_its_value_by_a_colon_or_a_dot_still_labels_it() {
+    assert_finds("DOB:1985-03-03", "DOB", "1985-03-03");
+    assert_finds("DOB:03/03/1985", "DOB", "03/03/1985");
+    assert_finds("born:3 March 1985", "DOB", "3 March 1985");
+    assert_finds("Geburtsdatum:03.03.1985", "DOB", "03.03.1985");
+    assert_finds("Tel.0612345678", "PHONE", "0612345678");
+    assert_finds("Mob.07700 900123", "PHONE", "07700 900123");
+    assert_finds("Ph.212-555-1234", "PHONE", "212-555-1234");
+    // A digit before the dot still continues a number: part of something longer.
+    assert_clean("ref 7.0612345678");
+    assert_clean("v3.1985-03-03");
+    assert_clean("AB-1985-03-03");
+}
+
+#[test]
+fn nanp_numbers_with_the_trunk_prefix_and_italian_mobiles() {
+    assert_finds("1-800-555-0199", "PHONE", "1-800-555-0199");
+    assert_finds("call 1-212-555-1234", "PHONE", "1-212-555-1234");
+    assert_finds("call 1.212.555.1234", "PHONE", "1.212.555.1234");
+    // The same pseudonym as the E.164 form: the same person's number.
+    let p = |t: &str| engine().redact(t).findings;
+    assert_eq!(p("1-212-555-1234"), p("+1 212 555 1234"));
+    // N11 exchange codes are still no phone numbers, prefix or not.
+    assert_clean("1-212-411-1234");
+    // Italian mobiles are phone numbers next to a phone word, not on their own.
+    assert_finds("cell 333 1234567", "PHONE", "333 1234567");
+    assert_finds("cell: 333-1234567", "PHONE", "333-1234567");
+    assert_finds("cellulare 347 123 4567", "PHONE", "347 123 4567");
+    assert_clean("333 1234567");
+    assert_clean("347 123 4567");
+}
+
+#[test]
+fn openpgp_private_key_blocks_are_masked_whole() {
+    let block = "-----BEGIN PGP PRIVATE KEY BLOCK-----\n\nlQOYBF0AAAABCADKe3Ow\n=Xk3a\n\
+                 -----END PGP PRIVATE KEY BLOCK-----";
+    let text = format!("key: {block} end");
+    assert_finds(&text, "PRIVATE_KEY", block);
+    assert_eq!(
+        engine().redact_with(&text, &remove_view()).text,
+        "key: [PRIVATE_KEY] end"
+    );
+}
+
+#[test]
+fn context_words_in_camel_case_keys_of_json_inside_a_text() {
+    // Tool results often carry JSON as text: the keys are then words of the text.
+    assert_finds(r#"{"dateOfBirth": "1985-03-03"}"#, "DOB", "1985-03-03");
+    assert_finds(
+        r#"{"passportNumber": "123456789"}"#,
+        "PASSPORT",
+        "123456789",
+    );
+    assert_finds(r#"{"mobilePhone": "612 345 678"}"#, "PHONE", "612 345 678");
+    assert_finds(r#"{"bsnNumber": "111222333"}"#, "NL_BSN", "111222333");
+    assert_finds("peselNumber: 44051401359", "PL_PESEL", "44051401359");
+    assert_finds("taxId: 86095742719", "DE_TAX_ID", "86095742719");
+    // A word inside a longer lower-case word is still no word.
+    assert_clean(r#"{"updatedofbirthday": "1985-03-03"}"#);
+    assert_clean(r#"{"supportnumber": "123456789"}"#);
+    // The same through the agent's JSON path: a text content holding JSON.
+    let doc = br#"{"content":[{"type":"text","text":"{\"dateOfBirth\": \"1985-03-03\", \"passportNumber\": \"123456789\"}"}]}"#;
+    let r: Arc<dyn crate::redact::TextRedactor> = Arc::new(engine().clone());
+    let (out, summary) =
+        crate::redact::json::redact_json(r, crate::redact::json::JsonLimits::default(), doc)
+            .unwrap();
+    let out = String::from_utf8(out).unwrap();
+    assert!(
+        !out.contains("1985-03-03") && !out.contains("123456789"),
+        "{out}"
+    );
+    assert_eq!(summary.total(), 2, "{out}");
+}
+
+#[test]
+fn generic_identity_words_label_national_ids_despite_the_word_id() {
+    assert_finds("National ID: 12345678Z", "ES_DNI", "12345678Z");
+    assert_finds("ID number: AB123456C", "UK_NINO", "AB123456C");
+    assert_finds("Personal ID: 811218-9876", "SE_PERSONNUMMER", "811218-9876");
+    assert_finds("identity number 111222333", "NL_BSN", "111222333");
+    // `id` alone right before a value still says it identifies something else.
+    assert_clean("Order ID: 12345678Z");
+    assert_clean("ID: AB123456C");
+}
+
+#[test]
+fn both_addresses_of_an_ipv4_range_are_masked() {
+    assert_finds("10.0.0.1-10.0.0.255", "IPV4", "10.0.0.1");
+    assert_finds("10.0.0.1-10.0.0.255", "IPV4", "10.0.0.255");
+    assert_finds("range 192.168.1.1-192.168.1.254", "IPV4", "192.168.1.254");
+    // After a dash that follows no whole address, still part of something else.
+    assert_clean("build 7-10.0.0.1");
+    assert_clean("x1.10.0.0.1-10.0.0.2");
+    // The second address's decision reads the first (declared as the validator's
+    // look-behind; the context window of the IPv4 detector covers it too): cuts of long
+    // strings stay consistent with whole redaction.
+    let e = short_engine();
+    let mut text = String::new();
+    for i in 0..200 {
+        text.push_str(&format!(
+            "allow 10.0.{}.1-10.0.{}.254 then nothing more to say about it here, ",
+            i % 250,
+            i % 250
+        ));
+    }
+    for h in [64, 300, 1000] {
+        assert!(
+            check_cut(e, "", &text, h).is_some(),
+            "no cut with holdback {h}"
+        );
+    }
 }

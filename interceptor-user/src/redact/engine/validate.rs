@@ -170,10 +170,36 @@ fn continues_numeric(t: &[u8], e: usize, seps: &[u8]) -> bool {
         && matches!(byte_at(t, e + 1), Some(d) if d.is_ascii_digit())
 }
 
+/// `7-`, `A/`, `3.` right before a value: it continues a dotted, dashed or slashed sequence
+/// (`AB-1985-03-03`, `10/12/2030`). A letter before a `.` or `:` ends a label instead
+/// (`DOB:1985-03-03`, `Tel.0612345678`): only a digit continues a number there.
 fn preceded_numeric(t: &[u8], s: usize, seps: &[u8]) -> bool {
-    s >= 2
-        && matches!(byte_at(t, s - 1), Some(c) if seps.contains(&c))
-        && matches!(byte_at(t, s - 2), Some(d) if d.is_ascii_alphanumeric())
+    if s < 2 {
+        return false;
+    }
+    match (byte_at(t, s - 1), byte_at(t, s - 2)) {
+        (Some(c @ (b'.' | b':')), Some(d)) if seps.contains(&c) => d.is_ascii_digit(),
+        (Some(c), Some(d)) => seps.contains(&c) && d.is_ascii_alphanumeric(),
+        _ => false,
+    }
+}
+
+/// The latest year a date of birth is taken in: next year (UTC), read once. (A fixed year
+/// rejected every date of birth once the calendar passed it; one year of slack keeps a
+/// long-running agent right across a new year.)
+fn latest_birth_year() -> u32 {
+    static YEAR: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *YEAR.get_or_init(|| {
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        u32::try_from(crate::audit::timefmt::utc_year(ms) + 1).unwrap_or(u32::MAX)
+    })
+}
+
+/// A four-digit year a date of birth can have.
+fn birth_year(y: u32) -> bool {
+    (1900..=latest_birth_year()).contains(&y)
 }
 
 pub(crate) fn luhn(ds: &[u32]) -> bool {
@@ -466,7 +492,7 @@ fn numeric_ymd(v: &[u8]) -> Option<(u32, u32, u32)> {
         return None;
     }
     let n = parts.map(num_of);
-    let year_ok = |y: u32, len: usize| len == 2 || (len == 4 && (1900..=2025).contains(&y));
+    let year_ok = |y: u32, len: usize| len == 2 || (len == 4 && birth_year(y));
     if parts[0].len() == 4 {
         let (y, m, d) = (n[0], n[1], n[2]);
         return (year_ok(y, 4) && valid_date(y, m, d)).then_some((y, m, d));
@@ -510,7 +536,7 @@ pub(crate) fn named_date(v: &str) -> Option<String> {
     let m = month?;
     let d = nums.iter().find(|(_, l)| *l <= 2)?.0;
     let y = nums.iter().find(|(_, l)| *l == 4)?.0;
-    ((1900..=2025).contains(&y) && valid_date(y, m, d)).then(|| format!("{y:04}-{m:02}-{d:02}"))
+    (birth_year(y) && valid_date(y, m, d)).then(|| format!("{y:04}-{m:02}-{d:02}"))
 }
 
 fn looks_like_date(v: &[u8]) -> bool {
@@ -723,9 +749,12 @@ fn phone(t: &[u8], s: usize, e: usize) -> Option<Verdict> {
             base,
         });
     }
-    // NANP: 3-3-4 with an area and exchange code that are not N11.
-    if n == 10 && groups.len() >= 2 {
+    // NANP: 3-3-4 with an area and exchange code that are not N11, after the trunk prefix
+    // `1-` if any.
+    let trunk = n == 11 && v[0] == b'1' && v.get(1).is_some_and(|b| !b.is_ascii_digit());
+    if (n == 10 || trunk) && groups.len() >= 2 {
         let ds = digit_vec(v);
+        let ds = &ds[usize::from(trunk)..];
         let n11 = |a: &[u32]| a[1] == 1 && a[2] == 1;
         if ds[0] >= 2
             && ds[3] >= 2
@@ -771,12 +800,33 @@ fn ipv4(t: &[u8], s: usize, e: usize) -> Option<Verdict> {
         byte_at(t, e) == Some(b'-') && byte_at(t, e + 1).is_some_and(|b| b.is_ascii_alphabetic());
     if prev(t, s) == Some(b'.')
         || continues_numeric(t, e, b".")
-        || preceded_numeric(t, s, b"-")
+        || (preceded_numeric(t, s, b"-") && !ends_ipv4(t, s - 1))
         || suffix
     {
         return None;
     }
     Verdict::span(s, e)
+}
+
+/// Bytes before its match the IPv4 validator reads: the dash and the first address of a
+/// range, and the byte before that address.
+pub(crate) const IPV4_LOOKBEHIND: usize = 1 + 15 + 1;
+
+/// Whether `t[..end]` ends with a whole IPv4 address (`10.0.0.1` of `10.0.0.1-10.0.0.255`:
+/// the value after the dash of a range is an address too).
+fn ends_ipv4(t: &[u8], end: usize) -> bool {
+    let len = t[..end]
+        .iter()
+        .rev()
+        .take(16)
+        .take_while(|b| b.is_ascii_digit() || **b == b'.')
+        .count();
+    let start = end - len;
+    len <= 15
+        && prev(t, start).is_none_or(|b| !is_word(b) && b != b'.' && b != b'-')
+        && std::str::from_utf8(&t[start..end])
+            .ok()
+            .is_some_and(|a| Ipv4Addr::from_str(a).is_ok())
 }
 
 fn ipv6(t: &[u8], s: usize, e: usize) -> Option<Verdict> {
@@ -886,6 +936,14 @@ impl Validator {
             Validator::PemBlock => PEM_MAX,
             Validator::Jwt => JWT_MAX,
             _ => 0,
+        }
+    }
+
+    /// How far before the automaton's match this validator reads (two bytes at least).
+    pub(crate) fn lookbehind(self) -> usize {
+        match self {
+            Validator::Ipv4 => IPV4_LOOKBEHIND,
+            _ => 2,
         }
     }
 
