@@ -769,8 +769,14 @@ fn upstream_request(
         .body(Full::new(body))
         .map_err(|e| ProxyError::internal("building upstream request").because(e))?;
     let headers = req.headers_mut();
+    // A redacting service's answers are rewritten as they stream: they must come as they
+    // are, not compressed (a compressed body cannot be read, so nothing in it can be masked).
+    let redacting = svc.redaction.is_some();
     for (k, v) in parts.headers.iter() {
         if HOP_BY_HOP.contains(&k.as_str()) || k == header::HOST || k == header::CONTENT_LENGTH {
+            continue;
+        }
+        if redacting && k == header::ACCEPT_ENCODING {
             continue;
         }
         let forward_auth = svc.cfg.upstream.forward_client_authorization
@@ -779,6 +785,12 @@ fn upstream_request(
             continue;
         }
         headers.append(k.clone(), v.clone());
+    }
+    if redacting {
+        headers.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
     }
     // Keep the caller's Host (the server may check it); HTTP/2 callers carry it in :authority.
     let host = parts
@@ -1400,6 +1412,20 @@ where
     {
         return client_response(rparts, Observed::new(rbody, observer).boxed_unsync());
     }
+    // Asked for as it is (`upstream_request`); a server that compresses anyway sends what
+    // cannot be read, so cannot be redacted: refused, never passed.
+    if let Some(coding) = header_str(&rparts.headers, "content-encoding")
+        .map(str::trim)
+        .filter(|c| !c.is_empty() && !c.eq_ignore_ascii_case("identity"))
+    {
+        observer.end(End::Error);
+        return upstream_failed(
+            ctx,
+            &format!(
+                "a response with Content-Encoding {coding:?} cannot be redacted (the interceptor asked for identity)"
+            ),
+        );
+    }
     let ct = header_str(&rparts.headers, "content-type")
         .unwrap_or("")
         .to_ascii_lowercase();
@@ -1463,10 +1489,8 @@ async fn forward_stream(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<R
         .unwrap_or("")
         .to_ascii_lowercase();
     if !ct.starts_with("text/event-stream") {
-        return client_response(
-            rparts,
-            rbody.map_err(|e| Box::new(e) as BoxError).boxed_unsync(),
-        );
+        // An error page, say: redacted on a redacting service as any other answer.
+        return respond_observed(&ctx, rparts, rbody, Box::new(Unrecorded), None).await;
     }
     let observer = SseObserver::new(ctx.svc.clone(), HashMap::new(), Some(LegacyLink::default()));
     respond_observed(&ctx, rparts, rbody, Box::new(observer), None).await
@@ -1509,12 +1533,28 @@ async fn forward_buffered(
         Err(e) => return bad_target(&ctx, &e),
     };
     match ctx.svc.client.request(up).await {
+        // Not an MCP exchange (no record of its own), but on a redacting service its answer
+        // is redacted all the same: everything the server sends back is.
         Ok(r) => {
             let (p, b) = r.into_parts();
-            client_response(p, b.map_err(|e| Box::new(e) as BoxError).boxed_unsync())
+            respond_observed(&ctx, p, b, Box::new(Unrecorded), None).await
         }
         Err(e) => upstream_failed(&ctx, &e),
     }
+}
+
+/// The observer of an answer that is no MCP exchange (plain HTTP forwarding): it records
+/// nothing beyond the `http_forward` or `stream_open` record written before.
+struct Unrecorded;
+
+impl Observer for Unrecorded {
+    fn data(&mut self, _: &Bytes) -> Acks {
+        Acks::new()
+    }
+    fn end(&mut self, _: End) -> Acks {
+        Acks::new()
+    }
+    fn set_evidence(&mut self, _: crate::redact::stream::Evidence) {}
 }
 
 /// Completes an exchange: its final record goes to every phase and to the audit log; the

@@ -84,3 +84,8 @@ def pii_link_description(email: str) -> str:
 
 def completion_values(prefix: str) -> list[str]:
     return [f"{prefix}jane.doe@example.com", f"{prefix}john.roe@example.org"]
+
+
+def debug_text() -> str:
+    """A plain (non-MCP) answer that carries personal data."""
+    return "debug: last caller jane.doe@example.com, account GB82WEST12345698765432"

@@ -151,6 +151,37 @@ def summarize_customer(id: str) -> str:
     return cat.prompt_text(id)
 
 
+def debug_routes(app, compress: str):
+    """--debug-routes: plain HTTP answers beside MCP that carry personal data, for the
+    redaction tests: GET /debug (text/plain) and GET /mcp?debug=1 (JSON, not an SSE stream).
+    --compress gzip: when the request accepts gzip (`accept`), or whatever it accepts
+    (`always`). Each such request prints one JSON line: its path and Accept-Encoding."""
+    import gzip
+
+    async def wrapped(scope, receive, send):
+        path = scope.get("path", "")
+        debug_get = path == "/mcp" and scope.get("method") == "GET" and b"debug=1" in scope.get("query_string", b"")
+        if scope["type"] != "http" or not (path == "/debug" or debug_get):
+            await app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        accept = headers.get("accept-encoding", "")
+        print(json.dumps({"event": "debug_request", "path": path, "accept_encoding": accept}), flush=True)
+        if path == "/debug":
+            body, ctype = cat.debug_text().encode(), b"text/plain; charset=utf-8"
+        else:
+            body, ctype = json.dumps({"error": cat.debug_text()}).encode(), b"application/json"
+        out = [(b"content-type", ctype)]
+        if compress == "always" or (compress == "accept" and "gzip" in accept):
+            body = gzip.compress(body)
+            out.append((b"content-encoding", b"gzip"))
+        out.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": 200, "headers": out})
+        await send({"type": "http.response.body", "body": body})
+
+    return wrapped
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_server_args(p)
@@ -158,6 +189,8 @@ def main() -> None:
     p.add_argument("--json-response", action="store_true", help="streamable-http: answer POSTs with JSON, not SSE")
     p.add_argument("--stateless", action="store_true", help="streamable-http: no Mcp-Session-Id (stateless_http)")
     p.add_argument("--log-calls", action="store_true", help="print a JSON line per echo/export_customers call")
+    p.add_argument("--debug-routes", action="store_true", help="GET /debug and GET /mcp?debug=1: plain answers with personal data")
+    p.add_argument("--compress", choices=["never", "accept", "always"], default="never", help="--debug-routes: gzip them")
     args = p.parse_args()
     global LOG_CALLS
     LOG_CALLS = args.log_calls
@@ -173,6 +206,8 @@ def main() -> None:
             host=args.host,
         )
         path = "/mcp"
+    if args.debug_routes:
+        app = debug_routes(app, args.compress)
     serve(app, args, path)
 
 

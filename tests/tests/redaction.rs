@@ -211,6 +211,87 @@ fn personal_data_in_every_kind_of_answer_reaches_the_client_masked() {
     drop((s1, s2));
 }
 
+const SSE_ACCEPT: &str = "accept: application/json, text/event-stream";
+
+/// Everything a redacting service's server sends back is redacted, also answers that are no
+/// MCP exchange (a debug page; a JSON error to a GET of the MCP endpoint), and they come as
+/// they are: the agent asks the server for `identity` whatever the caller accepts, and refuses
+/// a compressed answer it gets anyway (nothing in it could be read, so nothing masked).
+#[test]
+fn plain_and_compressed_answers_of_a_redacting_service_never_pass_unmasked() {
+    let node = node!("redact_plain_answers");
+    let (accepting, always) = (node.port(0), node.port(1));
+    let server = |port: u16, compress: &str| {
+        node.mcp_server(
+            Sdk::Py2,
+            port,
+            &["--json-response", "--debug-routes", "--compress", compress],
+        )
+    };
+    let (s1, s2) = (server(accepting, "accept"), server(always, "always"));
+    let cfg = node
+        .agent_config()
+        .mcp_service(
+            "crm",
+            accepting,
+            "non_mcp = \"forward\"\n[services.redact]\n",
+        )
+        .mcp_service(
+            "crm-gz",
+            always,
+            "non_mcp = \"forward\"\n[services.redact]\n",
+        );
+    let agent = node.start_agent(&cfg);
+    for path in ["/debug", "/mcp?debug=1"] {
+        // curl accepts gzip (and would inflate it: a compressed answer passed through would
+        // show the data in clear here).
+        // (A GET of the MCP endpoint is a stream request: it must accept SSE.)
+        let url = format!("http://{SERVER_IP}:{accepting}{path}");
+        let (code, head, body) = node.curl(&["--compressed", "-H", SSE_ACCEPT, &url]);
+        assert_eq!(code, 200, "{path}: {head}\n{body}");
+        no_pii(path, &body);
+        assert!(
+            body.contains("[EMAIL:") && body.contains("[IBAN:"),
+            "{path}: {body}"
+        );
+        assert!(
+            !head.to_ascii_lowercase().contains("content-encoding"),
+            "{head}"
+        );
+        let seen = s1
+            .proc
+            .stdout
+            .wait_event("debug_request", WAIT, |e| {
+                path.starts_with(e["path"].as_str().unwrap_or("-"))
+            })
+            .expect("the server got the request");
+        assert_eq!(seen["accept_encoding"], "identity", "{seen}");
+        // Through the agent; the server's answer was plain, redacted as text and as JSON.
+        if path == "/debug" {
+            assert!(head.to_ascii_lowercase().contains("text/plain"), "{head}");
+        } else {
+            let v: Value = serde_json::from_str(&body).expect("JSON stays JSON");
+            assert!(v["error"].as_str().unwrap_or("").contains("[EMAIL:"), "{v}");
+        }
+    }
+    // A server that compresses anyway: refused, with the reason in the agent's log.
+    for path in ["/debug", "/mcp?debug=1"] {
+        let url = format!("http://{SERVER_IP}:{always}{path}");
+        let (code, head, body) = node.curl(&["--compressed", "-H", SSE_ACCEPT, &url]);
+        assert_eq!(code, 502, "{path}: {head}\n{body}");
+        no_pii(path, &body);
+    }
+    let e = agent.wait_event("upstream_error", |e| {
+        e["service"] == "crm-gz"
+            && e["error"]
+                .as_str()
+                .unwrap_or("")
+                .contains("Content-Encoding")
+    });
+    assert!(e["error"].as_str().unwrap_or("").contains("gzip"), "{e}");
+    drop((s1, s2));
+}
+
 /// Peak resident memory of a process since the last [`reset_peak`] (kB).
 fn peak_kb(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))

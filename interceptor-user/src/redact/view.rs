@@ -8,6 +8,7 @@ use serde_json::Value;
 use super::{
     Finding, Head, Sieve, TextRedactor,
     engine::{Engine, MaskMode, MaskView},
+    json::key_label,
 };
 
 /// A service's engine seen through one role's [`MaskView`].
@@ -101,8 +102,8 @@ pub fn recordable_params(r: &dyn TextRedactor, params: &Value) -> (Value, Vec<Fi
                 .filter(|(k, _)| k.as_str() != "_meta")
                 .map(|(k, v)| {
                     (
-                        redact_str(r, k, &mut findings),
-                        redact_value(r, v, &mut findings),
+                        redact_str(r, None, k, &mut findings),
+                        labelled(r, v, key_label(k), &mut findings),
                     )
                 })
                 .collect(),
@@ -119,24 +120,51 @@ pub fn recordable_params(r: &dyn TextRedactor, params: &Value) -> (Value, Vec<Fi
     (v, findings)
 }
 
-/// Every string of a JSON value redacted (object keys too), structure unchanged.
+/// Every string of a JSON value redacted (object keys too), structure unchanged. A member's
+/// value is redacted under its key, as the response side does ([`json::redact_value`]): in a
+/// record too, `{"bsn": "111222333"}` is a BSN although `111222333` alone is not.
+///
+/// [`json::redact_value`]: super::json::redact_value
 pub fn redact_value(r: &dyn TextRedactor, v: &Value, findings: &mut Vec<Finding>) -> Value {
+    labelled(r, v, None, findings)
+}
+
+/// [`redact_value`] under `label` (the key of the member holding `v`; for array elements, of
+/// the member holding the array).
+fn labelled(
+    r: &dyn TextRedactor,
+    v: &Value,
+    label: Option<&str>,
+    findings: &mut Vec<Finding>,
+) -> Value {
     match v {
-        Value::String(s) => Value::String(redact_str(r, s, findings)),
-        Value::Array(a) => Value::Array(a.iter().map(|v| redact_value(r, v, findings)).collect()),
+        Value::String(s) => Value::String(redact_str(r, label, s, findings)),
+        Value::Array(a) => {
+            Value::Array(a.iter().map(|v| labelled(r, v, label, findings)).collect())
+        }
         Value::Object(m) => Value::Object(
             m.iter()
-                .map(|(k, v)| (redact_str(r, k, findings), redact_value(r, v, findings)))
+                .map(|(k, v)| {
+                    (
+                        redact_str(r, None, k, findings),
+                        labelled(r, v, key_label(k), findings),
+                    )
+                })
                 .collect(),
         ),
         other => other.clone(),
     }
 }
 
-fn redact_str(r: &dyn TextRedactor, s: &str, findings: &mut Vec<Finding>) -> String {
-    let (out, mut f) = r.redact(s);
+fn redact_str(
+    r: &dyn TextRedactor,
+    label: Option<&str>,
+    s: &str,
+    findings: &mut Vec<Finding>,
+) -> String {
+    let (out, mut f) = r.redact_labelled(label, s);
     findings.append(&mut f);
-    out
+    out.into_owned()
 }
 
 /// Masking of the request side for a record, independent of who asked: the service's engine
@@ -192,6 +220,47 @@ mod tests {
         j.push(br#"{"bsn":"111222333"}"#, &mut o).unwrap();
         j.finish(&mut o).unwrap();
         assert!(!String::from_utf8_lossy(&o).contains("111222333"));
+    }
+
+    #[test]
+    fn recorded_params_are_redacted_under_their_keys() {
+        // Values only recognised with their key (a BSN, a PESEL, a date of birth, a
+        // passport number) were recorded in clear: each string was redacted alone.
+        let r = for_records(&engine());
+        let params = json!({
+            "name": "lookup",
+            "arguments": {
+                "bsn": "111222333",
+                "pesel": "44051401359",
+                "dob": "1985-03-12",
+                "passports": ["C01X00T47"],
+                "customer": {"email": "jane.doe@example.com", "note": "111222333"},
+            },
+            "_meta": {"progressToken": 1},
+        });
+        let (v, f) = recordable_params(r.as_ref(), &params);
+        let out = v.to_string();
+        assert_ne!(v["arguments"]["bsn"], "111222333", "{out}");
+        for value in ["44051401359", "1985-03-12", "C01X00T47", "jane.doe"] {
+            assert!(!out.contains(value), "{value} in clear: {out}");
+        }
+        // A value under a key that says nothing stays as it is, as the response side leaves
+        // it (the same number under `note`).
+        assert_eq!(v["arguments"]["customer"]["note"], "111222333", "{out}");
+        assert_eq!(v["name"], "lookup");
+        assert!(v.get("_meta").is_none());
+        let mut entities: Vec<&str> = f.iter().map(|f| &*f.entity).collect();
+        entities.sort_unstable();
+        assert_eq!(
+            entities,
+            ["DOB", "EMAIL", "NL_BSN", "PASSPORT", "PL_PESEL"],
+            "{out}"
+        );
+        // The same labels as the response side's redaction of a parsed document.
+        let mut args = params["arguments"].clone();
+        let g = crate::redact::json::redact_value(&mut args, r.as_ref());
+        assert_eq!(v["arguments"], args);
+        assert_eq!(f.len(), g.len());
     }
 
     #[test]
