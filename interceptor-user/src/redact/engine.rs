@@ -199,7 +199,8 @@ pub struct EngineConfig {
     pub default_mask: MaskMode,
     /// Entity types shown in clear (still detected, counted in `released_in_clear`).
     pub clear: HashSet<String>,
-    /// Characters before and after a candidate searched for context words.
+    /// Characters before a candidate searched for context words (at most
+    /// [`MAX_CONTEXT_WINDOW`]).
     pub context_window: usize,
 }
 
@@ -328,6 +329,8 @@ pub enum EngineError {
     Empty { entity: String },
     #[error("detector {entity}: empty context word")]
     EmptyContextWord { entity: String },
+    #[error("context_window {0} is more than {max} characters", max = MAX_CONTEXT_WINDOW)]
+    ContextWindow(usize),
     #[error("unknown built-in detector {0:?}")]
     UnknownDetector(String),
     #[error("building the automaton: {0}")]
@@ -540,6 +543,10 @@ fn escape(word: &str) -> String {
     out
 }
 
+/// The widest context window a policy may set (characters before a value searched for its
+/// context words).
+pub const MAX_CONTEXT_WINDOW: usize = 1024;
+
 /// A hit of a context word in a window.
 #[derive(Clone, Copy)]
 struct Hit {
@@ -739,6 +746,10 @@ impl Engine {
             };
         for w in NEGATIVE_WORDS {
             word_id(w, true, &mut words, &mut word_neg);
+        }
+        // Every long string is held back by the window (in bytes) at each segment cut.
+        if cfg.context_window > MAX_CONTEXT_WINDOW {
+            return Err(EngineError::ContextWindow(cfg.context_window));
         }
         for spec in &cfg.detectors {
             if !BUILTINS.iter().any(|b| b.entity == spec.entity) {
@@ -1747,7 +1758,8 @@ impl Engine {
     /// of `redact(text)`, which is cut from the same output.
     ///
     /// What follows the window cannot change the head either when the cut is at least
-    /// `holdback` before the end (the caller's bound: the longest match plus context), or, if
+    /// `holdback` before the end (the caller's bound: the longest match plus context, at least
+    /// [`Engine::context_reach`]), or, if
     /// that is less, two pattern lengths and a context window before it (`tail_margin`): no
     /// match starting before the cut reaches past the window, and nothing after the window
     /// (nor the closure rescan around it) reads back across the cut. So the engine carries
@@ -1832,6 +1844,12 @@ impl Engine {
             text: head,
             findings: ev.findings,
         })
+    }
+
+    /// How far before a value its decision reads, in bytes: the context window (up to 4 bytes
+    /// a char) and the word boundary before a context word.
+    pub fn context_reach(&self) -> usize {
+        self.inner.window.saturating_mul(4).saturating_add(2)
     }
 
     /// See [`Engine::cut_head`]: a pattern length for a match starting before the cut, one for
@@ -2225,6 +2243,10 @@ impl Engine {
 impl TextRedactor for Engine {
     fn max_match_len(&self) -> usize {
         self.inner.max_len
+    }
+
+    fn context_reach(&self) -> usize {
+        Engine::context_reach(self)
     }
 
     fn sieve(&self, text: &str) -> Option<Box<dyn Sieve>> {

@@ -32,7 +32,8 @@
 //! Only the string being read is buffered. A string longer than the window
 //! ([`JsonLimits::window`]) is processed in segments: the redactor chooses a cut point `c` in
 //! the buffered window `W`, after its middle and (normally) at least
-//! `holdback = max_match_len + context` bytes before its end, such that
+//! `holdback = max_match_len + context` bytes before its end (`context`: the limits' or the
+//! redactor's own [`TextRedactor::context_reach`], the larger), such that
 //! `redact(W) == redact(W[..c]) ++ redact(W[c..])`, i.e. no match (nor the context of one)
 //! straddles the cut ([`TextRedactor::redact_head`]). Then `redact(W[..c])` is emitted and `W[c..]` is carried
 //! into the next window, so a match spanning the window boundary is still seen whole. Any
@@ -420,9 +421,10 @@ impl JsonRedactor {
     /// normalised: `window >= 4 * (max_match_len + context)`, `max_window >= window`,
     /// `max_depth >= 1`.
     pub fn new(redactor: Arc<dyn TextRedactor>, limits: JsonLimits) -> Self {
+        // The context the redactor reads before a value may be wider than the limits'.
         let holdback = redactor
             .max_match_len()
-            .saturating_add(limits.context)
+            .saturating_add(limits.context.max(redactor.context_reach()))
             .max(1);
         let window = limits.window.max(holdback.saturating_mul(4)).max(64);
         let limits = JsonLimits {
@@ -466,7 +468,8 @@ impl JsonRedactor {
         &self.limits
     }
 
-    /// Bytes held back at a segment boundary: `max_match_len + context`.
+    /// Bytes held back at a segment boundary: `max_match_len` plus the larger of the limits'
+    /// `context` and the redactor's `context_reach`.
     pub fn holdback(&self) -> usize {
         self.holdback
     }

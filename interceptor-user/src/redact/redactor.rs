@@ -75,6 +75,12 @@ pub trait TextRedactor: Send + Sync {
     /// The longest text one detector can match: a streaming caller that holds back this many
     /// bytes (plus context) at a chunk boundary never splits a match.
     fn max_match_len(&self) -> usize;
+    /// How far before a value its detection can read (context words), in bytes: a streaming
+    /// caller holds back at least `max_match_len` plus this (the `holdback` it passes to
+    /// [`redact_head`](Self::redact_head)). 0 (the default): nothing before the match.
+    fn context_reach(&self) -> usize {
+        0
+    }
     /// Returns the text with every detected value masked, and what was masked.
     fn redact(&self, text: &str) -> (String, Vec<Finding>);
     /// Like [`redact`](Self::redact) for the value of a named field: `label` is the name of

@@ -27,6 +27,9 @@ impl TextRedactor for ViewRedactor {
     fn max_match_len(&self) -> usize {
         self.engine.max_match_len()
     }
+    fn context_reach(&self) -> usize {
+        self.engine.context_reach()
+    }
     fn sieve(&self, text: &str) -> Option<Box<dyn Sieve>> {
         // Which values match does not depend on the view (only how they are masked).
         TextRedactor::sieve(&self.engine, text)

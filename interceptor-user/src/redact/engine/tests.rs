@@ -2139,3 +2139,58 @@ fn both_addresses_of_an_ipv4_range_are_masked() {
         );
     }
 }
+
+#[test]
+fn a_context_window_wider_than_the_rewriters_context_is_held_back_too() {
+    // The rewriter held back the longest match plus 256 bytes at each segment cut; with a
+    // policy's context window of 1000 characters, a BSN whose label lay ~800 bytes before
+    // it, across the first cut, stayed in clear.
+    let cfg = EngineConfig {
+        detectors: ["PRIVATE_KEY", "JWT"]
+            .map(|entity| DetectorSpec {
+                entity: entity.into(),
+                enabled: false,
+                context: vec![],
+                require_context: false,
+            })
+            .to_vec(),
+        context_window: 1000,
+        ..EngineConfig::default()
+    };
+    let e = Engine::new(&cfg, key()).unwrap();
+    let mut text = "lorem ipsum ".repeat(10_860);
+    text.push_str(" BSN: ");
+    text.push_str(&"lorem ipsum ".repeat(67));
+    text.push_str(" 111222333 and more text after it. ");
+    text.push_str(&"lorem ipsum ".repeat(200));
+    let want = e.redact_field("note", &text, e.default_view()).text;
+    assert!(want.contains("[NL_BSN:") && !want.contains("111222333"));
+    let doc = serde_json::json!({ "note": text }).to_string();
+    for chunk in [doc.len(), 4096, 7] {
+        let r: Arc<dyn TextRedactor> = Arc::new(e.clone());
+        let mut j =
+            crate::redact::json::JsonRedactor::new(r, crate::redact::json::JsonLimits::default());
+        assert!(j.holdback() >= e.max_match_len() + e.context_reach());
+        let mut out = Vec::new();
+        for c in doc.as_bytes().chunks(chunk) {
+            j.push(c, &mut out).expect("valid JSON");
+        }
+        j.finish(&mut out).expect("complete");
+        let got: serde_json::Value = serde_json::from_slice(&out).expect("JSON out");
+        let got = got["note"].as_str().unwrap_or_default();
+        assert!(
+            got == want,
+            "chunks of {chunk}: BSN in clear: {}",
+            got.contains("111222333")
+        );
+    }
+    // Wider windows than that are refused when the policy loads.
+    let wide = EngineConfig {
+        context_window: MAX_CONTEXT_WINDOW + 1,
+        ..EngineConfig::default()
+    };
+    assert!(matches!(
+        Engine::new(&wide, key()),
+        Err(EngineError::ContextWindow(_))
+    ));
+}
