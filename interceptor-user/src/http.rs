@@ -2316,6 +2316,7 @@ impl Observer for SseObserver {
             mcp::SsePiece::EventEnd => {
                 done.push(std::mem::replace(event, SseEventState::new(excerpt)));
             }
+            mcp::SsePiece::Comment => {}
         });
         for ev in done {
             self.on_event(ev);

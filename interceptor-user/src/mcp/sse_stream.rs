@@ -17,6 +17,9 @@ pub enum SsePiece<'a> {
     /// A complete non-data field (`event`, `id`, `retry`, or an unknown one), its value cut at
     /// [`MAX_FIELD_VALUE`] bytes.
     Field { name: &'a [u8], value: &'a [u8] },
+    /// A comment line starts (`:`; its text is not reported). Servers send them to keep an
+    /// idle stream alive.
+    Comment,
     /// A blank line: the event is complete.
     EventEnd,
 }
@@ -166,6 +169,7 @@ impl SseTokenizer {
         match self.state {
             State::LineStart => {
                 if b == b':' {
+                    f(SsePiece::Comment);
                     self.state = State::Skip;
                 } else {
                     self.started = true;
@@ -267,6 +271,7 @@ mod tests {
                         _ => {}
                     }
                 }
+                SsePiece::Comment => {}
                 SsePiece::EventEnd => {
                     if lines > 0 {
                         cur.data = String::from_utf8_lossy(&data).into_owned();
@@ -297,11 +302,15 @@ mod tests {
                         String::from_utf8_lossy(name),
                         String::from_utf8_lossy(value)
                     ),
+                    SsePiece::Comment => "C".to_string(),
                     SsePiece::EventEnd => "E".to_string(),
                 })
             },
         );
-        assert_eq!(got, ["Fevent=message", "L", "D{\"a\":1}", "L", "Dx", "E"]);
+        assert_eq!(
+            got,
+            ["Fevent=message", "L", "D{\"a\":1}", "L", "Dx", "C", "E"]
+        );
     }
 
     #[test]

@@ -118,7 +118,8 @@ enum DataMode {
 }
 
 /// Rewrites an event stream as it arrives: `event`, `id` and `retry` fields are passed on
-/// (other fields and comments are dropped), each event's `data` is redacted as one JSON
+/// (other fields are dropped; a comment line is passed as a bare `:`, without its text, so a
+/// server's keep-alive still reaches the caller), each event's `data` is redacted as one JSON
 /// document streamed through a [`JsonRedactor`], and re-framed into `data:` lines as the
 /// redacted bytes come out.
 pub struct SseRewriter {
@@ -210,6 +211,11 @@ impl SseRewriter {
                 // anything else) passes the URL as it is.
                 _ => self.emit(bytes, out),
             },
+            SsePiece::Comment => {
+                // The keep-alive, not its text (which nothing redacts).
+                self.close_line(out);
+                out.extend_from_slice(b":\n");
+            }
             SsePiece::EventEnd => {
                 if self.mode == DataMode::Json && self.started {
                     let mut buf = Vec::new();
@@ -413,7 +419,7 @@ mod tests {
         let (whole, sum) = rewrite_sse(input, input.len());
         assert_eq!(
             whole,
-            "event: message\nid: 7\ndata: {\"a\":\ndata:  \"x [WORD] y\",\ndata: \"b\":[1,\"[WORD]\"]}\n\nretry: 10\n\ndata: \ndata: {}\n\n"
+            "event: message\nid: 7\ndata: {\"a\":\ndata:  \"x [WORD] y\",\n:\ndata: \"b\":[1,\"[WORD]\"]}\n\nretry: 10\n\ndata: \ndata: {}\n\n"
         );
         assert_eq!(sum.counts.get("WORD"), Some(&2));
         for n in 1..24 {
@@ -425,6 +431,24 @@ mod tests {
         assert_eq!(evs.len(), 3, "{evs:?}");
         let v: serde_json::Value = serde_json::from_str(&evs[0].data).unwrap();
         assert_eq!(v["a"], "x [WORD] y");
+    }
+
+    #[test]
+    fn sse_keep_alive_comments_reach_the_caller_without_their_text() {
+        // A server idle for a long call sends comments (sse-starlette: every 15 s); dropped,
+        // the caller saw nothing and could time out. Their text is not passed: nothing
+        // redacts it.
+        let input =
+            ": ping - jane.doe@example.com\r\n\r\ndata: {\"a\": \"secret\"}\n: ping\n\n:\n\n";
+        let (whole, _) = rewrite_sse(input, input.len());
+        assert_eq!(whole, ":\ndata: {\"a\": \"[WORD]\"}\n:\n\n:\n");
+        for n in 1..12 {
+            assert_eq!(rewrite_sse(input, n).0, whole, "chunks of {n}");
+        }
+        let mut p = crate::mcp::SseParser::new(1 << 20);
+        let evs = p.push(whole.as_bytes()).unwrap();
+        assert_eq!(evs.len(), 1, "{evs:?}");
+        assert_eq!(evs[0].data, "{\"a\": \"[WORD]\"}");
     }
 
     #[test]
