@@ -2194,3 +2194,35 @@ fn a_context_window_wider_than_the_rewriters_context_is_held_back_too() {
         Err(EngineError::ContextWindow(_))
     ));
 }
+
+#[test]
+fn dates_of_birth_as_json_apis_and_other_locales_write_them() {
+    // ISO 8601 date and time, as a JSON API serialises a date of birth.
+    assert_finds(
+        r#"{"dateOfBirth": "1985-03-03T00:00:00.000Z"}"#,
+        "DOB",
+        "1985-03-03T00:00:00.000Z",
+    );
+    assert_finds(
+        "born 1985-03-03T00:00+01:00",
+        "DOB",
+        "1985-03-03T00:00+01:00",
+    );
+    // The same person's date gets the same pseudonym, whichever way it is written.
+    let p = |t: &str| engine().redact(t).findings;
+    assert_eq!(p("DOB: 1985-03-03T00:00:00Z"), p("DOB: 1985-03-03"));
+    assert_eq!(p("DOB: 1985/03/03"), p("DOB: 03.03.1985"));
+    assert_finds("DOB: 1985/03/03", "DOB", "1985/03/03");
+    assert_finds("Geburtsdatum: 1985.03.03", "DOB", "1985.03.03");
+    // Without a birth word a timestamp is a timestamp, and a dotted version a version.
+    assert_clean(r#"{"createdAt": "2024-03-03T10:15:00Z"}"#);
+    assert_clean("IntelliJ 2020.3.1 released");
+}
+
+#[test]
+fn national_insurance_numbers_with_spaces_only_around_the_digits() {
+    assert_finds("NINO: AB 123456 C", "UK_NINO", "AB 123456 C");
+    assert_finds("NINO: AB 12 34 56 C", "UK_NINO", "AB 12 34 56 C");
+    assert_finds("NINO: AB123456C", "UK_NINO", "AB123456C");
+    assert_clean("NINO: AB 12 3456 C");
+}

@@ -478,6 +478,8 @@ fn push_padded(out: &mut String, mut n: u32, width: usize) {
 /// The year, month and day of a numeric date: `Y-M-D`, `D.M.Y`, `D/M/Y`, `M/D/Y` (two-digit
 /// years allowed).
 fn numeric_ymd(v: &[u8]) -> Option<(u32, u32, u32)> {
+    // The date of an ISO 8601 date and time (`1985-03-03T00:00:00Z`).
+    let v = v.split(|&b| b == b'T').next()?;
     let sep = *v.iter().find(|b| matches!(b, b'.' | b'/' | b'-'))?;
     let mut parts = [&v[..0]; 3];
     let mut k = 0;
@@ -668,8 +670,10 @@ fn nino(v: &[u8]) -> bool {
     if v.len() < 9 {
         return false;
     }
+    // `AB123456C`, `AB 12 34 56 C`, or `AB 123456 C`.
     let spaces = v.iter().filter(|&&b| b == b' ').count();
-    if spaces != 0 && spaces != 4 {
+    let ends_only = spaces == 2 && v[2] == b' ' && v[v.len() - 2] == b' ';
+    if spaces != 0 && spaces != 4 && !ends_only {
         return false;
     }
     let p = &v[..2];
