@@ -590,6 +590,8 @@ pub(crate) const BUILTINS: &[Builtin] = &[
             r"\b[0-3]?[0-9][./-][0-3]?[0-9][./-](?:19|20)?[0-9]{2}\b",
             r"\b[0-3]?[0-9](?:\.|er|st|nd|rd|th)?(?: de)? MONTHS\.?(?: de)?,? (?:19|20)[0-9]{2}\b",
             r"\bMONTHS_EN\.? [0-3]?[0-9](?:st|nd|rd|th)?,? (?:19|20)[0-9]{2}\b",
+            // `03-Mar-1985` (database exports, forms).
+            r"\b[0-3]?[0-9]-MONTHS-(?:19|20)[0-9]{2}\b",
         ],
         check: Check::Dob,
         base: 0.1,

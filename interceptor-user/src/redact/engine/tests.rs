@@ -2214,6 +2214,8 @@ fn dates_of_birth_as_json_apis_and_other_locales_write_them() {
     assert_eq!(p("DOB: 1985/03/03"), p("DOB: 03.03.1985"));
     assert_finds("DOB: 1985/03/03", "DOB", "1985/03/03");
     assert_finds("Geburtsdatum: 1985.03.03", "DOB", "1985.03.03");
+    assert_finds("DOB: 03-Mar-1985", "DOB", "03-Mar-1985");
+    assert_eq!(p("DOB: 03-Mar-1985"), p("DOB: 1985-03-03"));
     // Without a birth word a timestamp is a timestamp, and a dotted version a version.
     assert_clean(r#"{"createdAt": "2024-03-03T10:15:00Z"}"#);
     assert_clean("IntelliJ 2020.3.1 released");

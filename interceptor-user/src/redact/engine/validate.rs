@@ -521,7 +521,7 @@ fn numeric_ymd(v: &[u8]) -> Option<(u32, u32, u32)> {
 pub(crate) fn named_date(v: &str) -> Option<String> {
     let mut month = None;
     let mut nums: Vec<(u32, usize)> = Vec::new();
-    for tok in v.split([' ', ',', '.']) {
+    for tok in v.split([' ', ',', '.', '-']) {
         if tok.is_empty() {
             continue;
         }
