@@ -29,14 +29,15 @@ pub(crate) struct Builtin {
 /// (`side`), which relies on its shape: a local part of 1 to [`EMAIL_LOCAL_MAX`] bytes
 /// matching [`email_local`] and starting with an ASCII letter or digit after a word boundary,
 /// then the only `@`, then a domain whose match does not depend on the local part.
-pub(crate) const EMAIL_PATTERN: &str =
-    r"\b[A-Za-z0-9][A-Za-z0-9._%+-]{0,63}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}\.){1,6}[A-Za-z]{2,24}\b";
+/// The local part also takes `'` (`o'brien@example.com`: without it, `o'` stayed in clear
+/// before the mask).
+pub(crate) const EMAIL_PATTERN: &str = r"\b[A-Za-z0-9][A-Za-z0-9._%+'-]{0,63}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}\.){1,6}[A-Za-z]{2,24}\b";
 /// The longest local part of [`EMAIL_PATTERN`].
 pub(crate) const EMAIL_LOCAL_MAX: usize = 64;
 
-/// A byte of the local part of [`EMAIL_PATTERN`] (`[A-Za-z0-9._%+-]`).
+/// A byte of the local part of [`EMAIL_PATTERN`] (`[A-Za-z0-9._%+'-]`).
 pub(crate) fn email_local(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'%' | b'+' | b'-')
+    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'%' | b'+' | b'\'' | b'-')
 }
 
 /// Confidence at or above which a candidate is reported and masked.

@@ -1,6 +1,6 @@
 //! The e-mail pattern, searched beside the automaton from each `@`.
 //!
-//! Why it is not in the union automaton: its local part `[A-Za-z0-9._%+-]{0,63}` may start
+//! Why it is not in the union automaton: its local part `[A-Za-z0-9._%+'-]{0,63}` may start
 //! after any `+`, `.`, `%` or `-`, and the lazy DFA of the union has to track every such start
 //! (up to 64) together with every other bounded pattern in progress. On text that keeps many
 //! of them in progress at once, base64 above all (letters, digits, `+`, `/`), the states are

@@ -1300,7 +1300,7 @@ fn side_email_search_equals_the_union_on_edge_cases() {
 
 fn email_heavy_text() -> impl Strategy<Value = String> {
     let piece = prop_oneof![
-        3 => "[A-Za-z0-9._%+-]{1,70}",
+        3 => "[A-Za-z0-9._%+'-]{1,70}",
         3 => Just("@".to_string()),
         2 => proptest::sample::select(vec![
             "example.com", "mail.example.co.uk", "ex-ample.org", "a.b", "x.c0m", "_", " ", "\n",
@@ -2227,4 +2227,23 @@ fn national_insurance_numbers_with_spaces_only_around_the_digits() {
     assert_finds("NINO: AB 12 34 56 C", "UK_NINO", "AB 12 34 56 C");
     assert_finds("NINO: AB123456C", "UK_NINO", "AB123456C");
     assert_clean("NINO: AB 12 3456 C");
+}
+
+#[test]
+fn addresses_with_an_apostrophe_are_masked_whole() {
+    assert_finds("mail o'brien@example.com", "EMAIL", "o'brien@example.com");
+    assert_eq!(
+        engine()
+            .redact_with("mail o'brien@example.com now", &remove_view())
+            .text,
+        "mail [EMAIL] now"
+    );
+    // Quotes around an address stay quotes.
+    assert_finds("write to 'jane@example.com'.", "EMAIL", "jane@example.com");
+    assert_eq!(
+        engine()
+            .redact_with("write to 'jane@example.com'.", &remove_view())
+            .text,
+        "write to '[EMAIL]'."
+    );
 }
