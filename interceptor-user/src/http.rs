@@ -1413,11 +1413,21 @@ where
         return client_response(rparts, Observed::new(rbody, observer).boxed_unsync());
     }
     // Asked for as it is (`upstream_request`); a server that compresses anyway sends what
-    // cannot be read, so cannot be redacted: refused, never passed.
-    if let Some(coding) = header_str(&rparts.headers, "content-encoding")
-        .map(str::trim)
-        .filter(|c| !c.is_empty() && !c.eq_ignore_ascii_case("identity"))
-    {
+    // cannot be read, so cannot be redacted: refused, never passed. Every `Content-Encoding`
+    // line and every coding in it counts; one that cannot be read is not `identity` either.
+    let encoded = rparts
+        .headers
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .find_map(|v| match v.to_str() {
+            Ok(list) => list
+                .split(',')
+                .map(str::trim)
+                .find(|c| !c.is_empty() && !c.eq_ignore_ascii_case("identity"))
+                .map(str::to_string),
+            Err(_) => Some(String::from_utf8_lossy(v.as_bytes()).into_owned()),
+        });
+    if let Some(coding) = encoded {
         observer.end(End::Error);
         return upstream_failed(
             ctx,
@@ -1456,7 +1466,27 @@ where
             );
         }
     };
-    let (text, findings) = redactor.redact(&String::from_utf8_lossy(&bytes));
+    // Only UTF-8 text can be read, so redacted: anything else (an image, a text in another
+    // charset) is refused, not passed unread nor mangled.
+    let charset = ct
+        .split(';')
+        .skip(1)
+        .filter_map(|p| p.split_once('='))
+        .find(|(k, _)| k.trim() == "charset")
+        .map(|(_, v)| v.trim().trim_matches('"').to_string());
+    let text = match (std::str::from_utf8(&bytes), charset.as_deref()) {
+        (Ok(t), None | Some("utf-8" | "utf8" | "us-ascii")) => t,
+        (_, charset) => {
+            observer.end(End::Error);
+            return upstream_failed(
+                ctx,
+                &format!(
+                    "a {media:?} response that is not UTF-8 text (charset {charset:?}) cannot be redacted"
+                ),
+            );
+        }
+    };
+    let (text, findings) = redactor.redact(text);
     let mut found = crate::redact::json::Summary::default();
     for f in findings {
         found.tally(&f.entity);

@@ -161,7 +161,7 @@ def debug_routes(app, compress: str):
     async def wrapped(scope, receive, send):
         path = scope.get("path", "")
         debug_get = path == "/mcp" and scope.get("method") == "GET" and b"debug=1" in scope.get("query_string", b"")
-        if scope["type"] != "http" or not (path == "/debug" or debug_get):
+        if scope["type"] != "http" or not (path in ("/debug", "/debug.png", "/debug16") or debug_get):
             await app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
@@ -169,11 +169,19 @@ def debug_routes(app, compress: str):
         print(json.dumps({"event": "debug_request", "path": path, "accept_encoding": accept}), flush=True)
         if path == "/debug":
             body, ctype = cat.debug_text().encode(), b"text/plain; charset=utf-8"
+        elif path == "/debug.png":
+            # Not text: bytes that are no UTF-8, with the text inside.
+            body, ctype = b"\x89PNG\r\n\x1a\n\xff\xfe" + cat.debug_text().encode(), b"image/png"
+        elif path == "/debug16":
+            body, ctype = cat.debug_text().encode("utf-16-le"), b"text/plain; charset=utf-16le"
         else:
             body, ctype = json.dumps({"error": cat.debug_text()}).encode(), b"application/json"
         out = [(b"content-type", ctype)]
         if compress == "always" or (compress == "accept" and "gzip" in accept):
             body = gzip.compress(body)
+            if compress == "always":
+                # Two header lines: the second one says what the body is.
+                out.append((b"content-encoding", b"identity"))
             out.append((b"content-encoding", b"gzip"))
         out.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": 200, "headers": out})

@@ -274,7 +274,26 @@ fn plain_and_compressed_answers_of_a_redacting_service_never_pass_unmasked() {
             assert!(v["error"].as_str().unwrap_or("").contains("[EMAIL:"), "{v}");
         }
     }
-    // A server that compresses anyway: refused, with the reason in the agent's log.
+    // What is not UTF-8 text cannot be read, so not redacted: refused, neither passed nor
+    // mangled (an image; a text in UTF-16 that holds an address).
+    for path in ["/debug.png", "/debug16"] {
+        let url = format!("http://{SERVER_IP}:{accepting}{path}");
+        let (code, head, body) = node.curl(&["--compressed", &url]);
+        assert_eq!(code, 502, "{path}: {head}\n{body}");
+        no_pii(path, &body);
+        let e = agent.wait_event("upstream_error", |e| {
+            e["service"] == "crm" && e["error"].as_str().unwrap_or("").contains("not UTF-8")
+        });
+        assert!(
+            e["error"]
+                .as_str()
+                .unwrap_or("")
+                .contains("cannot be redacted"),
+            "{e}"
+        );
+    }
+    // A server that compresses anyway (here on a second Content-Encoding line after
+    // `identity`): refused, with the reason in the agent's log.
     for path in ["/debug", "/mcp?debug=1"] {
         let url = format!("http://{SERVER_IP}:{always}{path}");
         let (code, head, body) = node.curl(&["--compressed", "-H", SSE_ACCEPT, &url]);

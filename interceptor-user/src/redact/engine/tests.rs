@@ -2044,6 +2044,11 @@ fn a_label_glued_to_its_value_by_a_colon_or_a_dot_still_labels_it() {
 #[test]
 fn nanp_numbers_with_the_trunk_prefix_and_italian_mobiles() {
     assert_finds("1-800-555-0199", "PHONE", "1-800-555-0199");
+    // A `1` that is no trunk prefix (after a date, a version, a dash) leaves the number it
+    // precedes a number (it was, before the prefix was read).
+    assert_finds("Called 3/1 212-555-0199", "PHONE", "212-555-0199");
+    assert_finds("x-1 212-555-0199", "PHONE", "212-555-0199");
+    assert_finds("2.1 212-555-0199", "PHONE", "212-555-0199");
     assert_finds("call 1-212-555-1234", "PHONE", "1-212-555-1234");
     assert_finds("call 1.212.555.1234", "PHONE", "1.212.555.1234");
     // The same pseudonym as the E.164 form: the same person's number.
@@ -2104,12 +2109,19 @@ fn context_words_in_camel_case_keys_of_json_inside_a_text() {
 #[test]
 fn generic_identity_words_label_national_ids_despite_the_word_id() {
     assert_finds("National ID: 12345678Z", "ES_DNI", "12345678Z");
-    assert_finds("ID number: AB123456C", "UK_NINO", "AB123456C");
+    assert_finds("Identity number: AB123456C", "UK_NINO", "AB123456C");
     assert_finds("Personal ID: 811218-9876", "SE_PERSONNUMMER", "811218-9876");
     assert_finds("identity number 111222333", "NL_BSN", "111222333");
-    // `id` alone right before a value still says it identifies something else.
+    // `id` alone right before a value still says it identifies something else, and so do
+    // `id number` or `id card` after the name of a thing.
     assert_clean("Order ID: 12345678Z");
     assert_clean("ID: AB123456C");
+    assert_clean("Order ID number: 213328260");
+    assert_clean("order id no 213328260");
+    assert_clean("Ticket ID number 213328260");
+    assert_clean("orderIdNumber: 213328260");
+    assert_clean("Transaction ID number: 111222333");
+    assert_clean("Product ID card 44051401359");
 }
 
 #[test]

@@ -685,11 +685,14 @@ fn phone(t: &[u8], s: usize, e: usize) -> Option<Verdict> {
     if v.iter().filter(|&&b| b == b'(').count() != v.iter().filter(|&&b| b == b')').count() {
         return None;
     }
-    if continues_numeric(t, e, b".-/:")
-        || preceded_numeric(t, s, b".-/")
-        || prev(t, s).is_some_and(|b| b == b'+' || is_word(b))
-    {
+    if continues_numeric(t, e, b".-/:") {
         return None;
+    }
+    if preceded_numeric(t, s, b".-/") || prev(t, s).is_some_and(|b| b == b'+' || is_word(b)) {
+        // `3/1 212-555-0199`: the `1` read as a NANP trunk prefix continues something else;
+        // the number after it is judged on its own, as it was before the prefix was read.
+        let trunk = v.len() > 2 && v[0] == b'1' && matches!(v[1], b' ' | b'.' | b'-');
+        return if trunk { phone(t, s + 2, e) } else { None };
     }
     // A date (and time) is not a phone number: `09/02/2017 06`.
     let third_group_end = v
