@@ -1320,22 +1320,22 @@ async fn handle_post(
         .unwrap_or("")
         .to_ascii_lowercase();
     if legacy.is_some() {
-        let mut reg = ctx
-            .svc
-            .legacy
-            .pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        for k in &legacy_keys {
-            if let Some(p) = reg.get_mut(k) {
-                p.rec.http_status = status;
+        {
+            let mut reg = ctx
+                .svc
+                .legacy
+                .pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            for k in &legacy_keys {
+                if let Some(p) = reg.get_mut(k) {
+                    p.rec.http_status = status;
+                }
             }
         }
-        drop(reg);
-        return client_response(
-            rparts,
-            rbody.map_err(|e| Box::new(e) as BoxError).boxed_unsync(),
-        );
+        // The answers come on the SSE channel; this is the POST's own (`202 Accepted`, or an
+        // error page), redacted on a redacting service as any other answer.
+        return respond_observed(&ctx, rparts, rbody, Box::new(Unrecorded), None).await;
     }
     for p in pending.values_mut() {
         p.rec.http_status = status;
