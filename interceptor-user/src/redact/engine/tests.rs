@@ -2035,8 +2035,12 @@ fn a_label_glued_to_its_value_by_a_colon_or_a_dot_still_labels_it() {
     assert_finds("Tel.0612345678", "PHONE", "0612345678");
     assert_finds("Mob.07700 900123", "PHONE", "07700 900123");
     assert_finds("Ph.212-555-1234", "PHONE", "212-555-1234");
-    // A digit before the dot still continues a number: part of something longer.
+    // A digit before the dot still continues a number: part of something longer; and a
+    // number with an extension is a name.
     assert_clean("ref 7.0612345678");
+    assert_clean("see img.0612345678.jpg");
+    assert_clean("upload 0612345678.pdf");
+    assert_finds("call 0612345678.", "PHONE", "0612345678");
     assert_clean("v3.1985-03-03");
     assert_clean("AB-1985-03-03");
 }

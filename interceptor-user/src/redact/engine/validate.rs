@@ -685,7 +685,9 @@ fn phone(t: &[u8], s: usize, e: usize) -> Option<Verdict> {
     if v.iter().filter(|&&b| b == b'(').count() != v.iter().filter(|&&b| b == b')').count() {
         return None;
     }
-    if continues_numeric(t, e, b".-/:") {
+    // `0612345678.jpg`: a name with an extension (or a domain), not a number.
+    let extension = byte_at(t, e) == Some(b'.') && byte_at(t, e + 1).is_some_and(is_word);
+    if continues_numeric(t, e, b".-/:") || extension {
         return None;
     }
     if preceded_numeric(t, s, b".-/") || prev(t, s).is_some_and(|b| b == b'+' || is_word(b)) {
