@@ -276,11 +276,7 @@ fn redact_command(
         }
     };
     let key = if ephemeral_key {
-        let mut k = [0u8; 32];
-        std::fs::File::open("/dev/urandom")
-            .and_then(|mut f| f.read_exact(&mut k))
-            .context("reading /dev/urandom")?;
-        k
+        crate::audit::keys::random_key().context("an ephemeral pseudonym key")?
     } else {
         let ring = crate::audit::keys::KeyRing::new(&cfg.agent.pseudonym_keys());
         let ctx = || format!("agent.pseudonym_key_dir {}", ring.dir().display());

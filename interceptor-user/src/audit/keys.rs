@@ -134,9 +134,7 @@ impl KeyRing {
             .unwrap_or(0)
             + 1;
         let id = format!("k{next:06}");
-        let mut key = [0u8; 32];
-        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key)
-            .map_err(|_| std::io::Error::other("no randomness"))?;
+        let key = random_key()?;
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -171,6 +169,14 @@ impl KeyRing {
         std::fs::File::open(&self.dir)?.sync_all()?;
         Ok(())
     }
+}
+
+/// A fresh 32-byte pseudonym key from the system's randomness.
+pub fn random_key() -> std::io::Result<[u8; 32]> {
+    let mut key = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key)
+        .map_err(|_| std::io::Error::other("no randomness"))?;
+    Ok(key)
 }
 
 #[cfg(test)]

@@ -103,12 +103,7 @@ pub fn recordable_params(r: &dyn TextRedactor, params: &Value) -> (Value, Vec<Fi
         Value::Object(m) => Value::Object(
             m.iter()
                 .filter(|(k, _)| k.as_str() != "_meta")
-                .map(|(k, v)| {
-                    (
-                        redact_str(r, None, k, &mut findings),
-                        labelled(r, v, key_label(k), &mut findings),
-                    )
-                })
+                .map(|(k, v)| member(r, k, v, &mut findings))
                 .collect(),
         ),
         other => redact_value(r, other, &mut findings),
@@ -145,18 +140,24 @@ fn labelled(
         Value::Array(a) => {
             Value::Array(a.iter().map(|v| labelled(r, v, label, findings)).collect())
         }
-        Value::Object(m) => Value::Object(
-            m.iter()
-                .map(|(k, v)| {
-                    (
-                        redact_str(r, None, k, findings),
-                        labelled(r, v, key_label(k), findings),
-                    )
-                })
-                .collect(),
-        ),
+        Value::Object(m) => {
+            Value::Object(m.iter().map(|(k, v)| member(r, k, v, findings)).collect())
+        }
         other => other.clone(),
     }
+}
+
+/// An object member redacted: its key without a label, its value under the key.
+fn member(
+    r: &dyn TextRedactor,
+    k: &str,
+    v: &Value,
+    findings: &mut Vec<Finding>,
+) -> (String, Value) {
+    (
+        redact_str(r, None, k, findings),
+        labelled(r, v, key_label(k), findings),
+    )
 }
 
 fn redact_str(

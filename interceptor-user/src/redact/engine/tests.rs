@@ -2000,11 +2000,7 @@ fn field_names_context_words_are_kept_per_thread_and_stay_exact() {
 
 /// The year (UTC) now.
 fn this_year() -> i64 {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
-    crate::audit::timefmt::utc_year(ms)
+    crate::audit::timefmt::utc_year(crate::audit::store::now_ms())
 }
 
 #[test]

@@ -190,10 +190,8 @@ fn preceded_numeric(t: &[u8], s: usize, seps: &[u8]) -> bool {
 fn latest_birth_year() -> u32 {
     static YEAR: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
     *YEAR.get_or_init(|| {
-        let ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-        u32::try_from(crate::audit::timefmt::utc_year(ms) + 1).unwrap_or(u32::MAX)
+        let year = crate::audit::timefmt::utc_year(crate::audit::store::now_ms());
+        u32::try_from(year + 1).unwrap_or(u32::MAX)
     })
 }
 
