@@ -1856,11 +1856,11 @@ impl Engine {
     /// the closure rescan's look back before a mask, the context window in bytes, and the
     /// bytes around each that the automaton and the validators read.
     fn tail_margin(&self) -> usize {
-        let inner = &*self.inner;
-        (inner.max_pattern_len + 2)
+        // (`context_reach` is the context window in bytes plus 2.)
+        (self.inner.max_pattern_len + 2)
             .saturating_mul(2)
-            .saturating_add(inner.window.saturating_mul(4))
-            .saturating_add(4)
+            .saturating_add(self.context_reach())
+            .saturating_add(2)
     }
 
     /// Writes `text` with `matches` masked into a new buffer, with the spans of the masks in
