@@ -2259,3 +2259,14 @@ fn addresses_with_an_apostrophe_are_masked_whole() {
         "write to '[EMAIL]'."
     );
 }
+
+#[test]
+fn identity_words_go_to_built_in_national_id_detectors() {
+    // NATIONAL_IDS names built-ins by entity: a misspelt name would silently take no words.
+    for entity in detectors::NATIONAL_IDS {
+        assert!(
+            detectors::BUILTINS.iter().any(|b| b.entity == *entity),
+            "{entity} is no built-in detector"
+        );
+    }
+}
