@@ -115,6 +115,19 @@ impl Approvals {
         self.reg.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Runs `f` on the registry and emits the events it produced before the registry is
+    /// unlocked: the steps of a request are logged and recorded in the order the registry
+    /// took them (emitted after unlocking, an `abandoned` at shutdown could be recorded after
+    /// the `completed` of the exchange it ended, which another thread emitted meanwhile).
+    /// Emitting does not block: logging, and queue sends to the audit writer and the webhook.
+    fn with_reg<T>(&self, f: impl FnOnce(&mut Registry) -> (T, Vec<ApprovalEvent>)) -> T {
+        let mut reg = self.reg();
+        let (out, events) = f(&mut reg);
+        self.emit(events);
+        drop(reg);
+        out
+    }
+
     fn emit(&self, events: Vec<ApprovalEvent>) {
         for e in events {
             self.events.approval_event(&e);
@@ -132,26 +145,20 @@ impl Approvals {
     }
 
     pub(crate) fn hold(&self, new: NewRequest) -> Hold {
-        let (h, ev) = self.reg().hold(new, Instant::now(), SystemTime::now());
-        self.emit(ev);
-        h
+        self.with_reg(|r| r.hold(new, Instant::now(), SystemTime::now()))
     }
 
     pub(crate) fn take(&self, id: &str, waiter: u64) -> bool {
-        let (ok, ev) = self.reg().take(id, waiter, SystemTime::now());
-        self.emit(ev);
-        ok
+        self.with_reg(|r| r.take(id, waiter, SystemTime::now()))
     }
 
     pub(crate) fn caller_gone(&self, id: &str, waiter: u64) {
-        let ev = self.reg().caller_gone(id, waiter, SystemTime::now());
-        self.emit(ev);
+        self.with_reg(|r| ((), r.caller_gone(id, waiter, SystemTime::now())));
     }
 
     /// Expiry and housekeeping (also run every second by [`Approvals::spawn_sweeper`]).
     pub fn sweep(&self) {
-        let ev = self.reg().sweep(Instant::now(), SystemTime::now());
-        self.emit(ev);
+        self.with_reg(|r| ((), r.sweep(Instant::now(), SystemTime::now())));
     }
 
     /// An approver's decision. Refused attempts are recorded too.
@@ -171,11 +178,7 @@ impl Approvals {
             reason,
             grant,
         };
-        let (res, ev) = self
-            .reg()
-            .vote(id, who, ballot, Instant::now(), SystemTime::now());
-        self.emit(ev);
-        res
+        self.with_reg(|r| r.vote(id, who, ballot, Instant::now(), SystemTime::now()))
     }
 
     /// Requests `visible` lets through, oldest first; closed ones only with `all`.
@@ -195,10 +198,10 @@ impl Approvals {
 
     /// Shutdown: every open request is abandoned; waiting callers get their error.
     pub fn abandon_all(&self) -> usize {
-        let ev = self.reg().abandon_all(SystemTime::now());
-        let n = ev.len();
-        self.emit(ev);
-        n
+        self.with_reg(|r| {
+            let ev = r.abandon_all(SystemTime::now());
+            (ev.len(), ev)
+        })
     }
 
     /// Runs [`Approvals::sweep`] every second until `stop`.
@@ -230,10 +233,10 @@ impl Approvals {
         let Some(id) = rec.approval.as_deref() else {
             return;
         };
-        let ev = self.reg().completed(id, &rec.outcome, SystemTime::now());
-        if let Some(e) = ev {
-            self.emit(vec![e]);
-        }
+        self.with_reg(|r| {
+            let ev = r.completed(id, &rec.outcome, SystemTime::now());
+            ((), ev.into_iter().collect())
+        });
     }
 }
 
