@@ -306,7 +306,12 @@ pub fn iban(r: &mut Rng, country: &str, bad: bool) -> String {
         }
     }
     let s = format!("{country}{check}{bban}");
-    if r.chance(0.5) { group4(&s) } else { s }
+    match r.below(8) {
+        0..=2 => group4(&s),
+        // Typed by hand, in small letters.
+        3 => group4(&s).to_lowercase(),
+        _ => s,
+    }
 }
 
 fn bic(r: &mut Rng, lang: &str) -> String {
@@ -353,8 +358,15 @@ fn mac(r: &mut Rng) -> String {
             }
         })
         .collect();
-    match r.below(4) {
-        0 => bytes
+    let short = bytes.iter().filter(|&&b| b < 16).count() <= 2;
+    match r.below(5) {
+        // As BSD and macOS tools print them, without leading zeros.
+        4 if short => bytes
+            .iter()
+            .map(|b| format!("{b:x}"))
+            .collect::<Vec<_>>()
+            .join(":"),
+        0 | 4 => bytes
             .iter()
             .map(|b| format!("{b:02X}"))
             .collect::<Vec<_>>()
@@ -644,7 +656,18 @@ fn codice_fiscale(r: &mut Rng) -> String {
 
 fn dni(r: &mut Rng) -> String {
     let n = r.range(10_000_000, 99_999_999);
-    format!("{n:08}{}", checks::dni(n))
+    let letter = checks::dni(n);
+    if r.chance(0.2) {
+        // With thousands dots, as on the card.
+        format!(
+            "{}.{:03}.{:03}-{letter}",
+            n / 1_000_000,
+            n / 1000 % 1000,
+            n % 1000
+        )
+    } else {
+        format!("{n:08}{letter}")
+    }
 }
 
 fn nie(r: &mut Rng) -> String {
@@ -665,7 +688,13 @@ fn bsn(r: &mut Rng) -> String {
             let mut w = v.clone();
             w.push(last);
             if checks::bsn_ok(&w) {
-                return ds(&w);
+                let v = ds(&w);
+                // In groups of three, as often typed.
+                return if r.chance(0.2) {
+                    format!("{} {} {}", &v[..3], &v[3..6], &v[6..])
+                } else {
+                    v
+                };
             }
         }
     }

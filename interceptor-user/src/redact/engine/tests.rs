@@ -1436,10 +1436,21 @@ fn normalize_reference(check: Validator, v: &str) -> String {
         | Validator::EsDni
         | Validator::FrNir
         | Validator::Passport => alnum_upper(),
-        Validator::Mac => v
+        Validator::Mac if v.contains('.') => v
             .chars()
             .filter(char::is_ascii_hexdigit)
             .map(|c| c.to_ascii_lowercase())
+            .collect(),
+        Validator::Mac => v
+            .split(|c| c == ':' || c == '-')
+            .map(|g| {
+                let hex: String = g.chars().filter(char::is_ascii_hexdigit).collect();
+                if hex.is_empty() {
+                    hex
+                } else {
+                    format!("{:0>2}", hex.to_ascii_lowercase())
+                }
+            })
             .collect(),
         Validator::Ipv4 => Ipv4Addr::from_str(v)
             .map(|a| a.to_string())
@@ -2269,4 +2280,43 @@ fn identity_words_go_to_built_in_national_id_detectors() {
             "{entity} is no built-in detector"
         );
     }
+}
+
+#[test]
+fn identifiers_as_people_type_them() {
+    let p = |t: &str| engine().redact(t).findings;
+    // A BSN in groups of three, with its label; the same pseudonym as written in one run.
+    assert_finds("BSN: 111 222 333", "NL_BSN", "111 222 333");
+    assert_eq!(p("BSN: 111 222 333"), p("BSN: 111222333"));
+    assert_clean("shipped 111 222 333 units");
+    // IBANs in small letters, in groups of four; the same pseudonym as in capitals.
+    assert_finds(
+        "Rekeningnummer: nl91 abna 0417 1643 00",
+        "IBAN",
+        "nl91 abna 0417 1643 00",
+    );
+    assert_finds(
+        "IBAN: de89 3704 0044 0532 0130 00.",
+        "IBAN",
+        "de89 3704 0044 0532 0130 00",
+    );
+    assert_eq!(
+        p("IBAN: de89 3704 0044 0532 0130 00"),
+        p("IBAN: DE89370400440532013000")
+    );
+    assert_clean("ref de89 3704 0044 0532 0130 01");
+    // A DNI with thousands dots, as on the card.
+    assert_finds("DNI: 12.345.678-Z", "ES_DNI", "12.345.678-Z");
+    assert_finds("DNI 12.345.678Z", "ES_DNI", "12.345.678Z");
+    assert_eq!(p("DNI: 12.345.678-Z"), p("DNI: 12345678Z"));
+    assert_clean("DNI: 12.345.678-A");
+    // A MAC address without leading zeros, as BSD and macOS tools print it.
+    assert_finds("ether 0:1a:2b:3:4d:5e", "MAC_ADDRESS", "0:1a:2b:3:4d:5e");
+    assert_eq!(p("ether 0:1a:2b:3:4d:5e"), p("ether 00:1A:2B:03:4D:5E"));
+    assert_clean("ratios 1:2:3:4:5:6 and 10:2:3:4:5:6");
+    let got = entities("addr 2001:db8:0:0:1:0:0:1");
+    assert!(
+        got.iter().all(|(e, _)| e == "IPV6"),
+        "inside an IPv6 address: {got:?}"
+    );
 }

@@ -377,7 +377,11 @@ fn groups_of_four(v: &[u8]) -> bool {
 }
 
 fn iban(v: &[u8]) -> bool {
-    let compact: Bytes = v.iter().copied().filter(|&b| b != b' ').collect();
+    let compact: Bytes = v
+        .iter()
+        .filter(|&&b| b != b' ')
+        .map(u8::to_ascii_uppercase)
+        .collect();
     if compact.len() < 15 || !compact[..2].iter().all(u8::is_ascii_uppercase) {
         return false;
     }
@@ -869,6 +873,14 @@ fn mac(t: &[u8], s: usize, e: usize) -> Option<Verdict> {
     if seps.any(|c| Some(c) != first) || v.iter().all(|&b| b == b'0' || !b.is_ascii_hexdigit()) {
         return None;
     }
+    // Without leading zeros (`0:1a:2b:3:4d:5e`): a byte is below 16 one time in 16, so most
+    // groups still have two digits; `1:2:3:4:5:6` is a list, not an address.
+    if first == Some(b':') && v.len() < 17 {
+        let pairs = v.split(|&b| b == b':').filter(|g| g.len() == 2).count();
+        if pairs < 4 {
+            return None;
+        }
+    }
     if matches!(byte_at(t, e), Some(b':' | b'-' | b'.'))
         && byte_at(t, e + 1).is_some_and(|b| b.is_ascii_hexdigit())
     {
@@ -1094,6 +1106,16 @@ impl Validator {
             | Validator::EsDni
             | Validator::FrNir
             | Validator::Passport => keep(u8::is_ascii_alphanumeric, |b| b.to_ascii_uppercase()),
+            // Each byte in two digits: `0:1a:...` and `00:1A:...` are one address.
+            Validator::Mac if !v.contains('.') => {
+                for g in v.split([':', '-']) {
+                    let hex = || g.bytes().filter(u8::is_ascii_hexdigit);
+                    if hex().count() == 1 {
+                        out.push('0');
+                    }
+                    out.extend(hex().map(|b| char::from(b.to_ascii_lowercase())));
+                }
+            }
             Validator::Mac => keep(u8::is_ascii_hexdigit, |b| b.to_ascii_lowercase()),
             // An address the parser accepts is written back as it was (four decimal octets
             // without leading zeros); one it rejects is kept as is.
