@@ -1442,7 +1442,7 @@ fn normalize_reference(check: Validator, v: &str) -> String {
             .map(|c| c.to_ascii_lowercase())
             .collect(),
         Validator::Mac => v
-            .split(|c| c == ':' || c == '-')
+            .split([':', '-'])
             .map(|g| {
                 let hex: String = g.chars().filter(char::is_ascii_hexdigit).collect();
                 if hex.is_empty() {
