@@ -119,8 +119,8 @@ use sha2::Sha256;
 use super::json::{add_count, floor_boundary};
 use super::{Finding, Head, Pseudonym, Sieve, TextRedactor};
 use detectors::{
-    BUILTINS, EMAIL_PATTERN, ID_WORDS, NATIONAL_IDS, NEGATIVE_GAP, NEGATIVE_WORDS, PENALTY, STRONG,
-    THRESHOLD,
+    BUILTINS, EMAIL_PATTERN, ID_WORDS, NAMELESS_IDS, NATIONAL_IDS, NEGATIVE_GAP, NEGATIVE_WORDS,
+    PENALTY, STRONG, THRESHOLD,
 };
 use lanes::LaneSearch;
 pub use validate::Validator;
@@ -490,6 +490,8 @@ impl Inner {
 struct Word {
     len: usize,
     negative: bool,
+    /// See [`NAMELESS_IDS`].
+    nameless: bool,
     /// Checks the byte after the word (not for words ending in punctuation, like `tel.`).
     end_boundary: bool,
 }
@@ -1000,6 +1002,7 @@ impl Engine {
             .map(|(w, &negative)| Word {
                 len: w.len(),
                 negative,
+                nameless: NAMELESS_IDS.contains(&w.as_str()),
                 end_boundary: w
                     .as_bytes()
                     .last()
@@ -1418,8 +1421,13 @@ impl Engine {
                 }
                 if det.negative {
                     let hay = text.as_bytes();
+                    let grouped = hay[v.start..v.end]
+                        .iter()
+                        .any(|b| !b.is_ascii_alphanumeric());
                     let penalised = scratch.hits.iter().any(|h| {
-                        inner.words[h.word as usize].negative
+                        let word = &inner.words[h.word as usize];
+                        word.negative
+                            && !(word.nameless && grouped)
                             && !relevant(h)
                             && last_relevant.is_none_or(|r| h.end > r)
                             && v.start - h.end <= NEGATIVE_GAP

@@ -52,6 +52,13 @@ pub(crate) const PENALTY: f32 = 0.6;
 /// detector after it.
 pub(crate) const NEGATIVE_GAP: usize = 16;
 
+/// Negative words that say "an identifier" without saying of what (`Patient ID:`, `Employee
+/// ID:`, a bare `ID:`): they lower only a value written in one run (`ID: 123456789`), not one
+/// written with the separators of its format (`ID: 123-45-6789`, `Patient ID: 1 85 05 78 006
+/// 084 91`), which says what it is better than the word does. Words that name the thing
+/// (`order id`, `ticket`) lower both.
+pub(crate) const NAMELESS_IDS: &[&str] = &["id"];
+
 /// Words for a person's identity number, context of every national ID detector
 /// (`National ID: 12345678Z`, `Personal ID: 811218-9876`): a context word ending where the
 /// negative word `id` ends, or after it, cancels its penalty. Only phrases that name a

@@ -2136,6 +2136,24 @@ fn generic_identity_words_label_national_ids_despite_the_word_id() {
 }
 
 #[test]
+fn a_bare_id_word_does_not_hide_a_value_written_in_its_format() {
+    // `Patient ID:`, `Employee ID:` say an identifier follows, not of what: a value written
+    // with the separators of its format is what it looks like.
+    assert_finds(
+        "Patient ID: 1 85 05 78 006 084 91",
+        "FR_NIR",
+        "1 85 05 78 006 084 91",
+    );
+    assert_finds("Employee ID: 123-45-6789", "US_SSN", "123-45-6789");
+    assert_finds("ID: 123-45-6789", "US_SSN", "123-45-6789");
+    // In one run, it could be any number; and a word that names the thing still wins.
+    assert_clean("ID: 185057800608491");
+    assert_clean("user id 123456789");
+    assert_clean("Order ID: 123-45-6789");
+    assert_clean("ticket 1 85 05 78 006 084 91");
+}
+
+#[test]
 fn both_addresses_of_an_ipv4_range_are_masked() {
     assert_finds("10.0.0.1-10.0.0.255", "IPV4", "10.0.0.1");
     assert_finds("10.0.0.1-10.0.0.255", "IPV4", "10.0.0.255");
