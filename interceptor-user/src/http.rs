@@ -1404,6 +1404,22 @@ where
     let Some(engine) = &ctx.svc.redaction else {
         return client_response(rparts, Observed::new(rbody, observer).boxed_unsync());
     };
+    let redactor = exchange_redactor(engine, view);
+    let evidence: crate::redact::stream::Evidence = Arc::default();
+    observer.set_evidence(evidence.clone());
+    // The head first: header values can carry data as well as the body.
+    let head = crate::redact::headers::redact_headers(&mut rparts.headers, &*redactor);
+    for name in &head.dropped {
+        warn!(
+            service = %ctx.svc.cfg.name,
+            header = %name,
+            "a response header that is not UTF-8 text cannot be redacted: removed"
+        );
+    }
+    evidence
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .merge(head.summary, MAX_RECORDED_FINDINGS);
     let status = rparts.status;
     if status.is_informational()
         || status == StatusCode::NO_CONTENT
@@ -1440,9 +1456,6 @@ where
         .unwrap_or("")
         .to_ascii_lowercase();
     let media = ct.split(';').next().unwrap_or("").trim().to_string();
-    let redactor = exchange_redactor(engine, view);
-    let evidence: crate::redact::stream::Evidence = Arc::default();
-    observer.set_evidence(evidence.clone());
     // The length changes: the redacted body is sent chunked (HTTP/1.1) or framed (HTTP/2).
     rparts.headers.remove(header::CONTENT_LENGTH);
     if media == "text/event-stream" {

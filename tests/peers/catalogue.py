@@ -86,6 +86,11 @@ def completion_values(prefix: str) -> list[str]:
     return [f"{prefix}jane.doe@example.com", f"{prefix}john.roe@example.org"]
 
 
+def debug_caller() -> str:
+    """An address a careless server puts in a response header."""
+    return "jane.doe@example.com"
+
+
 def debug_text() -> str:
     """A plain (non-MCP) answer that carries personal data."""
     return "debug: last caller jane.doe@example.com, account GB82WEST12345698765432"

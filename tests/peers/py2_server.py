@@ -153,16 +153,27 @@ def summarize_customer(id: str) -> str:
 
 def debug_routes(app, compress: str):
     """--debug-routes: plain HTTP answers beside MCP that carry personal data, for the
-    redaction tests: GET /debug (text/plain) and GET /mcp?debug=1 (JSON, not an SSE stream).
+    redaction tests: GET /debug (text/plain) and GET /mcp?debug=1 (JSON, not an SSE stream),
+    named in a Content-Disposition; and on every answer, MCP ones too, an X-Debug-Caller
+    header with an e-mail address.
     --compress gzip: when the request accepts gzip (`accept`), or whatever it accepts
     (`always`). Each such request prints one JSON line: its path and Accept-Encoding."""
     import gzip
 
-    async def wrapped(scope, receive, send):
+    async def with_debug_header(send, message):
+        # Every answer also names the last caller in a header, as a careless server might.
+        if message["type"] == "http.response.start":
+            message = dict(message, headers=list(message.get("headers", [])) + [(b"x-debug-caller", cat.debug_caller().encode())])
+        await send(message)
+
+    async def wrapped(scope, receive, send_plain):
+        async def send(message):
+            await with_debug_header(send_plain, message)
+
         path = scope.get("path", "")
         debug_get = path == "/mcp" and scope.get("method") == "GET" and b"debug=1" in scope.get("query_string", b"")
         if scope["type"] != "http" or not (path in ("/debug", "/debug.png", "/debug16") or debug_get):
-            await app(scope, receive, send)
+            await app(scope, receive, send if scope["type"] == "http" else send_plain)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         accept = headers.get("accept-encoding", "")
@@ -176,7 +187,7 @@ def debug_routes(app, compress: str):
             body, ctype = cat.debug_text().encode("utf-16-le"), b"text/plain; charset=utf-16le"
         else:
             body, ctype = json.dumps({"error": cat.debug_text()}).encode(), b"application/json"
-        out = [(b"content-type", ctype)]
+        out = [(b"content-type", ctype), (b"content-disposition", f'attachment; filename="{cat.debug_caller()}.txt"'.encode())]
         if compress == "always" or (compress == "accept" and "gzip" in accept):
             body = gzip.compress(body)
             if compress == "always":

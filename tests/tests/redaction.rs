@@ -213,7 +213,7 @@ fn personal_data_in_every_kind_of_answer_reaches_the_client_masked() {
 
 const SSE_ACCEPT: &str = "accept: application/json, text/event-stream";
 
-/// Everything a redacting service's server sends back is redacted, also answers that are no
+/// Everything a redacting service's server sends back is redacted, heads as well as bodies, also answers that are no
 /// MCP exchange (a debug page; a JSON error to a GET of the MCP endpoint), and they come as
 /// they are: the agent asks the server for `identity` whatever the caller accepts, and refuses
 /// a compressed answer it gets anyway (nothing in it could be read, so nothing masked).
@@ -254,6 +254,14 @@ fn plain_and_compressed_answers_of_a_redacting_service_never_pass_unmasked() {
             body.contains("[EMAIL:") && body.contains("[IBAN:"),
             "{path}: {body}"
         );
+        // The head too: the file name and the server's own header name the caller.
+        no_pii(path, &head);
+        let lower = head.to_ascii_lowercase();
+        assert!(
+            lower.contains("content-disposition: attachment; filename=\"[email:")
+                && lower.contains("x-debug-caller: [email:"),
+            "{head}"
+        );
         assert!(
             !head.to_ascii_lowercase().contains("content-encoding"),
             "{head}"
@@ -274,6 +282,26 @@ fn plain_and_compressed_answers_of_a_redacting_service_never_pass_unmasked() {
             assert!(v["error"].as_str().unwrap_or("").contains("[EMAIL:"), "{v}");
         }
     }
+    // An MCP answer's head as well; what frames the exchange passes (the session id the
+    // caller must send back).
+    let init = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"curl","version":"1"}}}"#;
+    let url = format!("http://{SERVER_IP}:{accepting}/mcp");
+    let (code, head, body) = node.curl(&[
+        "-X",
+        "POST",
+        "-H",
+        "content-type: application/json",
+        "-H",
+        "accept: application/json, text/event-stream",
+        "-d",
+        init,
+        &url,
+    ]);
+    assert_eq!(code, 200, "{head}\n{body}");
+    no_pii("initialize", &head);
+    let lower = head.to_ascii_lowercase();
+    assert!(lower.contains("x-debug-caller: [email:"), "{head}");
+    assert!(lower.contains("mcp-session-id: "), "{head}");
     // What is not UTF-8 text cannot be read, so not redacted: refused, neither passed nor
     // mangled (an image; a text in UTF-16 that holds an address).
     for path in ["/debug.png", "/debug16"] {

@@ -8,9 +8,11 @@
 //!   to (the label that checksum-only identifiers need), and re-encodes it, in bounded memory
 //!   and for any split of the input into chunks.
 //! - [`stream`]: response bodies (JSON and SSE) rewritten frame by frame as they pass.
+//! - [`headers`]: response headers, each value redacted as a text under the header's name.
 //!
 //! The two meet at [`TextRedactor`], so each can be tested on its own.
 pub mod engine;
+pub mod headers;
 pub mod json;
 pub mod sample;
 pub mod stream;
