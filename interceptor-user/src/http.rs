@@ -1386,6 +1386,28 @@ const MAX_RECORDED_FINDINGS: usize = crate::redact::json::MAX_FINDINGS;
 /// such a body is redacted as text, which needs it whole.
 const MAX_TEXT_REDACT: usize = 1024 * 1024;
 
+/// Redacts the headers of a server response (see `redact::headers`), logging each one removed
+/// (not UTF-8 text), and adds what was masked to the exchange's evidence.
+fn redact_head(
+    ctx: &ConnCtx,
+    headers: &mut http::HeaderMap,
+    redactor: &dyn crate::redact::TextRedactor,
+    evidence: &crate::redact::stream::Evidence,
+) {
+    let head = crate::redact::headers::redact_headers(headers, redactor);
+    for name in &head.dropped {
+        warn!(
+            service = %ctx.svc.cfg.name,
+            header = %name,
+            "a response header that is not UTF-8 text cannot be redacted: removed"
+        );
+    }
+    evidence
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .merge(head.summary, MAX_RECORDED_FINDINGS);
+}
+
 /// Sends a server response on, redacted when the service redacts, observed in any case.
 /// JSON bodies and SSE streams are redacted as they stream; an empty body passes as it is;
 /// any other body is redacted as text (up to [`MAX_TEXT_REDACT`], refused beyond: nothing
@@ -1408,18 +1430,7 @@ where
     let evidence: crate::redact::stream::Evidence = Arc::default();
     observer.set_evidence(evidence.clone());
     // The head first: header values can carry data as well as the body.
-    let head = crate::redact::headers::redact_headers(&mut rparts.headers, &*redactor);
-    for name in &head.dropped {
-        warn!(
-            service = %ctx.svc.cfg.name,
-            header = %name,
-            "a response header that is not UTF-8 text cannot be redacted: removed"
-        );
-    }
-    evidence
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .merge(head.summary, MAX_RECORDED_FINDINGS);
+    redact_head(ctx, &mut rparts.headers, &*redactor, &evidence);
     let status = rparts.status;
     if status.is_informational()
         || status == StatusCode::NO_CONTENT
@@ -1877,6 +1888,7 @@ async fn filtered_list_response(
         Some(engine) => {
             let ev: crate::redact::stream::Evidence = Arc::default();
             let r = exchange_redactor(engine, view);
+            redact_head(ctx, &mut rparts.headers, &*r, &ev);
             let body = if ct.starts_with("text/event-stream") {
                 Redacting::sse(Full::new(out), r, ev.clone())
             } else {

@@ -273,7 +273,8 @@ fn each_role_sees_what_its_purpose_allows() {
     for s in &mut f.cfg.services {
         s.extra.push_str("[services.redact]\n");
     }
-    let server = f.node.mcp_server(Sdk::Py2, f.port, &[]);
+    // (The server also names a caller in a header of every answer: `--debug-routes`.)
+    let server = f.node.mcp_server(Sdk::Py2, f.port, &["--debug-routes"]);
     let agent = f.node.start_agent(&f.cfg);
     let alice = user_token(&f, "alice"); // support: release PHONE
     let bob = user_token(&f, "bob"); // analytics: EMAIL removed
@@ -318,6 +319,55 @@ fn each_role_sees_what_its_purpose_allows() {
         "analysts get no pseudonyms: {b}"
     );
     assert!(!b.contains("@example.com"), "{b}");
+
+    // Response heads are redacted for the caller's role, also those of the list results
+    // filtered by policy (read whole, sent on another way).
+    let url = format!("http://{SERVER_IP}:{}/mcp", f.port);
+    let auth = format!("Authorization: Bearer {carol}");
+    let post = |body: &str, extra: &[&str]| {
+        let mut args = vec![
+            "-X",
+            "POST",
+            "-H",
+            "content-type: application/json",
+            "-H",
+            "accept: application/json, text/event-stream",
+            "-H",
+            &auth,
+        ];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["-d", body, &url]);
+        f.node.curl(&args)
+    };
+    let init = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"curl","version":"1"}}}"#;
+    let (status, head, _) = post(init, &[]);
+    assert_eq!(status, 200, "{head}");
+    let session = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("mcp-session-id:")
+                .map(|v| v.trim().to_string())
+        })
+        .expect("session id");
+    let sess = format!("mcp-session-id: {session}");
+    let (status, head, _) = post(
+        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+        &["-H", &sess],
+    );
+    assert_eq!(status, 202, "{head}");
+    let (status, head, list) = post(
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#,
+        &["-H", &sess],
+    );
+    assert_eq!(status, 200, "{head}\n{list}");
+    assert!(list.contains("customer_lookup"), "{list}");
+    assert!(!head.contains("jane.doe@example.com"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("x-debug-caller: [email:"),
+        "{head}"
+    );
     drop(server);
 }
 
