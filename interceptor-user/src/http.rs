@@ -643,7 +643,7 @@ async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<RespBody>
                 let what = format!(
                     "{} {} is not an MCP request (this port only serves MCP)",
                     req.method(),
-                    req.uri().path()
+                    recordable_path(&ctx, req.uri().path())
                 );
                 refuse(
                     &ctx,
@@ -1695,6 +1695,19 @@ fn audit_failed_response(ctx: &ConnCtx, e: &crate::audit::AuditError) -> Respons
 
 /// Records a forwarded HTTP request that is not a JSON-RPC exchange (GET stream, session
 /// DELETE, non-MCP traffic let through) before it goes upstream.
+/// A request path as it may be written to a record or a log: redacted as request parameters
+/// are (every service), percent-decoded first (`/users/jane.doe%40example.com`). A REST-style
+/// path can name a person, and an audit record cannot be taken back. Unchanged when nothing
+/// in it is masked.
+fn recordable_path<'a>(ctx: &ConnCtx, path: &'a str) -> std::borrow::Cow<'a, str> {
+    use std::borrow::Cow;
+    let decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
+    match ctx.svc.records.redact_labelled(None, &decoded) {
+        (_, f) if f.is_empty() => Cow::Borrowed(path),
+        (red, _) => Cow::Owned(red.into_owned()),
+    }
+}
+
 async fn record_http(
     ctx: &ConnCtx,
     parts: &http::request::Parts,
@@ -1715,7 +1728,7 @@ async fn record_http(
             "uid": p.map(|p| p.uid),
             "comm": p.map(|p| p.comm.clone()),
             "http_method": parts.method.as_str(),
-            "path": parts.uri.path(),
+            "path": recordable_path(ctx, parts.uri.path()),
             "session": header_str(&parts.headers, "mcp-session-id"),
         }),
     );

@@ -282,6 +282,22 @@ fn plain_and_compressed_answers_of_a_redacting_service_never_pass_unmasked() {
             assert!(v["error"].as_str().unwrap_or("").contains("[EMAIL:"), "{v}");
         }
     }
+    // A path naming a person (forwarded as it is) is recorded redacted: an audit record
+    // cannot be taken back.
+    let url = format!("http://{SERVER_IP}:{accepting}/records/jane.doe%40example.com/export");
+    let (code, head, _) = node.curl(&[&url]);
+    assert!(code >= 200, "{head}");
+    let mut stored = Vec::new();
+    for side in ["", "-wal"] {
+        let f = cfg.state_dir.join(format!("audit.db{side}"));
+        stored.extend(std::fs::read(&f).unwrap_or_default());
+    }
+    let stored = String::from_utf8_lossy(&stored);
+    assert!(stored.contains("/records/"), "the forward is recorded");
+    assert!(
+        !stored.contains("jane.doe") && !stored.contains("jane.doe%40"),
+        "the path of a forward is in the audit store in clear"
+    );
     // An MCP answer's head as well; what frames the exchange passes (the session id the
     // caller must send back).
     let init = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"curl","version":"1"}}}"#;
