@@ -536,6 +536,9 @@ fn refuse(
             ctx.close.notify_one();
         }
     }
+    // The caller gets the reason as it is; a log or record gets it redacted (it can quote
+    // what was sent: a header, a value, a path).
+    let shown = recordable_text(ctx, what);
     warn!(
         event = "request_refused",
         service = %ctx.svc.cfg.name,
@@ -543,7 +546,7 @@ fn refuse(
         peer = %ctx.info.caller.peer(),
         status = status.as_u16(),
         code,
-        reason = what,
+        reason = %shown,
         "request refused"
     );
     if let Some(a) = ctx.svc.pipeline.audit() {
@@ -556,7 +559,7 @@ fn refuse(
                 "peer": ctx.info.caller.peer().to_string(),
                 "http_status": status.as_u16(),
                 "error_code": code,
-                "reason": what,
+                "reason": shown,
                 "malformed": malformed,
             }),
         ));
@@ -643,7 +646,7 @@ async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<RespBody>
                 let what = format!(
                     "{} {} is not an MCP request (this port only serves MCP)",
                     req.method(),
-                    recordable_path(&ctx, req.uri().path())
+                    req.uri().path()
                 );
                 refuse(
                     &ctx,
@@ -693,6 +696,7 @@ fn new_record(
         p
     });
     let msg = msg.map(|(m, _)| m);
+    let recorded = |t: &str| recordable_text(ctx, t).into_owned();
     ExchangeRecord {
         service: ctx.svc.cfg.name.clone(),
         conn_id: ctx.info.id,
@@ -705,12 +709,16 @@ fn new_record(
         unit: p.and_then(|p| p.unit.clone()),
         transport,
         http_version: format!("{:?}", parts.version),
-        revision: header_str(&parts.headers, "mcp-protocol-version").map(str::to_string),
+        // What the caller chose freely (a string id, a method name, a session or revision
+        // header) is redacted like any text of the request: `"id": "export-jane@x.com"`.
+        revision: header_str(&parts.headers, "mcp-protocol-version").map(&recorded),
         session: header_str(&parts.headers, "mcp-session-id")
-            .map(str::to_string)
-            .or_else(|| legacy_session(&parts.uri)),
-        jsonrpc_id: msg.and_then(|m| m.id.as_ref()).map(|i| i.to_string()),
-        method: msg.and_then(|m| m.method.clone()),
+            .map(&recorded)
+            .or_else(|| legacy_session(&parts.uri).map(|s| recorded(&s))),
+        jsonrpc_id: msg
+            .and_then(|m| m.id.as_ref())
+            .map(|i| recorded(&i.to_string())),
+        method: msg.and_then(|m| m.method.as_deref()).map(&recorded),
         target,
         params,
         request_pseudonyms: found
@@ -736,6 +744,7 @@ fn new_record(
         masked: Default::default(),
         pseudonyms: Vec::new(),
         released: Vec::new(),
+        arguments_redacted: false,
         response_sha256: None,
         response_excerpt: None,
         approval: None,
@@ -743,6 +752,78 @@ fn new_record(
         duration_ms: 0,
         request_record: None,
     }
+}
+
+/// The request body the server gets when the grant that allowed a message says
+/// `redact_arguments`: that message's `arguments` (tools/call, prompts/get), or its completion
+/// value and context arguments (completion/complete), redacted as the grant masks answers
+/// (each value under its key; keys, names and everything else as they were). On a service
+/// without `[services.redact]`, the built-in detectors mask as records do. `None` when no
+/// message is to be rewritten; otherwise the new body and which messages were rewritten.
+fn with_redacted_arguments(
+    ctx: &ConnCtx,
+    tree: &serde_json::Value,
+    batch: bool,
+    messages: &[mcp::Message],
+    decisions: &[Option<PolicyDecision>],
+) -> Result<Option<(Bytes, Vec<bool>)>, String> {
+    use crate::redact::json::redact_value;
+    let wanted = |i: usize| {
+        decisions
+            .get(i)
+            .and_then(|d| d.as_ref())
+            .filter(|d| d.allowed && d.redact_arguments)
+    };
+    if !(0..messages.len()).any(|i| wanted(i).is_some()) {
+        return Ok(None);
+    }
+    let mut tree = tree.clone();
+    let mut rewritten = vec![false; messages.len()];
+    for (i, m) in messages.iter().enumerate() {
+        let Some(d) = wanted(i) else { continue };
+        let redactor: Arc<dyn crate::redact::TextRedactor> = match &ctx.svc.redaction {
+            Some(e) => {
+                let grant = [(&d.masking[..], &d.release[..])];
+                exchange_redactor(e, Some(common_view(e.default_view(), &grant)))
+            }
+            None => ctx.svc.records.clone(),
+        };
+        let item = if batch {
+            tree.get_mut(i)
+        } else {
+            Some(&mut tree)
+        };
+        let Some(params) = item.and_then(|v| v.get_mut("params")) else {
+            continue;
+        };
+        match m.method.as_deref() {
+            Some("tools/call" | "prompts/get") => {
+                if let Some(a) = params.get_mut("arguments") {
+                    redact_value(a, &*redactor);
+                    rewritten[i] = true;
+                }
+            }
+            Some("completion/complete") => {
+                let label = params
+                    .pointer("/argument/name")
+                    .and_then(|n| n.as_str())
+                    .map(str::to_string);
+                if let Some(serde_json::Value::String(v)) = params.pointer_mut("/argument/value") {
+                    let red = redactor.redact_labelled(label.as_deref(), v).0.into_owned();
+                    *v = red;
+                    rewritten[i] = true;
+                }
+                if let Some(a) = params.pointer_mut("/context/arguments") {
+                    redact_value(a, &*redactor);
+                    rewritten[i] = true;
+                }
+            }
+            _ => {}
+        }
+    }
+    let body = serde_json::to_vec(&tree)
+        .map_err(|e| format!("re-encoding a request with redacted arguments: {e}"))?;
+    Ok(Some((Bytes::from(body), rewritten)))
 }
 
 fn upstream_request(
@@ -1177,6 +1258,13 @@ async fn handle_post(
         }
         None => None,
     };
+    // A grant can have the server get the call's arguments redacted (data minimisation).
+    let (bytes, rewritten) =
+        match with_redacted_arguments(&ctx, &tree, body.is_batch(), messages, &decisions) {
+            Ok(Some((b, r))) => (b, r),
+            Ok(None) => (bytes, Vec::new()),
+            Err(e) => return internal_error(&ctx, &e),
+        };
     let mut up = match upstream_request(&ctx, &parts, bytes) {
         Ok(r) => r,
         Err(e) => return bad_target(&ctx, &e),
@@ -1208,6 +1296,7 @@ async fn handle_post(
         let mut rec = decided(i, m);
         rec.released = released.clone();
         rec.approval = approval.clone();
+        rec.arguments_redacted = rewritten.get(i).copied().unwrap_or(false);
         match (&m.kind, &m.id) {
             (mcp::Kind::Request, Some(id)) => {
                 pending.insert(id.to_string(), Pending { rec, started });
@@ -1672,6 +1761,29 @@ fn audit_unavailable(
 }
 
 /// A response that was obtained but whose record could not be made durable: withheld.
+/// A request the agent could not prepare for the server (a fault of its own): 500, nothing
+/// sent, the reason logged.
+fn internal_error(ctx: &ConnCtx, e: &str) -> Response<RespBody> {
+    tracing::error!(
+        event = "internal_error",
+        service = %ctx.svc.cfg.name,
+        conn_id = ctx.info.id,
+        side = "internal",
+        error = %e,
+        "request not sent"
+    );
+    json_response(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        mcp::error_response(
+            None,
+            mcp::INTERNAL_ERROR,
+            "internal error of the interceptor",
+            None,
+        ),
+        false,
+    )
+}
+
 fn audit_failed_response(ctx: &ConnCtx, e: &crate::audit::AuditError) -> Response<RespBody> {
     tracing::error!(
         event = "audit_unavailable",
@@ -1693,13 +1805,11 @@ fn audit_failed_response(ctx: &ConnCtx, e: &crate::audit::AuditError) -> Respons
     )
 }
 
-/// Records a forwarded HTTP request that is not a JSON-RPC exchange (GET stream, session
-/// DELETE, non-MCP traffic let through) before it goes upstream.
-/// A request path as it may be written to a record or a log: redacted as request parameters
-/// are (every service), percent-decoded first (`/users/jane.doe%40example.com`). A REST-style
-/// path can name a person, and an audit record cannot be taken back. Unchanged when nothing
-/// in it is masked.
-fn recordable_path<'a>(ctx: &ConnCtx, path: &'a str) -> std::borrow::Cow<'a, str> {
+/// A text from a request (a path, a refusal reason quoting what was sent) as it may be written
+/// to a record or a log: redacted as request parameters are (every service), percent-decoded
+/// first (`/users/jane.doe%40example.com`). A REST-style path or a quoted header can name a
+/// person, and an audit record cannot be taken back. Unchanged when nothing in it is masked.
+fn recordable_text<'a>(ctx: &ConnCtx, path: &'a str) -> std::borrow::Cow<'a, str> {
     use std::borrow::Cow;
     let decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
     match ctx.svc.records.redact_labelled(None, &decoded) {
@@ -1708,6 +1818,8 @@ fn recordable_path<'a>(ctx: &ConnCtx, path: &'a str) -> std::borrow::Cow<'a, str
     }
 }
 
+/// Records a forwarded HTTP request that is not a JSON-RPC exchange (GET stream, session
+/// DELETE, non-MCP traffic let through) before it goes upstream.
 async fn record_http(
     ctx: &ConnCtx,
     parts: &http::request::Parts,
@@ -1728,8 +1840,8 @@ async fn record_http(
             "uid": p.map(|p| p.uid),
             "comm": p.map(|p| p.comm.clone()),
             "http_method": parts.method.as_str(),
-            "path": recordable_path(ctx, parts.uri.path()),
-            "session": header_str(&parts.headers, "mcp-session-id"),
+            "path": recordable_text(ctx, parts.uri.path()),
+            "session": header_str(&parts.headers, "mcp-session-id").map(|s| recordable_text(ctx, s)),
         }),
     );
     audit

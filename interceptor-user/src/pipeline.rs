@@ -121,6 +121,10 @@ pub struct ExchangeRecord {
     pub pseudonyms: Vec<String>,
     /// Entity types the policy released in clear to this caller (the grant's `release`).
     pub released: Vec<String>,
+    /// The server got this call's arguments redacted (the deciding grant's
+    /// `redact_arguments`). Written only when so.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub arguments_redacted: bool,
     /// SHA-256 (hex) of the response as the caller received it (the JSON body, or the
     /// response's SSE event data).
     pub response_sha256: Option<String>,
@@ -350,6 +354,7 @@ impl Phase for ExchangeLog {
             masked = %serde_json::to_string(&r.masked).unwrap_or_default(),
             pseudonyms = %r.pseudonyms.join(","),
             released = %r.released.join(","),
+            arguments_redacted = r.arguments_redacted.then_some(true),
             response_sha256 = r.response_sha256.as_deref(),
             response_excerpt = r.response_excerpt.as_deref(),
             approval = r.approval.as_deref(),

@@ -34,6 +34,9 @@
 //! # Redaction of this grant's exchanges, over the service's `[services.redact]` settings:
 //! masking = { EMAIL = "partial" }   # mask mode per entity type: remove | partial | pseudonymize
 //! release = ["PHONE"]               # entity types this purpose needs in clear (recorded)
+//! redact_arguments = false          # true: the server gets the call's arguments redacted too
+//!                                   # (tools/call and prompts/get `arguments`, completion
+//!                                   # values), masked as this grant masks answers (recorded)
 //!
 //! [[roles.grants.constraints]]      # argument constraints on tools/call
 //! tool = "export_customers"         # required; exact tool name, must match the grant's `tools`
@@ -257,6 +260,10 @@ pub struct PolicyDecision {
     /// Entity types the deciding grant's purpose needs in clear (`release`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub release: Vec<String>,
+    /// The deciding grant has the server get the call's arguments redacted
+    /// (`redact_arguments`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub redact_arguments: bool,
 }
 
 /// GDPR Art. 6(1) lawful bases, spelled in files as snake_case.
@@ -410,6 +417,7 @@ pub struct GrantExplanation {
     pub data_subjects: Vec<String>,
     pub masking: Vec<(String, MaskMode)>,
     pub release: Vec<String>,
+    pub redact_arguments: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -482,6 +490,9 @@ impl fmt::Display for Explanation {
                 }
                 if !g.release.is_empty() {
                     writeln!(f, "    released in clear: {}", g.release.join(", "))?;
+                }
+                if g.redact_arguments {
+                    writeln!(f, "    arguments redacted before they reach the server")?;
                 }
             }
         }
@@ -566,6 +577,8 @@ struct RawGrant {
     #[serde(default)]
     release: Vec<S<String>>,
     #[serde(default)]
+    redact_arguments: bool,
+    #[serde(default)]
     constraints: Vec<S<RawConstraint>>,
 }
 
@@ -615,6 +628,7 @@ struct Grant {
     data_subjects: Vec<String>,
     masking: Vec<(String, MaskMode)>,
     release: Vec<String>,
+    redact_arguments: bool,
     constraints: Vec<Constraint>,
 }
 
@@ -1231,6 +1245,7 @@ impl Loader {
             data_subjects,
             masking,
             release,
+            redact_arguments: g.redact_arguments,
             constraints,
         })
     }
@@ -1403,6 +1418,7 @@ impl PolicySet {
             policy_version: self.inner.version.clone(),
             masking: Vec::new(),
             release: Vec::new(),
+            redact_arguments: false,
         };
         let method = clip(req.method);
         let held = self.held(req.who);
@@ -1437,6 +1453,7 @@ impl PolicySet {
             policy_version: self.inner.version.clone(),
             masking: Vec::new(),
             release: Vec::new(),
+            redact_arguments: false,
         };
         if PROTOCOL_METHODS.contains(&req.method) {
             return builtin(
@@ -1524,6 +1541,7 @@ impl PolicySet {
                 policy_version: self.inner.version.clone(),
                 masking: g.masking.clone(),
                 release: g.release.clone(),
+                redact_arguments: g.redact_arguments,
             };
         }
         match failure {
@@ -1807,6 +1825,7 @@ impl Grant {
             data_subjects: self.data_subjects.clone(),
             masking: self.masking.clone(),
             release: self.release.clone(),
+            redact_arguments: self.redact_arguments,
         }
     }
 }
@@ -2696,6 +2715,31 @@ lawful_basis = "legitimate_interests"
         // Denials release nothing.
         let d = tool(&s, &user(&["g"]), "other", json!({}));
         assert!(!d.allowed && d.release.is_empty());
+    }
+
+    #[test]
+    fn a_grant_can_have_the_arguments_redacted_before_the_server() {
+        let t = grant_text(
+            "methods = [\"tools/call\"]\ntools = [\"lookup\"]\nredact_arguments = true\n",
+        );
+        let s = PolicySet::from_str("x.policy.toml", &t).unwrap();
+        let d = tool(&s, &user(&["g"]), "lookup", json!({}));
+        assert!(d.allowed && d.redact_arguments, "{d:?}");
+        let x = s.explain("crm", &user(&["g"])).to_string();
+        assert!(
+            x.contains("arguments redacted before they reach the server"),
+            "{x}"
+        );
+        // Off unless said; builtin rules and denials never rewrite anything.
+        let l = decide(&s, "crm", &user(&["g"]), "tools/list", None, None);
+        assert!(l.allowed && !l.redact_arguments, "{l:?}");
+        assert!(!tool(&s, &user(&["g"]), "other", json!({})).redact_arguments);
+        let plain = PolicySet::from_str(
+            "y.policy.toml",
+            &grant_text("methods = [\"tools/call\"]\ntools = [\"lookup\"]\n"),
+        )
+        .unwrap();
+        assert!(!tool(&plain, &user(&["g"]), "lookup", json!({})).redact_arguments);
     }
 
     #[test]

@@ -371,6 +371,69 @@ fn each_role_sees_what_its_purpose_allows() {
     drop(server);
 }
 
+/// Data minimisation: a grant with `redact_arguments` has the server get the call's
+/// arguments masked as the grant masks answers; another grant's calls reach it as sent.
+#[test]
+fn a_grant_can_have_the_server_get_the_arguments_redacted() {
+    let Some(f) = fixture("auth_redact_args", "__POLICY__", 9) else {
+        return;
+    };
+    let policy = f.node.dir.join("minimise.policy.toml");
+    let grant = |group: &str, extra: &str| {
+        format!(
+            "[[roles]]\nname = \"{group}\"\ngroups = [\"{group}\"]\n[[roles.grants]]\nservice = \"crm\"\nmethods = [\"tools/call\"]\ntools = [\"echo\"]\npurpose = \"Testing\"\nlawful_basis = \"contract\"\n{extra}\n"
+        )
+    };
+    std::fs::write(
+        &policy,
+        grant("support", "redact_arguments = true") + &grant("crm-admins", ""),
+    )
+    .expect("policy");
+    let mut cfg = f.cfg.clone();
+    cfg.extra_agent_toml = cfg.extra_agent_toml.replace(
+        "\"__POLICY__\"",
+        &format!("{:?}", policy.display().to_string()),
+    );
+    let server = f.node.mcp_server(Sdk::Py2, f.port, &["--log-calls"]);
+    let agent = f.node.start_agent(&cfg);
+    let text = "call back jane.doe@example.com about IBAN GB82 WEST 1234 5698 7654 32";
+
+    // Support (redact_arguments): the server sees the arguments masked.
+    let alice = user_token(&f, "alice");
+    let out = call(&f, &alice, "echo", &json!({ "text": text }));
+    out.assert_ok();
+    let seen = server
+        .proc
+        .stdout
+        .wait_event("tool_call", WAIT, |e| e["name"] == "echo")
+        .expect("the call reached the server");
+    let got = seen["arguments"]["text"].as_str().unwrap_or("").to_string();
+    assert!(
+        got.starts_with("call back [EMAIL:") && got.contains("[IBAN:") && !got.contains("jane"),
+        "{seen}"
+    );
+    let e = last_exchange(&agent, "tools/call", |e| e["subject"] == "alice");
+    assert_eq!(e["arguments_redacted"], true, "{e}");
+
+    // An admin's grant does not say so: the server gets what was sent.
+    let carol = user_token(&f, "carol");
+    call(&f, &carol, "echo", &json!({ "text": text })).assert_ok();
+    let seen = server
+        .proc
+        .stdout
+        .wait_event("tool_call", WAIT, |e| {
+            e["arguments"]["text"].as_str() == Some(text)
+        })
+        .expect("the admin's call reached the server as sent");
+    assert_eq!(seen["name"], "echo");
+    let e = last_exchange(&agent, "tools/call", |e| e["subject"] == "carol");
+    assert!(
+        e.get("arguments_redacted").is_none_or(|v| v == false),
+        "{e}"
+    );
+    drop(server);
+}
+
 #[test]
 fn bad_tokens_are_refused_with_401_and_recorded() {
     let Some(f) = fixture("auth_bad_tokens", &policy_file(), 9) else {

@@ -140,13 +140,24 @@ pub async fn hold(
     let m = &call.messages[i];
     let rule = found.rule;
     let id = m.id.as_ref();
-    let refuse = |status: StatusCode, code: i64, what: String| {
+    // What records and logs may show: the exchange record's (redacted) target and arguments.
+    let shown = record(i);
+    let shown_target = shown.target.clone();
+    let shown_matched = super::rules::describe_call(
+        m.method.as_deref().unwrap_or(""),
+        shown_target.as_deref(),
+        &found.condition,
+    );
+    // `why` follows "<call> needs approval (rule R)": the caller reads its own call, the log
+    // its redacted description.
+    let refuse = |status: StatusCode, code: i64, why: String| {
+        let what = format!("{} needs approval (rule {}){why}", found.matched, rule.rule);
         warn!(
             event = "request_refused",
             service = %call.service,
             conn_id = call.conn.id,
             rule = %rule.rule,
-            reason = %what,
+            reason = %format!("{shown_matched} needs approval (rule {}){why}", rule.rule),
             "call that needs approval refused"
         );
         for j in 0..call.messages.len() {
@@ -166,20 +177,14 @@ pub async fn hold(
         return refuse(
             StatusCode::FORBIDDEN,
             mcp::INVALID_REQUEST,
-            format!(
-                "{} needs approval (rule {}) and cannot be sent in a JSON-RPC batch; send it alone",
-                found.matched, rule.rule
-            ),
+            " and cannot be sent in a JSON-RPC batch; send it alone".to_string(),
         );
     }
     if m.kind != mcp::Kind::Request || id.is_none() {
         return refuse(
             StatusCode::FORBIDDEN,
             mcp::INVALID_REQUEST,
-            format!(
-                "{} needs approval (rule {}) but is a notification, which cannot wait for one",
-                found.matched, rule.rule
-            ),
+            " but is a notification, which cannot wait for one".to_string(),
         );
     }
     let Some(approvals) = auth.approvals.as_ref() else {
@@ -187,10 +192,7 @@ pub async fn hold(
         return refuse(
             StatusCode::SERVICE_UNAVAILABLE,
             mcp::INTERNAL_ERROR,
-            format!(
-                "{} needs approval (rule {}) but approvals are not running in this agent",
-                found.matched, rule.rule
-            ),
+            " but approvals are not running in this agent".to_string(),
         );
     };
     let method = m.method.clone().unwrap_or_default();
@@ -206,25 +208,17 @@ pub async fn hold(
             return refuse(
                 StatusCode::BAD_REQUEST,
                 mcp::INVALID_PARAMS,
-                format!("{} needs approval (rule {}): {e}", found.matched, rule.rule),
+                format!(": {e}"),
             );
         }
     };
     let process = call.conn.caller.process();
-    // What records may show: the exchange record's (redacted) target and arguments.
-    let shown = record(i);
-    let shown_target = shown.target.clone();
     let summary = shown
         .params
         .as_ref()
         .and_then(|p| p.get("arguments"))
         .map(super::event::summarize)
         .unwrap_or(Value::Null);
-    let shown_matched = super::rules::describe_call(
-        m.method.as_deref().unwrap_or(""),
-        shown_target.as_deref(),
-        &found.condition,
-    );
     let new = NewRequest {
         hash,
         service: call.service.to_string(),
@@ -249,12 +243,11 @@ pub async fn hold(
         target: m.target(),
         params: canon::params_without_meta(params),
         arguments: params.and_then(|p| p.get("arguments")).cloned(),
-        matched: shown_matched,
+        matched: shown_matched.clone(),
         shown_target,
         summary,
     };
     let matched = found.matched.clone();
-    let rule_id = rule.rule.clone();
     let approvers = rule.approvers.clone();
     let progress_token = params
         .and_then(|p| p.get("_meta"))
@@ -277,7 +270,7 @@ pub async fn hold(
             return refuse(
                 StatusCode::SERVICE_UNAVAILABLE,
                 mcp::INTERNAL_ERROR,
-                format!("{matched} needs approval (rule {rule_id}) but {why}"),
+                format!(" but {why}"),
             );
         }
         Hold::Wait {

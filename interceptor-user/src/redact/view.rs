@@ -103,7 +103,21 @@ pub fn recordable_params(r: &dyn TextRedactor, params: &Value) -> (Value, Vec<Fi
         Value::Object(m) => Value::Object(
             m.iter()
                 .filter(|(k, _)| k.as_str() != "_meta")
-                .map(|(k, v)| member(r, k, v, &mut findings))
+                .map(|(k, v)| match (k.as_str(), completion_argument(v)) {
+                    // `completion/complete`: the value is the argument named beside it.
+                    ("argument", Some((name, value))) => {
+                        let a = v.as_object().into_iter().flatten().map(|(ak, av)| {
+                            if ak == "value" {
+                                let red = redact_str(r, key_label(name), value, &mut findings);
+                                (ak.clone(), Value::String(red))
+                            } else {
+                                member(r, ak, av, &mut findings)
+                            }
+                        });
+                        (k.clone(), Value::Object(a.collect()))
+                    }
+                    _ => member(r, k, v, &mut findings),
+                })
                 .collect(),
         ),
         other => redact_value(r, other, &mut findings),
@@ -125,6 +139,12 @@ pub fn recordable_params(r: &dyn TextRedactor, params: &Value) -> (Value, Vec<Fi
 /// [`json::redact_value`]: super::json::redact_value
 pub fn redact_value(r: &dyn TextRedactor, v: &Value, findings: &mut Vec<Finding>) -> Value {
     labelled(r, v, None, findings)
+}
+
+/// The `name` and `value` of a `completion/complete` argument (`{"name": "bsn", "value":
+/// "1112"}`), when both are strings.
+fn completion_argument(v: &Value) -> Option<(&str, &str)> {
+    Some((v.get("name")?.as_str()?, v.get("value")?.as_str()?))
 }
 
 /// [`redact_value`] under `label` (the key of the member holding `v`; for array elements, of
@@ -265,6 +285,23 @@ mod tests {
         let g = crate::redact::json::redact_value(&mut args, r.as_ref());
         assert_eq!(v["arguments"], args);
         assert_eq!(f.len(), g.len());
+    }
+
+    #[test]
+    fn a_completion_value_is_redacted_under_the_name_of_its_argument() {
+        // `{"argument": {"name": "bsn", "value": "111222333"}}`: the label of the value is
+        // the argument's name, not the key `value`.
+        let r = for_records(&engine());
+        let params = json!({
+            "ref": {"type": "ref/prompt", "name": "lookup"},
+            "argument": {"name": "bsn", "value": "111222333"},
+            "context": {"arguments": {"pesel": "44051401359"}},
+        });
+        let (v, found) = recordable_params(&*r, &params);
+        let s = v.to_string();
+        assert!(!s.contains("111222333") && !s.contains("44051401359"), "{s}");
+        assert_eq!(v["argument"]["name"], "bsn", "{s}");
+        assert_eq!(found.len(), 2, "{s}");
     }
 
     #[test]
