@@ -287,6 +287,27 @@ fn plain_and_compressed_answers_of_a_redacting_service_never_pass_unmasked() {
     let url = format!("http://{SERVER_IP}:{accepting}/records/jane.doe%40example.com/export");
     let (code, head, _) = node.curl(&[&url]);
     assert!(code >= 200, "{head}");
+    // So is what a refusal quotes (the caller reads its own), and an id the caller chose.
+    let mcp_url = format!("http://{SERVER_IP}:{accepting}/mcp");
+    let post = |body: &str| {
+        node.curl(&[
+            "-X",
+            "POST",
+            "-H",
+            "content-type: application/json",
+            "-H",
+            "accept: application/json, text/event-stream",
+            "-d",
+            body,
+            &mcp_url,
+        ])
+    };
+    let (code, head, reply) =
+        post(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":"jane.doe@example.com"}"#);
+    assert_eq!(code, 400, "{head}\n{reply}");
+    let (code, head, reply) =
+        post(r#"{"jsonrpc":"2.0","id":"export:jane.doe@example.com","method":"ping"}"#);
+    assert!(code < 500, "{head}\n{reply}");
     let mut stored = Vec::new();
     for side in ["", "-wal"] {
         let f = cfg.state_dir.join(format!("audit.db{side}"));
@@ -294,9 +315,11 @@ fn plain_and_compressed_answers_of_a_redacting_service_never_pass_unmasked() {
     }
     let stored = String::from_utf8_lossy(&stored);
     assert!(stored.contains("/records/"), "the forward is recorded");
+    assert!(stored.contains("got string"), "the refusal is recorded");
+    assert!(stored.contains("export:[EMAIL:"), "the ping is recorded");
     assert!(
         !stored.contains("jane.doe") && !stored.contains("jane.doe%40"),
-        "the path of a forward is in the audit store in clear"
+        "a path, a refusal's reason or an id is in the audit store in clear"
     );
     // An MCP answer's head as well; what frames the exchange passes (the session id the
     // caller must send back).

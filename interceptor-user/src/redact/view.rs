@@ -299,7 +299,10 @@ mod tests {
         });
         let (v, found) = recordable_params(&*r, &params);
         let s = v.to_string();
-        assert!(!s.contains("111222333") && !s.contains("44051401359"), "{s}");
+        assert!(
+            !s.contains("111222333") && !s.contains("44051401359"),
+            "{s}"
+        );
         assert_eq!(v["argument"]["name"], "bsn", "{s}");
         assert_eq!(found.len(), 2, "{s}");
     }
