@@ -132,7 +132,8 @@ pub fn recordable_params(r: &dyn TextRedactor, params: &Value) -> (Value, Vec<Fi
     (v, findings)
 }
 
-/// Every string of a JSON value redacted (object keys too), structure unchanged. A member's
+/// Every string of a JSON value redacted (object keys too), and every number that is personal
+/// data (recorded as its mask), structure otherwise unchanged. A member's
 /// value is redacted under its key, as the response side does ([`json::redact_value`]): in a
 /// record too, `{"bsn": "111222333"}` is a BSN although `111222333` alone is not.
 ///
@@ -162,6 +163,18 @@ fn labelled(
         }
         Value::Object(m) => {
             Value::Object(m.iter().map(|(k, v)| member(r, k, v, findings)).collect())
+        }
+        // A record need not keep a number a number: one that is personal data under its key
+        // (`{"bsn": 111222333}`, a card number sent as a number) is recorded as its mask.
+        Value::Number(n) => {
+            let text = n.to_string();
+            let (red, mut f) = r.redact_labelled(label, &text);
+            if f.is_empty() {
+                v.clone()
+            } else {
+                findings.append(&mut f);
+                Value::String(red.into_owned())
+            }
         }
         other => other.clone(),
     }
@@ -305,6 +318,32 @@ mod tests {
         );
         assert_eq!(v["argument"]["name"], "bsn", "{s}");
         assert_eq!(found.len(), 2, "{s}");
+    }
+
+    #[test]
+    fn personal_numbers_are_recorded_as_their_masks() {
+        let r = for_records(&engine());
+        let params = json!({"arguments": {
+            "bsn": 111222333,
+            "count": 111222333,
+            "card": 4111111111111111u64,
+            "limit": 100,
+            "ratio": 0.5,
+        }});
+        let (v, found) = recordable_params(&*r, &params);
+        let a = &v["arguments"];
+        assert!(
+            a["bsn"].as_str().is_some_and(|s| s.starts_with("[NL_BSN")),
+            "{v}"
+        );
+        assert!(
+            a["card"].as_str().is_some_and(|s| s.starts_with("[CARD")),
+            "{v}"
+        );
+        assert_eq!(a["count"], 111222333, "{v}");
+        assert_eq!(a["limit"], 100, "{v}");
+        assert_eq!(a["ratio"], 0.5, "{v}");
+        assert_eq!(found.len(), 2, "{v}");
     }
 
     #[test]
