@@ -186,7 +186,8 @@ def debug_routes(app, compress: str):
         elif path == "/debug16":
             body, ctype = cat.debug_text().encode("utf-16-le"), b"text/plain; charset=utf-16le"
         else:
-            body, ctype = json.dumps({"error": cat.debug_text()}).encode(), b"application/json"
+            # (A BSN sent as a JSON number, as a careless server serialises a numeric column.)
+            body, ctype = json.dumps({"error": cat.debug_text(), "bsn": 111222333, "count": 111222333}).encode(), b"application/json"
         out = [(b"content-type", ctype), (b"content-disposition", f'attachment; filename="{cat.debug_caller()}.txt"'.encode())]
         if compress == "always" or (compress == "accept" and "gzip" in accept):
             body = gzip.compress(body)

@@ -234,7 +234,7 @@ fn plain_and_compressed_answers_of_a_redacting_service_never_pass_unmasked() {
         .mcp_service(
             "crm",
             accepting,
-            "non_mcp = \"forward\"\n[services.redact]\n",
+            "non_mcp = \"forward\"\n[services.redact]\nnumbers = true\n",
         )
         .mcp_service(
             "crm-gz",
@@ -280,6 +280,13 @@ fn plain_and_compressed_answers_of_a_redacting_service_never_pass_unmasked() {
         } else {
             let v: Value = serde_json::from_str(&body).expect("JSON stays JSON");
             assert!(v["error"].as_str().unwrap_or("").contains("[EMAIL:"), "{v}");
+            // `numbers = true`: a number that is personal data under its key becomes its
+            // mask; another number stays a number.
+            assert!(
+                v["bsn"].as_str().unwrap_or("").starts_with("[NL_BSN:"),
+                "{v}"
+            );
+            assert_eq!(v["count"], 111222333, "{v}");
         }
     }
     // A path naming a person (forwarded as it is) is recorded redacted: an audit record

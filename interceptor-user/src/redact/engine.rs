@@ -202,6 +202,10 @@ pub struct EngineConfig {
     /// Characters before a candidate searched for context words (at most
     /// [`MAX_CONTEXT_WINDOW`]).
     pub context_window: usize,
+    /// JSON numbers are redacted too: one that is personal data (`{"bsn": 111222333}`, a
+    /// phone or card number stored as a number) becomes its mask, a string. Off by default:
+    /// it changes the value's JSON type, which a client checking an output schema may refuse.
+    pub numbers: bool,
 }
 
 impl Default for EngineConfig {
@@ -213,6 +217,7 @@ impl Default for EngineConfig {
             default_mask: MaskMode::Pseudonymize,
             clear: HashSet::new(),
             context_window: 40,
+            numbers: false,
         }
     }
 }
@@ -433,6 +438,8 @@ struct Inner {
     view: MaskView,
     window: usize,
     max_len: usize,
+    /// [`EngineConfig::numbers`].
+    numbers: bool,
 }
 
 impl Inner {
@@ -1036,6 +1043,7 @@ impl Engine {
             view: MaskView::from(cfg),
             window: cfg.context_window,
             max_len,
+            numbers: cfg.numbers,
         };
         Ok(Engine {
             inner: Arc::new(inner),
@@ -1421,13 +1429,15 @@ impl Engine {
                 }
                 if det.negative {
                     let hay = text.as_bytes();
-                    let grouped = hay[v.start..v.end]
-                        .iter()
-                        .any(|b| !b.is_ascii_alphanumeric());
+                    let grouped = || {
+                        hay[v.start..v.end]
+                            .iter()
+                            .any(|b| !b.is_ascii_alphanumeric())
+                    };
                     let penalised = scratch.hits.iter().any(|h| {
                         let word = &inner.words[h.word as usize];
                         word.negative
-                            && !(word.nameless && grouped)
+                            && !(word.nameless && grouped())
                             && !relevant(h)
                             && last_relevant.is_none_or(|r| h.end > r)
                             && v.start - h.end <= NEGATIVE_GAP
@@ -2251,6 +2261,9 @@ impl Engine {
 impl TextRedactor for Engine {
     fn max_match_len(&self) -> usize {
         self.inner.max_len
+    }
+    fn masks_numbers(&self) -> bool {
+        self.inner.numbers
     }
 
     fn context_reach(&self) -> usize {

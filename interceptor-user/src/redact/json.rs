@@ -8,6 +8,11 @@
 //! leaves unchanged is written back byte for byte as it came (same escapes), so a clean
 //! document passes through byte-exact.
 //!
+//! Numbers too are redacted when the redactor asks for it ([`TextRedactor::masks_numbers`],
+//! `[services.redact] numbers = true`): each number (up to 64 bytes) is held until
+//! it ends, redacted under its label as the text it is written as, and written as its mask (a
+//! JSON string) when anything in it is masked, as it came otherwise.
+//!
 //! Chunk boundaries may fall anywhere (inside strings, escapes, surrogate pairs, multi-byte
 //! UTF-8, numbers, literals); the output does not depend on them.
 //!
@@ -355,7 +360,16 @@ pub struct JsonRedactor {
     peak_buffered: usize,
     /// The current chunk's sieve: which of its whole strings need no redaction.
     sieve: ChunkSieve,
+    /// Numbers are redacted too ([`TextRedactor::masks_numbers`]): the current one is held
+    /// here until it ends (at most [`MAX_NUMBER`] bytes; a longer one passes as it is).
+    mask_numbers: bool,
+    number: String,
+    /// The current number outgrew [`MAX_NUMBER`]: the rest of it is passed on.
+    number_passed: bool,
 }
+
+/// The longest JSON number redacted (when numbers are): longer ones are no identifier.
+const MAX_NUMBER: usize = 64;
 
 /// The sieve of the chunk being read ([`TextRedactor::sieve`]), asked for at its first whole
 /// string value and used for the values after it.
@@ -427,6 +441,7 @@ impl JsonRedactor {
             .saturating_add(limits.context.max(redactor.context_reach()))
             .max(1);
         let window = limits.window.max(holdback.saturating_mul(4)).max(64);
+        let redactor_numbers = redactor.masks_numbers();
         let limits = JsonLimits {
             window,
             max_window: limits.max_window.max(window),
@@ -454,6 +469,9 @@ impl JsonRedactor {
             summary: Summary::default(),
             peak_buffered: 0,
             sieve: ChunkSieve::Unasked,
+            mask_numbers: redactor_numbers,
+            number: String::new(),
+            number_passed: false,
         }
     }
 
@@ -508,6 +526,8 @@ impl JsonRedactor {
         self.summary = Summary::default();
         self.peak_buffered = 0;
         self.sieve = ChunkSieve::Unasked;
+        self.number.clear();
+        self.number_passed = false;
     }
 
     fn clear_string(&mut self) {
@@ -546,7 +566,6 @@ impl JsonRedactor {
     /// already been emitted by [`push`](Self::push), so nothing is appended to `out` today;
     /// the parameter keeps callers correct should a future version hold output back.
     pub fn finish(&mut self, out: &mut Vec<u8>) -> Result<Summary, JsonError> {
-        let _ = out;
         if self.status != Status::Active {
             return Err(JsonError {
                 offset: self.offset,
@@ -565,12 +584,16 @@ impl JsonRedactor {
                 kind: JsonErrorKind::UnexpectedEof,
             });
         }
+        // A document that is one number ends with it.
+        self.number_end(out);
         self.status = Status::Finished;
         Ok(std::mem::take(&mut self.summary))
     }
 
     fn fail(&mut self) {
         self.status = Status::Failed;
+        self.number.clear();
+        self.number_passed = false;
         self.clear_string();
         self.utf8 = Utf8Pending::default();
     }
@@ -655,18 +678,21 @@ impl JsonRedactor {
                 State::Number(Num::Int | Num::Frac | Num::ExpDigits) if b.is_ascii_digit() => {
                     // A run of digits at once (the state does not change).
                     let k = chunk[i..].iter().take_while(|c| c.is_ascii_digit()).count();
-                    out.extend_from_slice(&chunk[i..i + k]);
+                    self.number_bytes(&chunk[i..i + k], out);
                     i += k;
                     continue;
                 }
                 State::Number(n) => {
                     match n.next(b) {
                         Some(next) => {
-                            out.push(b);
+                            self.number_bytes(&[b], out);
                             self.state = State::Number(next);
                             i += 1;
                         }
-                        None if n.complete() => self.value_done(), // `b` is read again
+                        None if n.complete() => {
+                            self.number_end(out);
+                            self.value_done(); // `b` is read again
+                        }
                         None => return Err(self.err(i, JsonErrorKind::UnexpectedByte(b))),
                     }
                     continue;
@@ -768,7 +794,12 @@ impl JsonRedactor {
                     return Err(self.err(i, JsonErrorKind::Internal));
                 }
             }
-            out.push(b);
+            if matches!(self.state, State::Number(_)) {
+                // The first byte of a number.
+                self.number_bytes(&[b], out);
+            } else {
+                out.push(b);
+            }
             i += 1;
         }
         Ok(())
@@ -1150,6 +1181,44 @@ impl JsonRedactor {
             .min(self.limits.max_window)
             .max(self.raw.len() + 1);
         Ok(())
+    }
+
+    /// Bytes of the current number: held when numbers are redacted, passed on otherwise.
+    fn number_bytes(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
+        if !self.mask_numbers || self.number_passed {
+            out.extend_from_slice(bytes);
+        } else if self.number.len() + bytes.len() > MAX_NUMBER {
+            out.extend_from_slice(self.number.as_bytes());
+            out.extend_from_slice(bytes);
+            self.number.clear();
+            self.number_passed = true;
+        } else {
+            // A number's bytes are ASCII.
+            self.number.extend(bytes.iter().map(|&b| char::from(b)));
+        }
+    }
+
+    /// The current number ended: redacted under its label when numbers are, and written as
+    /// its mask (a JSON string) when anything in it is masked, as it was otherwise.
+    fn number_end(&mut self, out: &mut Vec<u8>) {
+        self.number_passed = false;
+        if self.number.is_empty() {
+            return;
+        }
+        let label = label_of(&self.keys, self.label_at);
+        let (red, findings) = self.redactor.redact_labelled(label, &self.number);
+        if unchanged(&red, &self.number) {
+            out.extend_from_slice(self.number.as_bytes());
+        } else {
+            out.push(b'"');
+            encode_into(&red, out);
+            out.push(b'"');
+            self.summary.strings_redacted += 1;
+        }
+        if !findings.is_empty() {
+            self.summary.record(findings, self.limits.max_findings);
+        }
+        self.number.clear();
     }
 
     fn end_string(&mut self, s: Str, out: &mut Vec<u8>, i: usize) -> Result<(), JsonError> {

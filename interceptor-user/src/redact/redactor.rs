@@ -81,6 +81,12 @@ pub trait TextRedactor: Send + Sync {
     fn context_reach(&self) -> usize {
         0
     }
+    /// Whether a JSON number is redacted too, as the text it is written as (`[services.redact]
+    /// numbers = true`): a number that is personal data is then replaced by its mask, a JSON
+    /// string. Off (the default): numbers pass as they are.
+    fn masks_numbers(&self) -> bool {
+        false
+    }
     /// Returns the text with every detected value masked, and what was masked.
     fn redact(&self, text: &str) -> (String, Vec<Finding>);
     /// Like [`redact`](Self::redact) for the value of a named field: `label` is the name of

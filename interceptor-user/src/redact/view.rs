@@ -30,6 +30,9 @@ impl TextRedactor for ViewRedactor {
     fn context_reach(&self) -> usize {
         self.engine.context_reach()
     }
+    fn masks_numbers(&self) -> bool {
+        self.engine.masks_numbers()
+    }
     fn sieve(&self, text: &str) -> Option<Box<dyn Sieve>> {
         // Which values match does not depend on the view (only how they are masked).
         TextRedactor::sieve(&self.engine, text)

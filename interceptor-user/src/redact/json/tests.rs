@@ -853,3 +853,97 @@ proptest! {
         prop_assert_eq!(plain_run(&b), expected);
     }
 }
+
+/// The test redactor, with JSON numbers redacted too (`[services.redact] numbers = true`).
+struct Numbers(TestRedactor);
+
+impl TextRedactor for Numbers {
+    fn max_match_len(&self) -> usize {
+        self.0.max_match_len()
+    }
+    fn masks_numbers(&self) -> bool {
+        true
+    }
+    fn redact(&self, text: &str) -> (String, Vec<Finding>) {
+        self.0.redact(text)
+    }
+    fn sieve(&self, text: &str) -> Option<Box<dyn Sieve>> {
+        self.0.sieve(text)
+    }
+    fn redact_labelled<'t>(
+        &self,
+        label: Option<&str>,
+        text: &'t str,
+    ) -> (Cow<'t, str>, Vec<Finding>) {
+        self.0.redact_labelled(label, text)
+    }
+}
+
+fn numbers_redactor() -> Arc<dyn TextRedactor> {
+    Arc::new(Numbers(TestRedactor { max: 64 }))
+}
+
+#[test]
+fn numbers_that_are_personal_data_become_their_masks_when_asked() {
+    let doc = br#"{"pin": 123456, "n": 123456, "a": [{"pin": -1234.5e3}], "pins": [111, 22], "pin_x": 0}"#;
+    let (out, s) = redact_json(numbers_redactor(), JsonLimits::default(), doc).expect("ok");
+    let out = String::from_utf8(out).unwrap();
+    assert_eq!(
+        out,
+        r#"{"pin": "[PIN]", "n": 123456, "a": [{"pin": -1234.5e3}], "pins": ["[PIN]", 22], "pin_x": 0}"#
+    );
+    assert_eq!(s.counts.get("PIN"), Some(&2));
+    // Byte by byte, the same.
+    let chunks: Vec<&[u8]> = doc.chunks(1).collect();
+    let (bytewise, _) =
+        run_chunks(numbers_redactor(), JsonLimits::default(), false, &chunks).expect("bytewise");
+    assert_eq!(String::from_utf8(bytewise).unwrap(), out);
+    // Off by default: numbers pass as they are.
+    let (plain, s) = redact_json(test_redactor(), JsonLimits::default(), doc).expect("ok");
+    assert_eq!(plain, doc);
+    assert_eq!(s.total(), 0);
+    // A document that is one number; and a number too long to be an identifier passes.
+    let (one, _) = redact_json(numbers_redactor(), JsonLimits::default(), b"123456").expect("ok");
+    assert_eq!(one, b"123456");
+    let long = format!(r#"{{"pin": 1{}}}"#, "0".repeat(100));
+    let (out, _) =
+        redact_json(numbers_redactor(), JsonLimits::default(), long.as_bytes()).expect("ok");
+    assert_eq!(out, long.as_bytes());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// With numbers redacted: any chunking gives the same valid JSON, and a number stays a
+    /// number unless it became its mask.
+    #[test]
+    fn prop_numbers_any_chunking_same_valid(
+        v in arb_json(),
+        seed in 1u64..,
+        points in prop::collection::vec(any::<usize>(), 0..12),
+        pin_keys in any::<bool>(),
+    ) {
+        let mut seed = seed;
+        let mut text = String::new();
+        let v = if pin_keys {
+            // Keys that are labels, so numbers under them get masked.
+            serde_json::json!({"pin": v, "pins": [v.clone(), 1234567], "pin_no": 987654})
+        } else {
+            v
+        };
+        write_json(&v, &mut seed, &mut text);
+        let input = text.as_bytes();
+        let (whole, sw) =
+            run_chunks(numbers_redactor(), JsonLimits::default(), false, &[input]).expect("whole");
+        let chunks = split_at_points(input, &points);
+        let (chunked, sc) =
+            run_chunks(numbers_redactor(), JsonLimits::default(), false, &chunks).expect("chunked");
+        prop_assert_eq!(&whole, &chunked);
+        prop_assert_eq!(sw, sc);
+        let parsed: Value = serde_json::from_slice(&whole).expect("output is JSON");
+        if pin_keys {
+            prop_assert_eq!(&parsed["pin_no"], "[PIN]");
+            prop_assert_eq!(&parsed["pins"][1], "[PIN]");
+        }
+    }
+}
