@@ -1801,6 +1801,24 @@ impl Node {
     }
 
     /// `curl` from the client netns; returns (status, headers, body).
+    /// POSTs a JSON-RPC `body` to the MCP endpoint `url` with curl, accepting JSON and SSE,
+    /// with more header lines (`"Name: value"`): status, head and body.
+    pub fn post_jsonrpc(&self, url: &str, body: &str, headers: &[&str]) -> (u16, String, String) {
+        let mut args = vec![
+            "-X",
+            "POST",
+            "-H",
+            "content-type: application/json",
+            "-H",
+            "accept: application/json, text/event-stream",
+        ];
+        for h in headers {
+            args.extend_from_slice(&["-H", h]);
+        }
+        args.extend_from_slice(&["-d", body, url]);
+        self.curl(&args)
+    }
+
     pub fn curl(&self, args: &[&str]) -> (u16, String, String) {
         let mut cmd = self.client.command("curl");
         cmd.args(["-sS", "-D", "-", "-o", "-", "-w", "\n%{http_code}"])
@@ -1815,4 +1833,16 @@ impl Node {
             body.to_string(),
         )
     }
+}
+
+/// An `initialize` request (revision 2025-11-25) as a plain HTTP client sends it.
+pub const INITIALIZE: &str = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"curl","version":"1"}}}"#;
+
+/// The `Mcp-Session-Id` of a response head, if any.
+pub fn session_id(head: &str) -> Option<String> {
+    head.lines().find_map(|l| {
+        l.to_ascii_lowercase()
+            .strip_prefix("mcp-session-id:")
+            .map(|v| v.trim().to_string())
+    })
 }

@@ -1009,48 +1009,15 @@ fn a_caller_that_gives_up_can_retry_the_identical_call() {
     let url = format!("http://{SERVER_IP}:{}/mcp", f.port);
     let auth = format!("Authorization: Bearer {bob}");
     // A session with the server (initialize handshake), as a plain HTTP client.
-    let init = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"curl","version":"1"}}}"#;
-    let (status, head, _) = f.node.curl(&[
-        "-X",
-        "POST",
-        "-H",
-        "content-type: application/json",
-        "-H",
-        "accept: application/json, text/event-stream",
-        "-H",
-        &auth,
-        "-d",
-        init,
-        &url,
-    ]);
+    let (status, head, _) = f.node.post_jsonrpc(&url, INITIALIZE, &[&auth]);
     assert_eq!(status, 200, "{head}");
-    let session = head
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("mcp-session-id:")
-                .map(|v| v.trim().to_string())
-        })
-        .expect("session id");
-    let sess = format!("mcp-session-id: {session}");
+    let sess = format!("mcp-session-id: {}", session_id(&head).expect("session id"));
     let ver = "mcp-protocol-version: 2025-11-25";
-    let (status, _, _) = f.node.curl(&[
-        "-X",
-        "POST",
-        "-H",
-        "content-type: application/json",
-        "-H",
-        "accept: application/json, text/event-stream",
-        "-H",
-        &auth,
-        "-H",
-        &sess,
-        "-H",
-        ver,
-        "-d",
-        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+    let (status, _, _) = f.node.post_jsonrpc(
         &url,
-    ]);
+        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+        &[&auth, &sess, ver],
+    );
     assert_eq!(status, 202);
     let body = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"export_customers","arguments":{"limit":250},"_meta":{"progressToken":"first"}}}"#;
     // A JSON-only caller whose HTTP client gives up after 2 s while the call is held.
@@ -1086,23 +1053,7 @@ fn a_caller_that_gives_up_can_retry_the_identical_call() {
     assert!(f.server_calls().is_empty(), "nothing without a caller");
     // The retry (same arguments, another progress token) takes that approval at once.
     let retry = body.replace("\"first\"", "\"second\"");
-    let (status, _, reply) = f.node.curl(&[
-        "-X",
-        "POST",
-        "-H",
-        "content-type: application/json",
-        "-H",
-        "accept: application/json, text/event-stream",
-        "-H",
-        &auth,
-        "-H",
-        &sess,
-        "-H",
-        ver,
-        "-d",
-        &retry,
-        &url,
-    ]);
+    let (status, _, reply) = f.node.post_jsonrpc(&url, &retry, &[&auth, &sess, ver]);
     assert_eq!(status, 200, "{reply}");
     assert!(
         reply.contains("Customer 250"),

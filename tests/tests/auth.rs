@@ -324,41 +324,19 @@ fn each_role_sees_what_its_purpose_allows() {
     // filtered by policy (read whole, sent on another way).
     let url = format!("http://{SERVER_IP}:{}/mcp", f.port);
     let auth = format!("Authorization: Bearer {carol}");
-    let post = |body: &str, extra: &[&str]| {
-        let mut args = vec![
-            "-X",
-            "POST",
-            "-H",
-            "content-type: application/json",
-            "-H",
-            "accept: application/json, text/event-stream",
-            "-H",
-            &auth,
-        ];
-        args.extend_from_slice(extra);
-        args.extend_from_slice(&["-d", body, &url]);
-        f.node.curl(&args)
-    };
-    let init = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"curl","version":"1"}}}"#;
-    let (status, head, _) = post(init, &[]);
+    let (status, head, _) = f.node.post_jsonrpc(&url, INITIALIZE, &[&auth]);
     assert_eq!(status, 200, "{head}");
-    let session = head
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("mcp-session-id:")
-                .map(|v| v.trim().to_string())
-        })
-        .expect("session id");
-    let sess = format!("mcp-session-id: {session}");
-    let (status, head, _) = post(
+    let sess = format!("mcp-session-id: {}", session_id(&head).expect("session id"));
+    let (status, head, _) = f.node.post_jsonrpc(
+        &url,
         r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
-        &["-H", &sess],
+        &[&auth, &sess],
     );
     assert_eq!(status, 202, "{head}");
-    let (status, head, list) = post(
+    let (status, head, list) = f.node.post_jsonrpc(
+        &url,
         r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#,
-        &["-H", &sess],
+        &[&auth, &sess],
     );
     assert_eq!(status, 200, "{head}\n{list}");
     assert!(list.contains("customer_lookup"), "{list}");

@@ -296,19 +296,7 @@ fn plain_and_compressed_answers_of_a_redacting_service_never_pass_unmasked() {
     assert!(code >= 200, "{head}");
     // So is what a refusal quotes (the caller reads its own), and an id the caller chose.
     let mcp_url = format!("http://{SERVER_IP}:{accepting}/mcp");
-    let post = |body: &str| {
-        node.curl(&[
-            "-X",
-            "POST",
-            "-H",
-            "content-type: application/json",
-            "-H",
-            "accept: application/json, text/event-stream",
-            "-d",
-            body,
-            &mcp_url,
-        ])
-    };
+    let post = |body: &str| node.post_jsonrpc(&mcp_url, body, &[]);
     let (code, head, reply) =
         post(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":"jane.doe@example.com"}"#);
     assert_eq!(code, 400, "{head}\n{reply}");
@@ -330,19 +318,7 @@ fn plain_and_compressed_answers_of_a_redacting_service_never_pass_unmasked() {
     );
     // An MCP answer's head as well; what frames the exchange passes (the session id the
     // caller must send back).
-    let init = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"curl","version":"1"}}}"#;
-    let url = format!("http://{SERVER_IP}:{accepting}/mcp");
-    let (code, head, body) = node.curl(&[
-        "-X",
-        "POST",
-        "-H",
-        "content-type: application/json",
-        "-H",
-        "accept: application/json, text/event-stream",
-        "-d",
-        init,
-        &url,
-    ]);
+    let (code, head, body) = post(INITIALIZE);
     assert_eq!(code, 200, "{head}\n{body}");
     no_pii("initialize", &head);
     let lower = head.to_ascii_lowercase();
