@@ -186,8 +186,10 @@ def debug_routes(app, compress: str):
         elif path == "/debug16":
             body, ctype = cat.debug_text().encode("utf-16-le"), b"text/plain; charset=utf-16le"
         else:
-            # (A BSN sent as a JSON number, as a careless server serialises a numeric column.)
-            body, ctype = json.dumps({"error": cat.debug_text(), "bsn": 111222333, "count": 111222333}).encode(), b"application/json"
+            # (A BSN sent as a JSON number, as a careless server serialises a numeric column, and
+            # a map keyed by e-mail address.)
+            body = {"error": cat.debug_text(), "bsn": 111222333, "count": 111222333, "by_caller": {cat.debug_caller(): 1}}
+            body, ctype = json.dumps(body).encode(), b"application/json"
         out = [(b"content-type", ctype), (b"content-disposition", f'attachment; filename="{cat.debug_caller()}.txt"'.encode())]
         if compress == "always" or (compress == "accept" and "gzip" in accept):
             body = gzip.compress(body)

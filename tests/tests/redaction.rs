@@ -234,7 +234,7 @@ fn plain_and_compressed_answers_of_a_redacting_service_never_pass_unmasked() {
         .mcp_service(
             "crm",
             accepting,
-            "non_mcp = \"forward\"\n[services.redact]\nnumbers = true\n",
+            "non_mcp = \"forward\"\n[services.redact]\nnumbers = true\nkeys = true\n",
         )
         .mcp_service(
             "crm-gz",
@@ -287,6 +287,12 @@ fn plain_and_compressed_answers_of_a_redacting_service_never_pass_unmasked() {
                 "{v}"
             );
             assert_eq!(v["count"], 111222333, "{v}");
+            // `keys = true`: a key that is an address is masked, its value kept.
+            let by_caller = v["by_caller"].as_object().expect("by_caller");
+            assert!(
+                by_caller.keys().all(|k| k.starts_with("[EMAIL:")) && by_caller.len() == 1,
+                "{v}"
+            );
         }
     }
     // A path naming a person (forwarded as it is) is recorded redacted: an audit record

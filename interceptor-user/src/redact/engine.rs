@@ -206,6 +206,10 @@ pub struct EngineConfig {
     /// phone or card number stored as a number) becomes its mask, a string. Off by default:
     /// it changes the value's JSON type, which a client checking an output schema may refuse.
     pub numbers: bool,
+    /// JSON object keys are redacted too: a key that is personal data (a map keyed by e-mail
+    /// address) becomes its mask. Off by default: keys name fields, and two keys masked the
+    /// same way (`remove`) would collide.
+    pub keys: bool,
 }
 
 impl Default for EngineConfig {
@@ -218,6 +222,7 @@ impl Default for EngineConfig {
             clear: HashSet::new(),
             context_window: 40,
             numbers: false,
+            keys: false,
         }
     }
 }
@@ -440,6 +445,8 @@ struct Inner {
     max_len: usize,
     /// [`EngineConfig::numbers`].
     numbers: bool,
+    /// [`EngineConfig::keys`].
+    keys: bool,
 }
 
 impl Inner {
@@ -1044,6 +1051,7 @@ impl Engine {
             window: cfg.context_window,
             max_len,
             numbers: cfg.numbers,
+            keys: cfg.keys,
         };
         Ok(Engine {
             inner: Arc::new(inner),
@@ -2264,6 +2272,9 @@ impl TextRedactor for Engine {
     }
     fn masks_numbers(&self) -> bool {
         self.inner.numbers
+    }
+    fn masks_keys(&self) -> bool {
+        self.inner.keys
     }
 
     fn context_reach(&self) -> usize {

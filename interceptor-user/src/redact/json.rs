@@ -442,6 +442,7 @@ impl JsonRedactor {
             .max(1);
         let window = limits.window.max(holdback.saturating_mul(4)).max(64);
         let redactor_numbers = redactor.masks_numbers();
+        let redactor_keys = redactor.masks_keys();
         let limits = JsonLimits {
             window,
             max_window: limits.max_window.max(window),
@@ -452,7 +453,7 @@ impl JsonRedactor {
             redactor,
             limits,
             holdback,
-            redact_keys: false,
+            redact_keys: redactor_keys,
             status: Status::Active,
             state: State::Value { allow_close: false },
             stack: Vec::new(),
@@ -475,7 +476,8 @@ impl JsonRedactor {
         }
     }
 
-    /// Also redact object keys (off by default: keys pass through unchanged, streamed).
+    /// Also redact object keys (off by default, unless the redactor asks for it
+    /// ([`TextRedactor::masks_keys`]): keys pass through unchanged, streamed).
     pub fn with_key_redaction(mut self, on: bool) -> Self {
         self.redact_keys = on;
         self

@@ -87,6 +87,12 @@ pub trait TextRedactor: Send + Sync {
     fn masks_numbers(&self) -> bool {
         false
     }
+    /// Whether JSON object keys are redacted too (`[services.redact] keys = true`): a key
+    /// that is personal data (`{"jane@example.com": 3}`) becomes its mask. Off (the default):
+    /// keys pass as they are (they still label their values).
+    fn masks_keys(&self) -> bool {
+        false
+    }
     /// Returns the text with every detected value masked, and what was masked.
     fn redact(&self, text: &str) -> (String, Vec<Finding>);
     /// Like [`redact`](Self::redact) for the value of a named field: `label` is the name of

@@ -33,6 +33,9 @@ impl TextRedactor for ViewRedactor {
     fn masks_numbers(&self) -> bool {
         self.engine.masks_numbers()
     }
+    fn masks_keys(&self) -> bool {
+        self.engine.masks_keys()
+    }
     fn sieve(&self, text: &str) -> Option<Box<dyn Sieve>> {
         // Which values match does not depend on the view (only how they are masked).
         TextRedactor::sieve(&self.engine, text)

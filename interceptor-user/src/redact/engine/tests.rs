@@ -2338,3 +2338,58 @@ fn identifiers_as_people_type_them() {
         "inside an IPv6 address: {got:?}"
     );
 }
+
+#[test]
+fn keys_and_numbers_are_redacted_when_the_service_says_so() {
+    use crate::redact::json::{JsonLimits, redact_json};
+    let doc = br#"{"counts": {"jane.doe@example.com": 3}, "bsn": "111222333", "pin": 111222333}"#;
+    let run = |cfg: &EngineConfig| -> serde_json::Value {
+        let r: Arc<dyn crate::redact::TextRedactor> = Arc::new(Engine::new(cfg, key()).unwrap());
+        let (out, _) = redact_json(r, JsonLimits::default(), doc).unwrap();
+        serde_json::from_slice(&out).unwrap()
+    };
+    // By default keys and numbers pass (a key still labels its value).
+    let plain = run(&EngineConfig::default());
+    assert_eq!(plain["counts"]["jane.doe@example.com"], 3, "{plain}");
+    assert!(
+        plain["bsn"].as_str().unwrap().starts_with("[NL_BSN:"),
+        "{plain}"
+    );
+    // `keys = true`: the address that is a key is masked, its value kept, and the keys
+    // after it still label their values as written.
+    let keys = run(&EngineConfig {
+        keys: true,
+        ..EngineConfig::default()
+    });
+    let counts = keys["counts"].as_object().unwrap();
+    assert!(
+        counts.keys().all(|k| k.starts_with("[EMAIL:")) && counts.values().all(|v| v == 3),
+        "{keys}"
+    );
+    assert!(
+        keys["bsn"].as_str().unwrap().starts_with("[NL_BSN:"),
+        "{keys}"
+    );
+    assert_eq!(keys["pin"], 111222333, "{keys}");
+    // `numbers = true`: a number under a label that makes it personal data.
+    let numbers = run(&EngineConfig {
+        numbers: true,
+        ..EngineConfig::default()
+    });
+    assert_eq!(numbers["counts"]["jane.doe@example.com"], 3, "{numbers}");
+    let doc_bsn = br#"{"bsn": 111222333, "n": 111222333}"#;
+    let r: Arc<dyn crate::redact::TextRedactor> = Arc::new(
+        Engine::new(
+            &EngineConfig {
+                numbers: true,
+                ..EngineConfig::default()
+            },
+            key(),
+        )
+        .unwrap(),
+    );
+    let (out, _) = redact_json(r, JsonLimits::default(), doc_bsn).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert!(v["bsn"].as_str().unwrap().starts_with("[NL_BSN:"), "{v}");
+    assert_eq!(v["n"], 111222333, "{v}");
+}
