@@ -607,6 +607,8 @@ async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<RespBody>
         );
     }
     let accepts_sse = header_str(h, "accept").is_some_and(|a| a.contains("text/event-stream"));
+    // The masking of what a stream carries: the caller's grants, combined (see below).
+    let mut stream_view = None;
     if let (Some(sa), Some(auth)) = (&ctx.svc.cfg.auth, &ctx.svc.auth) {
         let path = req.uri().path();
         if req.method() == Method::GET
@@ -618,11 +620,20 @@ async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<RespBody>
         }
         if req.method() != Method::POST {
             // Streams and session ends need a valid token too (no per-message policy there).
-            if let Err(f) = auth
+            match auth
                 .authenticate(sa, header_str(h, "authorization"), &ctx.info.caller)
                 .await
             {
-                return deny_authn(&ctx, sa, &f, Vec::new()).await;
+                Err(f) => return deny_authn(&ctx, sa, &f, Vec::new()).await,
+                // A stream carries answers to several calls (all of them on the legacy SSE
+                // channel): it gets what every grant of the caller allows, as a batch does.
+                Ok(a) => {
+                    stream_view = ctx.svc.redaction.as_ref().map(|e| {
+                        let views = auth.policy().grant_views(&ctx.svc.cfg.name, &a.principal);
+                        let grants: Vec<_> = views.iter().map(|(m, r)| (&m[..], &r[..])).collect();
+                        common_view(e.default_view(), &grants)
+                    });
+                }
             }
         }
     }
@@ -637,7 +648,7 @@ async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<RespBody>
                     .is_some_and(|a| !a.policy().approval_rules().is_empty());
             crate::approval::gate::serve(sse, |hold| handle_post(ctx, req, hold)).await
         }
-        Method::GET if accepts_sse => forward_stream(ctx, req).await,
+        Method::GET if accepts_sse => forward_stream(ctx, req, stream_view).await,
         Method::DELETE if h.contains_key("mcp-session-id") => forward_plain(ctx, req).await,
         _ => {
             if ctx.svc.cfg.non_mcp == NonMcp::Forward {
@@ -1614,7 +1625,11 @@ where
 }
 
 /// GET streams: the Streamable HTTP GET stream and the legacy `GET /sse` channel.
-async fn forward_stream(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<RespBody> {
+async fn forward_stream(
+    ctx: Arc<ConnCtx>,
+    req: Request<Incoming>,
+    view: Option<MaskView>,
+) -> Response<RespBody> {
     let (parts, _body) = req.into_parts();
     if let Err(r) = record_http(&ctx, &parts, "stream_open").await {
         return r;
@@ -1633,10 +1648,10 @@ async fn forward_stream(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<R
         .to_ascii_lowercase();
     if !ct.starts_with("text/event-stream") {
         // An error page, say: redacted on a redacting service as any other answer.
-        return respond_observed(&ctx, rparts, rbody, Box::new(Unrecorded), None).await;
+        return respond_observed(&ctx, rparts, rbody, Box::new(Unrecorded), view).await;
     }
     let observer = SseObserver::new(ctx.svc.clone(), HashMap::new(), Some(LegacyLink::default()));
-    respond_observed(&ctx, rparts, rbody, Box::new(observer), None).await
+    respond_observed(&ctx, rparts, rbody, Box::new(observer), view).await
 }
 
 async fn forward_plain(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<RespBody> {

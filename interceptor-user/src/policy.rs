@@ -266,6 +266,9 @@ pub struct PolicyDecision {
     pub redact_arguments: bool,
 }
 
+/// A grant's masking (mode per entity type) and releases.
+pub type GrantView = (Vec<(String, MaskMode)>, Vec<String>);
+
 /// GDPR Art. 6(1) lawful bases, spelled in files as snake_case.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -1403,6 +1406,17 @@ impl PolicySet {
         held.iter()
             .flat_map(|r| r.grants.iter().map(move |g| (*r, g)))
             .filter(|(_, g)| g.service == "*" || g.service == service)
+            .collect()
+    }
+
+    /// The masking and releases of every grant `who` holds for `service`, in order: what a
+    /// stream that carries answers to several calls (the GET stream, the legacy SSE channel)
+    /// may show them, combined as for a batch (`redact::view::common_view`).
+    pub fn grant_views(&self, service: &str, who: &Principal) -> Vec<GrantView> {
+        let held = self.held(who);
+        self.grants_for(&held, service)
+            .into_iter()
+            .map(|(_, g)| (g.masking.clone(), g.release.clone()))
             .collect()
     }
 
@@ -2715,6 +2729,24 @@ lawful_basis = "legitimate_interests"
         // Denials release nothing.
         let d = tool(&s, &user(&["g"]), "other", json!({}));
         assert!(!d.allowed && d.release.is_empty());
+    }
+
+    #[test]
+    fn grant_views_lists_the_masking_of_every_grant_held_for_the_service() {
+        let t = grant_text(
+            "methods = [\"tools/call\"]\ntools = [\"lookup\"]\nmasking = { EMAIL = \"remove\" }\nrelease = [\"PHONE\"]\n",
+        );
+        let s = PolicySet::from_str("x.policy.toml", &t).unwrap();
+        let v = s.grant_views("crm", &user(&["g"]));
+        assert_eq!(
+            v,
+            vec![(
+                vec![("EMAIL".to_string(), MaskMode::Remove)],
+                vec!["PHONE".to_string()]
+            )]
+        );
+        assert!(s.grant_views("other", &user(&["g"])).is_empty());
+        assert!(s.grant_views("crm", &user(&["nobody"])).is_empty());
     }
 
     #[test]

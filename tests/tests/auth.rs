@@ -349,6 +349,54 @@ fn each_role_sees_what_its_purpose_allows() {
     drop(server);
 }
 
+/// The legacy HTTP+SSE transport answers every call on the caller's GET /sse stream: that
+/// stream is masked by the caller's grants (as a batch is), not by the service's defaults.
+#[test]
+fn a_legacy_sse_caller_gets_the_masking_of_its_grants() {
+    let Some(mut f) = fixture("auth_legacy_mask", &policy_file(), 9) else {
+        return;
+    };
+    for s in &mut f.cfg.services {
+        s.extra.push_str("[services.redact]\n");
+    }
+    let server = f.node.mcp_server(Sdk::Py1, f.port, &["--transport", "sse"]);
+    let agent = f.node.start_agent(&f.cfg);
+    let url = format!("http://{SERVER_IP}:{}/sse", f.port);
+    let call = |token: &str| {
+        f.node.mcp_client(
+            &f.node.client,
+            Sdk::Py1,
+            &url,
+            &[
+                "--transport",
+                "sse",
+                "--scenario",
+                "call",
+                "--tool",
+                "export_customers",
+                "--args",
+                r#"{"limit": 3}"#,
+                "--header",
+                &bearer(token),
+            ],
+        )
+    };
+    // Analysts' grant removes e-mail addresses (no pseudonyms to tell customers apart).
+    let bob = user_token(&f, "bob");
+    let b = call(&bob).assert_ok().to_string();
+    assert!(
+        b.contains("[EMAIL]") && !b.contains("[EMAIL:") && !b.contains("@example.com"),
+        "{b}"
+    );
+    let e = last_exchange(&agent, "tools/call", |e| e["subject"] == "bob");
+    assert_eq!(e["transport"], "legacy_sse", "{e}");
+    // An admin's grant keeps the service's masking: pseudonyms.
+    let carol = user_token(&f, "carol");
+    let c = call(&carol).assert_ok().to_string();
+    assert!(c.contains("[EMAIL:") && !c.contains("@example.com"), "{c}");
+    drop(server);
+}
+
 /// Data minimisation: a grant with `redact_arguments` has the server get the call's
 /// arguments masked as the grant masks answers; another grant's calls reach it as sent.
 #[test]
