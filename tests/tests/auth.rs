@@ -117,17 +117,7 @@ fn missing_token_gets_401_and_metadata_leads_to_the_authorization_server() {
     let agent = f.node.start_agent(&f.cfg);
     let url = format!("http://{SERVER_IP}:{}/mcp", f.port);
     let body = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#;
-    let (status, head, _) = f.node.curl(&[
-        "-X",
-        "POST",
-        "-H",
-        "content-type: application/json",
-        "-H",
-        "accept: application/json, text/event-stream",
-        "-d",
-        body,
-        &url,
-    ]);
+    let (status, head, _) = f.node.post_jsonrpc(&url, body, &[]);
     assert_eq!(status, 401, "{head}");
     let meta_url = format!(
         "http://{SERVER_IP}:{}/.well-known/oauth-protected-resource/mcp",
