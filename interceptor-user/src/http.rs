@@ -627,13 +627,14 @@ async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<RespBody>
                 Err(f) => return deny_authn(&ctx, sa, &f, Vec::new()).await,
                 // A stream carries answers to several calls (all of them on the legacy SSE
                 // channel): it gets what every grant of the caller allows, as a batch does.
-                Ok(a) => {
+                Ok(a) if req.method() == Method::GET => {
                     stream_view = ctx.svc.redaction.as_ref().map(|e| {
                         let views = auth.policy().grant_views(&ctx.svc.cfg.name, &a.principal);
                         let grants: Vec<_> = views.iter().map(|(m, r)| (&m[..], &r[..])).collect();
                         common_view(e.default_view(), &grants)
                     });
                 }
+                Ok(_) => {}
             }
         }
     }
@@ -777,7 +778,7 @@ fn with_redacted_arguments(
     batch: bool,
     messages: &[mcp::Message],
     decisions: &[Option<PolicyDecision>],
-) -> Result<Option<(Bytes, Vec<bool>)>, String> {
+) -> Option<(Bytes, Vec<bool>)> {
     use crate::redact::json::redact_value;
     let wanted = |i: usize| {
         decisions
@@ -786,7 +787,7 @@ fn with_redacted_arguments(
             .filter(|d| d.allowed && d.redact_arguments)
     };
     if !(0..messages.len()).any(|i| wanted(i).is_some()) {
-        return Ok(None);
+        return None;
     }
     let mut tree = tree.clone();
     let mut rewritten = vec![false; messages.len()];
@@ -832,9 +833,7 @@ fn with_redacted_arguments(
             _ => {}
         }
     }
-    let body = serde_json::to_vec(&tree)
-        .map_err(|e| format!("re-encoding a request with redacted arguments: {e}"))?;
-    Ok(Some((Bytes::from(body), rewritten)))
+    Some((Bytes::from(tree.to_string()), rewritten))
 }
 
 fn upstream_request(
@@ -1271,11 +1270,8 @@ async fn handle_post(
     };
     // A grant can have the server get the call's arguments redacted (data minimisation).
     let (bytes, rewritten) =
-        match with_redacted_arguments(&ctx, &tree, body.is_batch(), messages, &decisions) {
-            Ok(Some((b, r))) => (b, r),
-            Ok(None) => (bytes, Vec::new()),
-            Err(e) => return internal_error(&ctx, &e),
-        };
+        with_redacted_arguments(&ctx, &tree, body.is_batch(), messages, &decisions)
+            .unwrap_or((bytes, Vec::new()));
     let mut up = match upstream_request(&ctx, &parts, bytes) {
         Ok(r) => r,
         Err(e) => return bad_target(&ctx, &e),
@@ -1612,10 +1608,7 @@ where
     };
     let (text, findings) = redactor.redact(text);
     let mut found = crate::redact::json::Summary::default();
-    for f in findings {
-        found.tally(&f.entity);
-        found.findings.push(f);
-    }
+    found.record(findings, MAX_RECORDED_FINDINGS);
     evidence
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -1776,29 +1769,6 @@ fn audit_unavailable(
 }
 
 /// A response that was obtained but whose record could not be made durable: withheld.
-/// A request the agent could not prepare for the server (a fault of its own): 500, nothing
-/// sent, the reason logged.
-fn internal_error(ctx: &ConnCtx, e: &str) -> Response<RespBody> {
-    tracing::error!(
-        event = "internal_error",
-        service = %ctx.svc.cfg.name,
-        conn_id = ctx.info.id,
-        side = "internal",
-        error = %e,
-        "request not sent"
-    );
-    json_response(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        mcp::error_response(
-            None,
-            mcp::INTERNAL_ERROR,
-            "internal error of the interceptor",
-            None,
-        ),
-        false,
-    )
-}
-
 fn audit_failed_response(ctx: &ConnCtx, e: &crate::audit::AuditError) -> Response<RespBody> {
     tracing::error!(
         event = "audit_unavailable",

@@ -11,7 +11,7 @@
 use http::{HeaderMap, HeaderValue, header::HeaderName};
 
 use super::TextRedactor;
-use super::json::Summary;
+use super::json::{MAX_FINDINGS, Summary};
 
 /// Headers passed as they are (lower case): framing, protocol state, caching, and what the
 /// caller must send back or follow unchanged (cookies, authentication challenges, CORS).
@@ -79,16 +79,11 @@ pub fn redact_headers(headers: &mut HeaderMap, redactor: &dyn TextRedactor) -> H
                 break;
             };
             let (red, findings) = redactor.redact_labelled(Some(name.as_str()), text);
-            for f in findings {
-                done.summary.tally(&f.entity);
-                done.summary.findings.push(f);
-            }
+            done.summary.record(findings, MAX_FINDINGS);
             if red != text {
                 changed = true;
                 // Masks are printable ASCII, and the rest is the value's own text.
-                match HeaderValue::from_str(&red)
-                    .or_else(|_| HeaderValue::from_bytes(red.as_bytes()))
-                {
+                match HeaderValue::from_bytes(red.as_bytes()) {
                     Ok(h) => values.push(h),
                     Err(_) => {
                         unreadable = true;

@@ -181,7 +181,8 @@ impl Summary {
         add_count(&mut self.counts, entity, 1);
     }
 
-    fn record(&mut self, findings: Vec<Finding>, max_findings: usize) {
+    /// Counts `findings` and keeps them, up to `max_findings` in all.
+    pub fn record(&mut self, findings: Vec<Finding>, max_findings: usize) {
         // Counted by name first (the first 8 names), and added to the map once per name:
         // findings share their detector's name, so a pointer comparison finds its count (a
         // map lookup per finding compared names, 3% of dense text through the agent). The
