@@ -1633,6 +1633,18 @@ fn bare_value(r: &mut Rng, entity: &str, lang: &str) -> String {
                 }
             }
         }
+        // As JSON APIs serialise a date: a date and time at midnight, in UTC or in the
+        // browser's time zone and then stored in UTC (the day before, at 22:00, 23:00 or
+        // 18:30).
+        "DOB" if r.chance(0.5) => {
+            let (y, m, d) = date(r, 1940, 2005);
+            let d = d.max(2);
+            match r.below(3) {
+                0 => format!("{y}-{m:02}-{d:02}T00:00:00.000Z"),
+                1 => format!("{y}-{m:02}-{:02}T{}:00:00Z", d - 1, r.pick(&["22", "23"])),
+                _ => format!("{y}-{m:02}-{:02}T18:30:00+00:00", d - 1),
+            }
+        }
         _ => value(r, entity, lang).1,
     }
 }

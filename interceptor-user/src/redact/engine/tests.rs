@@ -2249,6 +2249,20 @@ fn dates_of_birth_as_json_apis_and_other_locales_write_them() {
         "DOB",
         "1985-03-03T00:00+01:00",
     );
+    // A date picked at midnight in a time zone east of UTC and stored in UTC: the day
+    // before, at an hour (or a quarter of one, as some offsets are) with zero seconds.
+    assert_finds(
+        r#"{"date_of_birth": "1985-03-02T23:00:00Z"}"#,
+        "DOB",
+        "1985-03-02T23:00:00Z",
+    );
+    assert_finds(
+        r#"{"birthDate": "1985-03-02T18:15:00.000Z"}"#,
+        "DOB",
+        "1985-03-02T18:15:00.000Z",
+    );
+    // A time with seconds is an event's time, whatever its label.
+    assert_clean(r#"{"date_of_birth_checked": "2024-03-02T18:15:07Z"}"#);
     // The same person's date gets the same pseudonym, whichever way it is written.
     let p = |t: &str| engine().redact(t).findings;
     assert_eq!(p("DOB: 1985-03-03T00:00:00Z"), p("DOB: 1985-03-03"));
