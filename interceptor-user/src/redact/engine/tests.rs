@@ -2053,6 +2053,21 @@ fn a_label_glued_to_its_value_by_a_colon_or_a_dot_still_labels_it() {
 }
 
 #[test]
+fn international_numbers_are_as_long_as_their_country_numbers_them() {
+    // A count written with a plus is no NANP number (+1 takes ten digits).
+    assert_clean("We grew to +12345678 users this year");
+    assert_clean("France: +33 1 23 45 67 8");
+    assert_finds("call +1 212 555 0199", "PHONE", "+1 212 555 0199");
+    assert_finds("Tel +33 1 23 45 67 89", "PHONE", "+33 1 23 45 67 89");
+    assert_finds("Tel 0033 6 12 34 56 78", "PHONE", "0033 6 12 34 56 78");
+    // The trunk prefix in brackets is not dialled and does not count.
+    assert_finds("Tel +44 (0)20 7946 0958", "PHONE", "+44 (0)20 7946 0958");
+    assert_finds("Tel +33 (0)1 23 45 67 89", "PHONE", "+33 (0)1 23 45 67 89");
+    // Codes without a fixed length take what E.164 allows.
+    assert_finds("Tel +49 30 123456", "PHONE", "+49 30 123456");
+}
+
+#[test]
 fn nanp_numbers_with_the_trunk_prefix_and_italian_mobiles() {
     assert_finds("1-800-555-0199", "PHONE", "1-800-555-0199");
     // A `1` that is no trunk prefix (after a date, a version, a dash) leaves the number it

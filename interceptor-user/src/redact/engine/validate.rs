@@ -711,7 +711,7 @@ fn phone(t: &[u8], s: usize, e: usize) -> Option<Verdict> {
     }
     let n = digits(v).count();
     if v[0] == b'+' {
-        return (8..=15).contains(&n).then_some(Verdict {
+        return ((8..=15).contains(&n) && international_len(v)).then_some(Verdict {
             start: s,
             end: e,
             base: None,
@@ -721,7 +721,7 @@ fn phone(t: &[u8], s: usize, e: usize) -> Option<Verdict> {
         // `0049 30 1234567`; without separators only a full-length number.
         let bare = v.iter().all(u8::is_ascii_digit);
         let range = if bare { 12..=17 } else { 10..=17 };
-        return range.contains(&n).then_some(Verdict {
+        return (range.contains(&n) && international_len(&v[2..])).then_some(Verdict {
             start: s,
             end: e,
             base: None,
@@ -786,6 +786,57 @@ fn phone(t: &[u8], s: usize, e: usize) -> Option<Verdict> {
         end: e,
         base: Some(0.25),
     })
+}
+
+/// Country codes whose national numbers have a known length (ITU-T E.164 national
+/// numbering plans): `(country code, shortest, longest national significant number)`. Other
+/// codes take any length E.164 allows.
+const NATIONAL_LENGTHS: &[(&[u8], usize, usize)] = &[
+    (b"1", 10, 10),
+    (b"7", 10, 10),
+    (b"27", 9, 9),
+    (b"30", 10, 10),
+    (b"31", 9, 9),
+    (b"32", 8, 9),
+    (b"33", 9, 9),
+    (b"34", 9, 9),
+    (b"36", 8, 9),
+    (b"39", 6, 11),
+    (b"40", 9, 9),
+    (b"41", 9, 9),
+    (b"44", 7, 10),
+    (b"45", 8, 8),
+    (b"46", 7, 13),
+    (b"47", 8, 8),
+    (b"48", 9, 9),
+    (b"61", 9, 9),
+    (b"81", 9, 10),
+    (b"91", 10, 10),
+    (b"351", 9, 9),
+    (b"353", 7, 9),
+];
+
+/// Whether an international number (after its `+` or `00`) is as long as its country's
+/// numbers are: `+1 2345678` (a count written with a plus) is no NANP number. The trunk
+/// prefix written as `(0)` (`+44 (0)20 ...`) is not dialled and does not count.
+fn international_len(v: &[u8]) -> bool {
+    let v = v.strip_prefix(b"+").unwrap_or(v);
+    let mut ds: Small<u8, 24> = Small::new();
+    let mut i = 0;
+    while i < v.len() {
+        if v[i..].starts_with(b"(0)") {
+            i += 3;
+            continue;
+        }
+        if v[i].is_ascii_digit() {
+            ds.push(v[i]);
+        }
+        i += 1;
+    }
+    NATIONAL_LENGTHS
+        .iter()
+        .find(|(cc, _, _)| ds.starts_with(cc))
+        .is_none_or(|&(cc, lo, hi)| (lo..=hi).contains(&(ds.len() - cc.len())))
 }
 
 fn email(t: &[u8], s: usize, e: usize) -> Option<Verdict> {
