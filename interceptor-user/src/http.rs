@@ -628,11 +628,7 @@ async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<RespBody>
                 // A stream carries answers to several calls (all of them on the legacy SSE
                 // channel): it gets what every grant of the caller allows, as a batch does.
                 Ok(a) if req.method() == Method::GET => {
-                    stream_view = ctx.svc.redaction.as_ref().map(|e| {
-                        let views = auth.policy().grant_views(&ctx.svc.cfg.name, &a.principal);
-                        let grants: Vec<_> = views.iter().map(|(m, r)| (&m[..], &r[..])).collect();
-                        common_view(e.default_view(), &grants)
-                    });
+                    stream_view = caller_stream_view(&ctx, auth, &a.principal);
                 }
                 Ok(_) => {}
             }
@@ -671,6 +667,17 @@ async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<RespBody>
             }
         }
     }
+}
+
+/// The masking of a stream that carries answers to several calls of `who` (the GET stream;
+/// the legacy SSE channel, where every answer of that transport comes): every grant the caller
+/// holds for the service, combined as for a batch. `None` when the service does not redact.
+fn caller_stream_view(ctx: &ConnCtx, auth: &Auth, who: &Principal) -> Option<MaskView> {
+    ctx.svc.redaction.as_ref().map(|e| {
+        let views = auth.policy().grant_views(&ctx.svc.cfg.name, who);
+        let grants: Vec<_> = views.iter().map(|(m, r)| (&m[..], &r[..])).collect();
+        common_view(e.default_view(), &grants)
+    })
 }
 
 /// The legacy transport's POST target carries `session_id` in its query.
@@ -1287,7 +1294,7 @@ async fn handle_post(
             .collect();
         common_view(e.default_view(), &grants)
     });
-    let released: Vec<String> = mask_view
+    let mut released: Vec<String> = mask_view
         .as_ref()
         .map(|v| {
             let mut r: Vec<String> = v.clear.iter().cloned().collect();
@@ -1295,6 +1302,14 @@ async fn handle_post(
             r
         })
         .unwrap_or_default();
+    // On the legacy transport the answers come on the session's SSE stream, masked by every
+    // grant the caller holds: the records say released only what that stream shows in clear
+    // (under the policy in force now; the stream's view was taken when it opened).
+    if let (Some(_), Some(a), Some(auth)) = (&legacy, &authn, &ctx.svc.auth) {
+        if let Some(stream) = caller_stream_view(&ctx, auth, &a.principal) {
+            released.retain(|e| stream.clear.contains(e));
+        }
+    }
 
     // The exchanges this request opens, keyed by JSON-RPC id.
     let mut pending: HashMap<String, Pending> = HashMap::new();

@@ -387,6 +387,69 @@ fn a_legacy_sse_caller_gets_the_masking_of_its_grants() {
     drop(server);
 }
 
+/// On the legacy transport the answer comes on the SSE stream, masked by every grant the
+/// caller holds: a grant that releases e-mail addresses for the call does not release them
+/// there when another grant of the caller does not, and the record says what the caller got.
+#[test]
+fn a_legacy_call_records_what_its_stream_released() {
+    let Some(f) = fixture("auth_legacy_released", "__POLICY__", 9) else {
+        return;
+    };
+    let policy = f.node.dir.join("two-grants.policy.toml");
+    std::fs::write(
+        &policy,
+        "[[roles]]\nname = \"support\"\ngroups = [\"support\"]\n\
+         [[roles.grants]]\nservice = \"crm\"\nmethods = [\"tools/call\"]\ntools = [\"export_customers\"]\n\
+         purpose = \"Testing\"\nlawful_basis = \"contract\"\nrelease = [\"EMAIL\"]\n\
+         [[roles.grants]]\nservice = \"crm\"\nmethods = [\"tools/list\"]\n\
+         purpose = \"Testing\"\nlawful_basis = \"contract\"\n",
+    )
+    .expect("policy");
+    let mut cfg = f.cfg.clone();
+    cfg.extra_agent_toml = cfg.extra_agent_toml.replace(
+        "\"__POLICY__\"",
+        &format!("{:?}", policy.display().to_string()),
+    );
+    for s in &mut cfg.services {
+        s.extra.push_str("[services.redact]\n");
+    }
+    let server = f.node.mcp_server(Sdk::Py1, f.port, &["--transport", "sse"]);
+    let agent = f.node.start_agent(&cfg);
+    let url = format!("http://{SERVER_IP}:{}/sse", f.port);
+    let alice = user_token(&f, "alice");
+    let out = f.node.mcp_client(
+        &f.node.client,
+        Sdk::Py1,
+        &url,
+        &[
+            "--transport",
+            "sse",
+            "--scenario",
+            "call",
+            "--tool",
+            "export_customers",
+            "--args",
+            r#"{"limit": 3}"#,
+            "--header",
+            &bearer(&alice),
+        ],
+    );
+    let out = out.assert_ok().to_string();
+    assert!(
+        out.contains("[EMAIL:") && !out.contains("@example.com"),
+        "the stream masks what not every grant releases: {out}"
+    );
+    let e = last_exchange(&agent, "tools/call", |e| e["subject"] == "alice");
+    assert_eq!(e["transport"], "legacy_sse", "{e}");
+    assert_eq!(e["role"], "support", "{e}");
+    assert_eq!(
+        e["released"].as_str().unwrap_or_default(),
+        "",
+        "the record says released only what the stream showed: {e}"
+    );
+    drop(server);
+}
+
 /// Data minimisation: a grant with `redact_arguments` has the server get the call's
 /// arguments masked as the grant masks answers; another grant's calls reach it as sent.
 #[test]
