@@ -1,7 +1,9 @@
 //! Fuzzes the streaming JSON redactor: arbitrary bytes never panic; chunking never changes the
 //! result; when the input parses as JSON, the output parses too, equals redacting the parsed
-//! document value by value (`redact_value`, same labels), and no match of the test redactor
-//! survives in any string value, under its key.
+//! document value by value (`redact_value`, same labels; with keys or numbers redacted, which
+//! `redact_value` does not do, only the next check), and no match of the test redactor
+//! survives in any string value under its key (nor in a key, nor a number, when those are
+//! redacted: `[services.redact] keys`, `numbers`).
 //!
 //! Run: `cd fuzz && cargo +nightly fuzz run redact_json`.
 #![no_main]
@@ -42,9 +44,11 @@ impl Sieve for PlainSieve {
 
 /// Masks every maximal run of email-ish characters that holds an `@` and is at most `max`
 /// bytes long, and under a label containing `pin` a run of 3 or more digits starting within
-/// the first 6 bytes (the same as the unit tests' redactor).
+/// the first 6 bytes (the same as the unit tests' redactor). Numbers are redacted when
+/// `numbers` is set (a PIN held as a JSON number).
 struct TestRedactor {
     max: usize,
+    numbers: bool,
 }
 
 fn email_char(c: char) -> bool {
@@ -54,6 +58,9 @@ fn email_char(c: char) -> bool {
 impl TextRedactor for TestRedactor {
     fn max_match_len(&self) -> usize {
         self.max
+    }
+    fn masks_numbers(&self) -> bool {
+        self.numbers
     }
     fn redact(&self, text: &str) -> (String, Vec<Finding>) {
         let (out, f) = self.redact_labelled(None, text);
@@ -128,13 +135,19 @@ fn run(
     j.finish(&mut out).ok().map(|_| out)
 }
 
-fn assert_clean(v: &Value, r: &dyn TextRedactor, keys: bool) {
+fn assert_clean(v: &Value, r: &dyn TextRedactor, keys: bool, numbers: bool) {
     let mut stack: Vec<(&Value, Option<&str>)> = vec![(v, None)];
     while let Some((v, label)) = stack.pop() {
         match v {
             Value::String(s) => assert!(
                 r.redact_labelled(label, s).1.is_empty(),
                 "match survived in {s:?} under {label:?}"
+            ),
+            // A number as serde_json writes it back: an integer as it came; any other
+            // number with a `.` or an exponent, which no digit run of the test redactor holds.
+            Value::Number(n) if numbers => assert!(
+                r.redact_labelled(label, &n.to_string()).1.is_empty(),
+                "match survived in number {n} under {label:?}"
             ),
             Value::Array(a) => stack.extend(a.iter().map(|x| (x, label))),
             Value::Object(m) => {
@@ -158,8 +171,9 @@ fuzz_target!(|input: &[u8]| {
     let chunk = usize::from(ctl & 0x1f) + 1;
     let keys = ctl & 0x20 != 0;
     let small = ctl & 0x40 != 0;
+    let numbers = ctl & 0x80 != 0;
     let max = if small { 8 } else { 64 };
-    let r: Arc<dyn TextRedactor> = Arc::new(TestRedactor { max });
+    let r: Arc<dyn TextRedactor> = Arc::new(TestRedactor { max, numbers });
     // Small windows exercise the segmenting of long strings on short inputs.
     let limits = if small {
         JsonLimits {
@@ -177,8 +191,8 @@ fuzz_target!(|input: &[u8]| {
     if let Ok(mut reference) = serde_json::from_slice::<Value>(data) {
         let out = whole.expect("valid JSON must be accepted");
         let parsed: Value = serde_json::from_slice(&out).expect("output must be JSON");
-        assert_clean(&parsed, r.as_ref(), keys);
-        if !keys {
+        assert_clean(&parsed, r.as_ref(), keys, numbers);
+        if !keys && !numbers {
             redact_value(&mut reference, r.as_ref());
             assert_eq!(parsed, reference, "differs from value-by-value redaction");
         }
