@@ -143,10 +143,10 @@ pub async fn hold(
     // What records and logs may show: the exchange record's (redacted) target and arguments.
     let shown = record(i);
     let shown_target = shown.target.clone();
-    let shown_matched = super::rules::describe_call(
+    let shown_matched = rule.describe_recorded(
         m.method.as_deref().unwrap_or(""),
-        shown_target.as_deref(),
-        &found.condition,
+        item(i).get("params"),
+        (shown_target.as_deref(), shown.params.as_ref()),
     );
     // `why` follows "<call> needs approval (rule R)": the caller reads its own call, the log
     // its redacted description.

@@ -162,10 +162,10 @@ pub struct ApprovalRules {
 /// A rule that holds a call, and why.
 pub struct Match<'r> {
     pub rule: &'r ApprovalRule,
-    /// E.g. `tools/call export_customers when limit > 1000 (limit = 5000)`.
+    /// E.g. `tools/call export_customers when limit > 1000 (limit = 5000)`: for the caller
+    /// (the values as sent); logs and records describe the call with
+    /// [`ApprovalRule::condition`] of its recorded (redacted) arguments.
     pub matched: String,
-    /// The `when` part alone: ` when limit > 1000 (limit = 5000)` (empty without `when`).
-    pub condition: String,
 }
 
 /// What `policy explain` shows of a rule.
@@ -270,6 +270,47 @@ fn valid_name(s: &str) -> bool {
 }
 
 impl ApprovalRule {
+    /// The `when` part of a call's description with the values it looked at in `arguments`:
+    /// ` when limit > 1000 (limit = 5000)` (empty without `when`).
+    pub fn condition(&self, arguments: Option<&Value>) -> String {
+        let Some(w) = &self.when else {
+            return String::new();
+        };
+        let mut condition = self.condition_source();
+        let vals = describe_paths(w, arguments);
+        if !vals.is_empty() {
+            condition.push_str(&format!(" ({})", vals.join(", ")));
+        }
+        condition
+    }
+
+    /// The `when` part without values: ` when limit > 1000` (empty without `when`).
+    pub fn condition_source(&self) -> String {
+        self.when
+            .as_ref()
+            .map_or_else(String::new, |w| format!(" when {}", w.source()))
+    }
+
+    /// The call this rule held, as logs, approvers and webhooks may read it: its target and
+    /// the values the rule looked at as the exchange record holds them (`recorded`: target
+    /// and `params`, redacted; a personal number, `{"bsn": 111222333}`, is its mask there).
+    /// A record too large keeps no arguments (`{"truncated": true, ...}`): then the condition
+    /// without values (not `limit missing`). `sent` is the request's `params` as sent.
+    pub fn describe_recorded(
+        &self,
+        method: &str,
+        sent: Option<&Value>,
+        recorded: (Option<&str>, Option<&Value>),
+    ) -> String {
+        let sent_args = sent.and_then(|p| p.get("arguments"));
+        let shown_args = recorded.1.and_then(|p| p.get("arguments"));
+        let condition = match (shown_args, sent_args) {
+            (None, Some(_)) => self.condition_source(),
+            _ => self.condition(shown_args),
+        };
+        describe_call(method, recorded.0, &condition)
+    }
+
     fn matches(
         &self,
         service: &str,
@@ -351,20 +392,8 @@ impl ApprovalRules {
             .rules
             .iter()
             .find(|r| r.matches(service, role, method, target, arguments))?;
-        let mut condition = String::new();
-        if let Some(w) = &rule.when {
-            condition.push_str(&format!(" when {}", w.source()));
-            let vals = describe_paths(w, arguments);
-            if !vals.is_empty() {
-                condition.push_str(&format!(" ({})", vals.join(", ")));
-            }
-        }
-        let matched = describe_call(method, target, &condition);
-        Some(Match {
-            rule,
-            matched,
-            condition,
-        })
+        let matched = describe_call(method, target, &rule.condition(arguments));
+        Some(Match { rule, matched })
     }
 
     /// Rules that apply to `service`, in order.
@@ -1030,6 +1059,56 @@ approvers = ["dpo", "security"]
         .unwrap();
         assert_eq!(name, "any-resource");
         assert!(find("hr", Some("admin"), "tools/list", None, json!(null)).is_none());
+    }
+
+    #[test]
+    fn logs_and_approvers_read_the_values_a_rule_looked_at_as_recorded() {
+        use crate::redact::engine::{Engine, EngineConfig, PseudonymKey};
+        use crate::redact::view::{for_records, recordable_params};
+        let s = set(r#"
+[[approvals]]
+name = "one-person"
+service = "crm"
+methods = ["tools/call"]
+tools = ["lookup"]
+when = "bsn > 0 && limit > 10"
+approvers = ["dpo"]
+"#);
+        let r = s.approval_rules();
+        let sent =
+            serde_json::json!({"name": "lookup", "arguments": {"bsn": 111222333, "limit": 50}});
+        let m = r
+            .find(
+                "crm",
+                None,
+                "tools/call",
+                Some("lookup"),
+                sent.get("arguments"),
+            )
+            .expect("held");
+        // The caller reads its own values.
+        assert!(m.matched.contains("bsn = 111222333"), "{}", m.matched);
+        let engine = Engine::new(&EngineConfig::default(), PseudonymKey::new([7; 32])).unwrap();
+        let (recorded, _) = recordable_params(&*for_records(&engine), &sent);
+        let shown =
+            m.rule
+                .describe_recorded("tools/call", Some(&sent), (Some("lookup"), Some(&recorded)));
+        assert!(!shown.contains("111222333"), "{shown}");
+        // (Its mask is a string, shown by size only, as every string is.)
+        assert!(shown.contains("bsn = \"<string:"), "{shown}");
+        assert!(shown.contains("limit = 50"), "{shown}");
+        assert!(
+            shown.starts_with("tools/call lookup when bsn > 0"),
+            "{shown}"
+        );
+        // A record too large to keep its arguments: the condition, without values.
+        let truncated = serde_json::json!({"truncated": true, "bytes": 70000});
+        let shown = m.rule.describe_recorded(
+            "tools/call",
+            Some(&sent),
+            (Some("lookup"), Some(&truncated)),
+        );
+        assert_eq!(shown, "tools/call lookup when bsn > 0 && limit > 10");
     }
 
     #[test]
