@@ -172,6 +172,7 @@ fn negatives() {
         "schema 1.2.3.4.5",
         "package 1.2.3.4-beta",
         "OID 1.3.6.1.4.1.311",
+        "call Cafe::Add then Face::bad",
         "at 2024-01-15T10:30:00Z",
         "logged 2024-01-15 10:30:00",
         "created 2023-05-17",

@@ -913,6 +913,11 @@ fn ipv6(t: &[u8], s: usize, e: usize) -> Option<Verdict> {
     if hex < 4 || groups < 2 {
         return None;
     }
+    // Hex words around `::` without a digit are a path in code (`Cafe::Add`, `Face::bad`),
+    // not an address (addresses carry digits: `2001:db8::`, `fe80::1`).
+    if double && !v.iter().any(u8::is_ascii_digit) {
+        return None;
+    }
     Ipv6Addr::from_str(std::str::from_utf8(v).ok()?).ok()?;
     Verdict::span(s, e)
 }
