@@ -447,6 +447,9 @@ struct Inner {
     numbers: bool,
     /// [`EngineConfig::keys`].
     keys: bool,
+    /// The `SECRET` detector, when enabled: a field under a credential's key is masked whole
+    /// (`detectors::secret_label`).
+    secret_field: Option<u32>,
 }
 
 impl Inner {
@@ -1023,6 +1026,10 @@ impl Engine {
                     .is_some_and(|b| b.is_ascii_alphanumeric() || *b >= 0x80),
             })
             .collect();
+        let secret_field = detectors
+            .iter()
+            .position(|d| &*d.entity == "SECRET" && d.check == Validator::Credential)
+            .map(|d| d as u32);
         let (re, all) = (Arc::new(re), Arc::new(all));
         let (re2, side2, all2) = (Arc::clone(&re), side.clone(), Arc::clone(&all));
         let inner = Inner {
@@ -1050,6 +1057,7 @@ impl Engine {
             view: MaskView::from(cfg),
             window: cfg.context_window,
             max_len,
+            secret_field,
             numbers: cfg.numbers,
             keys: cfg.keys,
         };
@@ -1191,6 +1199,27 @@ impl Engine {
     ) {
         let inner = &*self.inner;
         let hay = text.as_bytes();
+        // A field under a credential's key (`"password": "..."`) is a secret whatever it
+        // looks like: masked whole.
+        if let Some(d) = inner.secret_field {
+            if from == 0
+                && stop >= hay.len()
+                && detectors::secret_label(label)
+                && validate::secret_value(hay)
+            {
+                if let Some(r) = reach {
+                    r.push((0, hay.len()));
+                }
+                out.push(Match {
+                    entity: inner.detectors[d as usize].entity.clone(),
+                    start: 0,
+                    end: hay.len(),
+                    confidence: inner.detectors[d as usize].base,
+                    detector: d,
+                });
+                return;
+            }
+        }
         // Candidates starting before `stop` end before this (and the automaton reads one
         // byte more).
         let search_end = if stop >= hay.len() {
@@ -2275,6 +2304,9 @@ impl TextRedactor for Engine {
     }
     fn masks_keys(&self) -> bool {
         self.inner.keys
+    }
+    fn masks_whole(&self, label: &str) -> bool {
+        self.inner.secret_field.is_some() && detectors::secret_label(label)
     }
 
     fn context_reach(&self) -> usize {

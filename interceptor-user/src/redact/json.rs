@@ -843,7 +843,7 @@ impl JsonRedactor {
             self.capture_key(text);
             out.extend_from_slice(text.as_bytes());
             self.state = State::Colon;
-        } else if self.clean(valid, k, run) {
+        } else if !self.masks_whole() && self.clean(valid, k, run) {
             // Nothing can match in it: as the redactor would return it.
             out.extend_from_slice(text.as_bytes());
             self.value_done();
@@ -863,6 +863,12 @@ impl JsonRedactor {
         }
         out.push(b'"');
         Some(i + run + 1)
+    }
+
+    /// Whether the current value is masked whole under its key (see
+    /// [`TextRedactor::masks_whole`]): then no sieve may pass over it.
+    fn masks_whole(&self) -> bool {
+        label_of(&self.keys, self.label_at).is_some_and(|l| self.redactor.masks_whole(l))
     }
 
     /// Whether the string value `valid[k..k + run]` (between quotes) certainly needs no

@@ -93,6 +93,16 @@ pub trait TextRedactor: Send + Sync {
     fn masks_keys(&self) -> bool {
         false
     }
+    /// Whether a value under `label` is masked whole whatever it holds (a credential's key:
+    /// `{"password": "..."}`). Such a value must reach [`redact_labelled`] even where the
+    /// [`sieve`] finds nothing in it.
+    ///
+    /// [`redact_labelled`]: Self::redact_labelled
+    /// [`sieve`]: Self::sieve
+    fn masks_whole(&self, label: &str) -> bool {
+        let _ = label;
+        false
+    }
     /// Returns the text with every detected value masked, and what was masked.
     fn redact(&self, text: &str) -> (String, Vec<Finding>);
     /// Like [`redact`](Self::redact) for the value of a named field: `label` is the name of

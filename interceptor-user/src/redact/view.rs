@@ -36,6 +36,9 @@ impl TextRedactor for ViewRedactor {
     fn masks_keys(&self) -> bool {
         self.engine.masks_keys()
     }
+    fn masks_whole(&self, label: &str) -> bool {
+        self.engine.masks_whole(label)
+    }
     fn sieve(&self, text: &str) -> Option<Box<dyn Sieve>> {
         // Which values match does not depend on the view (only how they are masked).
         TextRedactor::sieve(&self.engine, text)

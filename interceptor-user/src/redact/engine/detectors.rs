@@ -347,6 +347,68 @@ const PASSPORT_WORDS: &[&str] = &[
     "passnr",
 ];
 
+/// Whether a field named `label` (a JSON key) holds a credential, whose value is then masked
+/// whole (`SECRET`) whatever it looks like: the key, lowercased without separators and a
+/// plural `s`, ends with a credential's name (`password`, `db_password`, `clientSecret`,
+/// `AWS_SECRET_ACCESS_KEY`, `apiKey`, `refresh_token`, `private_key`). Not `token` alone:
+/// `nextPageToken` is a cursor the client must get back.
+pub(crate) fn secret_label(label: &str) -> bool {
+    const NAMES: &[&str] = &[
+        "password",
+        "passwd",
+        "passphrase",
+        "secret",
+        "secretkey",
+        "secretaccesskey",
+        "apikey",
+        "apitoken",
+        "accesstoken",
+        "refreshtoken",
+        "authtoken",
+        "privatekey",
+    ];
+    let b = label.as_bytes();
+    if b.len() > 64 {
+        return false;
+    }
+    // Asked for every string value of a JSON body: most keys end in two letters no
+    // credential's name ends with (`id`, `me`, `at`, `le`), and are passed over at that.
+    let mut end = b.len();
+    while end > 0 && !b[end - 1].is_ascii_alphanumeric() {
+        end -= 1;
+    }
+    if end > 1 && b[end - 1].eq_ignore_ascii_case(&b's') {
+        end -= 1;
+    }
+    let mut tail = b[..end]
+        .iter()
+        .rev()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .map(u8::to_ascii_lowercase);
+    let (Some(last), Some(before)) = (tail.next(), tail.next()) else {
+        return false;
+    };
+    let endings = matches!(
+        (before, last),
+        (b'r' | b'w', b'd') | (b's', b'e') | (b'e', b't' | b'y' | b'n')
+    );
+    endings
+        && NAMES
+            .iter()
+            .any(|n| ends_with_name(&b[..end], n.as_bytes()))
+}
+
+/// Whether `key`, read backwards without its non-alphanumeric bytes and in small letters,
+/// ends with `name`.
+fn ends_with_name(key: &[u8], name: &[u8]) -> bool {
+    let mut bytes = key
+        .iter()
+        .rev()
+        .filter(|b| b.is_ascii_alphanumeric())
+        .map(u8::to_ascii_lowercase);
+    name.iter().rev().all(|&c| bytes.next() == Some(c))
+}
+
 pub(crate) const BUILTINS: &[Builtin] = &[
     // ---- secrets -------------------------------------------------------------------------
     Builtin {
@@ -402,6 +464,32 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         entity: "GOOGLE_API_KEY",
         patterns: &[r"\bAIza[0-9A-Za-z_-]{35}"],
         check: Check::TokenEnd,
+        base: 0.95,
+        context: &[],
+        boost: 0.0,
+        negative: false,
+    },
+    Builtin {
+        // A value assigned to a credential's name, in any text: `DB_PASSWORD=...` (env
+        // files), `password: ...` (YAML), `"client_secret": "..."` (JSON inside a text, also
+        // escaped), `api_key = ...` (INI), `?access_token=...` (URLs). The pattern ends at the
+        // value's first byte, which the validator extends to the value's end (at most
+        // `SECRET_MAX`): with the value in the pattern, every blank would hold a match of
+        // some 300 bytes and the closure rescan would read that far around every mask. A
+        // JSON member whose key names a credential is masked whole whatever its value
+        // (`secret_label`).
+        entity: "SECRET",
+        patterns: &[concat!(
+            r"(?i:password|passwd|passphrase|secret(?:[_-]?access)?(?:[_-]?key)?",
+            r"|api[_-]?(?:key|secret|token)|(?:access|refresh|auth)[_-]?token|private[_-]?key)",
+            // (The value's first byte: printable ASCII but blanks and quotes. The validator
+            // refuses masks and templates, `[SECRET:...]`, `${DB_PASSWORD}`; the automaton
+            // takes them so that, over a raw JSON body, the pair is a candidate whatever the
+            // value (`"password": "\u0068..."`): the sieve then hands the value to the
+            // rewriter, which masks it under its key.)
+            r#"\\?["']?[ \t]{0,2}[:=][ \t]{0,2}\\?["']?[!#-&(-~]"#,
+        )],
+        check: Check::Credential,
         base: 0.95,
         context: &[],
         boost: 0.0,

@@ -1466,7 +1466,8 @@ fn normalize_reference(check: Validator, v: &str) -> String {
         | Validator::TokenEnd
         | Validator::SlackToken
         | Validator::PemBlock
-        | Validator::Jwt => v.to_string(),
+        | Validator::Jwt
+        | Validator::Credential => v.to_string(),
     }
 }
 
@@ -1478,6 +1479,7 @@ const ALL_VALIDATORS: &[Validator] = &[
     Validator::TokenEnd,
     Validator::SlackToken,
     Validator::PemBlock,
+    Validator::Credential,
     Validator::Jwt,
     Validator::Iban,
     Validator::Email,
@@ -2422,4 +2424,96 @@ fn keys_and_numbers_are_redacted_when_the_service_says_so() {
     let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
     assert!(v["bsn"].as_str().unwrap().starts_with("[NL_BSN:"), "{v}");
     assert_eq!(v["n"], 111222333, "{v}");
+}
+
+#[test]
+fn credentials_are_masked_after_their_names_and_under_their_keys() {
+    for (text, value) in [
+        ("DB_PASSWORD=hunter2", "hunter2"),
+        (
+            "export AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+            "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+        ),
+        // YAML: the key starts its line, so a word is a value too.
+        ("db:\n  password: postgres\n", "postgres"),
+        ("  api_key: \"sk-live-abc123\"", "sk-live-abc123"),
+        ("Password: Hunter2! was set", "Hunter2!"),
+        ("GET /cb?access_token=eyXabc123&state=1", "eyXabc123"),
+        (r#"{"client_secret": "s3cr3t"}"#, "s3cr3t"),
+        (r#"{"api_key": 12345}"#, "12345"),
+        (r#"{\"password\": \"p@ss\"}"#, "p@ss"),
+    ] {
+        assert_finds(text, "SECRET", value);
+    }
+    let secrets = |t: &str| -> Vec<String> {
+        entities(t)
+            .into_iter()
+            .filter(|(e, _)| e == "SECRET")
+            .map(|(_, v)| v)
+            .collect()
+    };
+    for text in [
+        // Prose: a word after a name and a colon.
+        "Your password: must be 12 characters",
+        "password = ${DB_PASSWORD}",
+        "GET /login?password=&next=1",
+        r#"{"password": null, "secret": true}"#,
+        "password: ***",
+        "nextPageToken: CAEQAA",
+        "passwordless: enabled",
+        "password_hint: dog",
+    ] {
+        assert!(secrets(text).is_empty(), "{text:?}: {:?}", secrets(text));
+    }
+    // A mask is no credential (its entity is a credential's name): redacting twice changes
+    // nothing.
+    let once = engine()
+        .redact("DB_PASSWORD=hunter2 and api_key: \"x1\"")
+        .text;
+    assert!(!once.contains("hunter2") && !once.contains("x1"), "{once}");
+    assert!(engine().redact(&once).findings.is_empty(), "{once}");
+
+    // JSON: under a credential's key, the whole value whatever it looks like, also where the
+    // sieve passes over the chunk (the `$ecret` member stayed in clear without
+    // `TextRedactor::masks_whole`); a cursor is no credential.
+    use crate::redact::json::{JsonLimits, redact_json};
+    let filler = "x".repeat(2000);
+    let doc = format!(
+        r#"{{"id": "a1", "note": "{filler}", "password": "correct horse battery staple", "secret": "$ecret", "db": {{"passwords": ["a1", "b2"]}}, "nextPageToken": "CAEQ", "token_type": "Bearer", "password_hint": "dog", "p2": "${{X}}"}}"#
+    );
+    let r: Arc<dyn crate::redact::TextRedactor> = Arc::new(engine().clone());
+    let (out, summary) = redact_json(r, JsonLimits::default(), doc.as_bytes()).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    let masked = |x: &serde_json::Value| x.as_str().is_some_and(|s| s.starts_with("[SECRET:"));
+    assert!(masked(&v["password"]), "{}", v["password"]);
+    assert!(masked(&v["secret"]), "{}", v["secret"]);
+    assert!(masked(&v["db"]["passwords"][0]) && masked(&v["db"]["passwords"][1]));
+    assert_eq!(v["nextPageToken"], "CAEQ");
+    assert_eq!(v["token_type"], "Bearer");
+    assert_eq!(v["password_hint"], "dog");
+    assert_eq!(v["p2"], "${X}");
+    assert_eq!(summary.counts.get("SECRET"), Some(&4), "{summary:?}");
+
+    for k in [
+        "AWS_SECRET_ACCESS_KEY",
+        "clientSecret",
+        "db-password",
+        "apiKey",
+        "refresh_token",
+        "passwords",
+        "private_key",
+    ] {
+        assert!(detectors::secret_label(k), "{k}");
+    }
+    for k in [
+        "nextPageToken",
+        "token",
+        "password_hint",
+        "secretary",
+        "id",
+        "",
+        "s",
+    ] {
+        assert!(!detectors::secret_label(k), "{k}");
+    }
 }

@@ -18,6 +18,12 @@ use super::detectors::MONTH_NAMES;
 pub(crate) const PEM_MAX: usize = 16 * 1024;
 /// The longest JWT masked as one value.
 pub(crate) const JWT_MAX: usize = 8 * 1024;
+/// The longest value masked after a credential's name (`password=...`), and under a
+/// credential's key in JSON.
+pub(crate) const SECRET_MAX: usize = 1024;
+/// How far before a credential's name [`Validator::Credential`] reads (its key's prefix,
+/// indentation) to tell whether the key starts its line.
+const CREDENTIAL_LOOKBEHIND: usize = 64;
 
 /// A validator: built-in ones are named after their entity; custom detectors may pick any
 /// of them, typically `none`, `luhn`, `mod97` or `mod11`.
@@ -57,6 +63,11 @@ pub enum Validator {
     DeTaxId,
     Passport,
     Bic,
+    /// A credential's name, its separator and the first byte of its value, extended to the
+    /// value's end (at most [`SECRET_MAX`] bytes); the span is the value alone. Placeholders
+    /// (`null`, `true`, `string`...) are no secret, and after an unquoted `:` the key must
+    /// start its line or the value look like no word (`Your password: must be...` in prose).
+    Credential,
 }
 
 pub(crate) type Check = Validator;
@@ -1004,12 +1015,118 @@ fn jwt(t: &[u8], s: usize) -> Option<Verdict> {
     Verdict::span(s, e3)
 }
 
+/// A byte of a credential's value in a text (the pattern's last class, which stops at blanks,
+/// quotes and the separators of lists, queries and markup).
+fn secret_byte(b: u8) -> bool {
+    !matches!(
+        b,
+        b' ' | b'\t' | b'\r' | b'\n' | b'"' | b'\'' | b'`' | b',' | b';' | b'&' | b'<' | b'>'
+    )
+}
+
+/// Words that stand in for a credential's value without being one: empty settings, schema
+/// examples, earlier masking.
+fn placeholder(v: &[u8]) -> bool {
+    const WORDS: &[&str] = &[
+        "null",
+        "nil",
+        "none",
+        "true",
+        "false",
+        "undefined",
+        "string",
+        "required",
+        "optional",
+        "redacted",
+        "hidden",
+        "masked",
+    ];
+    WORDS.iter().any(|w| v.eq_ignore_ascii_case(w.as_bytes()))
+        || v.iter().all(|&b| b == b'*' || b == b'x' || b == b'X')
+}
+
+/// Whether a credential's value in a text may start with `b`: not a separator (an empty
+/// `password=&next=...`) or the end of what holds it.
+fn secret_start(b: u8) -> bool {
+    secret_byte(b) && !matches!(b, b'(' | b')' | b']' | b'}' | b'\\')
+}
+
+/// A mask (`[SECRET:...]`, `****`) or a template (`${DB_PASSWORD}`, `{{ secret }}`,
+/// `<password>`, `%(password)s`) stands where a credential's value would be.
+fn stand_in(v: &[u8]) -> bool {
+    matches!(v.first(), Some(b'[' | b'*' | b'<'))
+        || v.starts_with(b"${")
+        || v.starts_with(b"{{")
+        || v.starts_with(b"%(")
+}
+
+/// Whether a field's value under a credential's key is masked whole (see
+/// [`super::detectors::secret_label`]): at most [`SECRET_MAX`] bytes, no placeholder, mask or
+/// template.
+pub(crate) fn secret_value(v: &[u8]) -> bool {
+    !v.is_empty() && v.len() <= SECRET_MAX && !stand_in(v) && !placeholder(v.trim_ascii())
+}
+
+fn credential(t: &[u8], s: usize, e: usize) -> Option<Verdict> {
+    // A mask's entity (`[SECRET:4f1c9a2b]`) is no credential's name.
+    if prev(t, s) == Some(b'[') {
+        return None;
+    }
+    let v = t.get(s..e)?;
+    let sep_at = v.iter().position(|&b| b == b':' || b == b'=')?;
+    let quoted_key = v[..sep_at].iter().any(|&b| b == b'"' || b == b'\'');
+    let mut i = sep_at + 1;
+    while v.get(i).is_some_and(|&b| b == b' ' || b == b'\t') {
+        i += 1;
+    }
+    let mut quoted = false;
+    while let Some(&b) = v.get(i).filter(|&&b| b == b'\\' || b == b'"' || b == b'\'') {
+        quoted |= b != b'\\';
+        i += 1;
+    }
+    let start = s + i;
+    // The value runs on past the pattern's first byte, to a blank, a quote or a separator.
+    let mut end = e;
+    while end - start < SECRET_MAX && t.get(end).is_some_and(|&b| secret_byte(b)) {
+        end += 1;
+    }
+    // (An escaped closing quote: `\"hunter2\"` in JSON inside a JSON string; unquoted, the
+    // end of what holds it: `{"api_key": 12345}`.)
+    let closing = |b: u8| b == b'\\' || (!quoted && matches!(b, b')' | b']' | b'}'));
+    while end > start && closing(t[end - 1]) {
+        end -= 1;
+    }
+    let value = t.get(start..end)?;
+    if value.is_empty() || !secret_start(value[0]) || stand_in(value) || placeholder(value) {
+        return None;
+    }
+    if v[sep_at] == b':' && !quoted && !quoted_key {
+        // Prose (`Your password: must be...`) writes a name and a colon too: there the key
+        // must start its line (YAML, a form's dump) or the value look like no word.
+        let mut k = s;
+        while k > 0 && s - k < CREDENTIAL_LOOKBEHIND && (is_word(t[k - 1]) || t[k - 1] == b'-') {
+            k -= 1;
+        }
+        while k > 0 && matches!(t[k - 1], b' ' | b'\t' | b'-') {
+            k -= 1;
+        }
+        let starts_line = k == 0 || t[k - 1] == b'\n';
+        let wordlike = value.iter().all(u8::is_ascii_alphabetic)
+            && !value[1..].iter().any(u8::is_ascii_uppercase);
+        if !starts_line && wordlike {
+            return None;
+        }
+    }
+    Verdict::span(start, end)
+}
+
 impl Validator {
     /// How far past the automaton's match this validator may extend a value.
     pub(crate) fn extent(self) -> usize {
         match self {
             Validator::PemBlock => PEM_MAX,
             Validator::Jwt => JWT_MAX,
+            Validator::Credential => SECRET_MAX,
             _ => 0,
         }
     }
@@ -1018,6 +1135,7 @@ impl Validator {
     pub(crate) fn lookbehind(self) -> usize {
         match self {
             Validator::Ipv4 => IPV4_LOOKBEHIND,
+            Validator::Credential => CREDENTIAL_LOOKBEHIND,
             _ => 2,
         }
     }
@@ -1043,6 +1161,7 @@ impl Validator {
                     && v.iter().filter(|&&b| b == b'-').count() >= 2)
             }
             Validator::PemBlock => pem(t, s, e),
+            Validator::Credential => credential(t, s, e),
             Validator::Jwt => jwt(t, s),
             Validator::Iban => ok(iban(v)),
             Validator::Email => email(t, s, e),
@@ -1201,7 +1320,8 @@ impl Validator {
             | Validator::TokenEnd
             | Validator::SlackToken
             | Validator::PemBlock
-            | Validator::Jwt => out.push_str(v),
+            | Validator::Jwt
+            | Validator::Credential => out.push_str(v),
         }
     }
 }
