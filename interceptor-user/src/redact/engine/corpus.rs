@@ -1857,6 +1857,113 @@ fn json_keys_doc(r: &mut Rng, lang: &str) -> W {
     w
 }
 
+// ---- configuration files: credentials by their names -------------------------------------
+
+/// A credential as people choose them: letters, digits and some punctuation, `&` and `;` too
+/// (which end a value only where another setting follows them: `&` or `;` before `name=`
+/// reads as the next setting of a query or a connection string, and is not generated
+/// inside a value).
+fn credential_value(r: &mut Rng) -> String {
+    let n = r.range(8, 40) as usize;
+    let v = r.chars(1, ALNUM)
+        + &r.chars(
+            n,
+            "ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789!#%+-_.@^~&;/=",
+        );
+    // From the end, so that a replaced `&` is seen by the one before it (`&&name=`).
+    let mut b = v.into_bytes();
+    for i in (0..b.len()).rev() {
+        let name = b[i + 1..]
+            .iter()
+            .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+            .count();
+        let setting = name > 0 && matches!(b.get(i + 1 + name), Some(b'=' | b':'));
+        if matches!(b[i], b'&' | b';') && setting {
+            b[i] = b'x';
+        }
+    }
+    String::from_utf8(b).unwrap_or_default()
+}
+
+/// A configuration dump as tool results carry them (an env file, YAML, INI, a connection
+/// string, a callback URL): credentials after their names, and around them settings,
+/// placeholders, cursors and comments that are no credential.
+fn config_doc(r: &mut Rng) -> W {
+    let mut w = W::default();
+    for _ in 0..r.range(4, 9) {
+        match r.below(10) {
+            0 => {
+                w.raw(r.pick::<&str>(&["DB_PASSWORD=", "POSTGRES_PASSWORD=", "REDIS_PASSWORD="]));
+                w.pii("SECRET", &credential_value(r));
+            }
+            1 => {
+                w.raw(r.pick::<&str>(&[
+                    "API_KEY=",
+                    "STRIPE_API_KEY=",
+                    "export AWS_SECRET_ACCESS_KEY=",
+                ]));
+                w.pii(
+                    "SECRET",
+                    &r.chars(
+                        40,
+                        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789/+",
+                    ),
+                );
+            }
+            2 => {
+                w.raw("database:\n  host: db.internal\n  user: app\n  password: ");
+                w.pii("SECRET", &credential_value(r).replace(['#', '&', ';'], "x"));
+            }
+            3 => {
+                w.raw("  client_secret: \"");
+                w.pii("SECRET", &credential_value(r).replace(['"', '\\'], "x"));
+                w.raw("\"");
+            }
+            4 => {
+                w.raw("[smtp]\nserver = mail.internal\npassword = ");
+                w.pii("SECRET", &credential_value(r));
+            }
+            5 => {
+                w.raw("Server=db.internal;Database=crm;User Id=app;Password=");
+                let v = credential_value(r).replace(';', "x");
+                w.pii("SECRET", &v);
+                w.raw(";Encrypt=true");
+            }
+            6 => {
+                w.raw("GET https://app.example/callback?access_token=");
+                w.pii("SECRET", &r.chars(32, B64URL));
+                w.raw("&state=");
+                w.neg("cursor", &r.chars(12, ALNUM));
+            }
+            7 => {
+                // Placeholders and templates stand where a credential would be.
+                let v = r.pick::<&str>(&[
+                    "${DB_PASSWORD}",
+                    "{{ vault_secret }}",
+                    "<your-api-key>",
+                    "null",
+                    "********",
+                ]);
+                w.raw(r.pick::<&str>(&["password: ", "API_KEY=", "client_secret = "]));
+                w.neg("placeholder", v);
+            }
+            8 => {
+                // A page cursor is no credential; neither is a hint about one.
+                w.raw(r.pick::<&str>(&["nextPageToken: ", "page_token=", "password_hint: "]));
+                w.neg("cursor", &r.chars(16, ALNUM));
+            }
+            _ => {
+                // Prose: a name and a colon before words.
+                w.raw("# Your password: ");
+                w.neg("prose", r.pick::<&str>(&["must", "should", "cannot"]));
+                w.raw(" be at least 12 characters long.");
+            }
+        }
+        w.raw("\n");
+    }
+    w
+}
+
 /// The whole corpus, deterministic for [`SEED`].
 pub fn generate() -> Vec<Doc> {
     let mut r = Rng::new(SEED);
@@ -1895,6 +2002,19 @@ pub fn generate() -> Vec<Doc> {
                 negatives: w.negatives,
             });
         }
+    }
+    // Configuration dumps, also in a stream of their own.
+    let mut r = Rng::new(SEED ^ 0x434F_4E46_4947_5321);
+    for i in 0..DOCS_PER_LANG_AND_FORMAT * 2 {
+        let w = config_doc(&mut r);
+        docs.push(Doc {
+            id: format!("en-config-{i:03}"),
+            format: "config".into(),
+            lang: "en".into(),
+            text: w.text,
+            pii: w.pii,
+            negatives: w.negatives,
+        });
     }
     docs
 }

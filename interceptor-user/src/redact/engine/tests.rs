@@ -2439,6 +2439,9 @@ fn credentials_are_masked_after_their_names_and_under_their_keys() {
         ("  api_key: \"sk-live-abc123\"", "sk-live-abc123"),
         ("Password: Hunter2! was set", "Hunter2!"),
         ("GET /cb?access_token=eyXabc123&state=1", "eyXabc123"),
+        // `&`, `;` and `,` end a value only where another setting follows.
+        ("PASSWORD=ab&cd,ef;gh", "ab&cd,ef;gh"),
+        ("Server=db;Password=s3cr3t;Host=x", "s3cr3t"),
         (r#"{"client_secret": "s3cr3t"}"#, "s3cr3t"),
         (r#"{"api_key": 12345}"#, "12345"),
         (r#"{\"password\": \"p@ss\"}"#, "p@ss"),

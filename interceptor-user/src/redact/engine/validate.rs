@@ -1015,13 +1015,29 @@ fn jwt(t: &[u8], s: usize) -> Option<Verdict> {
     Verdict::span(s, e3)
 }
 
-/// A byte of a credential's value in a text (the pattern's last class, which stops at blanks,
-/// quotes and the separators of lists, queries and markup).
+/// A byte that ends a credential's value in a text: blanks, quotes, markup.
 fn secret_byte(b: u8) -> bool {
     !matches!(
         b,
-        b' ' | b'\t' | b'\r' | b'\n' | b'"' | b'\'' | b'`' | b',' | b';' | b'&' | b'<' | b'>'
+        b' ' | b'\t' | b'\r' | b'\n' | b'"' | b'\'' | b'`' | b'<' | b'>'
     )
+}
+
+/// Whether the `&`, `;` or `,` at `t[i]` separates a credential's value from what follows
+/// (`?access_token=...&state=1`, `Password=...;Host=db`, `{"api_key": 12345, "x": 1}`), as
+/// it does when a name and `=` or `:` follow it, or, for a comma, a quote, a blank or the
+/// end; otherwise it is part of the value (`PASSWORD=ab&cd`, `...;` at the end of a line).
+fn separates(t: &[u8], i: usize) -> bool {
+    let rest = t.get(i + 1..).unwrap_or_default();
+    let name = rest
+        .iter()
+        .take_while(|&&b| is_word(b) || b == b'.' || b == b'-')
+        .count();
+    match rest.get(name) {
+        Some(b'=' | b':') if name > 0 => true,
+        None => name == 0 && t[i] == b',',
+        Some(&b) => name == 0 && t[i] == b',' && !secret_byte(b),
+    }
 }
 
 /// Words that stand in for a credential's value without being one: empty settings, schema
@@ -1048,7 +1064,7 @@ fn placeholder(v: &[u8]) -> bool {
 /// Whether a credential's value in a text may start with `b`: not a separator (an empty
 /// `password=&next=...`) or the end of what holds it.
 fn secret_start(b: u8) -> bool {
-    secret_byte(b) && !matches!(b, b'(' | b')' | b']' | b'}' | b'\\')
+    secret_byte(b) && !matches!(b, b'(' | b')' | b']' | b'}' | b'\\' | b'&' | b';' | b',')
 }
 
 /// A mask (`[SECRET:...]`, `****`) or a template (`${DB_PASSWORD}`, `{{ secret }}`,
@@ -1087,7 +1103,11 @@ fn credential(t: &[u8], s: usize, e: usize) -> Option<Verdict> {
     let start = s + i;
     // The value runs on past the pattern's first byte, to a blank, a quote or a separator.
     let mut end = e;
-    while end - start < SECRET_MAX && t.get(end).is_some_and(|&b| secret_byte(b)) {
+    while end - start < SECRET_MAX
+        && t.get(end).is_some_and(|&b| {
+            secret_byte(b) && !(matches!(b, b'&' | b';' | b',') && separates(t, end))
+        })
+    {
         end += 1;
     }
     // (An escaped closing quote: `\"hunter2\"` in JSON inside a JSON string; unquoted, the
