@@ -11,6 +11,7 @@ CUSTOMER_TEMPLATE = {
     "email": "jane.doe@example.com",
     "phone": "+44 20 7946 0958",
     "iban": "GB82WEST12345698765432",
+    "portal_api_key": "sk_live_4eC39HqLyjWDarjtT1zdp7dc",
 }
 README_URI = "file:///crm/readme.txt"
 README_TEXT = (

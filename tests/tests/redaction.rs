@@ -17,13 +17,14 @@ macro_rules! node {
     };
 }
 
-/// Raw values the peers' catalogue serves (tests/peers/catalogue.py).
-const PII: [&str; 5] = [
+/// Raw values the peers' catalogue serves (tests/peers/catalogue.py), and a credential.
+const PII: [&str; 6] = [
     "jane.doe@example.com",
     "john.roe@example.org",
     "GB82WEST12345698765432",
     "7946 0958",
     "GB82 WEST",
+    "sk_live_4eC39HqLyjWDarjtT1zdp7dc",
 ];
 
 fn no_pii(what: &str, s: &str) {
@@ -58,6 +59,13 @@ fn check_pii_scenario(out: &Value, notifications: bool) {
     assert_eq!(r["content"][2]["type"], "resource_link", "{r}");
     has_mask("resource link", &r["content"][2]["description"]);
     has_mask("structuredContent", &r["structuredContent"]["email"]);
+    // A credential, under its key (no pattern of its own).
+    assert!(
+        r["structuredContent"]["portal_api_key"]
+            .as_str()
+            .is_some_and(|k| k.starts_with("[SECRET:")),
+        "{r}"
+    );
     assert_eq!(out["tool_error"]["isError"], true, "{out}");
     has_mask("tool error", &out["tool_error"]["content"]);
     assert_eq!(out["rpc_error"]["code"], -32603, "{out}");

@@ -5,6 +5,7 @@ export const CUSTOMER_TEMPLATE = {
   email: 'jane.doe@example.com',
   phone: '+44 20 7946 0958',
   iban: 'GB82WEST12345698765432',
+  portal_api_key: 'sk_live_4eC39HqLyjWDarjtT1zdp7dc',
 };
 export const README_URI = 'file:///crm/readme.txt';
 export const README_TEXT = 'CRM export service.\nQuestions about this data set go to dpo@crm.example.com.\n';
