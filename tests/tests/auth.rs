@@ -339,6 +339,29 @@ fn each_role_sees_what_its_purpose_allows() {
     drop(server);
 }
 
+/// `export_customers` (3 records) with `token` through the Python SDK 1.x client on the legacy
+/// HTTP+SSE transport.
+fn legacy_export(f: &Fixture, token: &str) -> PeerClient {
+    let url = format!("http://{SERVER_IP}:{}/sse", f.port);
+    f.node.mcp_client(
+        &f.node.client,
+        Sdk::Py1,
+        &url,
+        &[
+            "--transport",
+            "sse",
+            "--scenario",
+            "call",
+            "--tool",
+            "export_customers",
+            "--args",
+            r#"{"limit": 3}"#,
+            "--header",
+            &bearer(token),
+        ],
+    )
+}
+
 /// The legacy HTTP+SSE transport answers every call on the caller's GET /sse stream: that
 /// stream is masked by the caller's grants (as a batch is), not by the service's defaults.
 #[test]
@@ -351,26 +374,7 @@ fn a_legacy_sse_caller_gets_the_masking_of_its_grants() {
     }
     let server = f.node.mcp_server(Sdk::Py1, f.port, &["--transport", "sse"]);
     let agent = f.node.start_agent(&f.cfg);
-    let url = format!("http://{SERVER_IP}:{}/sse", f.port);
-    let call = |token: &str| {
-        f.node.mcp_client(
-            &f.node.client,
-            Sdk::Py1,
-            &url,
-            &[
-                "--transport",
-                "sse",
-                "--scenario",
-                "call",
-                "--tool",
-                "export_customers",
-                "--args",
-                r#"{"limit": 3}"#,
-                "--header",
-                &bearer(token),
-            ],
-        )
-    };
+    let call = |token: &str| legacy_export(&f, token);
     // Analysts' grant removes e-mail addresses (no pseudonyms to tell customers apart).
     let bob = user_token(&f, "bob");
     let b = call(&bob).assert_ok().to_string();
@@ -415,26 +419,8 @@ fn a_legacy_call_records_what_its_stream_released() {
     }
     let server = f.node.mcp_server(Sdk::Py1, f.port, &["--transport", "sse"]);
     let agent = f.node.start_agent(&cfg);
-    let url = format!("http://{SERVER_IP}:{}/sse", f.port);
     let alice = user_token(&f, "alice");
-    let out = f.node.mcp_client(
-        &f.node.client,
-        Sdk::Py1,
-        &url,
-        &[
-            "--transport",
-            "sse",
-            "--scenario",
-            "call",
-            "--tool",
-            "export_customers",
-            "--args",
-            r#"{"limit": 3}"#,
-            "--header",
-            &bearer(&alice),
-        ],
-    );
-    let out = out.assert_ok().to_string();
+    let out = legacy_export(&f, &alice).assert_ok().to_string();
     assert!(
         out.contains("[EMAIL:") && !out.contains("@example.com"),
         "the stream masks what not every grant releases: {out}"
