@@ -355,6 +355,8 @@ struct Detector {
     /// Context word ids, sorted.
     context: Vec<u32>,
     negative: bool,
+    /// A credential (`detectors::SECRET_ENTITIES`): `partial` shows none of it.
+    secret: bool,
 }
 
 type PoolFn<T> = Box<dyn Fn() -> T + Send + Sync + UnwindSafe + RefUnwindSafe>;
@@ -828,6 +830,7 @@ impl Engine {
                 boost,
                 context,
                 negative: b.negative,
+                secret: detectors::SECRET_ENTITIES.contains(&b.entity),
             });
             for p in b.patterns {
                 add_pattern(detectors::expand(p), det, &mut sources, &mut patterns);
@@ -880,6 +883,7 @@ impl Engine {
                 boost,
                 context,
                 negative: false,
+                secret: false,
             });
             add_pattern(c.pattern.clone(), det, &mut sources, &mut patterns);
         }
@@ -1982,7 +1986,10 @@ impl Engine {
                 MaskMode::Partial => {
                     let ds: Vec<char> = value.chars().filter(char::is_ascii_digit).collect();
                     buf.push_str("****");
-                    if ds.len() >= 8 {
+                    // The last digits tell a card or an account from another; of a
+                    // credential, they are a quarter of a PIN.
+                    let secret = self.inner.detectors.get(slot).is_some_and(|d| d.secret);
+                    if ds.len() >= 8 && !secret {
                         buf.extend(&ds[ds.len() - 4..]);
                     }
                 }

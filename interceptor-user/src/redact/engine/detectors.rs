@@ -409,6 +409,17 @@ fn ends_with_name(key: &[u8], name: &[u8]) -> bool {
     name.iter().rev().all(|&c| bytes.next() == Some(c))
 }
 
+/// The built-in credentials: masked as `partial`, they show none of their characters.
+pub(crate) const SECRET_ENTITIES: &[&str] = &[
+    "PRIVATE_KEY",
+    "JWT",
+    "AWS_ACCESS_KEY",
+    "GITHUB_TOKEN",
+    "SLACK_TOKEN",
+    "GOOGLE_API_KEY",
+    "SECRET",
+];
+
 pub(crate) const BUILTINS: &[Builtin] = &[
     // ---- secrets -------------------------------------------------------------------------
     Builtin {

@@ -2520,3 +2520,18 @@ fn credentials_are_masked_after_their_names_and_under_their_keys() {
         assert!(!detectors::secret_label(k), "{k}");
     }
 }
+
+#[test]
+fn partial_masking_shows_no_digit_of_a_credential() {
+    let mut partial = remove_view();
+    partial.default_mask = MaskMode::Partial;
+    let r = engine().redact_with(
+        "DB_PASSWORD=98765432abcd card 4111 1111 1111 1111 key AKIA2345678923456789",
+        &partial,
+    );
+    assert_eq!(
+        r.text, "DB_PASSWORD=**** card ****1111 key ****",
+        "{:?}",
+        r.findings
+    );
+}
