@@ -1467,7 +1467,8 @@ fn normalize_reference(check: Validator, v: &str) -> String {
         | Validator::SlackToken
         | Validator::PemBlock
         | Validator::Jwt
-        | Validator::Credential => v.to_string(),
+        | Validator::Credential
+        | Validator::UrlCredential => v.to_string(),
     }
 }
 
@@ -1480,6 +1481,7 @@ const ALL_VALIDATORS: &[Validator] = &[
     Validator::SlackToken,
     Validator::PemBlock,
     Validator::Credential,
+    Validator::UrlCredential,
     Validator::Jwt,
     Validator::Iban,
     Validator::Email,
@@ -2442,6 +2444,16 @@ fn credentials_are_masked_after_their_names_and_under_their_keys() {
         // `&`, `;` and `,` end a value only where another setting follows.
         ("PASSWORD=ab&cd,ef;gh", "ab&cd,ef;gh"),
         ("Server=db;Password=s3cr3t;Host=x", "s3cr3t"),
+        // A URL's password (and not the host after it, as an e-mail address).
+        (
+            "DATABASE_URL=postgres://app:hunter2@db.internal:5432/crm",
+            "hunter2",
+        ),
+        ("REDIS_URL=redis://:s3cr3tpass@cache:6379/0", "s3cr3tpass"),
+        (
+            "mongodb+srv://admin:Xy9%21z:q@cluster0.example.net/db",
+            "Xy9%21z:q",
+        ),
         (r#"{"client_secret": "s3cr3t"}"#, "s3cr3t"),
         (r#"{"api_key": 12345}"#, "12345"),
         (r#"{\"password\": \"p@ss\"}"#, "p@ss"),
@@ -2465,13 +2477,21 @@ fn credentials_are_masked_after_their_names_and_under_their_keys() {
         "nextPageToken: CAEQAA",
         "passwordless: enabled",
         "password_hint: dog",
+        // A port is no password; a user without one neither.
+        "http://localhost:8080/path?next=a@b",
+        "https://user@example.com/x",
     ] {
         assert!(secrets(text).is_empty(), "{text:?}: {:?}", secrets(text));
     }
+    // The host after a URL's password is no e-mail address.
+    assert_eq!(
+        entities("DATABASE_URL=postgres://app:hunter2@db.internal:5432/crm"),
+        [("SECRET".to_string(), "hunter2".to_string())]
+    );
     // A mask is no credential (its entity is a credential's name): redacting twice changes
     // nothing.
     let once = engine()
-        .redact("DB_PASSWORD=hunter2 and api_key: \"x1\"")
+        .redact("DB_PASSWORD=hunter2 and api_key: \"x1\" at redis://:pw1@cache:6379")
         .text;
     assert!(!once.contains("hunter2") && !once.contains("x1"), "{once}");
     assert!(engine().redact(&once).findings.is_empty(), "{once}");

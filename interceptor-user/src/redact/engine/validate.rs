@@ -68,6 +68,9 @@ pub enum Validator {
     /// (`null`, `true`, `string`...) are no secret, and after an unquoted `:` the key must
     /// start its line or the value look like no word (`Your password: must be...` in prose).
     Credential,
+    /// The first byte of a URL's password (`scheme://user:`), extended to the `@` that ends
+    /// the user information (at most [`SECRET_MAX`] bytes); no `@`, no password (a port).
+    UrlCredential,
 }
 
 pub(crate) type Check = Validator;
@@ -1083,6 +1086,23 @@ pub(crate) fn secret_value(v: &[u8]) -> bool {
     !v.is_empty() && v.len() <= SECRET_MAX && !stand_in(v) && !placeholder(v.trim_ascii())
 }
 
+/// The password of `scheme://user:password@host`, whose first byte the automaton's match
+/// ends with (`e - 1`): up to the `@` that ends the user information (RFC 3986: unreserved,
+/// percent-encoded, sub-delims and `:`). `http://host:8080/` has no `@` there: a port.
+fn url_credential(t: &[u8], e: usize) -> Option<Verdict> {
+    let start = e.checked_sub(1)?;
+    let userinfo = |b: u8| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=:".contains(&b);
+    let mut end = e;
+    while end - start < SECRET_MAX && t.get(end).is_some_and(|&b| userinfo(b)) {
+        end += 1;
+    }
+    (t.get(end) == Some(&b'@')).then_some(Verdict {
+        start,
+        end,
+        base: None,
+    })
+}
+
 fn credential(t: &[u8], s: usize, e: usize) -> Option<Verdict> {
     // A mask's entity (`[SECRET:4f1c9a2b]`) is no credential's name.
     if prev(t, s) == Some(b'[') {
@@ -1146,7 +1166,7 @@ impl Validator {
         match self {
             Validator::PemBlock => PEM_MAX,
             Validator::Jwt => JWT_MAX,
-            Validator::Credential => SECRET_MAX,
+            Validator::Credential | Validator::UrlCredential => SECRET_MAX,
             _ => 0,
         }
     }
@@ -1182,6 +1202,7 @@ impl Validator {
             }
             Validator::PemBlock => pem(t, s, e),
             Validator::Credential => credential(t, s, e),
+            Validator::UrlCredential => url_credential(t, e),
             Validator::Jwt => jwt(t, s),
             Validator::Iban => ok(iban(v)),
             Validator::Email => email(t, s, e),
@@ -1341,7 +1362,8 @@ impl Validator {
             | Validator::SlackToken
             | Validator::PemBlock
             | Validator::Jwt
-            | Validator::Credential => out.push_str(v),
+            | Validator::Credential
+            | Validator::UrlCredential => out.push_str(v),
         }
     }
 }
