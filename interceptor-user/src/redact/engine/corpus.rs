@@ -1891,7 +1891,24 @@ fn credential_value(r: &mut Rng) -> String {
 fn config_doc(r: &mut Rng) -> W {
     let mut w = W::default();
     for _ in 0..r.range(4, 9) {
-        match r.below(10) {
+        match r.below(12) {
+            10 => {
+                // A connection string's password (URL user information: no `@`, `/`, `#`,
+                // `?` or `[` in it).
+                w.raw(r.pick::<&str>(&["DATABASE_URL=postgres://app:", "REDIS_URL=redis://:"]));
+                let v: String = credential_value(r)
+                    .chars()
+                    .map(|c| if "@/#?^".contains(c) { 'x' } else { c })
+                    .collect();
+                w.pii("SECRET", &v);
+                w.raw("@db.internal:5432/crm");
+            }
+            11 => {
+                // A port is no password.
+                w.raw("HEALTH_URL=http://localhost:");
+                w.neg("port", &r.range(1024, 65535).to_string());
+                w.raw("/health");
+            }
             0 => {
                 w.raw(r.pick::<&str>(&["DB_PASSWORD=", "POSTGRES_PASSWORD=", "REDIS_PASSWORD="]));
                 w.pii("SECRET", &credential_value(r));
