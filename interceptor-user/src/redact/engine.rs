@@ -455,6 +455,15 @@ struct Inner {
 }
 
 impl Inner {
+    /// Whether every detector of pattern `pid` matches a value's lead-in (see
+    /// [`Validator::leads_in`]).
+    fn leads_in(&self, pid: u32) -> bool {
+        self.patterns.get(pid as usize).is_some_and(|ds| {
+            ds.iter()
+                .all(|&d| self.detectors[d as usize].check.leads_in())
+        })
+    }
+
     /// The union's leftmost-first match in `input`, as `re.try_search` finds it: the forward
     /// search gives its end and pattern, and the reverse search from there its start, except
     /// for a pattern whose matches all have one length, whose start is then known (the
@@ -1343,8 +1352,11 @@ impl Engine {
                 r.push(scratch.reach);
             }
             if found.is_none() {
+                // (A rejected lead-in, `://host:8080`, covers no structure: the IPv4
+                // address inside it is one.)
+                let own = if inner.leads_in(pid) { 0 } else { e };
                 rejected_end = rejected_end
-                    .max(e)
+                    .max(own)
                     .max(scratch.alts.iter().map(|a| a.1).max().unwrap_or(0));
             }
             match found {

@@ -1891,7 +1891,73 @@ fn credential_value(r: &mut Rng) -> String {
 fn config_doc(r: &mut Rng) -> W {
     let mut w = W::default();
     for _ in 0..r.range(4, 9) {
-        match r.below(12) {
+        match r.below(15) {
+            12 => {
+                // A request log's `Authorization` header (a JWT there is the JWT detector's).
+                match r.below(3) {
+                    0 => {
+                        w.raw("> Authorization: Bearer ");
+                        let n = r.range(20, 60) as usize;
+                        w.pii("SECRET", &r.chars(n, B64URL));
+                    }
+                    1 => {
+                        use base64::Engine as _;
+                        let user = r.pick::<&str>(&["app", "svc-export", "admin"]);
+                        let pass = credential_value(r);
+                        w.raw("curl -H \"Authorization: Basic ");
+                        w.pii(
+                            "SECRET",
+                            &base64::engine::general_purpose::STANDARD
+                                .encode(format!("{user}:{pass}")),
+                        );
+                        w.raw("\" https://api.internal/v1/export");
+                    }
+                    _ => {
+                        w.raw("> Authorization: Bearer ");
+                        w.pii("JWT", &jwt(r));
+                    }
+                }
+            }
+            13 => {
+                // Keys of well-known services, by their prefixes, under names that are no
+                // credential's name.
+                match r.below(5) {
+                    0 => {
+                        w.raw("STRIPE=");
+                        let mode = r.pick::<&str>(&["sk_live_", "rk_live_", "sk_test_"]);
+                        w.pii("STRIPE_KEY", &format!("{mode}{}", r.chars(40, ALNUM)));
+                    }
+                    1 => {
+                        w.raw("OPENAI=");
+                        let v = format!("sk-proj-{}A1b", r.chars(100, B64URL));
+                        w.pii("OPENAI_KEY", &v);
+                    }
+                    2 => {
+                        w.raw("anthropic: ");
+                        let v = format!("sk-ant-api03-{}AA", r.chars(93, B64URL));
+                        w.pii("ANTHROPIC_KEY", &v);
+                    }
+                    3 => {
+                        w.raw("GITLAB_TOKEN=");
+                        w.pii("GITLAB_TOKEN", &format!("glpat-{}", r.chars(20, B64URL)));
+                    }
+                    _ => {
+                        w.raw("NPM_TOKEN=");
+                        w.pii("NPM_TOKEN", &format!("npm_{}", r.chars(36, ALNUM)));
+                    }
+                }
+            }
+            14 => {
+                // Prose and slugs that start as tokens do.
+                let v = r.pick::<&str>(&[
+                    "Basic information about your plan.",
+                    "The bearer of this card is authorised.",
+                    "Bearer tokens expire after an hour.",
+                    "pipeline: sk-learn-compatible-estimators-v2",
+                    "Publishable key: pk_live_51HqLyjWDarjtT1zdp7dcXYZ",
+                ]);
+                w.neg("prose", v);
+            }
             10 => {
                 // A connection string's password (URL user information: no `@`, `/`, `#`,
                 // `?` or `[` in it).

@@ -366,6 +366,8 @@ pub(crate) fn secret_label(label: &str) -> bool {
         "refreshtoken",
         "authtoken",
         "privatekey",
+        "accountkey",
+        "sharedaccesskey",
     ];
     let b = label.as_bytes();
     if b.len() > 64 {
@@ -417,6 +419,12 @@ pub(crate) const SECRET_ENTITIES: &[&str] = &[
     "GITHUB_TOKEN",
     "SLACK_TOKEN",
     "GOOGLE_API_KEY",
+    "STRIPE_KEY",
+    "OPENAI_KEY",
+    "ANTHROPIC_KEY",
+    "GITLAB_TOKEN",
+    "NPM_TOKEN",
+    "PYPI_TOKEN",
     "SECRET",
 ];
 
@@ -481,6 +489,84 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         negative: false,
     },
     Builtin {
+        // Secret and restricted keys; not the publishable `pk_` ones, which pages embed.
+        // (Here and below, the pattern ends at the key's shortest length and the validator
+        // extends it to the key's end: a long bounded repeat in the union takes the
+        // automaton a state per byte after every `sk-`, and lengthens the longest pattern,
+        // which sets how far before a reported match the rewriter looks.)
+        entity: "STRIPE_KEY",
+        patterns: &[r"\b(?:sk|rk)_(?:live|test)_[0-9A-Za-z]{16}"],
+        check: Check::Token,
+        base: 0.95,
+        context: &[],
+        boost: 0.0,
+        negative: false,
+    },
+    Builtin {
+        // Before `OPENAI_KEY`, whose pattern also takes these.
+        entity: "ANTHROPIC_KEY",
+        patterns: &[r"\bsk-ant-[a-z]{3,6}[0-9]{2}-[A-Za-z0-9_-]{32}"],
+        check: Check::Token,
+        base: 0.95,
+        context: &[],
+        boost: 0.0,
+        negative: false,
+    },
+    Builtin {
+        // `sk-` and 48 characters, or project, service-account and admin keys. `sk-` leads
+        // slugs too (`sk-learn-compatible-estimators`): the key must mix capitals, small
+        // letters and digits, as random keys do.
+        entity: "OPENAI_KEY",
+        patterns: &[r"\bsk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{20}"],
+        check: Check::RandomToken,
+        base: 0.9,
+        context: &[],
+        boost: 0.0,
+        negative: false,
+    },
+    Builtin {
+        entity: "GITLAB_TOKEN",
+        patterns: &[r"\bglpat-[A-Za-z0-9_-]{20}"],
+        check: Check::Token,
+        base: 0.95,
+        context: &[],
+        boost: 0.0,
+        negative: false,
+    },
+    Builtin {
+        entity: "NPM_TOKEN",
+        patterns: &[r"\bnpm_[A-Za-z0-9]{36}\b"],
+        check: Check::None,
+        base: 0.95,
+        context: &[],
+        boost: 0.0,
+        negative: false,
+    },
+    Builtin {
+        // A macaroon whose first bytes encode `pypi.org`.
+        entity: "PYPI_TOKEN",
+        patterns: &[r"\bpypi-AgEIcHlwaS5vcmc[A-Za-z0-9_-]{16}"],
+        check: Check::Token,
+        base: 0.95,
+        context: &[],
+        boost: 0.0,
+        negative: false,
+    },
+    Builtin {
+        // The credentials of an HTTP `Authorization` header as logs and traces print it:
+        // `Bearer` and an opaque token (a JWT is the `JWT` detector's), `Basic` and
+        // `user:password` in base64. The pattern ends at the token's first byte, which the
+        // validator extends to its end; prose (`basic information`, `the bearer of`) is no
+        // token.
+        entity: "SECRET",
+        patterns: &[r"\b(?i:bearer|basic)[ \t]{1,2}[A-Za-z0-9._~+/-]"],
+        check: Check::AuthToken,
+        base: 0.9,
+        context: &[],
+        boost: 0.0,
+        negative: false,
+    },
+    Builtin {
         // A value assigned to a credential's name, in any text: `DB_PASSWORD=...` (env
         // files), `password: ...` (YAML), `"client_secret": "..."` (JSON inside a text, also
         // escaped), `api_key = ...` (INI), `?access_token=...` (URLs). The pattern ends at the
@@ -492,7 +578,9 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         entity: "SECRET",
         patterns: &[concat!(
             r"(?i:password|passwd|passphrase|secret(?:[_-]?access)?(?:[_-]?key)?",
-            r"|api[_-]?(?:key|secret|token)|(?:access|refresh|auth)[_-]?token|private[_-]?key)",
+            r"|api[_-]?(?:key|secret|token)|(?:access|refresh|auth)[_-]?token|private[_-]?key",
+            // (Azure connection strings: `AccountKey=...;`, `SharedAccessKey=...`.)
+            r"|account[_-]?key|shared[_-]?access[_-]?key)",
             // (The value's first byte: printable ASCII but blanks and quotes; the validator
             // refuses masks and templates, `[SECRET:...]`, `${DB_PASSWORD}`.)
             r#"\\?["']?[ \t]{0,2}[:=][ \t]{0,2}\\?["']?[!#-&(-~]"#,

@@ -1468,7 +1468,10 @@ fn normalize_reference(check: Validator, v: &str) -> String {
         | Validator::PemBlock
         | Validator::Jwt
         | Validator::Credential
-        | Validator::UrlCredential => v.to_string(),
+        | Validator::UrlCredential
+        | Validator::AuthToken
+        | Validator::Token
+        | Validator::RandomToken => v.to_string(),
     }
 }
 
@@ -1482,6 +1485,9 @@ const ALL_VALIDATORS: &[Validator] = &[
     Validator::PemBlock,
     Validator::Credential,
     Validator::UrlCredential,
+    Validator::AuthToken,
+    Validator::Token,
+    Validator::RandomToken,
     Validator::Jwt,
     Validator::Iban,
     Validator::Email,
@@ -2174,6 +2180,29 @@ fn a_bare_id_word_does_not_hide_a_value_written_in_its_format() {
 }
 
 #[test]
+fn an_address_in_a_url_with_a_port_is_masked() {
+    // `://119.205.15.103:8` is also the start of a URL's password (`://user:pass@`);
+    // rejected for want of an `@`, it hid the address inside it.
+    for text in [
+        "IP http://119.205.15.103:8080/status ok",
+        "redis://10.1.2.3:6379/0",
+        "Bearer at https://[2001:db8::1]:8443/ and http://192.168.0.7:80",
+    ] {
+        let ips: Vec<_> = entities(text)
+            .into_iter()
+            .filter(|(e, _)| e.starts_with("IPV"))
+            .collect();
+        assert!(!ips.is_empty(), "{text:?}: {:?}", entities(text));
+    }
+    assert_finds(
+        "http://119.205.15.103:8080/status",
+        "IPV4",
+        "119.205.15.103",
+    );
+    assert_finds("https://[2001:db8::1]:8443/", "IPV6", "2001:db8::1");
+}
+
+#[test]
 fn both_addresses_of_an_ipv4_range_are_masked() {
     assert_finds("10.0.0.1-10.0.0.255", "IPV4", "10.0.0.1");
     assert_finds("10.0.0.1-10.0.0.255", "IPV4", "10.0.0.255");
@@ -2538,6 +2567,104 @@ fn credentials_are_masked_after_their_names_and_under_their_keys() {
         "s",
     ] {
         assert!(!detectors::secret_label(k), "{k}");
+    }
+}
+
+#[test]
+fn service_keys_and_authorization_tokens_are_masked() {
+    let openai = format!("sk-proj-{}", "Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4z".repeat(3));
+    let anthropic = format!(
+        "sk-ant-api03-{}AA",
+        "aB3-dE6_gH9jK2mN5pQ8sT1vW4yZ7".repeat(3)
+    );
+    for (text, entity, value) in [
+        (
+            "STRIPE_KEY=sk_live_51HqLyjWDarjtT1zdp7dcXYZ",
+            "STRIPE_KEY",
+            "sk_live_51HqLyjWDarjtT1zdp7dcXYZ",
+        ),
+        (
+            "restricted: rk_test_4eC39HqLyjWDarjtT1zdp7dc.",
+            "STRIPE_KEY",
+            "rk_test_4eC39HqLyjWDarjtT1zdp7dc",
+        ),
+        (&*format!("OPENAI_KEY={openai}"), "OPENAI_KEY", &*openai),
+        (
+            "key sk-Xy12AbCdEfGhIjKlMnOpQrStUvWxYz0123456789AbCdEfGh ok",
+            "OPENAI_KEY",
+            "sk-Xy12AbCdEfGhIjKlMnOpQrStUvWxYz0123456789AbCdEfGh",
+        ),
+        (
+            &*format!("anthropic: \"{anthropic}\" (rotated)"),
+            "ANTHROPIC_KEY",
+            &*anthropic,
+        ),
+        (
+            "export GITLAB_TOKEN=glpat-xY9zAb3CdE5fGh7IjK1L",
+            "GITLAB_TOKEN",
+            "glpat-xY9zAb3CdE5fGh7IjK1L",
+        ),
+        (
+            "//registry.npmjs.org/:_authToken npm_a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8",
+            "NPM_TOKEN",
+            "npm_a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8",
+        ),
+        (
+            "password pypi-AgEIcHlwaS5vcmcCJDk3YzE2ZjY0LTg1YjAtNDk0Mi05Y2Q1",
+            "PYPI_TOKEN",
+            "pypi-AgEIcHlwaS5vcmcCJDk3YzE2ZjY0LTg1YjAtNDk0Mi05Y2Q1",
+        ),
+        // Authorization headers as logs print them.
+        (
+            "> Authorization: Bearer 2YotnFZFEjr1zCsicMWpAA\n",
+            "SECRET",
+            "2YotnFZFEjr1zCsicMWpAA",
+        ),
+        (
+            r#"curl -H "Authorization: Basic dXNlcjpwYXNzd29yZA==" https://api"#,
+            "SECRET",
+            "dXNlcjpwYXNzd29yZA==",
+        ),
+        (
+            r#"{"headers": {"authorization": "bearer ya29.a0AfH6SMBx-3kq_9z~Lw+/Q"}}"#,
+            "SECRET",
+            "ya29.a0AfH6SMBx-3kq_9z~Lw+/Q",
+        ),
+        // Azure connection strings.
+        (
+            "DefaultEndpointsProtocol=https;AccountName=crm;AccountKey=Zm9vYmFyYmF6cXV4+/==;EndpointSuffix=core.windows.net",
+            "SECRET",
+            "Zm9vYmFyYmF6cXV4+/==",
+        ),
+        (
+            "Endpoint=sb://bus.example/;SharedAccessKeyName=app;SharedAccessKey=q1W2e3R4t5Y6u7I8o9P0=",
+            "SECRET",
+            "q1W2e3R4t5Y6u7I8o9P0=",
+        ),
+    ] {
+        assert_finds(text, entity, value);
+    }
+    // A JWT after `Bearer` is the JWT detector's.
+    let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U";
+    assert_eq!(
+        entities(&format!("Authorization: Bearer {jwt}")),
+        [("JWT".to_string(), jwt.to_string())]
+    );
+    for text in [
+        "the bearer of this card",
+        "Basic information about the plan",
+        "Basic Authentication is enabled",
+        "Bearer token required",
+        "Authorization: Bearer $TOKEN",
+        "Authorization: Bearer <token>",
+        "use scikit: sk-learn-compatible-estimators-and-more",
+        "pk_live_51HqLyjWDarjtT1zdp7dcXYZ is publishable",
+        "sk_live_ is the prefix",
+    ] {
+        assert!(entities(text).is_empty(), "{text:?}: {:?}", entities(text));
+    }
+    for k in ["AccountKey", "SharedAccessKey"] {
+        assert!(detectors::secret_label(k), "{k}");
     }
 }
 

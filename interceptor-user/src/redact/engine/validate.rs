@@ -68,6 +68,17 @@ pub enum Validator {
     /// (`null`, `true`, `string`...) are no secret, and after an unquoted `:` the key must
     /// start its line or the value look like no word (`Your password: must be...` in prose).
     Credential,
+    /// The first byte of an `Authorization` scheme's token (`Bearer ...`, `Basic ...`),
+    /// extended over the token (RFC 7235 `token68`, at most [`SECRET_MAX`] bytes); the span
+    /// is the token alone. At least 12 bytes and no word (`basic information`), and no JWT
+    /// (the `JWT` detector's).
+    AuthToken,
+    /// A prefixed key: the match extended over the key's bytes (`[A-Za-z0-9_-]`, at most
+    /// [`SECRET_MAX`] in all).
+    Token,
+    /// A [`Validator::Token`] whose bytes mix capitals, small letters and digits, as random
+    /// keys do (`sk-...`, which also leads slugs).
+    RandomToken,
     /// The first byte of a URL's password (`scheme://user:`), extended to the `@` that ends
     /// the user information (at most [`SECRET_MAX`] bytes); no `@`, no password (a port).
     UrlCredential,
@@ -1103,6 +1114,82 @@ fn url_credential(t: &[u8], e: usize) -> Option<Verdict> {
     })
 }
 
+/// The token of `Bearer <token>` or `Basic <token>`, whose first byte the automaton's match
+/// ends with (`e - 1`).
+fn auth_token(t: &[u8], e: usize) -> Option<Verdict> {
+    let start = e.checked_sub(1)?;
+    let token68 = |b: u8| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b);
+    let mut end = start;
+    while end - start < SECRET_MAX && t.get(end).is_some_and(|&b| token68(b)) {
+        end += 1;
+    }
+    while end - start < SECRET_MAX && t.get(end) == Some(&b'=') {
+        end += 1;
+    }
+    // What follows ends the token: a blank, a quote, punctuation that closes or separates
+    // (`Bearer abc$def` is a template or something else).
+    let ends = t
+        .get(end)
+        .is_none_or(|&b| !b.is_ascii_graphic() || b"\"'`,;)]}>\\&<".contains(&b));
+    // A full stop after the token ends the sentence.
+    while end > start && t[end - 1] == b'.' {
+        end -= 1;
+    }
+    let token = &t[start..end];
+    let wordlike =
+        token.iter().all(u8::is_ascii_alphabetic) && !token[1..].iter().any(u8::is_ascii_uppercase);
+    // A token of a service the built-in detectors know is theirs (`Bearer eyJ...` is a
+    // JWT, `Bearer ghp_...` a GitHub token): they find it after this candidate.
+    const KNOWN: &[&[u8]] = &[
+        b"eyJ",
+        b"AKIA",
+        b"ASIA",
+        b"ABIA",
+        b"ACCA",
+        b"ghp_",
+        b"gho_",
+        b"ghu_",
+        b"ghs_",
+        b"ghr_",
+        b"github_pat_",
+        b"xox",
+        b"AIza",
+        b"sk_",
+        b"rk_",
+        b"sk-",
+        b"glpat-",
+        b"npm_",
+        b"pypi-",
+    ];
+    let known = KNOWN.iter().any(|p| token.starts_with(p));
+    if ends && token.len() >= 12 && !wordlike && !known {
+        Verdict::span(start, end)
+    } else {
+        None
+    }
+}
+
+/// A prefixed key, from the automaton's match (its shortest form) to the last key byte.
+fn token(t: &[u8], s: usize, e: usize) -> Option<Verdict> {
+    let mut end = e;
+    while end - s < SECRET_MAX && t.get(end).is_some_and(|&b| b64url(b)) {
+        end += 1;
+    }
+    if t.get(end).is_some_and(|&b| b64url(b)) {
+        return None;
+    }
+    Verdict::span(s, end)
+}
+
+/// A prefixed key whose bytes mix capitals, small letters and digits.
+fn random_token(t: &[u8], s: usize, e: usize) -> Option<Verdict> {
+    let v = token(t, s, e)?;
+    let key = &t[v.start..v.end];
+    let has = |f: fn(&u8) -> bool| key.iter().any(f);
+    let mixed = has(u8::is_ascii_uppercase) && has(u8::is_ascii_lowercase);
+    (mixed && has(u8::is_ascii_digit)).then_some(v)
+}
+
 fn credential(t: &[u8], s: usize, e: usize) -> Option<Verdict> {
     // A mask's entity (`[SECRET:4f1c9a2b]`) is no credential's name.
     if prev(t, s) == Some(b'[') {
@@ -1166,9 +1253,24 @@ impl Validator {
         match self {
             Validator::PemBlock => PEM_MAX,
             Validator::Jwt => JWT_MAX,
-            Validator::Credential | Validator::UrlCredential => SECRET_MAX,
+            Validator::Credential
+            | Validator::UrlCredential
+            | Validator::AuthToken
+            | Validator::Token
+            | Validator::RandomToken => SECRET_MAX,
             _ => 0,
         }
+    }
+
+    /// Whether this validator's matches are a value's lead-in (a name and its separator, a
+    /// URL's `://user:`, an authorization scheme) and the value's first byte, not a
+    /// structure of their own: what a rejected lead-in covered is left to other detectors
+    /// (not skipped as a fragment of it).
+    pub(crate) fn leads_in(self) -> bool {
+        matches!(
+            self,
+            Validator::Credential | Validator::UrlCredential | Validator::AuthToken
+        )
     }
 
     /// How far before the automaton's match this validator reads (two bytes at least).
@@ -1203,6 +1305,9 @@ impl Validator {
             Validator::PemBlock => pem(t, s, e),
             Validator::Credential => credential(t, s, e),
             Validator::UrlCredential => url_credential(t, e),
+            Validator::AuthToken => auth_token(t, e),
+            Validator::Token => token(t, s, e),
+            Validator::RandomToken => random_token(t, s, e),
             Validator::Jwt => jwt(t, s),
             Validator::Iban => ok(iban(v)),
             Validator::Email => email(t, s, e),
@@ -1363,7 +1468,10 @@ impl Validator {
             | Validator::PemBlock
             | Validator::Jwt
             | Validator::Credential
-            | Validator::UrlCredential => out.push_str(v),
+            | Validator::UrlCredential
+            | Validator::AuthToken
+            | Validator::Token
+            | Validator::RandomToken => out.push_str(v),
         }
     }
 }
