@@ -455,12 +455,12 @@ struct Inner {
 }
 
 impl Inner {
-    /// Whether every detector of pattern `pid` matches a value's lead-in (see
-    /// [`Validator::leads_in`]).
-    fn leads_in(&self, pid: u32) -> bool {
+    /// Whether a rejected match of pattern `pid` hides the candidates inside it (see
+    /// [`Validator::hides_fragments`]).
+    fn hides_fragments(&self, pid: u32) -> bool {
         self.patterns.get(pid as usize).is_some_and(|ds| {
             ds.iter()
-                .all(|&d| self.detectors[d as usize].check.leads_in())
+                .any(|&d| self.detectors[d as usize].check.hides_fragments())
         })
     }
 
@@ -1352,9 +1352,9 @@ impl Engine {
                 r.push(scratch.reach);
             }
             if found.is_none() {
-                // (A rejected lead-in, `://host:8080`, covers no structure: the IPv4
-                // address inside it is one.)
-                let own = if inner.leads_in(pid) { 0 } else { e };
+                // (Not all rejected matches are structures: `://10.1.2.3:8080` is a URL's
+                // password's lead-in, and holds an address.)
+                let own = if inner.hides_fragments(pid) { e } else { 0 };
                 rejected_end = rejected_end
                     .max(own)
                     .max(scratch.alts.iter().map(|a| a.1).max().unwrap_or(0));
@@ -1557,16 +1557,49 @@ impl Engine {
         let mut state = hybrid::dfa::OverlappingState::start();
         // `_` separates words here (JSON keys like `date_of_birth`), and so does a capital
         // after a small letter (`dateOfBirth`, `passportNumber` in JSON inside a text).
-        let word_byte = |b: u8| b.is_ascii_alphanumeric() || b >= 0x80;
+        // Outside ASCII, letters and digits are word characters; spaces and punctuation
+        // (`\u{a0}`, `«`, `“`, `→`) are not.
+        let word_before = |at: usize, lo: &mut usize| match hay[at - 1] {
+            b if b < 0x80 => b.is_ascii_alphanumeric(),
+            _ => {
+                *lo = (*lo).min(at.saturating_sub(4));
+                text[..at]
+                    .chars()
+                    .next_back()
+                    .is_some_and(char::is_alphanumeric)
+            }
+        };
+        let word_after = |at: usize| match hay[at] {
+            b if b < 0x80 => b.is_ascii_alphanumeric(),
+            _ => text[at..].chars().next().is_some_and(char::is_alphanumeric),
+        };
         let camel = |a: u8, b: u8| a.is_ascii_lowercase() && b.is_ascii_uppercase();
-        // Inside a mask token (`[NL_BSN:...]`, `[DOB]`): the word follows `[` and capitals.
-        let in_mask = |start: usize, lo: &mut usize| {
+        // Inside a mask token (`[NL_BSN:4f1c9a2b]`, `[DOB]`): the word follows `[` and
+        // capitals, and the token closes as masks do, with `]` or with `:`, eight hex digits
+        // and `]`. (`[BSN: 111222333]` is no mask.) Read up to the candidate only: where the
+        // token reaches it, the word counts as a mask's.
+        let in_mask = |start: usize, end: usize, lo: &mut usize| {
             let mut i = start;
             while i > 0 && (hay[i - 1].is_ascii_uppercase() || hay[i - 1] == b'_') {
                 i -= 1;
             }
             *lo = (*lo).min(i.saturating_sub(1));
-            i > 0 && hay[i - 1] == b'['
+            if i == 0 || hay[i - 1] != b'[' {
+                return false;
+            }
+            let mut j = end;
+            while j < s && matches!(hay[j], b'A'..=b'Z' | b'0'..=b'9' | b'_') {
+                j += 1;
+            }
+            match hay.get(j..s.min(j + 10)) {
+                Some([b']', ..]) => true,
+                Some([b':', rest @ ..]) => {
+                    rest.iter().take(8).all(u8::is_ascii_hexdigit)
+                        && rest.get(8).is_none_or(|&b| b == b']')
+                }
+                Some(rest) => rest.is_empty(),
+                None => true,
+            }
         };
         while ctx
             .try_search_overlapping_fwd(&mut cache.dfa, &input, &mut state)
@@ -1582,12 +1615,12 @@ impl Engine {
                 continue;
             };
             let before_ok =
-                (start == 0 || !word_byte(hay[start - 1]) || camel(hay[start - 1], hay[start]))
-                    && !in_mask(start, &mut lo);
+                (start == 0 || !word_before(start, &mut lo) || camel(hay[start - 1], hay[start]))
+                    && !in_mask(start, end, &mut lo);
             let after_ok = !word.end_boundary
                 || end >= hay.len()
-                || !word_byte(hay[end])
                 || end == s
+                || !word_after(end)
                 || camel(hay[end - 1], hay[end]);
             if before_ok && after_ok {
                 scratch.hits.push(Hit { word: w, end });

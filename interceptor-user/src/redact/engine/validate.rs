@@ -925,7 +925,14 @@ fn ipv6(t: &[u8], s: usize, e: usize) -> Option<Verdict> {
         Some(b) => is_word(b) || b == b'.',
         None => false,
     };
-    if glued || byte_at(t, e).is_some_and(|b| is_word(b) || b == b':') {
+    // A colon after it continues it, unless a blank or the end follows (`from fe80::1: ...`
+    // in a log line).
+    let continued = match byte_at(t, e) {
+        Some(b':') => !matches!(byte_at(t, e + 1), None | Some(b' ' | b'\t' | b'\r' | b'\n')),
+        Some(b) => is_word(b),
+        None => false,
+    };
+    if glued || continued {
         return None;
     }
     let colons = v.iter().filter(|&&b| b == b':').count();
@@ -1262,14 +1269,19 @@ impl Validator {
         }
     }
 
-    /// Whether this validator's matches are a value's lead-in (a name and its separator, a
-    /// URL's `://user:`, an authorization scheme) and the value's first byte, not a
-    /// structure of their own: what a rejected lead-in covered is left to other detectors
-    /// (not skipped as a fragment of it).
-    pub(crate) fn leads_in(self) -> bool {
-        matches!(
+    /// Whether a rejected match of this validator is a structure whose parts are no values
+    /// of their own (the digit groups of an IBAN that fails its check), so that candidates
+    /// wholly inside it are skipped. Not so for lead-ins (a name and its separator, a URL's
+    /// `://host:`, an authorization scheme: `http://10.1.2.3:8080` holds an address), nor
+    /// for phone numbers, whose punctuation and lengths are loose enough that what fails as
+    /// one may hold another value (`PESEL (05322583730)`).
+    pub(crate) fn hides_fragments(self) -> bool {
+        !matches!(
             self,
-            Validator::Credential | Validator::UrlCredential | Validator::AuthToken
+            Validator::Credential
+                | Validator::UrlCredential
+                | Validator::AuthToken
+                | Validator::Phone
         )
     }
 
