@@ -1955,6 +1955,7 @@ fn config_doc(r: &mut Rng) -> W {
                     "Bearer tokens expire after an hour.",
                     "pipeline: sk-learn-compatible-estimators-v2",
                     "Publishable key: pk_live_51HqLyjWDarjtT1zdp7dcXYZ",
+                    "User-Agent: Mozilla/5.0 (X11; Linux x86_64) Chrome/120.0.0.0 Safari/537.36",
                 ]);
                 w.neg("prose", v);
             }

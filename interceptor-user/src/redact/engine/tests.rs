@@ -2200,6 +2200,12 @@ fn an_address_in_a_url_with_a_port_is_masked() {
         "119.205.15.103",
     );
     assert_finds("https://[2001:db8::1]:8443/", "IPV6", "2001:db8::1");
+    assert_finds("GET /hosts/10.0.0.1 200", "IPV4", "10.0.0.1");
+    assert_finds("route 10.0.0.0/8 via 192.168.1.1", "IPV4", "192.168.1.1");
+    // A product's version is no address.
+    assert_clean(
+        "User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/120.0.0.0 Safari/537.36",
+    );
 }
 
 #[test]
@@ -2832,4 +2838,58 @@ fn values_are_found_in_the_surroundings_texts_give_them() {
         .map(|(k, v)| format!("{k}: {} e.g. {:?}", v.len(), &v[..v.len().min(2)]))
         .collect();
     assert!(report.is_empty(), "missed:\n{}", report.join("\n"));
+}
+
+/// What developer tools print (hashes, ids, versions, times, sizes, digests, trace ids,
+/// fingerprints, cloud resource names) holds no personal data: nothing is masked.
+#[test]
+fn developer_tool_output_is_left_alone() {
+    let texts = [
+        "commit 3f2c1e9a7b6d5c4e3f2a1b0c9d8e7f6a5b4c3d2e",
+        "id 123e4567-e89b-12d3-a456-426614174000",
+        "version 1.2.3.4 released; node v20.20.2; python 3.11.7",
+        "at 2024-03-15T12:54:05.123Z took 12:54:05",
+        "src/main.rs:123:45: error[E0308]",
+        "color #ff0000 and rgb(255, 0, 0)",
+        "image sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+        "size 1234567890 bytes, 4294967296 max",
+        "timestamp 1700000000 and 1700000000123",
+        "coords 52.3702157, 4.8951679",
+        "range 10000-20000 and 100-200-300",
+        "HTTP/1.1 200 OK Content-Length: 348",
+        "pod web-7d4b9c8f6-x2k9p in node ip-10-0-1-23.ec2.internal",
+        "order #2024-000123 invoice INV-2024-0042 ticket JIRA-1234",
+        "pid 12345 port 8080 uid 1000 gid 1000",
+        "arn:aws:iam::123456789012:role/Admin",
+        "account 123456789012 region eu-west-1",
+        "npm i react@18.2.0 lodash@^4.17.21",
+        "SELECT * FROM users WHERE id = 4111111111111110",
+        "build 20240315.1 run 987654321",
+        "docker.io/library/nginx:1.25.3@sha256:abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789",
+        "Duration: 00:01:23.45, bitrate: 128 kb/s",
+        "mac address field empty, ipv6 disabled",
+        "ISBN 978-3-16-148410-0 and ISSN 2049-3630",
+        "GTIN 4006381333931",
+        "latency p99 1.234 ms (1234 us)",
+        "matrix [[1, 2], [3, 4]] and 1e10 and 0x7fffffff",
+        "User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/120.0.0.0 Safari/537.36",
+        "ETag: \"33a64df551425fcc55e4d42a148795d9f25f89d4\"",
+        "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        "x-request-id: 7f3c2a1e-9b8d-4c6f-a5e4-3d2c1b0a9f8e",
+        "price 1,234,567.89 EUR and 1.234.567,89 €",
+        "phone-like table: 2021 2022 2023 2024 2025 2026 2027",
+        "cron 0 12 * * 1-5 and chmod 0755",
+        "git tag v2.45.1 sha 1a2b3c4",
+        "openssl x509 serial 04:E3:5A:1B:2C:3D:4E:5F:60:71:82:93:A4:B5:C6:D7",
+        "Fingerprint SHA256:nThbg6kXUpJWGl7E1IGOCspRomTxdCARLviKw6E5SY8",
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl user@host",
+        "mongodb ObjectId 507f1f77bcf86cd799439011",
+        "k8s uid 6c0d3bd6-1b2a-4c1e-8f5a-2f9b1a7d3e4c resourceVersion 123456789",
+    ];
+    let masked: Vec<_> = texts
+        .iter()
+        .map(|t| (t, entities(t)))
+        .filter(|(_, got)| !got.is_empty())
+        .collect();
+    assert!(masked.is_empty(), "{masked:#?}");
 }

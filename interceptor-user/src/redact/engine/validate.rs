@@ -889,15 +889,39 @@ fn ipv4(t: &[u8], s: usize, e: usize) -> Option<Verdict> {
         || continues_numeric(t, e, b".")
         || (preceded_numeric(t, s, b"-") && !ends_ipv4(t, s - 1))
         || suffix
+        || product_version(t, s)
     {
         return None;
     }
     Verdict::span(s, e)
 }
 
+/// The longest product name [`product_version`] reads before the `/`.
+const PRODUCT_MAX: usize = 32;
+
+/// Whether `t[s..]` is a version after a product's name (`Chrome/120.0.0.0` in a
+/// `User-Agent`): a `/` right before it, and before that a name that starts with a letter
+/// and a word (`/hosts/10.0.0.1` and `http://10.0.0.1` are addresses).
+fn product_version(t: &[u8], s: usize) -> bool {
+    if prev(t, s) != Some(b'/') {
+        return false;
+    }
+    let name = t[..s - 1]
+        .iter()
+        .rev()
+        .take(PRODUCT_MAX + 1)
+        .take_while(|&&b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        .count();
+    let start = s - 1 - name;
+    (1..=PRODUCT_MAX).contains(&name)
+        && t[start].is_ascii_alphabetic()
+        && prev(t, start).is_none_or(|b| matches!(b, b' ' | b'\t' | b'\n' | b'(' | b';' | b','))
+}
+
 /// Bytes before its match the IPv4 validator reads: the dash and the first address of a
-/// range, and the byte before that address.
-pub(crate) const IPV4_LOOKBEHIND: usize = 1 + 15 + 1;
+/// range, and the byte before that address; or a product's name, its `/` and the byte
+/// before the name.
+pub(crate) const IPV4_LOOKBEHIND: usize = 1 + PRODUCT_MAX + 1 + 1;
 
 /// Whether `t[..end]` ends with a whole IPv4 address (`10.0.0.1` of `10.0.0.1-10.0.0.255`:
 /// the value after the dash of a range is an address too).
