@@ -1450,10 +1450,15 @@ impl Engine {
                 .1
                 .max(e + 2)
                 .max(if ext > 0 { s + ext + 2 } else { 0 });
-            let Some(v) = det.check.check(text, s, e) else {
+            let Some(mut v) = det.check.check(text, s, e) else {
                 continue;
             };
-            scratch.reach.0 = scratch.reach.0.min(v.start.saturating_sub(2));
+            // (A validator that moves the start back, the e-mail one, stops at the last
+            // accepted match.)
+            v.start = v.start.max(scratch.floor.min(s));
+            // (Before a start moved back, the validator read the char there: 4 bytes.)
+            let back = if v.start < s { 4 } else { 2 };
+            scratch.reach.0 = scratch.reach.0.min(v.start.saturating_sub(back));
             scratch.reach.1 = scratch.reach.1.max(v.end + 2);
             if v.start >= v.end
                 || v.end > text.len()

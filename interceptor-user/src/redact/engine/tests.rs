@@ -361,6 +361,8 @@ fn fragment() -> impl Strategy<Value = String> {
     let mut r = corpus::Rng::new(42);
     let mut vocab: Vec<String> = vec![
         "john.doe@example.com",
+        "jürgen.größe@example.de",
+        "søren",
         "+49 30 12345678",
         "4111 1111 1111 1111",
         "DE89 3704 0044 0532 0130 00",
@@ -1412,7 +1414,7 @@ fn normalize_reference(check: Validator, v: &str) -> String {
     };
     let digits_only = || v.chars().filter(char::is_ascii_digit).collect();
     match check {
-        Validator::Email => v.to_ascii_lowercase(),
+        Validator::Email => v.to_lowercase(),
         Validator::Luhn
         | Validator::Mod11
         | Validator::Card
@@ -2892,4 +2894,100 @@ fn developer_tool_output_is_left_alone() {
         .filter(|(_, got)| !got.is_empty())
         .collect();
     assert!(masked.is_empty(), "{masked:#?}");
+}
+
+/// Values as people write them in several countries' formats, each found whole.
+#[test]
+fn values_in_their_everyday_formats_are_found_whole() {
+    let cases: &[(&str, &str)] = &[
+        ("call +33 6 12 34 56 78 today", "+33 6 12 34 56 78"),
+        ("tél : 06 12 34 56 78", "06 12 34 56 78"),
+        ("ring +44 20 7946 0958", "+44 20 7946 0958"),
+        ("phone (020) 7946 0958", "(020) 7946 0958"),
+        ("call +1 (415) 555-2671", "+1 (415) 555-2671"),
+        ("phone 415.555.2671", "415.555.2671"),
+        ("Tel. +49 (0)30 12345678", "+49 (0)30 12345678"),
+        ("Telefon 030/12345678", "030/12345678"),
+        ("bel +31 6 12345678", "+31 6 12345678"),
+        ("ring +46 70-123 45 67", "+46 70-123 45 67"),
+        ("tel. +48 512 345 678", "+48 512 345 678"),
+        ("cell +39 333 123 4567", "+39 333 123 4567"),
+        ("móvil +34 612 34 56 78", "+34 612 34 56 78"),
+        ("whatsapp +4915123456789", "+4915123456789"),
+        ("mail jürgen@mueller.de now", "jürgen@mueller.de"),
+        ("an Zoë.Müller@example.com", "Zoë.Müller@example.com"),
+        ("“søren@firma.dk”", "søren@firma.dk"),
+        ("mail a+tag@sub.example.io", "a+tag@sub.example.io"),
+        ("MAIL JANE.DOE@EXAMPLE.COM", "JANE.DOE@EXAMPLE.COM"),
+        ("mailto:jane@example.com?subject=x", "jane@example.com"),
+        ("<jane@example.com>", "jane@example.com"),
+        (
+            "Jane Doe <jane.doe@corp.example.co.uk>",
+            "jane.doe@corp.example.co.uk",
+        ),
+        (
+            "IBAN: DE89 3704 0044 0532 0130 00",
+            "DE89 3704 0044 0532 0130 00",
+        ),
+        (
+            "IBAN FR14 2004 1010 0505 0001 3M02 606",
+            "FR14 2004 1010 0505 0001 3M02 606",
+        ),
+        ("card 4111-1111-1111-1111 exp 12/29", "4111-1111-1111-1111"),
+        ("amex 3782 822463 10005", "3782 822463 10005"),
+        ("SSN 078-05-1120", "078-05-1120"),
+        ("DOB: 1985-03-02", "1985-03-02"),
+        ("born on 2 March 1985", "2 March 1985"),
+        ("geboren am 02.03.1985", "02.03.1985"),
+        ("né le 2 mars 1985", "2 mars 1985"),
+        ("fecha de nacimiento: 02/03/1985", "02/03/1985"),
+        ("passport number: C01X00T47", "C01X00T47"),
+        ("NINO AB 12 34 56 C", "AB 12 34 56 C"),
+        ("MAC 00:1A:2B:3C:4D:5E", "00:1A:2B:3C:4D:5E"),
+        ("mac 001a.2b3c.4d5e", "001a.2b3c.4d5e"),
+        ("from 2001:db8::1 port 22", "2001:db8::1"),
+        ("client ::ffff:192.0.2.128 connected", "::ffff:192.0.2.128"),
+        ("Steuer-ID 86 095 742 719", "86 095 742 719"),
+        ("NIR 1 85 05 78 006 084 91", "1 85 05 78 006 084 91"),
+        ("codice fiscale RSSMRA85T10A562S", "RSSMRA85T10A562S"),
+        ("DNI 12345678Z", "12345678Z"),
+        ("NIE X1234567L", "X1234567L"),
+        ("BSN 111222333", "111222333"),
+        ("PESEL 44051401359", "44051401359"),
+        ("personnummer 19811218-9876", "19811218-9876"),
+    ];
+    for (text, v) in cases {
+        let i = text.find(v).unwrap();
+        let got = engine().scan(text);
+        assert!(
+            got.iter().any(|m| m.start <= i && m.end >= i + v.len()),
+            "{text:?}: {:?}",
+            entities(text)
+        );
+    }
+}
+
+#[test]
+fn an_address_with_letters_outside_ascii_is_masked_whole() {
+    for (text, value) in [
+        ("mail jürgen@mueller.de now", "jürgen@mueller.de"),
+        ("an Zoë.Müller@example.com", "Zoë.Müller@example.com"),
+        ("“søren@firma.dk”", "søren@firma.dk"),
+        (
+            "«françois.o'brien@exemple.fr»",
+            "françois.o'brien@exemple.fr",
+        ),
+        ("x.élodie@example.com", "x.élodie@example.com"),
+    ] {
+        assert_eq!(
+            entities(text),
+            [("EMAIL".to_string(), value.to_string())],
+            "{text:?}"
+        );
+    }
+    // One pseudonym whatever the case.
+    let e = engine();
+    let a = e.redact("Zoë.Müller@example.com").text;
+    let b = e.redact("zoë.müller@EXAMPLE.com").text;
+    assert!(a.starts_with("[EMAIL:") && a == b, "{a} {b}");
 }

@@ -877,7 +877,44 @@ fn email(t: &[u8], s: usize, e: usize) -> Option<Verdict> {
     {
         return None;
     }
-    Verdict::span(s, e)
+    Verdict::span(local_start(t, s), e)
+}
+
+/// Where a local part whose match starts at `s` begins: the pattern's local part is ASCII
+/// (see [`super::detectors::EMAIL_PATTERN`]), so a match of `jürgen@example.de` starts at
+/// `rgen`; the address starts at the first of the letters and local-part bytes before it
+/// (at most [`super::detectors::EMAIL_LOCAL_MAX`] characters in all), a letter or digit.
+/// What it reads before `s` ends with the character before that start (the engine's reach
+/// of a verdict that starts before its match).
+fn local_start(t: &[u8], s: usize) -> usize {
+    use super::detectors::{EMAIL_LOCAL_MAX, email_local};
+    if prev(t, s).is_none_or(|b| b < 0x80) {
+        return s;
+    }
+    let (mut i, mut start, mut chars) = (s, s, 0);
+    while i > 0 && chars < EMAIL_LOCAL_MAX {
+        // The char before `i` (`t` is UTF-8 text and `i` a char boundary).
+        let mut j = i - 1;
+        while j > 0 && i - j < 4 && (t[j] & 0xC0) == 0x80 {
+            j -= 1;
+        }
+        let c = std::str::from_utf8(&t[j..i])
+            .ok()
+            .and_then(|x| x.chars().next());
+        match c {
+            Some(c) if c.is_ascii() && email_local(c as u8) => {}
+            Some(c) if !c.is_ascii() && c.is_alphanumeric() => {}
+            _ => break,
+        }
+        i = j;
+        chars += 1;
+        if t[i] >= 0x80 || t[i].is_ascii_alphanumeric() {
+            start = i;
+        }
+    }
+    // (An ASCII letter or digit the walk ended on started the match already, unless a
+    // letter outside ASCII precedes it: `start` is the leftmost letter or digit.)
+    start
 }
 
 fn ipv4(t: &[u8], s: usize, e: usize) -> Option<Verdict> {
@@ -1436,6 +1473,7 @@ impl Validator {
             out.extend(v.bytes().filter(f).map(|b| char::from(map(b))));
         };
         match self {
+            Validator::Email if !v.is_ascii() => out.extend(v.chars().flat_map(char::to_lowercase)),
             Validator::Email => {
                 out.push_str(v);
                 out[start..].make_ascii_lowercase();
