@@ -2991,3 +2991,112 @@ fn an_address_with_letters_outside_ascii_is_masked_whole() {
     let b = e.redact("zoë.müller@EXAMPLE.com").text;
     assert!(a.starts_with("[EMAIL:") && a == b, "{a} {b}");
 }
+
+/// Identifiers that need a label are found under the keys systems give them: camelCase,
+/// snake_case, abbreviations, several languages.
+#[test]
+fn values_are_found_under_the_keys_systems_give_them() {
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "111222333",
+            &[
+                "BSN",
+                "bsn_nummer",
+                "burgerservicenummer",
+                "citizenServiceNumber",
+                "bsnNumber",
+                "BSN-nummer",
+            ],
+        ),
+        (
+            "078-05-1120",
+            &[
+                "ssn",
+                "SSN",
+                "socialSecurityNumber",
+                "social_security_no",
+                "ssn_last",
+                "taxpayerId",
+            ],
+        ),
+        (
+            "86095742719",
+            &[
+                "tax_id",
+                "taxId",
+                "steuerId",
+                "steuer_id",
+                "steuerIdentifikationsnummer",
+                "IdNr",
+                "tin",
+            ],
+        ),
+        (
+            "44051401359",
+            &["pesel", "PESEL_number", "peselNumber", "nrPesel"],
+        ),
+        (
+            "C01X00T47",
+            &[
+                "passportNo",
+                "passport_number",
+                "passportNumber",
+                "passport",
+                "reisepassnummer",
+                "numeroPasaporte",
+            ],
+        ),
+        (
+            "1985-03-02",
+            &[
+                "dob",
+                "DOB",
+                "dateOfBirth",
+                "birthdate",
+                "birth_date",
+                "birthDate",
+                "geburtsdatum",
+                "date_naissance",
+                "dateDeNaissance",
+                "fecha_nacimiento",
+                "data_nascita",
+                "fodelsedatum",
+                "dataUrodzenia",
+                "geboortedatum",
+                "born",
+            ],
+        ),
+        (
+            "811218-9876",
+            &[
+                "personnummer",
+                "personNummer",
+                "pnr",
+                "swedishPersonalNumber",
+            ],
+        ),
+        (
+            "185057800608491",
+            &["nir", "numero_securite_sociale", "numeroSecu", "insee"],
+        ),
+        (
+            "AB123456C",
+            &["nino", "ni_number", "nationalInsuranceNumber", "NI number"],
+        ),
+        (
+            "COBADEFFXXX",
+            &["bic", "swift", "swiftCode", "bic_code", "BIC/SWIFT"],
+        ),
+        ("12345678Z", &["dni", "DNI", "nif", "documento"]),
+    ];
+    let e = engine();
+    let mut missed = Vec::new();
+    for (v, labels) in cases {
+        for l in *labels {
+            if e.scan_field(l, v).is_empty() {
+                missed.push(format!("{l:?}: {v:?}"));
+            }
+        }
+    }
+    assert!(missed.is_empty(), "missed: {missed:?}");
+}
