@@ -1891,7 +1891,35 @@ fn credential_value(r: &mut Rng) -> String {
 fn config_doc(r: &mut Rng) -> W {
     let mut w = W::default();
     for _ in 0..r.range(4, 9) {
-        match r.below(15) {
+        match r.below(16) {
+            15 => {
+                // Command lines (process lists, shell histories, CI logs) and cookies.
+                let v = credential_value(r);
+                match r.below(4) {
+                    0 => {
+                        w.raw("$ curl -u app:");
+                        w.pii("SECRET", &v);
+                        w.raw(" https://api.internal/v1/export");
+                    }
+                    1 => {
+                        w.raw("$ pg_dump --password ");
+                        w.pii("SECRET", &v);
+                        w.raw(" crm");
+                    }
+                    2 => {
+                        // A user and a group are no password.
+                        w.raw("$ docker run -u ");
+                        let id = r.range(1000, 9999).to_string();
+                        w.neg("uid", &format!("{id}:{id}"));
+                        w.raw(" registry.internal/crm:latest");
+                    }
+                    _ => {
+                        w.raw("> Cookie: sessionid=");
+                        w.pii("SECRET", &r.chars(32, "0123456789abcdef"));
+                        w.raw("; theme=dark");
+                    }
+                }
+            }
             12 => {
                 // A request log's `Authorization` header (a JWT there is the JWT detector's).
                 match r.below(3) {
@@ -1921,7 +1949,16 @@ fn config_doc(r: &mut Rng) -> W {
             13 => {
                 // Keys of well-known services, by their prefixes, under names that are no
                 // credential's name.
-                match r.below(5) {
+                match r.below(7) {
+                    5 => {
+                        w.raw("HF=");
+                        w.pii("HUGGINGFACE_TOKEN", &format!("hf_{}", r.chars(34, ALNUM)));
+                    }
+                    6 => {
+                        w.raw("SENDGRID=");
+                        let v = format!("SG.{}.{}", r.chars(22, B64URL), r.chars(43, B64URL));
+                        w.pii("SENDGRID_KEY", &v);
+                    }
                     0 => {
                         w.raw("STRIPE=");
                         let mode = r.pick::<&str>(&["sk_live_", "rk_live_", "sk_test_"]);

@@ -369,6 +369,7 @@ pub(crate) fn secret_label(label: &str) -> bool {
         "privatekey",
         "accountkey",
         "sharedaccesskey",
+        "sessiontoken",
     ];
     let b = label.as_bytes();
     if b.len() > 64 {
@@ -426,6 +427,8 @@ pub(crate) const SECRET_ENTITIES: &[&str] = &[
     "GITLAB_TOKEN",
     "NPM_TOKEN",
     "PYPI_TOKEN",
+    "HUGGINGFACE_TOKEN",
+    "SENDGRID_KEY",
     "SECRET",
 ];
 
@@ -554,6 +557,44 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         negative: false,
     },
     Builtin {
+        entity: "HUGGINGFACE_TOKEN",
+        patterns: &[r"\bhf_[A-Za-z0-9]{34}\b"],
+        check: Check::None,
+        base: 0.95,
+        context: &[],
+        boost: 0.0,
+        negative: false,
+    },
+    Builtin {
+        entity: "SENDGRID_KEY",
+        patterns: &[r"\bSG\.[A-Za-z0-9_-]{22}\.[A-Za-z0-9_-]{43}\b"],
+        check: Check::None,
+        base: 0.95,
+        context: &[],
+        boost: 0.0,
+        negative: false,
+    },
+    Builtin {
+        // A credential on a command line, as process lists, shell histories and CI logs show
+        // them: `--password S3cret` (`=` is the `SECRET` name pattern's), `--token ...`,
+        // `curl -u user:S3cret`, `--user user:S3cret`. The pattern ends at the value's first
+        // byte (after an optional quote), which the validator extends to the value's end;
+        // variables and placeholders (`$DB_PASS`, `<password>`) are no value.
+        entity: "SECRET",
+        patterns: &[
+            concat!(
+                r"--(?i:password|passwd|pass|token|api-?key|secret|client-secret|auth-token",
+                r#"|access-token) ["']?[!#-&(-~]"#,
+            ),
+            r#"(?:[ \t]-u ?|--user[ =])["']?[A-Za-z0-9._%+@-]{1,64}:[!#-&(-~]"#,
+        ],
+        check: Check::CliCredential,
+        base: 0.9,
+        context: &[],
+        boost: 0.0,
+        negative: false,
+    },
+    Builtin {
         // The credentials of an HTTP `Authorization` header as logs and traces print it:
         // `Bearer` and an opaque token (a JWT is the `JWT` detector's), `Basic` and
         // `user:password` in base64. The pattern ends at the token's first byte, which the
@@ -581,7 +622,9 @@ pub(crate) const BUILTINS: &[Builtin] = &[
             r"(?i:password|passwd|passphrase|secret(?:[_-]?access)?(?:[_-]?key)?",
             r"|api[_-]?(?:key|secret|token)|(?:access|refresh|auth)[_-]?token|private[_-]?key",
             // (Azure connection strings: `AccountKey=...;`, `SharedAccessKey=...`.)
-            r"|account[_-]?key|shared[_-]?access[_-]?key)",
+            r"|account[_-]?key|shared[_-]?access[_-]?key",
+            // (Session cookies: `sessionid=...`, `PHPSESSID=...`, `JSESSIONID=...`.)
+            r"|sessionid|phpsessid|jsessionid|session[_-]token)",
             // (The value's first byte: printable ASCII but blanks and quotes; the validator
             // refuses masks and templates, `[SECRET:...]`, `${DB_PASSWORD}`.)
             r#"\\?["']?[ \t]{0,2}[:=][ \t]{0,2}\\?["']?[!#-&(-~]"#,

@@ -1472,6 +1472,7 @@ fn normalize_reference(check: Validator, v: &str) -> String {
         | Validator::Credential
         | Validator::UrlCredential
         | Validator::AuthToken
+        | Validator::CliCredential
         | Validator::Token
         | Validator::RandomToken => v.to_string(),
     }
@@ -1488,6 +1489,7 @@ const ALL_VALIDATORS: &[Validator] = &[
     Validator::Credential,
     Validator::UrlCredential,
     Validator::AuthToken,
+    Validator::CliCredential,
     Validator::Token,
     Validator::RandomToken,
     Validator::Jwt,
@@ -3099,4 +3101,68 @@ fn values_are_found_under_the_keys_systems_give_them() {
         }
     }
     assert!(missed.is_empty(), "missed: {missed:?}");
+}
+
+/// Credentials where tools print them: config files, headers, cookies, command lines
+/// (process lists, shell histories, CI logs), keys of well-known services.
+#[test]
+fn credentials_are_found_where_tools_print_them() {
+    for (t, v) in [
+        (
+            "//registry.npmjs.org/:_authToken=npm_a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8",
+            "npm_a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8",
+        ),
+        ("PGPASSWORD=s3cr3t psql -h db", "s3cr3t"),
+        ("X-Api-Key: 9f8e7d6c5b4a39281706", "9f8e7d6c5b4a39281706"),
+        (
+            "Authorization: token ghp_abcdefghijklmnopqrstuvwxyz0123456789",
+            "ghp_abcdefghijklmnopqrstuvwxyz0123456789",
+        ),
+        ("curl -u admin:S3cretPass https://x", "S3cretPass"),
+        ("--password=S3cretPass", "S3cretPass"),
+        ("--password S3cretPass", "S3cretPass"),
+        ("ssh://git:S3cretPass@host/repo", "S3cretPass"),
+        (
+            "Cookie: session=eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.abcdefghijklmnopqrstu",
+            "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.abcdefghijklmnopqrstu",
+        ),
+        (
+            "Set-Cookie: sessionid=8f14e45fceea167a5a36dedd4bea2543; HttpOnly",
+            "8f14e45fceea167a5a36dedd4bea2543",
+        ),
+        (
+            "export HF_TOKEN=hf_AbCdEfGhIjKlMnOpQrStUvWxYz01234567",
+            "hf_AbCdEfGhIjKlMnOpQrStUvWxYz01234567",
+        ),
+        (
+            "SENDGRID=SG.abcdefghijklmnopqrstuv.abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG",
+            "SG.abcdefghijklmnopqrstuv.abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG",
+        ),
+        (
+            "client_secret=GOCSPX-abcdefghijklmnopqrstuvwx",
+            "GOCSPX-abcdefghijklmnopqrstuvwx",
+        ),
+        (
+            "DefaultEndpointsProtocol=https;AccountName=x;AccountKey=abc123==",
+            "abc123==",
+        ),
+    ] {
+        let i = t.find(v).unwrap();
+        let got = engine().scan(t);
+        assert!(
+            got.iter().any(|m| m.start <= i && m.end >= i + v.len()),
+            "{t:?}: {:?}",
+            entities(t)
+        );
+    }
+    for t in [
+        "docker run -u 1000:1000 nginx",
+        "docker run --user www-data:www-data app",
+        "mysql --password $DB_PASS",
+        "app --token \"${TOKEN}\" --password '<password>'",
+        "Mcp-Session-Id: 1868a90c-1b2a-4c1e-8f5a-2f9b1a7d3e4c",
+        "pass --password-file /run/secrets/db",
+    ] {
+        assert!(entities(t).is_empty(), "{t:?}: {:?}", entities(t));
+    }
 }

@@ -73,6 +73,10 @@ pub enum Validator {
     /// is the token alone. At least 12 bytes and no word (`basic information`), and no JWT
     /// (the `JWT` detector's).
     AuthToken,
+    /// The first byte of a credential on a command line (`--password S3cret`, `-u user:S3cret`),
+    /// after an optional quote, extended to the value's end (a blank or the closing quote;
+    /// at most [`SECRET_MAX`] bytes); no variable or placeholder (`$DB_PASS`, `<password>`).
+    CliCredential,
     /// A prefixed key: the match extended over the key's bytes (`[A-Za-z0-9_-]`, at most
     /// [`SECRET_MAX`] in all).
     Token,
@@ -1111,11 +1115,16 @@ fn secret_byte(b: u8) -> bool {
 /// end; otherwise it is part of the value (`PASSWORD=ab&cd`, `...;` at the end of a line).
 fn separates(t: &[u8], i: usize) -> bool {
     let rest = t.get(i + 1..).unwrap_or_default();
-    let name = rest
+    // (Blanks may follow the separator: `Password=...; Host=db`, `Cookie: sid=...; theme=x`.)
+    let blanks = rest
+        .iter()
+        .take_while(|&&b| b == b' ' || b == b'\t')
+        .count();
+    let name = rest[blanks..]
         .iter()
         .take_while(|&&b| is_word(b) || b == b'.' || b == b'-')
         .count();
-    match rest.get(name) {
+    match rest.get(blanks + name) {
         Some(b'=' | b':') if name > 0 => true,
         None => name == 0 && t[i] == b',',
         Some(&b) => name == 0 && t[i] == b',' && !secret_byte(b),
@@ -1237,6 +1246,41 @@ fn auth_token(t: &[u8], e: usize) -> Option<Verdict> {
     }
 }
 
+/// The value of a command-line credential whose first byte the automaton's match ends with.
+fn cli_credential(t: &[u8], e: usize) -> Option<Verdict> {
+    let start = e.checked_sub(1)?;
+    let quote = prev(t, start).filter(|&b| b == b'"' || b == b'\'');
+    let mut end = start;
+    while end - start < SECRET_MAX
+        && t.get(end).is_some_and(|&b| match quote {
+            Some(q) => b != q && b != b'\n',
+            None => secret_byte(b),
+        })
+    {
+        end += 1;
+    }
+    let value = &t[start..end];
+    if value.first() == Some(&b'$') || stand_in(value) || placeholder(value) {
+        return None;
+    }
+    // `-u user:...`: a user and a group are no password (`docker run -u 1000:1000`,
+    // `--user www-data:www-data`).
+    let colon = (start - usize::from(quote.is_some())).checked_sub(1)?;
+    if t[colon] == b':' {
+        let user_len = t[..colon]
+            .iter()
+            .rev()
+            .take_while(|&&b| b.is_ascii_alphanumeric() || b"._%+@-".contains(&b))
+            .count();
+        let user = &t[colon - user_len..colon];
+        let numeric = |x: &[u8]| !x.is_empty() && x.iter().all(u8::is_ascii_digit);
+        if user == value || (numeric(user) && numeric(value)) {
+            return None;
+        }
+    }
+    Verdict::span(start, end)
+}
+
 /// A prefixed key, from the automaton's match (its shortest form) to the last key byte.
 fn token(t: &[u8], s: usize, e: usize) -> Option<Verdict> {
     let mut end = e;
@@ -1324,6 +1368,7 @@ impl Validator {
             Validator::Credential
             | Validator::UrlCredential
             | Validator::AuthToken
+            | Validator::CliCredential
             | Validator::Token
             | Validator::RandomToken => SECRET_MAX,
             _ => 0,
@@ -1342,6 +1387,7 @@ impl Validator {
             Validator::Credential
                 | Validator::UrlCredential
                 | Validator::AuthToken
+                | Validator::CliCredential
                 | Validator::Phone
         )
     }
@@ -1379,6 +1425,7 @@ impl Validator {
             Validator::Credential => credential(t, s, e),
             Validator::UrlCredential => url_credential(t, e),
             Validator::AuthToken => auth_token(t, e),
+            Validator::CliCredential => cli_credential(t, e),
             Validator::Token => token(t, s, e),
             Validator::RandomToken => random_token(t, s, e),
             Validator::Jwt => jwt(t, s),
@@ -1544,6 +1591,7 @@ impl Validator {
             | Validator::Credential
             | Validator::UrlCredential
             | Validator::AuthToken
+            | Validator::CliCredential
             | Validator::Token
             | Validator::RandomToken => out.push_str(v),
         }
