@@ -2315,7 +2315,7 @@ impl Sieve for LaneSieve {
         {
             return false;
         }
-        if self.at_sign && memchr::memchr(b'@', &hay[start..end]).is_some() {
+        if self.at_sign && side::next_at(&hay[start..end]).is_some() {
             return false;
         }
         self.candidates.none_start_in(start, end)

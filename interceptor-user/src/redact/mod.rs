@@ -21,33 +21,3 @@ pub mod view;
 mod redactor;
 
 pub use redactor::{Finding, Head, Pseudonym, Sieve, TextRedactor};
-
-/// Reads the 32-byte pseudonym key, creating it (random, mode 0600) when the file is missing.
-pub fn load_or_create_key(path: &std::path::Path) -> std::io::Result<[u8; 32]> {
-    use std::io::{Read, Write};
-    use std::os::unix::fs::OpenOptionsExt;
-    match std::fs::read(path) {
-        Ok(bytes) => bytes.as_slice().try_into().map_err(|_| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("{} must hold exactly 32 bytes", path.display()),
-            )
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let mut key = [0u8; 32];
-            std::fs::File::open("/dev/urandom")?.read_exact(&mut key)?;
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(path)?;
-            f.write_all(&key)?;
-            f.sync_all()?;
-            Ok(key)
-        }
-        Err(e) => Err(e),
-    }
-}

@@ -1118,7 +1118,7 @@ fn national(lang: &str) -> &'static [&'static str] {
     }
 }
 
-const GENERIC: &[&str] = &[
+pub(crate) const GENERIC: &[&str] = &[
     "EMAIL",
     "PHONE",
     "CARD",
@@ -1895,7 +1895,13 @@ fn config_doc(r: &mut Rng) -> W {
             15 => {
                 // Command lines (process lists, shell histories, CI logs) and cookies.
                 let v = credential_value(r);
-                match r.below(4) {
+                match r.below(5) {
+                    4 => {
+                        // A link an API returns, its query's `@` percent-encoded.
+                        w.raw("next: https://crm.internal/api/users?email=");
+                        w.pii("EMAIL", &email(r, "en").replace('@', "%40"));
+                        w.raw("&page=2");
+                    }
                     0 => {
                         w.raw("$ curl -u app:");
                         w.pii("SECRET", &v);

@@ -28,10 +28,13 @@ pub(crate) struct Builtin {
 /// The e-mail pattern. The engine searches it beside the automaton, from each `@`
 /// (`side`), which relies on its shape: a local part of 1 to [`EMAIL_LOCAL_MAX`] bytes
 /// matching [`email_local`] and starting with an ASCII letter or digit after a word boundary,
-/// then the only `@`, then a domain whose match does not depend on the local part.
+/// then an `@`, then a domain whose match does not depend on the local part.
 /// The local part also takes `'` (`o'brien@example.com`: without it, `o'` stayed in clear
 /// before the mask).
-pub(crate) const EMAIL_PATTERN: &str = r"\b[A-Za-z0-9][A-Za-z0-9._%+'-]{0,63}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}\.){1,6}[A-Za-z]{2,24}\b";
+///
+/// The `@` may be percent-encoded (`%40`), as in query strings and the links APIs return
+/// (`/users?email=jane.doe%40example.com&page=2`).
+pub(crate) const EMAIL_PATTERN: &str = r"\b[A-Za-z0-9][A-Za-z0-9._%+'-]{0,63}(?:@|%40)[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}\.){1,6}[A-Za-z]{2,24}\b";
 /// The longest local part of [`EMAIL_PATTERN`].
 pub(crate) const EMAIL_LOCAL_MAX: usize = 64;
 

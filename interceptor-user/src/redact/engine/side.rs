@@ -9,9 +9,10 @@
 //! one pattern runs at several hundred MB/s on the same text, measured by the `base64_json`
 //! workload of `benches/redact.rs`).
 //!
-//! Every e-mail match contains exactly one `@` (the local part cannot hold one), at most
-//! [`EMAIL_LOCAL_MAX`] bytes after its start. So [`Side::find`] looks for the next `@`
-//! (memchr), walks back over local-part bytes to the leftmost start allowed there (an ASCII
+//! Every e-mail match contains an `@` or a percent-encoded one (`%40`), at most
+//! [`EMAIL_LOCAL_MAX`] bytes after its start (the local part holds no `@`; it may hold
+//! `%40`, and the match then takes the last one before a domain). So [`Side::find`] looks
+//! for the next `@` or `%40` (memchr), walks back over local-part bytes to the leftmost start allowed there (an ASCII
 //! letter or digit after a word boundary), and runs the pattern anchored at that start. The
 //! domain part does not depend on where the local part starts, so if that start does not
 //! match, no start before this `@` does, and the search moves to the next `@`. The result is
@@ -25,6 +26,19 @@ use regex_automata::{Anchored, Input};
 
 use super::detectors::{EMAIL_LOCAL_MAX, email_local};
 use super::validate::is_word;
+
+/// The offset of the first `@` or `%40` (a percent-encoded `@`) in `hay`.
+pub(super) fn next_at(hay: &[u8]) -> Option<usize> {
+    let mut from = 0;
+    while let Some(i) = memchr::memchr2(b'@', b'%', hay.get(from..)?) {
+        let i = from + i;
+        if hay[i] == b'@' || hay[i + 1..].starts_with(b"40") {
+            return Some(i);
+        }
+        from = i + 1;
+    }
+    None
+}
 
 /// The e-mail pattern (see the module docs) and its global pattern id.
 pub(super) struct Side {
@@ -63,14 +77,14 @@ impl Side {
         pos: usize,
         end: usize,
     ) -> Option<(usize, usize)> {
-        // No match starts in `pos..from`.
-        let mut from = pos;
+        // The next `@` or `%40` is searched from `from`; no match starts in `pos..floor`.
+        let (mut from, mut floor) = (pos, pos);
         while from < end {
-            let at = from + memchr::memchr(b'@', hay.get(from..end)?)?;
-            // The local part before this `@`: at most EMAIL_LOCAL_MAX bytes, from `from` on
-            // (a start before `from` would hold the previous `@`).
+            let at = from + next_at(hay.get(from..end)?)?;
+            // The local part before this `@`: at most EMAIL_LOCAL_MAX bytes, from `floor` on
+            // (a start before the last `@` would hold it; a local part may hold a `%40`).
             let mut x = at;
-            while x > from && at - x < EMAIL_LOCAL_MAX && email_local(hay[x - 1]) {
+            while x > floor && at - x < EMAIL_LOCAL_MAX && email_local(hay[x - 1]) {
                 x -= 1;
             }
             let start = (x..at)
@@ -85,6 +99,9 @@ impl Side {
                 }
             }
             from = at + 1;
+            if hay[at] == b'@' {
+                floor = from;
+            }
         }
         None
     }

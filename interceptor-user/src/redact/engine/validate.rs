@@ -870,8 +870,7 @@ fn international_len(v: &[u8]) -> bool {
 
 fn email(t: &[u8], s: usize, e: usize) -> Option<Verdict> {
     let v = &t[s..e];
-    let at = v.iter().position(|&b| b == b'@')?;
-    let (local, domain) = (&v[..at], &v[at + 1..]);
+    let (local, domain) = split_at_sign(v)?;
     if local.ends_with(b".") || local.windows(2).any(|w| w == b"..") {
         return None;
     }
@@ -882,6 +881,31 @@ fn email(t: &[u8], s: usize, e: usize) -> Option<Verdict> {
         return None;
     }
     Verdict::span(local_start(t, s), e)
+}
+
+/// An address's local part and domain: around its `@`, or around the last `%40` (a
+/// percent-encoded `@`) of an address without one.
+fn split_at_sign(v: &[u8]) -> Option<(&[u8], &[u8])> {
+    match v.iter().position(|&b| b == b'@') {
+        Some(at) => Some((&v[..at], &v[at + 1..])),
+        None => {
+            let at = v.windows(3).rposition(|w| w == b"%40")?;
+            Some((&v[..at], &v[at + 3..]))
+        }
+    }
+}
+
+/// An address as one writes it (`jane.doe%40example.com` as `jane.doe@example.com`), for
+/// its pseudonym.
+fn decoded_address(v: &str) -> std::borrow::Cow<'_, str> {
+    match split_at_sign(v.as_bytes()) {
+        Some((local, domain)) if !v.contains('@') => std::borrow::Cow::Owned(format!(
+            "{}@{}",
+            &v[..local.len()],
+            &v[v.len() - domain.len()..]
+        )),
+        _ => std::borrow::Cow::Borrowed(v),
+    }
 }
 
 /// Where a local part whose match starts at `s` begins: the pattern's local part is ASCII
@@ -1520,10 +1544,14 @@ impl Validator {
             out.extend(v.bytes().filter(f).map(|b| char::from(map(b))));
         };
         match self {
-            Validator::Email if !v.is_ascii() => out.extend(v.chars().flat_map(char::to_lowercase)),
             Validator::Email => {
-                out.push_str(v);
-                out[start..].make_ascii_lowercase();
+                let v = decoded_address(v);
+                if v.is_ascii() {
+                    out.push_str(&v);
+                    out[start..].make_ascii_lowercase();
+                } else {
+                    out.extend(v.chars().flat_map(char::to_lowercase));
+                }
             }
             Validator::Luhn
             | Validator::Mod11
