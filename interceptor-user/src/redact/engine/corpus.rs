@@ -2143,6 +2143,64 @@ pub fn generate() -> Vec<Doc> {
             negatives: w.negatives,
         });
     }
+    // One document with a key of each kind the configuration stream draws at random, so
+    // that every type is scored.
+    let mut r = Rng::new(SEED ^ 0x4B45_5953);
+    let mut w = W::default();
+    for (name, entity, key) in [
+        (
+            "STRIPE=",
+            "STRIPE_KEY",
+            format!("sk_live_{}", r.chars(40, ALNUM)),
+        ),
+        (
+            "OPENAI=",
+            "OPENAI_KEY",
+            format!("sk-proj-{}A1b", r.chars(100, B64URL)),
+        ),
+        (
+            "anthropic: ",
+            "ANTHROPIC_KEY",
+            format!("sk-ant-api03-{}AA", r.chars(93, B64URL)),
+        ),
+        (
+            "GITLAB_TOKEN=",
+            "GITLAB_TOKEN",
+            format!("glpat-{}", r.chars(20, B64URL)),
+        ),
+        (
+            "NPM_TOKEN=",
+            "NPM_TOKEN",
+            format!("npm_{}", r.chars(36, ALNUM)),
+        ),
+        (
+            "PYPI=",
+            "PYPI_TOKEN",
+            format!("pypi-AgEIcHlwaS5vcmc{}", r.chars(120, B64URL)),
+        ),
+        (
+            "HF=",
+            "HUGGINGFACE_TOKEN",
+            format!("hf_{}", r.chars(34, ALNUM)),
+        ),
+        (
+            "SENDGRID=",
+            "SENDGRID_KEY",
+            format!("SG.{}.{}", r.chars(22, B64URL), r.chars(43, B64URL)),
+        ),
+    ] {
+        w.raw(name);
+        w.pii(entity, &key);
+        w.raw("\n");
+    }
+    docs.push(Doc {
+        id: "en-keys-000".into(),
+        format: "config".into(),
+        lang: "en".into(),
+        text: w.text,
+        pii: w.pii,
+        negatives: w.negatives,
+    });
     docs
 }
 
