@@ -1885,6 +1885,52 @@ fn credential_value(r: &mut Rng) -> String {
     String::from_utf8(b).unwrap_or_default()
 }
 
+/// The kinds of [`service_key`].
+const SERVICE_KEYS: usize = 8;
+
+/// A key of a well-known service, by its prefix, under a name that is no credential's name:
+/// the setting's name, the entity type and the key. (The configuration stream draws the
+/// kinds but the last, PyPI, which came later: so the stream stayed as it was.)
+fn service_key(r: &mut Rng, kind: usize) -> (&'static str, &'static str, String) {
+    match kind {
+        0 => {
+            let mode = r.pick::<&str>(&["sk_live_", "rk_live_", "sk_test_"]);
+            let key = format!("{mode}{}", r.chars(40, ALNUM));
+            ("STRIPE=", "STRIPE_KEY", key)
+        }
+        1 => {
+            let key = format!("sk-proj-{}A1b", r.chars(100, B64URL));
+            ("OPENAI=", "OPENAI_KEY", key)
+        }
+        2 => {
+            let key = format!("sk-ant-api03-{}AA", r.chars(93, B64URL));
+            ("anthropic: ", "ANTHROPIC_KEY", key)
+        }
+        3 => {
+            let key = format!("glpat-{}", r.chars(20, B64URL));
+            ("GITLAB_TOKEN=", "GITLAB_TOKEN", key)
+        }
+        4 => (
+            "NPM_TOKEN=",
+            "NPM_TOKEN",
+            format!("npm_{}", r.chars(36, ALNUM)),
+        ),
+        5 => (
+            "HF=",
+            "HUGGINGFACE_TOKEN",
+            format!("hf_{}", r.chars(34, ALNUM)),
+        ),
+        6 => {
+            let key = format!("SG.{}.{}", r.chars(22, B64URL), r.chars(43, B64URL));
+            ("SENDGRID=", "SENDGRID_KEY", key)
+        }
+        _ => {
+            let key = format!("pypi-AgEIcHlwaS5vcmc{}", r.chars(120, B64URL));
+            ("PYPI=", "PYPI_TOKEN", key)
+        }
+    }
+}
+
 /// A configuration dump as tool results carry them (an env file, YAML, INI, a connection
 /// string, a callback URL): credentials after their names, and around them settings,
 /// placeholders, cursors and comments that are no credential.
@@ -1955,40 +2001,10 @@ fn config_doc(r: &mut Rng) -> W {
             13 => {
                 // Keys of well-known services, by their prefixes, under names that are no
                 // credential's name.
-                match r.below(7) {
-                    5 => {
-                        w.raw("HF=");
-                        w.pii("HUGGINGFACE_TOKEN", &format!("hf_{}", r.chars(34, ALNUM)));
-                    }
-                    6 => {
-                        w.raw("SENDGRID=");
-                        let v = format!("SG.{}.{}", r.chars(22, B64URL), r.chars(43, B64URL));
-                        w.pii("SENDGRID_KEY", &v);
-                    }
-                    0 => {
-                        w.raw("STRIPE=");
-                        let mode = r.pick::<&str>(&["sk_live_", "rk_live_", "sk_test_"]);
-                        w.pii("STRIPE_KEY", &format!("{mode}{}", r.chars(40, ALNUM)));
-                    }
-                    1 => {
-                        w.raw("OPENAI=");
-                        let v = format!("sk-proj-{}A1b", r.chars(100, B64URL));
-                        w.pii("OPENAI_KEY", &v);
-                    }
-                    2 => {
-                        w.raw("anthropic: ");
-                        let v = format!("sk-ant-api03-{}AA", r.chars(93, B64URL));
-                        w.pii("ANTHROPIC_KEY", &v);
-                    }
-                    3 => {
-                        w.raw("GITLAB_TOKEN=");
-                        w.pii("GITLAB_TOKEN", &format!("glpat-{}", r.chars(20, B64URL)));
-                    }
-                    _ => {
-                        w.raw("NPM_TOKEN=");
-                        w.pii("NPM_TOKEN", &format!("npm_{}", r.chars(36, ALNUM)));
-                    }
-                }
+                let kind = r.below(SERVICE_KEYS - 1);
+                let (name, entity, key) = service_key(r, kind);
+                w.raw(name);
+                w.pii(entity, &key);
             }
             14 => {
                 // Prose and slugs that start as tokens do.
@@ -2147,48 +2163,8 @@ pub fn generate() -> Vec<Doc> {
     // that every type is scored.
     let mut r = Rng::new(SEED ^ 0x4B45_5953);
     let mut w = W::default();
-    for (name, entity, key) in [
-        (
-            "STRIPE=",
-            "STRIPE_KEY",
-            format!("sk_live_{}", r.chars(40, ALNUM)),
-        ),
-        (
-            "OPENAI=",
-            "OPENAI_KEY",
-            format!("sk-proj-{}A1b", r.chars(100, B64URL)),
-        ),
-        (
-            "anthropic: ",
-            "ANTHROPIC_KEY",
-            format!("sk-ant-api03-{}AA", r.chars(93, B64URL)),
-        ),
-        (
-            "GITLAB_TOKEN=",
-            "GITLAB_TOKEN",
-            format!("glpat-{}", r.chars(20, B64URL)),
-        ),
-        (
-            "NPM_TOKEN=",
-            "NPM_TOKEN",
-            format!("npm_{}", r.chars(36, ALNUM)),
-        ),
-        (
-            "PYPI=",
-            "PYPI_TOKEN",
-            format!("pypi-AgEIcHlwaS5vcmc{}", r.chars(120, B64URL)),
-        ),
-        (
-            "HF=",
-            "HUGGINGFACE_TOKEN",
-            format!("hf_{}", r.chars(34, ALNUM)),
-        ),
-        (
-            "SENDGRID=",
-            "SENDGRID_KEY",
-            format!("SG.{}.{}", r.chars(22, B64URL), r.chars(43, B64URL)),
-        ),
-    ] {
+    for kind in 0..SERVICE_KEYS {
+        let (name, entity, key) = service_key(&mut r, kind);
         w.raw(name);
         w.pii(entity, &key);
         w.raw("\n");

@@ -12,13 +12,14 @@
 //! Every e-mail match contains an `@` or a percent-encoded one (`%40`), at most
 //! [`EMAIL_LOCAL_MAX`] bytes after its start (the local part holds no `@`; it may hold
 //! `%40`, and the match then takes the last one before a domain). So [`Side::find`] looks
-//! for the next `@` or `%40` (memchr), walks back over local-part bytes to the leftmost start allowed there (an ASCII
-//! letter or digit after a word boundary), and runs the pattern anchored at that start. The
-//! domain part does not depend on where the local part starts, so if that start does not
-//! match, no start before this `@` does, and the search moves to the next `@`. The result is
-//! the leftmost-first match of the pattern from the search position, as the union's search
-//! would find it; the engine merges it with the union's matches by start, then pattern order
-//! (property-tested against the union automaton with the pattern inside).
+//! for the next `@` or `%40` (memchr), walks back over local-part bytes to the leftmost
+//! start allowed there (an ASCII letter or digit after a word boundary), and runs the
+//! pattern anchored at that start. The domain part does not depend on where the local part
+//! starts, so if that start does not match, no start before this `@` does, and the search
+//! moves to the next one. The result is the leftmost-first match of the pattern from the
+//! search position, as the union's search would find it; the engine merges it with the
+//! union's matches by start, then pattern order (property-tested against the union automaton
+//! with the pattern inside).
 
 use regex_automata::hybrid;
 use regex_automata::util::syntax;

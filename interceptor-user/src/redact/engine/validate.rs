@@ -1198,16 +1198,22 @@ pub(crate) fn secret_value(v: &[u8]) -> bool {
     !v.is_empty() && v.len() <= SECRET_MAX && !stand_in(v) && !placeholder(v.trim_ascii())
 }
 
+/// Where a value that runs from `start` ends: past every byte from `end` on that `keep`
+/// (given its offset) accepts, at most [`SECRET_MAX`] bytes after `start`.
+fn value_end(t: &[u8], start: usize, mut end: usize, keep: impl Fn(usize) -> bool) -> usize {
+    while end - start < SECRET_MAX && end < t.len() && keep(end) {
+        end += 1;
+    }
+    end
+}
+
 /// The password of `scheme://user:password@host`, whose first byte the automaton's match
 /// ends with (`e - 1`): up to the `@` that ends the user information (RFC 3986: unreserved,
 /// percent-encoded, sub-delims and `:`). `http://host:8080/` has no `@` there: a port.
 fn url_credential(t: &[u8], e: usize) -> Option<Verdict> {
     let start = e.checked_sub(1)?;
     let userinfo = |b: u8| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=:".contains(&b);
-    let mut end = e;
-    while end - start < SECRET_MAX && t.get(end).is_some_and(|&b| userinfo(b)) {
-        end += 1;
-    }
+    let end = value_end(t, start, e, |i| userinfo(t[i]));
     (t.get(end) == Some(&b'@')).then_some(Verdict {
         start,
         end,
@@ -1220,13 +1226,8 @@ fn url_credential(t: &[u8], e: usize) -> Option<Verdict> {
 fn auth_token(t: &[u8], e: usize) -> Option<Verdict> {
     let start = e.checked_sub(1)?;
     let token68 = |b: u8| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b);
-    let mut end = start;
-    while end - start < SECRET_MAX && t.get(end).is_some_and(|&b| token68(b)) {
-        end += 1;
-    }
-    while end - start < SECRET_MAX && t.get(end) == Some(&b'=') {
-        end += 1;
-    }
+    let end = value_end(t, start, start, |i| token68(t[i]));
+    let mut end = value_end(t, start, end, |i| t[i] == b'=');
     // What follows ends the token: a blank, a quote, punctuation that closes or separates
     // (`Bearer abc$def` is a template or something else).
     let ends = t
@@ -1274,15 +1275,10 @@ fn auth_token(t: &[u8], e: usize) -> Option<Verdict> {
 fn cli_credential(t: &[u8], e: usize) -> Option<Verdict> {
     let start = e.checked_sub(1)?;
     let quote = prev(t, start).filter(|&b| b == b'"' || b == b'\'');
-    let mut end = start;
-    while end - start < SECRET_MAX
-        && t.get(end).is_some_and(|&b| match quote {
-            Some(q) => b != q && b != b'\n',
-            None => secret_byte(b),
-        })
-    {
-        end += 1;
-    }
+    let end = value_end(t, start, start, |i| match quote {
+        Some(q) => t[i] != q && t[i] != b'\n',
+        None => secret_byte(t[i]),
+    });
     let value = &t[start..end];
     if value.first() == Some(&b'$') || stand_in(value) || placeholder(value) {
         return None;
@@ -1307,10 +1303,7 @@ fn cli_credential(t: &[u8], e: usize) -> Option<Verdict> {
 
 /// A prefixed key, from the automaton's match (its shortest form) to the last key byte.
 fn token(t: &[u8], s: usize, e: usize) -> Option<Verdict> {
-    let mut end = e;
-    while end - s < SECRET_MAX && t.get(end).is_some_and(|&b| b64url(b)) {
-        end += 1;
-    }
+    let end = value_end(t, s, e, |i| b64url(t[i]));
     if t.get(end).is_some_and(|&b| b64url(b)) {
         return None;
     }
@@ -1345,14 +1338,9 @@ fn credential(t: &[u8], s: usize, e: usize) -> Option<Verdict> {
     }
     let start = s + i;
     // The value runs on past the pattern's first byte, to a blank, a quote or a separator.
-    let mut end = e;
-    while end - start < SECRET_MAX
-        && t.get(end).is_some_and(|&b| {
-            secret_byte(b) && !(matches!(b, b'&' | b';' | b',') && separates(t, end))
-        })
-    {
-        end += 1;
-    }
+    let mut end = value_end(t, start, e, |i| {
+        secret_byte(t[i]) && !(matches!(t[i], b'&' | b';' | b',') && separates(t, i))
+    });
     // (An escaped closing quote: `\"hunter2\"` in JSON inside a JSON string; unquoted, the
     // end of what holds it: `{"api_key": 12345}`.)
     let closing = |b: u8| b == b'\\' || (!quoted && matches!(b, b')' | b']' | b'}'));
