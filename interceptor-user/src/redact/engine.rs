@@ -41,6 +41,10 @@
 //!   32 KB, and the engine takes their results where it searches from the same place; after
 //!   a window where it mostly searched from elsewhere (rejected candidates, as in CSV
 //!   exports), it searches alone for the rest of the text.
+//! * **Edges.** A word boundary `\b` a pattern begins or ends with also holds at a `_`
+//!   (Markdown emphasis `_4111 1111 1111 1111_`, names joined with `_`, `ssn_078-05-1120`):
+//!   the ASCII `\b` counts `_` as a word byte, so such edges become `(?:\b|_)` and the `_`
+//!   is taken off the match before any validator reads it (`Edges`).
 //! * **Bounded.** Every pattern has a maximum length (patterns with unbounded repetition
 //!   are refused at load); validators that extend a match (PEM blocks, JWTs) do so by a
 //!   bounded amount. [`TextRedactor::max_match_len`] reports the maximum.
@@ -418,6 +422,10 @@ struct Inner {
     /// The length of each pattern of `re` whose matches all have one length (see
     /// [`Inner::find_re`]).
     re_fixed_len: Vec<Option<usize>>,
+    /// The edges of each pattern of `re` (see [`Edges`]).
+    re_edges: Vec<Edges>,
+    /// The edges of each pattern (global id).
+    edges: Vec<Edges>,
     /// The e-mail pattern, searched from each `@` (see `side`).
     side: Option<Arc<side::Side>>,
     caches: CachePool<Caches>,
@@ -497,14 +505,28 @@ impl Inner {
             return Some(regex_automata::Match::new(pid, e..e));
         }
         if let Some(len) = self.re_fixed_len.get(pid.as_usize()).copied().flatten() {
-            if let Some(s) = e.checked_sub(len).filter(|&s| s >= input.start()) {
+            // A `_` a widened edge took in is the only byte not of that length: one before
+            // the value (leftmost: the `\b` alternative cannot hold after a `_`, a word
+            // byte, before the value's first, a word byte too when the pattern begins with
+            // `\b`), one after it.
+            let edges = self
+                .re_edges
+                .get(pid.as_usize())
+                .copied()
+                .unwrap_or_default();
+            let hay = input.haystack();
+            let inner_end = e - usize::from(edges.trail && hay[e - 1] == b'_');
+            let s = inner_end
+                .checked_sub(len)
+                .map(|s| s - usize::from(edges.lead && s > 0 && hay[s - 1] == b'_'));
+            if let Some(s) = s.filter(|&s| s >= input.start()) {
                 return Some(regex_automata::Match::new(pid, s..e));
             }
         }
         let back = input
             .clone()
             .span(input.start()..e)
-            .anchored(Anchored::Yes)
+            .anchored(Anchored::Pattern(pid))
             .earliest(false);
         let start = self
             .re
@@ -642,10 +664,11 @@ struct Accepted {
 /// Bytes of each probe text of [`Engine::costly_custom_detectors`].
 const PROBE_LEN: usize = 16 * 1024;
 /// Automaton memory per probe byte above which a custom detector is reported: the built-ins
-/// take ~7 bytes per byte of random base64 and ~9 of printable text (115 and 150 KB after
-/// 16 KB), the e-mail pattern inside the union automaton ~130 on base64 (2.2 MB; it then
-/// redacted base64 at 1-2 MB/s).
-const PROBE_BYTES_PER_BYTE: usize = 32;
+/// take ~7 bytes per byte of random base64 and ~19 of printable text (115 and 306 KB after
+/// 16 KB; ~9 and 150 KB before their edge `\b` also took a `_`, see `Edges`), the e-mail
+/// pattern inside the union automaton ~130 on base64 (2.2 MB; it then redacted base64 at 1-2
+/// MB/s).
+const PROBE_BYTES_PER_BYTE: usize = 48;
 
 /// A custom detector that makes the automaton thrash (see
 /// [`Engine::costly_custom_detectors`]); its `Display` is the warning the agent logs and
@@ -905,12 +928,30 @@ impl Engine {
         let mut pattern_len = Vec::with_capacity(sources.len());
         let mut max_len = 0;
         let mut hirs = Vec::with_capacity(sources.len());
+        // Each pattern's edges (see `Edges`), its length without them when that is fixed, and
+        // the source the automata are built from.
+        let mut edges = Vec::with_capacity(sources.len());
+        let mut inner_fixed_len = Vec::with_capacity(sources.len());
+        let mut widened = Vec::with_capacity(sources.len());
         for (src, dets) in sources.iter().zip(&patterns) {
             let hir =
                 syntax::parse_with(src, &syntax_config()).map_err(|e| EngineError::Pattern {
                     entity: entity_of(&detectors, dets),
                     error: e.to_string(),
                 })?;
+            let props = hir.properties();
+            inner_fixed_len.push(
+                props
+                    .maximum_len()
+                    .filter(|&l| props.minimum_len() == Some(l)),
+            );
+            let (hir, e) = widen_edges(&hir);
+            edges.push(e);
+            widened.push(if e == Edges::default() {
+                src.clone()
+            } else {
+                printable(&hir).to_string()
+            });
             let len = hir
                 .properties()
                 .maximum_len()
@@ -954,7 +995,7 @@ impl Engine {
             Some(i) => Some(Arc::new(
                 side::Side::new(
                     i as u32,
-                    &sources[i],
+                    &widened[i],
                     pattern_len[i],
                     syntax_config(),
                     dfa_config.clone(),
@@ -968,31 +1009,30 @@ impl Engine {
             .collect();
         let mut re_sources: Vec<&str> = re_ids
             .iter()
-            .map(|&i| sources[i as usize].as_str())
+            .map(|&i| widened[i as usize].as_str())
             .collect();
         let re_max_len = re_ids
             .iter()
             .map(|&i| pattern_len[i as usize])
             .max()
             .unwrap_or(0);
-        // The length of each union pattern whose matches all have one length.
+        // The length of each union pattern whose matches all have one length (but for the `_`
+        // its edges may take in), and its edges.
         let mut re_fixed_len: Vec<Option<usize>> = re_ids
             .iter()
-            .map(|&i| {
-                let i = i as usize;
-                (hirs[i].properties().minimum_len() == Some(pattern_len[i]))
-                    .then_some(pattern_len[i])
-            })
+            .map(|&i| inner_fixed_len[i as usize])
             .collect();
+        let mut re_edges: Vec<Edges> = re_ids.iter().map(|&i| edges[i as usize]).collect();
         if re_sources.is_empty() {
             // Only the side pattern: a union that cannot match.
             re_sources.push("[a&&b]");
             re_ids.push(0);
             re_fixed_len.push(None);
+            re_edges.push(Edges::default());
         }
         let re = hybrid::regex::Regex::builder()
             .syntax(syntax_config())
-            .dfa(dfa_config.clone())
+            .dfa(dfa_config.clone().starts_for_each_pattern(true))
             .build_many(&re_sources)
             .map_err(|e| EngineError::Build(e.to_string()))?;
         let all = hybrid::dfa::DFA::builder()
@@ -1002,7 +1042,7 @@ impl Engine {
                     .match_kind(MatchKind::All)
                     .starts_for_each_pattern(false),
             )
-            .build_many(&sources)
+            .build_many(&widened)
             .map_err(|e| EngineError::Build(e.to_string()))?;
         let ctx = if words.is_empty() {
             None
@@ -1054,13 +1094,15 @@ impl Engine {
             re_ids,
             re_max_len,
             re_fixed_len,
+            re_edges,
+            edges,
             side,
             all_caches: Pool::new(Box::new(move || all2.create_cache())),
             all,
             ctx,
             words,
             patterns,
-            sources,
+            sources: widened,
             max_pattern_len: pattern_len.iter().copied().max().unwrap_or(0),
             min_pattern_len,
             byte_reach,
@@ -1435,6 +1477,11 @@ impl Engine {
         scratch: &mut Scratch<'_>,
     ) -> Option<Accepted> {
         let inner = &*self.inner;
+        // Without the `_` a widened edge took in (see `Edges`).
+        let (s, e) = inner.edges.get(pid as usize)?.trim(text.as_bytes(), s, e);
+        if s >= e {
+            return None;
+        }
         let mut best: Option<Accepted> = None;
         for &d in inner.patterns.get(pid as usize)? {
             let det = &inner.detectors[d as usize];
@@ -2395,5 +2442,151 @@ impl TextRedactor for Engine {
     ) -> Option<Head<'t>> {
         self.cut_head(label.unwrap_or(""), text, holdback)
             .or_else(|| super::json::verified_head(self, label, text, holdback))
+    }
+}
+
+/// A word boundary at the edge of a pattern also holds where `_` joins the value to what is
+/// around it: Markdown emphasis (`_4111 1111 1111 1111_`, `__+49 30 1234567__`) and names
+/// glued with `_` (`card_4111111111111111`, `ssn_078-05-1120`). The ASCII `\b` counts `_` as
+/// a word byte and regex-automata has no other look-behind, so each `\b` a match can begin
+/// with becomes `(?:\b|_)` (and each one it can end with likewise): the match then holds the
+/// `_`, which [`Edges::trim`] takes off again before any validator reads the value. Only
+/// where the pattern itself cannot begin (end) with `_`: a `_` there is then always the
+/// boundary's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Edges {
+    lead: bool,
+    trail: bool,
+}
+
+impl Edges {
+    /// `s..e` without the `_` the edges took in.
+    fn trim(self, hay: &[u8], s: usize, e: usize) -> (usize, usize) {
+        let s = s + usize::from(self.lead && s < e && hay[s] == b'_');
+        let e = e - usize::from(self.trail && s < e && hay[e - 1] == b'_');
+        (s, e)
+    }
+}
+
+/// `hir` with its edge word boundaries widened (see [`Edges`]), and which edges were.
+fn widen_edges(hir: &regex_syntax::hir::Hir) -> (regex_syntax::hir::Hir, Edges) {
+    let lead = !can_hold_at(hir, b'_', true);
+    let trail = !can_hold_at(hir, b'_', false);
+    let mut out = hir.clone();
+    let mut edges = Edges::default();
+    if lead {
+        if let Some(h) = widen(&out, true) {
+            out = h;
+            edges.lead = true;
+        }
+    }
+    if trail {
+        if let Some(h) = widen(&out, false) {
+            out = h;
+            edges.trail = true;
+        }
+    }
+    (out, edges)
+}
+
+/// `hir` with each `\b` at its start (`first`) or end replaced by `(?:\b|_)`; `None` when
+/// it has none there.
+fn widen(hir: &regex_syntax::hir::Hir, first: bool) -> Option<regex_syntax::hir::Hir> {
+    use regex_syntax::hir::{Capture, Hir, HirKind, Look};
+    match hir.kind() {
+        HirKind::Look(Look::WordAscii) => Some(Hir::alternation(vec![
+            Hir::look(Look::WordAscii),
+            Hir::literal(*b"_"),
+        ])),
+        HirKind::Concat(hs) if !hs.is_empty() => {
+            let i = if first { 0 } else { hs.len() - 1 };
+            let h = widen(&hs[i], first)?;
+            let mut hs = hs.clone();
+            hs[i] = h;
+            Some(Hir::concat(hs))
+        }
+        HirKind::Alternation(hs) => {
+            let widened: Vec<Option<Hir>> = hs.iter().map(|h| widen(h, first)).collect();
+            if widened.iter().all(Option::is_none) {
+                return None;
+            }
+            let hs = widened
+                .into_iter()
+                .zip(hs)
+                .map(|(w, h)| w.unwrap_or_else(|| h.clone()))
+                .collect();
+            Some(Hir::alternation(hs))
+        }
+        HirKind::Capture(c) => Some(Hir::capture(Capture {
+            index: c.index,
+            name: c.name.clone(),
+            sub: Box::new(widen(&c.sub, first)?),
+        })),
+        _ => None,
+    }
+}
+
+/// Whether a match of `hir` can begin (`first`) or end with byte `b` (conservative: `true`
+/// when unsure).
+fn can_hold_at(hir: &regex_syntax::hir::Hir, b: u8, first: bool) -> bool {
+    use regex_syntax::hir::{Class, HirKind};
+    match hir.kind() {
+        HirKind::Empty | HirKind::Look(_) => false,
+        HirKind::Literal(lit) => {
+            let edge = if first { lit.0.first() } else { lit.0.last() };
+            edge.is_some_and(|&x| x == b)
+        }
+        HirKind::Class(Class::Bytes(c)) => c.iter().any(|r| (r.start()..=r.end()).contains(&b)),
+        HirKind::Class(Class::Unicode(c)) => c
+            .iter()
+            .any(|r| (u32::from(r.start())..=u32::from(r.end())).contains(&u32::from(b))),
+        HirKind::Repetition(r) => can_hold_at(&r.sub, b, first),
+        HirKind::Capture(c) => can_hold_at(&c.sub, b, first),
+        HirKind::Alternation(hs) => hs.iter().any(|h| can_hold_at(h, b, first)),
+        HirKind::Concat(hs) => {
+            // The elements up to the first that cannot match empty.
+            let edge = |h: &regex_syntax::hir::Hir| {
+                let holds = can_hold_at(h, b, first);
+                (holds, holds || h.properties().minimum_len() != Some(0))
+            };
+            let decided = if first {
+                hs.iter().map(edge).find(|&(_, stop)| stop)
+            } else {
+                hs.iter().rev().map(edge).find(|&(_, stop)| stop)
+            };
+            decided.is_some_and(|(holds, _)| holds)
+        }
+    }
+}
+
+/// `hir` as regex-syntax prints it back to what it parses to: a repetition of a repetition
+/// (`(?:[A-Z0-9]{3})?`) prints as `[A-Z0-9]{3}?`, which parses as a lazy `{3}`; here the
+/// inner one is in a group. (Tested: every widened built-in pattern parses back to itself.)
+fn printable(hir: &regex_syntax::hir::Hir) -> regex_syntax::hir::Hir {
+    use regex_syntax::hir::{Capture, Hir, HirKind, Repetition};
+    match hir.kind() {
+        HirKind::Repetition(r) => {
+            let sub = printable(&r.sub);
+            let sub = if matches!(sub.kind(), HirKind::Repetition(_)) {
+                Hir::capture(Capture {
+                    index: 1,
+                    name: None,
+                    sub: Box::new(sub),
+                })
+            } else {
+                sub
+            };
+            Hir::repetition(Repetition {
+                sub: Box::new(sub),
+                ..r.clone()
+            })
+        }
+        HirKind::Capture(c) => Hir::capture(Capture {
+            sub: Box::new(printable(&c.sub)),
+            ..c.clone()
+        }),
+        HirKind::Concat(hs) => Hir::concat(hs.iter().map(printable).collect()),
+        HirKind::Alternation(hs) => Hir::alternation(hs.iter().map(printable).collect()),
+        _ => hir.clone(),
     }
 }

@@ -84,12 +84,19 @@ impl Side {
             let at = from + next_at(hay.get(from..end)?)?;
             // The local part before this `@`: at most EMAIL_LOCAL_MAX bytes, from `floor` on
             // (a start before the last `@` would hold it; a local part may hold a `%40`).
+            // (One byte more for a `_` the pattern's widened edge takes in before it.)
             let mut x = at;
-            while x > floor && at - x < EMAIL_LOCAL_MAX && email_local(hay[x - 1]) {
+            while x > floor && at - x <= EMAIL_LOCAL_MAX && email_local(hay[x - 1]) {
                 x -= 1;
             }
-            let start = (x..at)
-                .find(|&s| hay[s].is_ascii_alphanumeric() && (s == 0 || !is_word(hay[s - 1])));
+            // Where the pattern can start: an ASCII letter or digit after a word boundary,
+            // or a `_` before one (its widened edge, see `Edges` in the engine).
+            let alnum = |i: usize| hay.get(i).is_some_and(u8::is_ascii_alphanumeric);
+            let start = (x..at).find(|&s| {
+                let local = at - s;
+                (alnum(s) && (s == 0 || !is_word(hay[s - 1])) && local <= EMAIL_LOCAL_MAX)
+                    || (hay[s] == b'_' && alnum(s + 1) && local <= EMAIL_LOCAL_MAX + 1)
+            });
             if let Some(s) = start {
                 let input = Input::new(hay)
                     .span(s..end.min(s.saturating_add(self.max_len)))

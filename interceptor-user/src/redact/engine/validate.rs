@@ -721,7 +721,10 @@ fn phone(t: &[u8], s: usize, e: usize) -> Option<Verdict> {
     if continues_numeric(t, e, b".-/:") || extension {
         return None;
     }
-    if preceded_numeric(t, s, b".-/") || prev(t, s).is_some_and(|b| b == b'+' || is_word(b)) {
+    // (`_` is no glue: `__+49 30 1234567__`, `tel_0612345678`.)
+    if preceded_numeric(t, s, b".-/")
+        || prev(t, s).is_some_and(|b| b == b'+' || b.is_ascii_alphanumeric())
+    {
         // `3/1 212-555-0199`: the `1` read as a NANP trunk prefix continues something else;
         // the number after it is judged on its own, as it was before the prefix was read.
         let trunk = v.len() > 2 && v[0] == b'1' && matches!(v[1], b' ' | b'.' | b'-');
@@ -999,7 +1002,7 @@ fn ends_ipv4(t: &[u8], end: usize) -> bool {
         .count();
     let start = end - len;
     len <= 15
-        && prev(t, start).is_none_or(|b| !is_word(b) && b != b'.' && b != b'-')
+        && prev(t, start).is_none_or(|b| !b.is_ascii_alphanumeric() && b != b'.' && b != b'-')
         && std::str::from_utf8(&t[start..end])
             .ok()
             .is_some_and(|a| Ipv4Addr::from_str(a).is_ok())
@@ -1011,14 +1014,14 @@ fn ipv6(t: &[u8], s: usize, e: usize) -> Option<Verdict> {
     // is a label (`ip:fe80::1`).
     let glued = match prev(t, s) {
         Some(b':') => s >= 2 && (t[s - 2].is_ascii_hexdigit() || t[s - 2] == b':'),
-        Some(b) => is_word(b) || b == b'.',
+        Some(b) => b.is_ascii_alphanumeric() || b == b'.',
         None => false,
     };
     // A colon after it continues it, unless a blank or the end follows (`from fe80::1: ...`
     // in a log line).
     let continued = match byte_at(t, e) {
         Some(b':') => !matches!(byte_at(t, e + 1), None | Some(b' ' | b'\t' | b'\r' | b'\n')),
-        Some(b) => is_word(b),
+        Some(b) => b.is_ascii_alphanumeric(),
         None => false,
     };
     if glued || continued {
@@ -1087,6 +1090,13 @@ fn pem(t: &[u8], s: usize, e: usize) -> Option<Verdict> {
         end += 1;
     }
     Verdict::span(s, end)
+}
+
+/// Whether a token ends at `e`: no base64url byte follows, or only a run of `_` does before
+/// the end or another byte (Markdown emphasis, `_AIza..._`, not a longer token).
+fn token_ends(t: &[u8], e: usize) -> bool {
+    let after = t[e..].iter().find(|&&b| b != b'_');
+    !byte_at(t, e).is_some_and(b64url) || !after.is_some_and(|&b| b64url(b))
 }
 
 fn b64url(b: u8) -> bool {
@@ -1428,10 +1438,9 @@ impl Validator {
                 ok(mod97(v.iter().copied().filter(u8::is_ascii_alphanumeric)) == Some(1))
             }
             Validator::Mod11 => ok(mod11(&digit_vec(v))),
-            Validator::TokenEnd => ok(!byte_at(t, e).is_some_and(b64url)),
+            Validator::TokenEnd => ok(token_ends(t, e)),
             Validator::SlackToken => {
-                ok(!byte_at(t, e).is_some_and(b64url)
-                    && v.iter().filter(|&&b| b == b'-').count() >= 2)
+                ok(token_ends(t, e) && v.iter().filter(|&&b| b == b'-').count() >= 2)
             }
             Validator::PemBlock => pem(t, s, e),
             Validator::Credential => credential(t, s, e),
