@@ -422,6 +422,11 @@ fn fragment() -> impl Strategy<Value = String> {
         "cell",
         "333 1234567",
         "-----BEGIN PGP PRIVATE KEY BLOCK-----",
+        // A `_` is a boundary at a pattern's edge (see `Edges`).
+        "_",
+        "__",
+        "ssn_",
+        "_x",
     ]
     .into_iter()
     .map(String::from)
@@ -587,6 +592,7 @@ fn crowded_text() -> impl Strategy<Value = String> {
         Just("\n".to_string()),
         "[ -~]{0,3}",
         "[a-z ]{0,12}",
+        Just("_".to_string()),
     ];
     proptest::collection::vec((fragment(), gap), 1..10)
         .prop_map(|parts| parts.into_iter().map(|(f, g)| f + &g).collect::<String>())
