@@ -3332,4 +3332,19 @@ fn an_underscore_next_to_a_value_is_a_boundary() {
     assert_eq!(engine().scan(&long), one);
     assert_eq!(engine().clone().with_lane_searches().scan(&long), one);
     assert_eq!(one.len(), long.matches("and so on").count());
+    // Through the JSON rewriter (the agent's path), in chunks that split values and `_`s.
+    use crate::redact::json::{JsonLimits, JsonRedactor};
+    let doc = serde_json::Value::from(cases.iter().map(|c| c.0).collect::<Vec<_>>()).to_string();
+    for chunk in [1, 7, 4096] {
+        let r: Arc<dyn TextRedactor> = Arc::new(engine().clone());
+        let mut j = JsonRedactor::new(r, JsonLimits::default());
+        let mut out = Vec::new();
+        for c in doc.as_bytes().chunks(chunk) {
+            j.push(c, &mut out).expect("valid JSON");
+        }
+        j.finish(&mut out).expect("complete");
+        let got: Vec<String> = serde_json::from_slice(&out).expect("JSON out");
+        let want: Vec<String> = cases.iter().map(|c| engine().redact(c.0).text).collect();
+        assert_eq!(got, want, "chunks of {chunk}");
+    }
 }
