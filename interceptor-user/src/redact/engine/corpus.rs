@@ -1317,7 +1317,7 @@ fn pii_sentence(r: &mut Rng, w: &mut W, entity: &str, lang: &str) {
             *r.pick(&[("http://", ":8080/status"), ("ip=", ";"), ("[", "]")])
         }
         "IPV6" if r.chance(0.3) => *r.pick(&[("[", "]:443"), ("http://[", "]/"), ("", "/64")]),
-        _ => ("", ""),
+        _ => emphasis(&v),
     };
     w.raw(pre);
     w.pii(&ent, &v);
@@ -1329,8 +1329,25 @@ fn neg_sentence(r: &mut Rng, w: &mut W, lang: &str) {
     let (kind, l, v) = negative(r, lang, true);
     w.raw(&l);
     w.raw(" ");
+    let (pre, post) = emphasis(&v);
+    w.raw(pre);
     w.neg(kind, &v);
+    w.raw(post);
     w.raw(".");
+}
+
+/// Markdown emphasis around about one value in five (`_v_`, `__v__`, `*v*`), chosen by the
+/// value itself so that the random stream, and every value of the corpus, stays as it was.
+fn emphasis(v: &str) -> (&'static str, &'static str) {
+    let h = v
+        .bytes()
+        .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
+    match h % 15 {
+        0 => ("_", "_"),
+        1 => ("__", "__"),
+        2 => ("*", "*"),
+        _ => ("", ""),
+    }
 }
 
 fn prose(r: &mut Rng, lang: &str) -> W {

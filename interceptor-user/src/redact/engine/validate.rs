@@ -1120,7 +1120,14 @@ fn jwt(t: &[u8], s: usize) -> Option<Verdict> {
     if byte_at(t, e2) != Some(b'.') {
         return None;
     }
-    let e3 = run(e2 + 1);
+    let mut e3 = run(e2 + 1);
+    // Under Markdown emphasis (`_eyJ..._`), the closing `_`s are not the signature's.
+    let open = t[..s].iter().rev().take_while(|&&b| b == b'_').count();
+    for _ in 0..open {
+        if e3 > e2 + 2 && t[e3 - 1] == b'_' {
+            e3 -= 1;
+        }
+    }
     use base64::Engine as _;
     let header = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(&t[s..e1])
@@ -1273,7 +1280,9 @@ fn auth_token(t: &[u8], e: usize) -> Option<Verdict> {
         b"npm_",
         b"pypi-",
     ];
-    let known = KNOWN.iter().any(|p| token.starts_with(p));
+    // (Also under Markdown emphasis, `Bearer _AKIA..._`.)
+    let bare = &token[token.iter().take_while(|&&b| b == b'_').count()..];
+    let known = KNOWN.iter().any(|p| bare.starts_with(p));
     if ends && token.len() >= 12 && !wordlike && !known {
         Verdict::span(start, end)
     } else {
