@@ -2085,6 +2085,22 @@ fn a_label_glued_to_its_value_by_a_colon_or_a_dot_still_labels_it() {
 }
 
 #[test]
+fn a_word_naming_the_value_joined_to_it_by_a_hyphen_labels_it() {
+    // These went out in clear: any word before a `-` read as an id's prefix.
+    assert_finds("SSN-536-22-1234", "US_SSN", "536-22-1234");
+    assert_finds("ssn-536-22-1234 on file", "US_SSN", "536-22-1234");
+    assert_finds("tel-+49 30 12345678", "PHONE", "+49 30 12345678");
+    assert_finds("Phone-0612345678", "PHONE", "0612345678");
+    assert_finds("ip-203.0.113.7", "IPV4", "203.0.113.7");
+    assert_finds("DOB-1985-03-03", "DOB", "1985-03-03");
+    // Any other word, or a label inside a longer id, is still an id's prefix.
+    assert_clean("ORD-536-22-1234");
+    assert_clean("telco-0612345678");
+    assert_clean("INV-2024-0612345678");
+    assert_clean("AB-1985-03-03");
+}
+
+#[test]
 fn international_numbers_are_as_long_as_their_country_numbers_them() {
     // A count written with a plus is no NANP number (+1 takes ten digits).
     assert_clean("We grew to +12345678 users this year");

@@ -202,15 +202,53 @@ fn continues_numeric(t: &[u8], e: usize, seps: &[u8]) -> bool {
 /// `7-`, `A/`, `3.` right before a value: it continues a dotted, dashed or slashed sequence
 /// (`AB-1985-03-03`, `10/12/2030`). A letter before a `.` or `:` ends a label instead
 /// (`DOB:1985-03-03`, `Tel.0612345678`): only a digit continues a number there.
+/// A word naming the value joined to it by `-` ends a label too (`SSN-536-22-1234`,
+/// `tel-+49 30 1234567`, `ip-203.0.113.7`), where any other word before a `-` is an id's
+/// prefix (`ORD-536-22-1234`, `AB-1985-03-03`).
 fn preceded_numeric(t: &[u8], s: usize, seps: &[u8]) -> bool {
     if s < 2 {
         return false;
     }
     match (byte_at(t, s - 1), byte_at(t, s - 2)) {
         (Some(c @ (b'.' | b':')), Some(d)) if seps.contains(&c) => d.is_ascii_digit(),
+        (Some(b'-'), Some(_)) if hyphen_label(t, s - 1) => false,
         (Some(c), Some(d)) => seps.contains(&c) && d.is_ascii_alphanumeric(),
         _ => false,
     }
+}
+
+/// Words that name a value when joined to it by `-` (see [`preceded_numeric`]).
+const HYPHEN_LABELS: &[&[u8]] = &[
+    b"bsn",
+    b"cell",
+    b"dni",
+    b"dob",
+    b"fax",
+    b"ip",
+    b"ipv4",
+    b"ipv6",
+    b"mobile",
+    b"nie",
+    b"nino",
+    b"passport",
+    b"pesel",
+    b"phone",
+    b"ssn",
+    b"tel",
+];
+
+/// Whether the word ending right before the `-` at `h` is one of [`HYPHEN_LABELS`], a whole
+/// word (the text's start or a byte other than a letter, digit, `-` or `_` before it).
+fn hyphen_label(t: &[u8], h: usize) -> bool {
+    // (The longest label is 8 letters: no need to walk back over a longer word.)
+    let lo = h.saturating_sub(9);
+    let start = t[lo..h]
+        .iter()
+        .rposition(|b| !b.is_ascii_alphanumeric())
+        .map_or(lo, |i| lo + i + 1);
+    let word = &t[start..h];
+    let whole = start == 0 || !matches!(t[start - 1], b'-' | b'_');
+    whole && HYPHEN_LABELS.iter().any(|l| l.eq_ignore_ascii_case(word))
 }
 
 /// The latest year a date of birth is taken in: next year (UTC), read once. (A fixed year
