@@ -1605,8 +1605,6 @@ impl Engine {
                 scratch.hits.push(Hit { word: w, end: 0 });
             }
         }
-        let input = Input::new(hay).span(ws..s);
-        let mut state = hybrid::dfa::OverlappingState::start();
         // `_` separates words here (JSON keys like `date_of_birth`), and so does a capital
         // after a small letter (`dateOfBirth`, `passportNumber` in JSON inside a text).
         // Outside ASCII, letters and digits are word characters; spaces and punctuation
@@ -1653,22 +1651,16 @@ impl Engine {
                 None => true,
             }
         };
-        while ctx
-            .try_search_overlapping_fwd(&mut cache.dfa, &input, &mut state)
-            .is_ok()
-        {
-            let Some(hm) = state.get_match() else { break };
-            let w = hm.pattern().as_u32();
+        let mut found = |w: u32, end: usize, lo: &mut usize| {
             let Some(word) = inner.words.get(w as usize) else {
-                break;
+                return;
             };
-            let end = hm.offset();
             let Some(start) = end.checked_sub(word.len) else {
-                continue;
+                return;
             };
             let before_ok =
-                (start == 0 || !word_before(start, &mut lo) || camel(hay[start - 1], hay[start]))
-                    && !in_mask(start, end, &mut lo);
+                (start == 0 || !word_before(start, lo) || camel(hay[start - 1], hay[start]))
+                    && !in_mask(start, end, lo);
             let after_ok = !word.end_boundary
                 || end >= hay.len()
                 || end == s
@@ -1676,6 +1668,41 @@ impl Engine {
                 || camel(hay[end - 1], hay[end]);
             if before_ok && after_ok {
                 scratch.hits.push(Hit { word: w, end });
+            }
+        };
+        // Every word ending in `ws..=s`: the automaton (all words, unanchored) followed byte
+        // by byte, its matches reported one byte late, the byte at `s` (or the text's end)
+        // last. (By hand rather than with its overlapping search: a third of the time per
+        // byte, and dense text searches a window before every other value.)
+        let cfg = start::Config::new()
+            .anchored(Anchored::No)
+            .look_behind(ws.checked_sub(1).map(|i| hay[i]));
+        if let Ok(mut sid) = ctx.start_state(&mut cache.dfa, &cfg) {
+            for at in ws..=s {
+                let next = match hay.get(at) {
+                    // (The unchecked transition only from a state that is not a match.)
+                    Some(&b) if !sid.is_tagged() => {
+                        match ctx.next_state_untagged(&cache.dfa, sid, b) {
+                            n if !n.is_tagged() => {
+                                sid = n;
+                                continue;
+                            }
+                            _ => ctx.next_state(&mut cache.dfa, sid, b),
+                        }
+                    }
+                    Some(&b) => ctx.next_state(&mut cache.dfa, sid, b),
+                    None => ctx.next_eoi_state(&mut cache.dfa, sid),
+                };
+                let Ok(next) = next else { break };
+                if next.is_match() {
+                    for i in 0..ctx.match_len(&cache.dfa, next) {
+                        let w = ctx.match_pattern(&cache.dfa, next, i).as_u32();
+                        found(w, at, &mut lo);
+                    }
+                } else if next.is_dead() || next.is_quit() {
+                    break;
+                }
+                sid = next;
             }
         }
         scratch.hits_lo = lo;
