@@ -666,6 +666,8 @@ pub(crate) const BUILTINS: &[Builtin] = &[
             // in one run: the union would then follow every run of small letters and digits
             // (base64 images in tool results) as a possible IBAN, a third of its speed there.
             r"\b[A-Za-z]{2}[0-9]{2}(?: [A-Za-z0-9]{4}){1,7} [A-Za-z0-9]{1,4}\b",
+            // In groups of four joined by `-` (`DE89-3704-0044-...`, as forms write it).
+            r"\b[A-Za-z]{2}[0-9]{2}(?:-[A-Za-z0-9]{4}){2,7}-[A-Za-z0-9]{1,4}\b",
         ],
         check: Check::Iban,
         base: 0.95,
@@ -775,7 +777,8 @@ pub(crate) const BUILTINS: &[Builtin] = &[
     // ---- payment cards -------------------------------------------------------------------------
     Builtin {
         entity: "CARD",
-        patterns: &[r"\b[2-6][0-9](?:[ -]?[0-9]){11,17}\b"],
+        // (Grouped by spaces, `-` or `.`: `4111.1111.1111.1111`.)
+        patterns: &[r"\b[2-6][0-9](?:[ .-]?[0-9]){11,17}\b"],
         check: Check::Card,
         base: 0.9,
         context: &[

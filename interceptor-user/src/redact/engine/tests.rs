@@ -2085,6 +2085,36 @@ fn a_label_glued_to_its_value_by_a_colon_or_a_dot_still_labels_it() {
 }
 
 #[test]
+fn cards_grouped_by_dots_and_ibans_grouped_by_hyphens_are_found() {
+    // Both went out in clear: cards were grouped by spaces or `-` only, IBANs by spaces.
+    assert_finds("card 4111.1111.1111.1111", "CARD", "4111.1111.1111.1111");
+    assert_finds(
+        "IBAN: DE89-3704-0044-0532-0130-00",
+        "IBAN",
+        "DE89-3704-0044-0532-0130-00",
+    );
+    assert_finds(
+        "iban gb82-west-1234-5698-7654-32 ok",
+        "IBAN",
+        "gb82-west-1234-5698-7654-32",
+    );
+    // One value, one pseudonym, however it is grouped.
+    let engine = Engine::builtin(PseudonymKey::new([7; 32]));
+    let masked = |t: &str| engine.redact(t).text;
+    assert_eq!(
+        masked("DE89-3704-0044-0532-0130-00"),
+        masked("DE89 3704 0044 0532 0130 00")
+    );
+    assert_eq!(masked("4111.1111.1111.1111"), masked("4111 1111 1111 1111"));
+    // Still checked: Luhn, groups of four, one separator, mod 97.
+    assert_clean("card 4111.1111.1111.1112");
+    assert_clean("build 4111.11111.1111.111");
+    assert_clean("4111.1111-1111.1111");
+    assert_clean("IBAN: DE89-3704-0044-0532-0130-01");
+    assert_clean("DE89-3704-0044 0532-0130-00");
+}
+
+#[test]
 fn a_word_naming_the_value_joined_to_it_by_a_hyphen_labels_it() {
     // These went out in clear: any word before a `-` read as an id's prefix.
     assert_finds("SSN-536-22-1234", "US_SSN", "536-22-1234");

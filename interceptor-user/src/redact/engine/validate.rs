@@ -432,8 +432,8 @@ const IBAN_LENGTHS: &[(&[u8; 2], usize)] = &[
 ];
 
 /// Groups of four separated by single spaces, the last one 1..=4 long.
-fn groups_of_four(v: &[u8]) -> bool {
-    let mut groups = v.split(|&b| b == b' ').peekable();
+fn groups_of_four(v: &[u8], sep: u8) -> bool {
+    let mut groups = v.split(|&b| b == sep).peekable();
     while let Some(g) = groups.next() {
         let last = groups.peek().is_none();
         if (last && !(1..=4).contains(&g.len())) || (!last && g.len() != 4) {
@@ -444,9 +444,14 @@ fn groups_of_four(v: &[u8]) -> bool {
 }
 
 fn iban(v: &[u8]) -> bool {
+    // Grouped by spaces or by `-`, not both.
+    let sep = v.iter().copied().find(|&b| b == b' ' || b == b'-');
+    if sep.is_some_and(|sep| v.iter().any(|&b| (b == b' ' || b == b'-') && b != sep)) {
+        return false;
+    }
     let compact: Bytes = v
         .iter()
-        .filter(|&&b| b != b' ')
+        .filter(|&&b| Some(b) != sep)
         .map(u8::to_ascii_uppercase)
         .collect();
     if compact.len() < 15 || !compact[..2].iter().all(u8::is_ascii_uppercase) {
@@ -457,7 +462,7 @@ fn iban(v: &[u8]) -> bool {
         return false;
     };
     let len = IBAN_LENGTHS[k].1;
-    if compact.len() != len || (v.contains(&b' ') && !groups_of_four(v)) {
+    if compact.len() != len || sep.is_some_and(|sep| !groups_of_four(v, sep)) {
         return false;
     }
     let rearranged = compact[4..].iter().chain(compact[..4].iter()).copied();
