@@ -384,7 +384,6 @@ impl Naive {
             .iter()
             .map(|p| {
                 regex::RegexBuilder::new(p)
-                    .unicode(false)
                     .size_limit(1 << 28)
                     .dfa_size_limit(1 << 26)
                     .build()
@@ -663,11 +662,7 @@ fn main() {
     // What the ahead-of-time dense DFA of the same patterns would cost (why `hybrid`).
     let t = Instant::now();
     let dense_dfa = regex_automata::dfa::regex::Regex::builder()
-        .syntax(
-            regex_automata::util::syntax::Config::new()
-                .unicode(false)
-                .utf8(true),
-        )
+        .syntax(regex_automata::util::syntax::Config::new().utf8(true))
         .dense(
             regex_automata::dfa::dense::Config::new()
                 .determinize_size_limit(Some(256 << 20))

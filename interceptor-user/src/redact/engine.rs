@@ -580,8 +580,18 @@ impl fmt::Debug for Engine {
     }
 }
 
+/// How policy patterns and the built-ins are read: `\w`, `\d`, `(?i)` and classes are ASCII
+/// unless a pattern asks for Unicode (`(?u:...)`).
 fn syntax_config() -> syntax::Config {
     syntax::Config::new().unicode(false).utf8(true)
+}
+
+/// How the automata read the patterns as the engine prints them (`printable`): the printer
+/// writes byte classes and ASCII look-arounds with `(?-u:...)` and classes outside ASCII (the
+/// e-mail pattern's) bare, for Unicode mode to read; read back so, a printed pattern is the
+/// pattern.
+fn printed_config() -> syntax::Config {
+    syntax::Config::new().utf8(true)
 }
 
 fn escape(word: &str) -> String {
@@ -947,11 +957,7 @@ impl Engine {
             );
             let (hir, e) = widen_edges(&hir);
             edges.push(e);
-            widened.push(if e == Edges::default() {
-                src.clone()
-            } else {
-                printable(&hir).to_string()
-            });
+            widened.push(printable(&hir).to_string());
             let len = hir
                 .properties()
                 .maximum_len()
@@ -997,7 +1003,7 @@ impl Engine {
                     i as u32,
                     &widened[i],
                     pattern_len[i],
-                    syntax_config(),
+                    printed_config(),
                     dfa_config.clone(),
                 )
                 .map_err(EngineError::Build)?,
@@ -1031,12 +1037,12 @@ impl Engine {
             re_edges.push(Edges::default());
         }
         let re = hybrid::regex::Regex::builder()
-            .syntax(syntax_config())
+            .syntax(printed_config())
             .dfa(dfa_config.clone().starts_for_each_pattern(true))
             .build_many(&re_sources)
             .map_err(|e| EngineError::Build(e.to_string()))?;
         let all = hybrid::dfa::DFA::builder()
-            .syntax(syntax_config())
+            .syntax(printed_config())
             .configure(
                 dfa_config
                     .match_kind(MatchKind::All)

@@ -26,17 +26,26 @@ pub(crate) struct Builtin {
 }
 
 /// The e-mail pattern. The engine searches it beside the automaton, from each `@`
-/// (`side`), which relies on its shape: a local part of 1 to [`EMAIL_LOCAL_MAX`] bytes
-/// matching [`email_local`] and starting with an ASCII letter or digit after a word boundary,
+/// (`side`), which relies on its shape: a local part of 1 to [`EMAIL_LOCAL_MAX`] characters
+/// matching [`email_local`] (or of two bytes outside ASCII) and starting with an ASCII letter or digit after a word boundary,
 /// then an `@`, then a domain whose match does not depend on the local part.
 /// The local part also takes `'` (`o'brien@example.com`: without it, `o'` stayed in clear
 /// before the mask).
 ///
 /// The `@` may be percent-encoded (`%40`), as in query strings and the links APIs return
 /// (`/users?email=jane.doe%40example.com&page=2`).
-pub(crate) const EMAIL_PATTERN: &str = r"\b[A-Za-z0-9][A-Za-z0-9._%+'-]{0,63}(?:@|%40)[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}\.){1,6}[A-Za-z]{2,24}\b";
-/// The longest local part of [`EMAIL_PATTERN`].
+///
+/// Past its first character, the local part and the domain's labels may hold characters of
+/// two bytes in UTF-8 (U+0080 to U+07FF: accented Latin letters, Greek, Cyrillic, Hebrew,
+/// Arabic: `josé@correo.es`, `jane@bücher.de`), half as many characters as ASCII ones, so
+/// that the longest match stays as many bytes as before (it bounds how much of a long string
+/// the engine carries from one window to the next, `tail_margin`); the validator keeps only
+/// letters and digits among them. Not three-byte ones (CJK) for the same reason.
+pub(crate) const EMAIL_PATTERN: &str = r"\b[A-Za-z0-9](?:[A-Za-z0-9._%+'-]{0,63}|(?:[A-Za-z0-9._%+'-]|(?u:[\x{80}-\x{7FF}])){0,31})(?:@|%40)(?:[A-Za-z0-9]|(?u:[\x{80}-\x{7FF}]))(?:(?:[A-Za-z0-9-]{0,62}|(?:[A-Za-z0-9-]|(?u:[\x{80}-\x{7FF}])){0,30})\.){1,6}[A-Za-z]{2,24}\b";
+/// The longest local part of [`EMAIL_PATTERN`], in characters...
 pub(crate) const EMAIL_LOCAL_MAX: usize = 64;
+/// ... and of one holding characters outside ASCII (two bytes each: the same bytes at most).
+pub(crate) const EMAIL_LOCAL_MAX_WIDE: usize = 32;
 
 /// A byte of the local part of [`EMAIL_PATTERN`] (`[A-Za-z0-9._%+'-]`).
 pub(crate) fn email_local(b: u8) -> bool {

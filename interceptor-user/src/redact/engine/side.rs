@@ -10,9 +10,11 @@
 //! workload of `benches/redact.rs`).
 //!
 //! Every e-mail match contains an `@` or a percent-encoded one (`%40`), at most
-//! [`EMAIL_LOCAL_MAX`] bytes after its start (the local part holds no `@`; it may hold
+//! [`EMAIL_LOCAL_MAX`] characters after its start ([`EMAIL_LOCAL_MAX_WIDE`] when it holds
+//! any outside ASCII) (the local part holds no `@`; it may hold
 //! `%40`, and the match then takes the last one before a domain). So [`Side::find`] looks
-//! for the next `@` or `%40` (memchr), walks back over local-part bytes to the leftmost
+//! for the next `@` or `%40` (memchr), walks back over local-part characters (ASCII ones of
+//! [`email_local`], two-byte ones outside ASCII) to the leftmost
 //! start allowed there (an ASCII letter or digit after a word boundary), and runs the
 //! pattern anchored at that start. The domain part does not depend on where the local part
 //! starts, so if that start does not match, no start before this `@` does, and the search
@@ -25,7 +27,7 @@ use regex_automata::hybrid;
 use regex_automata::util::syntax;
 use regex_automata::{Anchored, Input};
 
-use super::detectors::{EMAIL_LOCAL_MAX, email_local};
+use super::detectors::{EMAIL_LOCAL_MAX, EMAIL_LOCAL_MAX_WIDE, email_local};
 use super::validate::is_word;
 
 /// The offset of the first `@` or `%40` (a percent-encoded `@`) in `hay`.
@@ -39,6 +41,18 @@ pub(super) fn next_at(hay: &[u8]) -> Option<usize> {
         from = i + 1;
     }
     None
+}
+
+/// The length of the character before `x` when the pattern's local part can hold it: a
+/// byte of [`email_local`], or a character of two bytes in UTF-8 (the validator then takes
+/// only letters and digits among them).
+fn local_char_before(hay: &[u8], x: usize) -> Option<usize> {
+    let b = *hay.get(x.checked_sub(1)?)?;
+    if b < 0x80 {
+        return email_local(b).then_some(1);
+    }
+    let lead = *hay.get(x.checked_sub(2)?)?;
+    ((0xC2..=0xDF).contains(&lead) && (b & 0xC0) == 0x80).then_some(2)
 }
 
 /// The e-mail pattern (see the module docs) and its global pattern id.
@@ -85,17 +99,30 @@ impl Side {
             // The local part before this `@`: at most EMAIL_LOCAL_MAX bytes, from `floor` on
             // (a start before the last `@` would hold it; a local part may hold a `%40`).
             // (One byte more for a `_` the pattern's widened edge takes in before it.)
-            let mut x = at;
-            while x > floor && at - x <= EMAIL_LOCAL_MAX && email_local(hay[x - 1]) {
-                x -= 1;
+            // Characters, not bytes: a local part may hold letters outside ASCII (`josé@`).
+            let (mut x, mut chars) = (at, 0);
+            while x > floor && chars <= EMAIL_LOCAL_MAX {
+                match local_char_before(hay, x) {
+                    Some(len) if x - len >= floor => x -= len,
+                    _ => break,
+                }
+                chars += 1;
             }
             // Where the pattern can start: an ASCII letter or digit after a word boundary,
             // or a `_` before one (its widened edge, see `Edges` in the engine).
             let alnum = |i: usize| hay.get(i).is_some_and(u8::is_ascii_alphanumeric);
             let start = (x..at).find(|&s| {
-                let local = at - s;
-                (alnum(s) && (s == 0 || !is_word(hay[s - 1])) && local <= EMAIL_LOCAL_MAX)
-                    || (hay[s] == b'_' && alnum(s + 1) && local <= EMAIL_LOCAL_MAX + 1)
+                // (Characters outside ASCII: half as many, see `EMAIL_PATTERN`.)
+                let fits = |edge: usize| {
+                    let l = &hay[s + edge..at];
+                    match std::str::from_utf8(l) {
+                        Ok(l) if l.is_ascii() => l.len() <= EMAIL_LOCAL_MAX,
+                        Ok(l) => l.chars().count() <= EMAIL_LOCAL_MAX_WIDE,
+                        Err(_) => false,
+                    }
+                };
+                (alnum(s) && (s == 0 || !is_word(hay[s - 1])) && fits(0))
+                    || (hay[s] == b'_' && alnum(s + 1) && fits(1))
             });
             if let Some(s) = start {
                 let input = Input::new(hay)

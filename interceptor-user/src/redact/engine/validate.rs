@@ -915,9 +915,30 @@ fn international_len(v: &[u8]) -> bool {
 }
 
 fn email(t: &[u8], s: usize, e: usize) -> Option<Verdict> {
-    let v = &t[s..e];
+    let (mut s, mut v) = (s, &t[s..e]);
+    // Outside ASCII, the pattern takes any character of two bytes; an address, only letters
+    // and digits (`josé@correo.es`, `jane@bücher.de`). A local part starts after any other
+    // (`Mail\u{a0}jane@example.org`, `x«jane@example.org`); a domain holds none.
+    if !v.is_ascii() {
+        let (local, domain) = split_at_sign(v)?;
+        let other = |c: char| !c.is_ascii() && !c.is_alphanumeric();
+        if std::str::from_utf8(domain).ok()?.chars().any(other) {
+            return None;
+        }
+        let local = std::str::from_utf8(local).ok()?;
+        if let Some((i, c)) = local.char_indices().rfind(|&(_, c)| other(c)) {
+            s += i + c.len_utf8();
+            v = &t[s..e];
+            if !std::str::from_utf8(v)
+                .ok()?
+                .starts_with(char::is_alphanumeric)
+            {
+                return None;
+            }
+        }
+    }
     let (local, domain) = split_at_sign(v)?;
-    if local.ends_with(b".") || local.windows(2).any(|w| w == b"..") {
+    if local.is_empty() || local.ends_with(b".") || local.windows(2).any(|w| w == b"..") {
         return None;
     }
     if domain
