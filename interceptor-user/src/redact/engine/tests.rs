@@ -2143,6 +2143,32 @@ fn addresses_with_letters_outside_ascii_are_found_whole() {
 }
 
 #[test]
+fn a_phone_number_with_its_plus_percent_encoded_in_a_link_is_found() {
+    // These went out in clear: the `+` of a number in a query string or a `tel:` link is
+    // written `%2B`.
+    assert_finds(
+        "https://crm.example/api?phone=%2B4930123456789&page=2",
+        "PHONE",
+        "%2B4930123456789",
+    );
+    assert_finds(
+        "<a href=\"tel:%2b447700900123\">",
+        "PHONE",
+        "%2b447700900123",
+    );
+    // The number's pseudonym, as when written with `+`.
+    let engine = Engine::builtin(PseudonymKey::new([7; 32]));
+    let masked = |t: &str| engine.redact(t).text;
+    assert_eq!(
+        masked("phone=%2B4930123456789"),
+        masked("phone=+4930123456789")
+    );
+    // Judged as with a `+`: glued to a word (base64 in a link), or too short for its country.
+    assert_clean("sig=abc%2B4930123456789");
+    assert_clean("q=%2B12345678");
+}
+
+#[test]
 fn a_word_naming_the_value_joined_to_it_by_a_hyphen_labels_it() {
     // These went out in clear: any word before a `-` read as an id's prefix.
     assert_finds("SSN-536-22-1234", "US_SSN", "536-22-1234");

@@ -773,6 +773,9 @@ fn phone(t: &[u8], s: usize, e: usize) -> Option<Verdict> {
         let trunk = v.len() > 2 && v[0] == b'1' && matches!(v[1], b' ' | b'.' | b'-');
         return if trunk { phone(t, s + 2, e) } else { None };
     }
+    // A `+` percent-encoded in a link (`?phone=%2B4930123456`): judged as the `+` would be.
+    let encoded_plus = v.len() > 3 && v[..3].eq_ignore_ascii_case(b"%2b");
+    let v = if encoded_plus { &v[3..] } else { v };
     // A date (and time) is not a phone number: `09/02/2017 06`.
     let third_group_end = v
         .iter()
@@ -785,7 +788,7 @@ fn phone(t: &[u8], s: usize, e: usize) -> Option<Verdict> {
         return None;
     }
     let n = digits(v).count();
-    if v[0] == b'+' {
+    if v[0] == b'+' || encoded_plus {
         return ((8..=15).contains(&n) && international_len(v)).then_some(Verdict {
             start: s,
             end: e,
@@ -1632,7 +1635,12 @@ impl Validator {
             | Validator::PlPesel
             | Validator::DeTaxId => keep(u8::is_ascii_digit, |b| b),
             Validator::Phone => {
-                keep(u8::is_ascii_digit, |b| b);
+                // (`%2B4930...` is `+4930...`: the `2` of the encoded `+` is no digit of it.)
+                let plain = v.strip_prefix("%2B").or_else(|| v.strip_prefix("%2b"));
+                match plain {
+                    Some(p) => out.extend(p.bytes().filter(u8::is_ascii_digit).map(char::from)),
+                    None => keep(u8::is_ascii_digit, |b| b),
+                }
                 if v.starts_with("00") && out[start..].starts_with("00") {
                     out.replace_range(start..start + 2, "");
                 }
