@@ -27,8 +27,9 @@ pub(crate) struct Builtin {
 
 /// The e-mail pattern. The engine searches it beside the automaton, from each `@`
 /// (`side`), which relies on its shape: a local part of 1 to [`EMAIL_LOCAL_MAX`] characters
-/// matching [`email_local`] (or of two bytes outside ASCII) and starting with an ASCII letter or digit after a word boundary,
-/// then an `@`, then a domain whose match does not depend on the local part.
+/// matching [`email_local`] (or of two bytes outside ASCII, see below) and starting with an
+/// ASCII letter or digit after a word boundary, then an `@`, then a domain whose match does
+/// not depend on the local part.
 /// The local part also takes `'` (`o'brien@example.com`: without it, `o'` stayed in clear
 /// before the mask).
 ///

@@ -96,10 +96,10 @@ impl Side {
         let (mut from, mut floor) = (pos, pos);
         while from < end {
             let at = from + next_at(hay.get(from..end)?)?;
-            // The local part before this `@`: at most EMAIL_LOCAL_MAX bytes, from `floor` on
-            // (a start before the last `@` would hold it; a local part may hold a `%40`).
-            // (One byte more for a `_` the pattern's widened edge takes in before it.)
-            // Characters, not bytes: a local part may hold letters outside ASCII (`josé@`).
+            // The local part before this `@`: at most EMAIL_LOCAL_MAX characters (letters
+            // outside ASCII count as one: `josé@`), from `floor` on (a start before the last
+            // `@` would hold it; a local part may hold a `%40`). (One more for a `_` the
+            // pattern's widened edge takes in before it.)
             let (mut x, mut chars) = (at, 0);
             while x > floor && chars <= EMAIL_LOCAL_MAX {
                 match local_char_before(hay, x) {

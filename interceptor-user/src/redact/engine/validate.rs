@@ -774,8 +774,8 @@ fn phone(t: &[u8], s: usize, e: usize) -> Option<Verdict> {
         return if trunk { phone(t, s + 2, e) } else { None };
     }
     // A `+` percent-encoded in a link (`?phone=%2B4930123456`): judged as the `+` would be.
-    let encoded_plus = v.len() > 3 && v[..3].eq_ignore_ascii_case(b"%2b");
-    let v = if encoded_plus { &v[3..] } else { v };
+    let encoded_plus = after_encoded_plus(v);
+    let v = encoded_plus.unwrap_or(v);
     // A date (and time) is not a phone number: `09/02/2017 06`.
     let third_group_end = v
         .iter()
@@ -788,7 +788,7 @@ fn phone(t: &[u8], s: usize, e: usize) -> Option<Verdict> {
         return None;
     }
     let n = digits(v).count();
-    if v[0] == b'+' || encoded_plus {
+    if v[0] == b'+' || encoded_plus.is_some() {
         return ((8..=15).contains(&n) && international_len(v)).then_some(Verdict {
             start: s,
             end: e,
@@ -917,6 +917,13 @@ fn international_len(v: &[u8]) -> bool {
         .is_none_or(|&(cc, lo, hi)| (lo..=hi).contains(&(ds.len() - cc.len())))
 }
 
+/// What follows a percent-encoded `+` (`%2B`, `%2b`) that `v` starts with.
+fn after_encoded_plus(v: &[u8]) -> Option<&[u8]> {
+    v.get(..3)
+        .filter(|p| p.eq_ignore_ascii_case(b"%2b"))
+        .map(|_| &v[3..])
+}
+
 fn email(t: &[u8], s: usize, e: usize) -> Option<Verdict> {
     let (mut s, mut v) = (s, &t[s..e]);
     // Outside ASCII, the pattern takes any character of two bytes; an address, only letters
@@ -930,14 +937,12 @@ fn email(t: &[u8], s: usize, e: usize) -> Option<Verdict> {
         }
         let local = std::str::from_utf8(local).ok()?;
         if let Some((i, c)) = local.char_indices().rfind(|&(_, c)| other(c)) {
-            s += i + c.len_utf8();
-            v = &t[s..e];
-            if !std::str::from_utf8(v)
-                .ok()?
-                .starts_with(char::is_alphanumeric)
-            {
+            let after = i + c.len_utf8();
+            if !local[after..].starts_with(char::is_alphanumeric) {
                 return None;
             }
+            s += after;
+            v = &t[s..e];
         }
     }
     let (local, domain) = split_at_sign(v)?;
@@ -1636,11 +1641,13 @@ impl Validator {
             | Validator::DeTaxId => keep(u8::is_ascii_digit, |b| b),
             Validator::Phone => {
                 // (`%2B4930...` is `+4930...`: the `2` of the encoded `+` is no digit of it.)
-                let plain = v.strip_prefix("%2B").or_else(|| v.strip_prefix("%2b"));
-                match plain {
-                    Some(p) => out.extend(p.bytes().filter(u8::is_ascii_digit).map(char::from)),
-                    None => keep(u8::is_ascii_digit, |b| b),
-                }
+                let number = after_encoded_plus(v.as_bytes()).unwrap_or(v.as_bytes());
+                out.extend(
+                    number
+                        .iter()
+                        .filter(|b| b.is_ascii_digit())
+                        .map(|&b| char::from(b)),
+                );
                 if v.starts_with("00") && out[start..].starts_with("00") {
                     out.replace_range(start..start + 2, "");
                 }
