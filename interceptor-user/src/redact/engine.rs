@@ -123,8 +123,8 @@ use sha2::Sha256;
 use super::json::{add_count, floor_boundary};
 use super::{Finding, Head, Pseudonym, Sieve, TextRedactor};
 use detectors::{
-    BUILTINS, EMAIL_PATTERN, ID_WORDS, NAMELESS_IDS, NATIONAL_IDS, NEGATIVE_GAP, NEGATIVE_WORDS,
-    PENALTY, STRONG, THRESHOLD,
+    BUILTINS, EMAIL_PATTERN, FieldKind, ID_WORDS, NAMELESS_IDS, NATIONAL_IDS, NEGATIVE_GAP,
+    NEGATIVE_WORDS, PENALTY, STRONG, THRESHOLD,
 };
 use lanes::LaneSearch;
 pub use validate::Validator;
@@ -460,9 +460,23 @@ struct Inner {
     /// The `SECRET` detector, when enabled: a field under a credential's key is masked whole
     /// (`detectors::secret_label`).
     secret_field: Option<u32>,
+    /// The built-in `PHONE` and `IBAN` detectors, when enabled: a field whose name says it holds
+    /// one is read whole as one (`detectors::field_kind`).
+    phone_field: Option<u32>,
+    iban_field: Option<u32>,
 }
 
 impl Inner {
+    /// The whole value `hay` of a field named `label` when the name says what it holds and
+    /// the value is that (see [`detectors::field_kind`]): detector and span.
+    fn labelled_field(&self, label: &str, hay: &[u8]) -> Option<(u32, usize, usize)> {
+        let (d, span) = match detectors::field_kind(label)? {
+            FieldKind::Phone => (self.phone_field?, validate::labelled_phone(hay)),
+            FieldKind::Iban => (self.iban_field?, validate::labelled_iban(hay)),
+        };
+        span.map(|(s, e)| (d, s, e))
+    }
+
     /// Whether a rejected match of pattern `pid` hides the candidates inside it (see
     /// [`Validator::hides_fragments`]).
     fn hides_fragments(&self, pid: u32) -> bool {
@@ -1089,6 +1103,16 @@ impl Engine {
             .iter()
             .position(|d| &*d.entity == "SECRET" && d.check == Validator::Credential)
             .map(|d| d as u32);
+        let builtin = |entity: &str, check: Validator| {
+            detectors
+                .iter()
+                .position(|d| &*d.entity == entity && d.check == check)
+                .map(|d| d as u32)
+        };
+        let (phone_field, iban_field) = (
+            builtin("PHONE", Validator::Phone),
+            builtin("IBAN", Validator::Iban),
+        );
         let (re, all) = (Arc::new(re), Arc::new(all));
         let (re2, side2, all2) = (Arc::clone(&re), side.clone(), Arc::clone(&all));
         let inner = Inner {
@@ -1119,6 +1143,8 @@ impl Engine {
             window: cfg.context_window,
             max_len,
             secret_field,
+            phone_field,
+            iban_field,
             numbers: cfg.numbers,
             keys: cfg.keys,
         };
@@ -1276,6 +1302,25 @@ impl Engine {
                     start: 0,
                     end: hay.len(),
                     confidence: inner.detectors[d as usize].base,
+                    detector: d,
+                });
+                return;
+            }
+        }
+        // A field whose name says it holds a phone number or an IBAN, and whose whole value is
+        // one, in a form the patterns leave alone (`"phone": "4915112345678"`, `"iban":
+        // "de89370400440532013000"`): that value, at the detector's confidence with context.
+        if from == 0 && stop >= hay.len() && !label.is_empty() {
+            if let Some((d, s, e)) = inner.labelled_field(label, hay) {
+                if let Some(r) = reach {
+                    r.push((0, hay.len()));
+                }
+                let det = &inner.detectors[d as usize];
+                out.push(Match {
+                    entity: det.entity.clone(),
+                    start: s,
+                    end: e,
+                    confidence: (det.base + det.boost).min(1.0),
                     detector: d,
                 });
                 return;
@@ -2449,7 +2494,10 @@ impl TextRedactor for Engine {
         self.inner.keys
     }
     fn masks_whole(&self, label: &str) -> bool {
-        self.inner.secret_field.is_some() && detectors::secret_label(label)
+        let inner = &*self.inner;
+        (inner.secret_field.is_some() && detectors::secret_label(label))
+            || ((inner.phone_field.is_some() || inner.iban_field.is_some())
+                && detectors::field_kind(label).is_some())
     }
 
     fn context_reach(&self) -> usize {

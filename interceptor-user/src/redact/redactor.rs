@@ -93,9 +93,10 @@ pub trait TextRedactor: Send + Sync {
     fn masks_keys(&self) -> bool {
         false
     }
-    /// Whether a value under `label` is masked whole whatever it holds (a credential's key:
-    /// `{"password": "..."}`). Such a value must reach [`redact_labelled`] even where the
-    /// [`sieve`] finds nothing in it.
+    /// Whether a value under `label` may be masked whole for its name: whatever it holds under
+    /// a credential's key (`{"password": "..."}`), or read whole as the phone number or IBAN a
+    /// name like `phone` or `iban` says it is (`{"iban": "de89370400440532013000"}`). Such a
+    /// value must reach [`redact_labelled`] even where the [`sieve`] finds nothing in it.
     ///
     /// [`redact_labelled`]: Self::redact_labelled
     /// [`sieve`]: Self::sieve

@@ -415,6 +415,91 @@ pub(crate) fn secret_label(label: &str) -> bool {
             .any(|n| ends_with_name(&b[..end], n.as_bytes()))
 }
 
+/// An entity a field's name says its value is, read whole on that name alone (see
+/// [`field_kind`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FieldKind {
+    Phone,
+    Iban,
+}
+
+/// What a field named `label` (a JSON key, a CSV column) holds when its name says so: its last
+/// word (words split at `_`, `-`, spaces and camel case; a plural `s` and a trailing `number`,
+/// `no`, `nr`... passed over: `phone_number`, `mobilePhone`, `customer_phones`, `tel_no`,
+/// `MSISDN`, `Telefonnummer`) names a phone number, or an IBAN. Such values are often stored
+/// in forms no pattern reads as the entity without a label (`"phone": "4915112345678"`, E.164
+/// without its `+`; `"iban": "de89370400440532013000"`, in small letters). Only the last word
+/// counts: `phone_verified_at` holds a time, `ibanCountry` a country.
+pub(crate) fn field_kind(label: &str) -> Option<FieldKind> {
+    const PHONE: &[&str] = &[
+        "tel",
+        "mobile",
+        "mobil",
+        "cell",
+        "msisdn",
+        "fax",
+        "whatsapp",
+        "telefon",
+        "telefono",
+        "telefoon",
+        "telefonnummer",
+        "rufnummer",
+        "handynummer",
+        "mobilnummer",
+        "phonenumber",
+    ];
+    // Asked for every string value of a JSON body: cheap, no allocation.
+    let b = label.as_bytes();
+    if b.len() > 64 {
+        return None;
+    }
+    let mut end = b.len();
+    for suffix_allowed in [true, false] {
+        let (s, e) = last_word(b, end)?;
+        let mut w = &b[s..e];
+        if w.len() > 3 && w.last().is_some_and(|c| c.eq_ignore_ascii_case(&b's')) {
+            w = &w[..w.len() - 1];
+        }
+        let is = |name: &str| w.eq_ignore_ascii_case(name.as_bytes());
+        if suffix_allowed
+            && ["number", "num", "no", "nr", "nummer", "numero"]
+                .iter()
+                .any(|n| is(n))
+        {
+            end = s;
+            continue;
+        }
+        let lower_ends_phone = w.len() >= 5 && w[w.len() - 5..].eq_ignore_ascii_case(b"phone");
+        return if lower_ends_phone || PHONE.iter().any(|n| is(n)) {
+            Some(FieldKind::Phone)
+        } else if is("iban") {
+            Some(FieldKind::Iban)
+        } else {
+            None
+        };
+    }
+    None
+}
+
+/// The last word of `b[..end]`: ASCII letters and digits, split where a small letter meets a
+/// capital (`mobilePhone`).
+fn last_word(b: &[u8], mut end: usize) -> Option<(usize, usize)> {
+    while end > 0 && !b[end - 1].is_ascii_alphanumeric() {
+        end -= 1;
+    }
+    if end == 0 {
+        return None;
+    }
+    let mut s = end - 1;
+    while s > 0
+        && b[s - 1].is_ascii_alphanumeric()
+        && !(b[s - 1].is_ascii_lowercase() && b[s].is_ascii_uppercase())
+    {
+        s -= 1;
+    }
+    Some((s, end))
+}
+
 /// Whether `key`, read backwards without its non-alphanumeric bytes and in small letters,
 /// ends with `name`.
 fn ends_with_name(key: &[u8], name: &[u8]) -> bool {

@@ -1287,6 +1287,51 @@ pub(crate) fn secret_value(v: &[u8]) -> bool {
     !v.is_empty() && v.len() <= SECRET_MAX && !stand_in(v) && !placeholder(v.trim_ascii())
 }
 
+/// The span of a whole field value that a phone number's field name holds as a phone number
+/// (see [`super::detectors::field_kind`]), white space around it left out: 7 to 15 digits
+/// after an optional `+`, grouped by spaces, `-`, `.`, `/` or parentheses (`4915112345678`,
+/// E.164 stored without its `+`; `030/1234567`). Not a date (`1985-03-15`), not one digit over
+/// and over (`0000000`, a placeholder), not a number too long or short for its country after a
+/// `+`.
+pub(crate) fn labelled_phone(t: &[u8]) -> Option<(usize, usize)> {
+    let (s, e) = trimmed(t)?;
+    let v = &t[s..e];
+    let body = v.strip_prefix(b"+").unwrap_or(v);
+    if !body
+        .first()
+        .is_some_and(|&b| b.is_ascii_digit() || b == b'(')
+        || !body
+            .iter()
+            .all(|&b| b.is_ascii_digit() || matches!(b, b' ' | b'-' | b'.' | b'/' | b'(' | b')'))
+        || body.iter().filter(|&&b| b == b'(').count()
+            != body.iter().filter(|&&b| b == b')').count()
+    {
+        return None;
+    }
+    let mut digits = body.iter().filter(|b| b.is_ascii_digit());
+    let n = digits.clone().count();
+    let first = digits.next()?;
+    if !(7..=15).contains(&n) || digits.all(|d| d == first) || numeric_ymd(body).is_some() {
+        return None;
+    }
+    (body.len() == v.len() || international_len(v)).then_some((s, e))
+}
+
+/// The span of a whole field value that an IBAN's field name holds as an IBAN, white space
+/// around it left out: in any case (`de89370400440532013000`, which the patterns read only in
+/// capitals), grouped as [`iban`] takes it.
+pub(crate) fn labelled_iban(t: &[u8]) -> Option<(usize, usize)> {
+    let (s, e) = trimmed(t)?;
+    iban(&t[s..e]).then_some((s, e))
+}
+
+/// `t` without the ASCII white space around it, as a span; `None` if nothing is left.
+fn trimmed(t: &[u8]) -> Option<(usize, usize)> {
+    let s = t.iter().position(|b| !b.is_ascii_whitespace())?;
+    let e = t.iter().rposition(|b| !b.is_ascii_whitespace())? + 1;
+    Some((s, e))
+}
+
 /// Where a value that runs from `start` ends: past every byte from `end` on that `keep`
 /// (given its offset) accepts, at most [`SECRET_MAX`] bytes after `start`.
 fn value_end(t: &[u8], start: usize, mut end: usize, keep: impl Fn(usize) -> bool) -> usize {
