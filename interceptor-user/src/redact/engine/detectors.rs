@@ -717,8 +717,10 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         // (`secret_label`).
         entity: "SECRET",
         patterns: &[concat!(
-            r"(?i:password|passwd|passphrase|secret(?:[_-]?access)?(?:[_-]?key)?",
-            r"|api[_-]?(?:key|secret|token)|(?:access|refresh|auth)[_-]?token|private[_-]?key",
+            // (Names of two words are also written apart, in prose and forms: `AWS secret
+            // key: ...`, `API key: ...`.)
+            r"(?i:password|passwd|passphrase|secret(?:[_ -]?access)?(?:[_ -]?key)?",
+            r"|api[_ -]?(?:key|secret|token)|(?:access|refresh|auth)[_ -]?token|private[_ -]?key",
             // (Azure connection strings: `AccountKey=...;`, `SharedAccessKey=...`.)
             r"|account[_-]?key|shared[_-]?access[_-]?key",
             // (Session cookies: `sessionid=...`, `PHPSESSID=...`, `JSESSIONID=...`.)

@@ -3580,3 +3580,54 @@ fn fields_named_for_a_phone_or_an_iban_are_read_whole() {
         assert_eq!(summary.counts.get("IBAN"), Some(&1), "{size}: {summary:?}");
     }
 }
+
+/// A pseudonym's mask never matches again, whatever its entity's name holds:
+/// `[GOOGLE_API_KEY:745410d9]` holds `API_KEY:7`, which the credential pattern read as a name
+/// and a value, so an API key came out as `[GOOGLE_API_KEY:[SECRET:6da0f1f0]]` and counted
+/// twice (found by the dry run). And the names of two words written apart in prose or a form
+/// (`AWS secret key: ...`) name a credential as their joined forms do.
+#[test]
+fn a_mask_never_matches_again_and_credential_names_may_be_written_apart() {
+    let e = engine();
+    for b in detectors::BUILTINS {
+        for text in [
+            format!("[{}:4f1c9a2b]", b.entity),
+            format!("x [{}:4f1c9a2b] y", b.entity),
+            format!("[{}]", b.entity),
+        ] {
+            let r = e.redact(&text);
+            assert!(r.findings.is_empty(), "{text}: {:?}", r.text);
+        }
+    }
+    let r = e.redact("google AIzaSyA1234567890abcdefghijklmnopqrstuv end");
+    assert_eq!(r.findings.len(), 1, "{}", r.text);
+    assert!(r.text.starts_with("google [GOOGLE_API_KEY:"), "{}", r.text);
+    assert!(!r.text.contains("[SECRET"), "{}", r.text);
+    assert!(e.redact(&r.text).findings.is_empty(), "{}", r.text);
+
+    // The entity alone is no mask: a credential in brackets is still one.
+    let r = e.redact("[PASSWORD: hunter2x]");
+    assert!(!r.text.contains("hunter2x"), "{}", r.text);
+
+    let secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
+    for text in [
+        format!("AWS secret key: {secret}"),
+        format!("your API key: {secret}"),
+        format!("Access token = {secret}"),
+        format!("private key: {secret}"),
+        format!("secret access key: {secret}"),
+    ] {
+        let r = e.redact(&text);
+        assert!(!r.text.contains(secret), "{text}: {}", r.text);
+        assert!(r.text.contains("[SECRET"), "{text}: {}", r.text);
+    }
+    // Prose with such a name and a colon, but no credential after it.
+    for text in [
+        "Your API key: must be kept safe",
+        "the secret key: rotate it monthly",
+        "Access token: see the vault",
+    ] {
+        let r = e.redact(text);
+        assert!(r.findings.is_empty(), "{text}: {}", r.text);
+    }
+}

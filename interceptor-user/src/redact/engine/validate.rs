@@ -1273,6 +1273,34 @@ fn secret_start(b: u8) -> bool {
 
 /// A mask (`[SECRET:...]`, `****`) or a template (`${DB_PASSWORD}`, `{{ secret }}`,
 /// `<password>`, `%(password)s`) stands where a credential's value would be.
+/// Whether position `s` of `t` is inside the entity name of a pseudonym's mask, `[` +
+/// capitals, digits and `_` + `:` + 8 hex digits + `]`: `[GOOGLE_API_KEY:4f1c9a2b]` holds
+/// `API_KEY:4`, which the credential pattern reads as a name and a value.
+fn in_mask_entity(t: &[u8], s: usize) -> bool {
+    let entity = |b: &&u8| b.is_ascii_uppercase() || b.is_ascii_digit() || **b == b'_';
+    let Some((head, tail)) = t.split_at_checked(s) else {
+        return false;
+    };
+    let before = head
+        .iter()
+        .rev()
+        .take(CREDENTIAL_LOOKBEHIND)
+        .take_while(entity)
+        .count();
+    let after = tail
+        .iter()
+        .take(CREDENTIAL_LOOKBEHIND)
+        .take_while(entity)
+        .count();
+    let hex = |b: &u8| b.is_ascii_digit() || (b'a'..=b'f').contains(b);
+    s > before
+        && t[s - before - 1] == b'['
+        && tail.get(after) == Some(&b':')
+        && tail
+            .get(after + 1..after + 10)
+            .is_some_and(|m| m[..8].iter().all(hex) && m[8] == b']')
+}
+
 fn stand_in(v: &[u8]) -> bool {
     matches!(v.first(), Some(b'[' | b'*' | b'<'))
         || v.starts_with(b"${")
@@ -1456,8 +1484,9 @@ fn random_token(t: &[u8], s: usize, e: usize) -> Option<Verdict> {
 }
 
 fn credential(t: &[u8], s: usize, e: usize) -> Option<Verdict> {
-    // A mask's entity (`[SECRET:4f1c9a2b]`) is no credential's name.
-    if prev(t, s) == Some(b'[') {
+    // A mask's entity (`[SECRET:4f1c9a2b]`, `[GOOGLE_API_KEY:4f1c9a2b]`) is no credential's
+    // name.
+    if in_mask_entity(t, s) {
         return None;
     }
     let v = t.get(s..e)?;
@@ -1497,7 +1526,10 @@ fn credential(t: &[u8], s: usize, e: usize) -> Option<Verdict> {
         while k > 0 && matches!(t[k - 1], b' ' | b'\t' | b'-') {
             k -= 1;
         }
-        let starts_line = k == 0 || t[k - 1] == b'\n';
+        // A name of two words written apart (`Access token: see the vault`) is a form's
+        // or prose's, not a YAML key's, wherever it stands.
+        let starts_line =
+            (k == 0 || t[k - 1] == b'\n') && !v[..sep_at].trim_ascii().contains(&b' ');
         let wordlike = value.iter().all(u8::is_ascii_alphabetic)
             && !value[1..].iter().any(u8::is_ascii_uppercase);
         if !starts_line && wordlike {
