@@ -986,6 +986,10 @@ pub(crate) const BUILTINS: &[Builtin] = &[
             r"\b[1-9][0-9]{1,2}(?: [0-9]{2,3}){1,2} [0-9]{2,4}\b",
             // Italian mobiles as they are usually written (`333 1234567`).
             r"\b3[0-9]{2}[ .-][0-9]{6,7}\b",
+            // In links that name it as one, in E.164 without its `+`: WhatsApp's
+            // (`wa.me/4915112345678`, `send?phone=4915112345678`) and query parameters
+            // (`?tel=...`, `&msisdn=...`). A `+`, encoded or not, is the first pattern's.
+            r"(?:\bwa\.me/|[?&;](?i:phone|phone_?number|tel|mobile|msisdn)=)[0-9]{7,15}\b",
         ],
         check: Check::Phone,
         base: 0.8,

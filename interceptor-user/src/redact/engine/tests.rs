@@ -3631,3 +3631,45 @@ fn a_mask_never_matches_again_and_credential_names_may_be_written_apart() {
         assert!(r.findings.is_empty(), "{text}: {}", r.text);
     }
 }
+
+/// A number in a link that names it as one, in E.164 without its `+`, is a phone number:
+/// `https://wa.me/4915112345678` went out in clear (found by the dry run on a support
+/// ticket's footer).
+#[test]
+fn phone_numbers_in_links_that_name_them_are_found() {
+    let e = engine();
+    let plus = e.redact("+4915112345678").text;
+    for (text, number) in [
+        ("Chat: https://wa.me/4915112345678", "4915112345678"),
+        ("https://wa.me/4915112345678?text=hi", "4915112345678"),
+        (
+            "https://api.whatsapp.com/send?phone=4915112345678&text=hi",
+            "4915112345678",
+        ),
+        ("whatsapp://send?phone=4915112345678", "4915112345678"),
+        ("/call?lang=de&msisdn=4915112345678", "4915112345678"),
+        ("/lookup?tel=0612345678", "0612345678"),
+        ("/lookup?Phone_Number=4915112345678", "4915112345678"),
+    ] {
+        let found: Vec<_> = e
+            .scan(text)
+            .iter()
+            .map(|m| (m.entity.to_string(), text[m.start..m.end].to_string()))
+            .collect();
+        assert_eq!(found, [("PHONE".to_string(), number.to_string())], "{text}");
+        let r = e.redact(text);
+        assert!(!r.text.contains(number), "{}", r.text);
+        if number.starts_with("49") {
+            assert!(r.text.contains(&plus), "{} vs {plus}", r.text);
+        }
+    }
+    for text in [
+        "https://wa.me/message/ABCDEF123",
+        "/lookup?tel=0000000",
+        "/x?telemetry=4915112345678",
+        "/x?phone=4915112345678.jpg",
+        "wa.me/49151",
+    ] {
+        assert!(e.scan(text).is_empty(), "{text}: {:?}", e.scan(text));
+    }
+}

@@ -756,11 +756,24 @@ fn nino(v: &[u8]) -> bool {
 
 fn phone(t: &[u8], s: usize, e: usize) -> Option<Verdict> {
     let v = &t[s..e];
+    // `0612345678.jpg`: a name with an extension (or a domain), not a number.
+    let extension = byte_at(t, e) == Some(b'.') && byte_at(t, e + 1).is_some_and(is_word);
+    // A number in a link that names it as one, in E.164 without its `+` (`wa.me/4915112345678`,
+    // `send?phone=4915112345678`): the digits alone, judged as a field named `phone` is.
+    if let Some(at) = phone_link(v) {
+        if continues_numeric(t, e, b".-/:") || extension {
+            return None;
+        }
+        let (ds, de) = labelled_phone(&v[at..])?;
+        return Some(Verdict {
+            start: s + at + ds,
+            end: s + at + de,
+            base: None,
+        });
+    }
     if v.iter().filter(|&&b| b == b'(').count() != v.iter().filter(|&&b| b == b')').count() {
         return None;
     }
-    // `0612345678.jpg`: a name with an extension (or a domain), not a number.
-    let extension = byte_at(t, e) == Some(b'.') && byte_at(t, e + 1).is_some_and(is_word);
     if continues_numeric(t, e, b".-/:") || extension {
         return None;
     }
@@ -915,6 +928,18 @@ fn international_len(v: &[u8]) -> bool {
         .iter()
         .find(|(cc, _, _)| ds.starts_with(cc))
         .is_none_or(|&(cc, lo, hi)| (lo..=hi).contains(&(ds.len() - cc.len())))
+}
+
+/// Where the number starts in a match of the link pattern of `PHONE` (`wa.me/...`,
+/// `?phone=...`), `None` for a match of the other patterns.
+fn phone_link(v: &[u8]) -> Option<usize> {
+    if v.starts_with(b"wa.me/") {
+        return Some(6);
+    }
+    if !matches!(v.first(), Some(b'?' | b'&' | b';')) {
+        return None;
+    }
+    v.iter().position(|&b| b == b'=').map(|i| i + 1)
 }
 
 /// What follows a percent-encoded `+` (`%2B`, `%2b`) that `v` starts with.
