@@ -93,6 +93,7 @@
 //! bounded by the four-lane loop; dense text by per-value work (search, validator, context,
 //! HMAC-SHA256 pseudonym); the CSV export by candidates the validators reject (alternatives).
 
+mod columns;
 mod detectors;
 mod lanes;
 mod side;
@@ -637,6 +638,10 @@ struct Scratch<'l> {
     label: &'l str,
     /// Context words found in `label` (computed once per scan, when first needed).
     label_words: Option<Vec<u32>>,
+    /// The header row of a CSV table the value holds, whose column names label the cells
+    /// under them (`columns`): `None` when the scan is not of a whole field value, else
+    /// parsed when first needed.
+    columns: Option<Option<Option<columns::Columns>>>,
     hits: Vec<Hit>,
     alts: Vec<(u32, usize)>,
     /// Candidate start (and floor) the hits were computed for.
@@ -1367,8 +1372,11 @@ impl Engine {
         }
         // The next match of the union and of the side pattern.
         let (mut next_re, mut next_side) = (Next::default(), Next::default());
+        // (Only for a whole field value: see `columns`.)
+        let whole = from == 0 && stop >= hay.len() && !label.is_empty() && reach.is_none();
         let mut scratch = Scratch {
             label,
+            columns: whole.then_some(None),
             ..Scratch::default()
         };
         // End of the last rejected candidate: a candidate wholly inside it is a fragment of a
@@ -1654,6 +1662,16 @@ impl Engine {
             }
             for &w in scratch.label_words.iter().flatten() {
                 scratch.hits.push(Hit { word: w, end: 0 });
+            }
+        }
+        // A cell of a CSV table under a header row: the column's name counts as the text
+        // before the cell (`dob` over `1985-03-15`).
+        if let Some(cols) = &mut scratch.columns {
+            let cols = cols.get_or_insert_with(|| columns::Columns::parse(hay));
+            if let Some((name, cell)) = cols.as_ref().and_then(|c| c.cell_at(text, s)) {
+                for w in cache.label_words(ctx, &inner.words, name) {
+                    scratch.hits.push(Hit { word: w, end: cell });
+                }
             }
         }
         // `_` separates words here (JSON keys like `date_of_birth`), and so does a capital

@@ -3673,3 +3673,83 @@ fn phone_numbers_in_links_that_name_them_are_found() {
         assert!(e.scan(text).is_empty(), "{text}: {:?}", e.scan(text));
     }
 }
+
+/// A CSV table held in one field value (a tool result's text, a `text/csv` resource): the
+/// header's column names label the cells under them as a JSON key labels its value. Found by
+/// the dry run: a customer export's `dob` column went out in clear, while the same dates under
+/// a JSON key `dob` were masked.
+#[test]
+fn csv_column_names_label_their_cells_in_a_whole_value() {
+    let e = engine();
+    let csv = "name,email,dob,bsn,passport,order_id\n\
+               \"Doe, Jane\",jane@example.com,1985-03-15,111222333,C01X00T47,123456782\n\
+               Joe Bloggs,joe@example.org,\"02.01.1990\",123456782,X1234567,111222333\n";
+    let entities = |label: &str| -> Vec<(String, String)> {
+        e.scan_field(label, csv)
+            .iter()
+            .map(|m| (m.entity.to_string(), csv[m.start..m.end].to_string()))
+            .collect()
+    };
+    let pair = |a: &str, b: &str| (a.to_string(), b.to_string());
+    assert_eq!(
+        entities("text"),
+        [
+            pair("EMAIL", "jane@example.com"),
+            pair("DOB", "1985-03-15"),
+            pair("NL_BSN", "111222333"),
+            pair("PASSPORT", "C01X00T47"),
+            pair("EMAIL", "joe@example.org"),
+            pair("DOB", "02.01.1990"),
+            pair("NL_BSN", "123456782"),
+            pair("PASSPORT", "X1234567"),
+        ]
+    );
+    // Without the table's header (plain text, a stream's segment), the cells have no labels:
+    // only the e-mail addresses.
+    let plain: Vec<_> = e.scan(csv).iter().map(|m| m.entity.to_string()).collect();
+    assert_eq!(plain, ["EMAIL", "EMAIL"]);
+    // Semicolons and tabs, quoted names; a column whose name says "order" keeps its numbers.
+    let csv2 =
+        "\"Kunde\";\"Geburtsdatum\";\"Steuer-ID\"\r\n\"Max\";\"01.02.1980\";\"65929970489\"\r\n";
+    let found: Vec<_> = e
+        .scan_field("text", csv2)
+        .iter()
+        .map(|m| m.entity.to_string())
+        .collect();
+    assert_eq!(found, ["DOB", "DE_TAX_ID"], "{csv2}");
+    // Prose with commas is no table.
+    let prose = "Dear Jane, thanks for your order\nwe ship on 1985-03-15, as agreed";
+    assert!(e.scan_field("text", prose).is_empty());
+
+    // Through the JSON rewriter, whole and in chunks of 1 and 7 bytes: the same output.
+    use crate::redact::json::{JsonLimits, JsonRedactor};
+    let doc = serde_json::to_vec(&serde_json::json!({
+        "result": {"contents": [{"uri": "crm://export", "mimeType": "text/csv", "text": csv}]}
+    }))
+    .unwrap();
+    let mut outs = Vec::new();
+    for size in [doc.len(), 1, 7] {
+        let r: Arc<dyn crate::redact::TextRedactor> = Arc::new(e.clone());
+        let mut j = JsonRedactor::new(r, JsonLimits::default());
+        let mut out = Vec::new();
+        for c in doc.chunks(size) {
+            j.push(c, &mut out).unwrap();
+        }
+        let summary = j.finish(&mut out).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        let text = v["result"]["contents"][0]["text"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        for clear in ["1985-03-15", "02.01.1990", "C01X00T47", "X1234567", "jane@"] {
+            assert!(!text.contains(clear), "{size}: {text}");
+        }
+        assert!(
+            text.starts_with("name,email,dob,bsn,passport,order_id\n"),
+            "{text}"
+        );
+        assert_eq!(summary.counts.get("DOB"), Some(&2), "{size}: {summary:?}");
+        outs.push(text);
+    }
+    assert!(outs.windows(2).all(|w| w[0] == w[1]), "{outs:?}");
+}
