@@ -982,8 +982,9 @@ pub(crate) const BUILTINS: &[Builtin] = &[
             // NANP, also with the trunk prefix (`1-800-555-0199`).
             r"(?:\b1[ .-])?(?:\b[2-9][0-9]{2}|\([2-9][0-9]{2}\))[ .-]?[2-9][0-9]{2}[ .-][0-9]{4}\b",
             r"(?:\b0|\(0)[1-9][0-9]{0,4}\)?(?:[ ./-]?[0-9]{2,8}){1,4}\b",
-            // Groups of two or three, the last up to four (`612 345 678`, `347 123 4567`).
-            r"\b[1-9][0-9]{1,2}(?: [0-9]{2,3}){1,2} [0-9]{2,4}\b",
+            // Groups of two or three, the last up to four (`612 345 678`, `347 123 4567`),
+            // also joined by `-` (`601-234-567`, Polish mobiles).
+            r"\b[1-9][0-9]{1,2}(?:[ -][0-9]{2,3}){1,2}[ -][0-9]{2,4}\b",
             // Italian mobiles as they are usually written (`333 1234567`).
             r"\b3[0-9]{2}[ .-][0-9]{6,7}\b",
             // In links that name it as one, in E.164 without its `+`: WhatsApp's

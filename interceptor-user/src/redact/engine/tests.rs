@@ -3753,3 +3753,27 @@ fn csv_column_names_label_their_cells_in_a_whole_value() {
     }
     assert!(outs.windows(2).all(|w| w[0] == w[1]), "{outs:?}");
 }
+
+/// A national number without trunk prefix in groups joined by `-` (`601-234-567`, as Polish
+/// mobiles are written) is a phone number after a phone word, as with spaces; without one,
+/// such groups are ranges, codes and ids.
+#[test]
+fn national_numbers_in_groups_joined_by_dashes_need_a_phone_word() {
+    let e = engine();
+    for text in [
+        "komórka 601-234-567",
+        "tel. 601-234-567",
+        "mobile: 612-34-56-78",
+    ] {
+        let found: Vec<_> = e.scan(text).iter().map(|m| m.entity.to_string()).collect();
+        assert_eq!(found, ["PHONE"], "{text}");
+    }
+    for text in [
+        "items 601-234-567 in stock",
+        "sort code 12-34-56",
+        "ranges 100-200-300",
+        "call 12-34-56",
+    ] {
+        assert!(e.scan(text).is_empty(), "{text}: {:?}", e.scan(text));
+    }
+}
