@@ -3632,8 +3632,7 @@ fn a_mask_never_matches_again_and_credential_names_may_be_written_apart() {
     }
 }
 
-/// A number in a link that names it as one, or assigned to such a name in a text (JSON
-/// carried in a string), in E.164 without its `+`, is a phone number:
+/// A number in a link that names it as one, in E.164 without its `+`, is a phone number:
 /// `https://wa.me/4915112345678` went out in clear (found by the dry run on a support
 /// ticket's footer).
 #[test]
@@ -3651,12 +3650,6 @@ fn phone_numbers_in_links_that_name_them_are_found() {
         ("/call?lang=de&msisdn=4915112345678", "4915112345678"),
         ("/lookup?tel=0612345678", "0612345678"),
         ("/lookup?Phone_Number=4915112345678", "4915112345678"),
-        // JSON carried in a string, a form's dump.
-        (r#"{\"phone\":\"4915112345678\"}"#, "4915112345678"),
-        (r#"{"mobilePhone": "4915112345678"}"#, "4915112345678"),
-        ("customer_phone=4915112345678", "4915112345678"),
-        ("Telephone: 4915112345678", "4915112345678"),
-        ("tel: 030123456", "030123456"),
     ] {
         let found: Vec<_> = e
             .scan(text)
@@ -3676,9 +3669,7 @@ fn phone_numbers_in_links_that_name_them_are_found() {
         "/x?telemetry=4915112345678",
         "/x?phone=4915112345678.jpg",
         "wa.me/49151",
-        "hotel=12345678",
-        "phone_count=12345678",
-        r#"{"phone": "1985-03-15"}"#,
+        "/x?phone_count=12345678",
     ] {
         assert!(e.scan(text).is_empty(), "{text}: {:?}", e.scan(text));
     }
@@ -3783,40 +3774,6 @@ fn national_numbers_in_groups_joined_by_dashes_need_a_phone_word() {
         "sort code 12-34-56",
         "ranges 100-200-300",
         "call 12-34-56",
-    ] {
-        assert!(e.scan(text).is_empty(), "{text}: {:?}", e.scan(text));
-    }
-}
-
-/// An IBAN in small letters in one run after its name, in JSON carried in a string or a link
-/// (`{\"iban\":\"de89370400440532013000\"}`), went out in clear: only a JSON member of the
-/// document itself was read by its name.
-#[test]
-fn an_iban_in_small_letters_after_its_name_in_a_text_is_found() {
-    let e = engine();
-    let upper = e.redact("DE89370400440532013000").text;
-    for text in [
-        r#"{\"customer\":{\"iban\":\"de89370400440532013000\"}}"#,
-        r#"{"payout_iban": "de89370400440532013000"}"#,
-        "/pay?iban=de89370400440532013000&amount=5",
-        "IBAN: de89370400440532013000",
-    ] {
-        let found: Vec<_> = e
-            .scan(text)
-            .iter()
-            .map(|m| (m.entity.to_string(), text[m.start..m.end].to_string()))
-            .collect();
-        assert_eq!(
-            found,
-            [("IBAN".to_string(), "de89370400440532013000".to_string())],
-            "{text}"
-        );
-        assert!(e.redact(text).text.contains(&upper), "{text}");
-    }
-    for text in [
-        "iban: de89370400440532013001",
-        "iban: de89370400440532",
-        "iban: ab12cdefghijklmnop",
     ] {
         assert!(e.scan(text).is_empty(), "{text}: {:?}", e.scan(text));
     }

@@ -12,7 +12,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use super::detectors::{FieldKind, MONTH_NAMES, field_kind};
+use super::detectors::MONTH_NAMES;
 
 /// The longest PEM block (header to end line) masked as one value.
 pub(crate) const PEM_MAX: usize = 16 * 1024;
@@ -760,8 +760,10 @@ fn phone(t: &[u8], s: usize, e: usize) -> Option<Verdict> {
     let extension = byte_at(t, e) == Some(b'.') && byte_at(t, e + 1).is_some_and(is_word);
     // A number in a link that names it as one, in E.164 without its `+` (`wa.me/4915112345678`,
     // `send?phone=4915112345678`): the digits alone, judged as a field named `phone` is.
-    if let Some(at) = phone_link(&t[..e], s) {
-        let at = at.filter(|_| !continues_numeric(t, e, b".-/:") && !extension)?;
+    if let Some(at) = phone_link(v) {
+        if continues_numeric(t, e, b".-/:") || extension {
+            return None;
+        }
         let (ds, de) = labelled_phone(&v[at..])?;
         return Some(Verdict {
             start: s + at + ds,
@@ -928,34 +930,16 @@ fn international_len(v: &[u8]) -> bool {
         .is_none_or(|&(cc, lo, hi)| (lo..=hi).contains(&(ds.len() - cc.len())))
 }
 
-/// Where the number starts in a match of the pattern of `PHONE` that takes a name before it
-/// (`wa.me/...`, `?phone=...`, `"phone":"...`); `Some(None)` when the name, read whole as a
-/// field's (`telephone`, `mobilePhone`, `customer_phone`), names no phone number (`hotel`);
-/// `None` for a match of the other patterns.
-fn phone_link(t: &[u8], s: usize) -> Option<Option<usize>> {
-    let v = &t[s..];
+/// Where the number starts in a match of the link pattern of `PHONE` (`wa.me/...`,
+/// `?phone=...`), `None` for a match of the other patterns.
+fn phone_link(v: &[u8]) -> Option<usize> {
     if v.starts_with(b"wa.me/") {
-        return Some(Some(6));
+        return Some(6);
     }
-    if !v.first()?.is_ascii_alphabetic() {
+    if !matches!(v.first(), Some(b'?' | b'&' | b';')) {
         return None;
     }
-    let name_end = v
-        .iter()
-        .position(|&b| matches!(b, b'\\' | b'"' | b'\'' | b' ' | b'\t' | b':' | b'='))?;
-    let mut k = s;
-    while k > 0
-        && s - k < 64
-        && (t[k - 1].is_ascii_alphanumeric() || matches!(t[k - 1], b'_' | b'-' | b'.'))
-    {
-        k -= 1;
-    }
-    let name = std::str::from_utf8(&t[k..s + name_end]).ok()?;
-    if field_kind(name) != Some(FieldKind::Phone) {
-        return Some(None);
-    }
-    let at = name_end + v[name_end..].iter().position(u8::is_ascii_digit)?;
-    Some(Some(at))
+    v.iter().position(|&b| b == b'=').map(|i| i + 1)
 }
 
 /// What follows a percent-encoded `+` (`%2B`, `%2b`) that `v` starts with.
@@ -1649,18 +1633,7 @@ impl Validator {
             Validator::Token => token(t, s, e),
             Validator::RandomToken => random_token(t, s, e),
             Validator::Jwt => jwt(t, s),
-            Validator::Iban => match v.iter().position(|&b| b == b':' || b == b'=') {
-                // After the name of one (`"iban":"de89..."`): the value alone.
-                Some(sep) => {
-                    let at = sep + v[sep..].iter().position(u8::is_ascii_alphanumeric)?;
-                    if iban(&v[at..]) {
-                        Verdict::span(s + at, e)
-                    } else {
-                        None
-                    }
-                }
-                None => ok(iban(v)),
-            },
+            Validator::Iban => ok(iban(v)),
             Validator::Email => email(t, s, e),
             Validator::ItCf => ok(it_cf(v)),
             Validator::Nino => ok(nino(v)),
