@@ -3426,17 +3426,10 @@ fn an_underscore_next_to_a_value_is_a_boundary() {
     assert_eq!(engine().clone().with_lane_searches().scan(&long), one);
     assert_eq!(one.len(), long.matches("and so on").count());
     // Through the JSON rewriter (the agent's path), in chunks that split values and `_`s.
-    use crate::redact::json::{JsonLimits, JsonRedactor};
     let doc = serde_json::Value::from(cases.iter().map(|c| c.0).collect::<Vec<_>>()).to_string();
     for chunk in [1, 7, 4096] {
-        let r: Arc<dyn TextRedactor> = Arc::new(engine().clone());
-        let mut j = JsonRedactor::new(r, JsonLimits::default());
-        let mut out = Vec::new();
-        for c in doc.as_bytes().chunks(chunk) {
-            j.push(c, &mut out).expect("valid JSON");
-        }
-        j.finish(&mut out).expect("complete");
-        let got: Vec<String> = serde_json::from_slice(&out).expect("JSON out");
+        let (out, _) = rewrite_in_chunks(engine(), doc.as_bytes(), chunk);
+        let got: Vec<String> = serde_json::from_value(out).expect("strings");
         let want: Vec<String> = cases.iter().map(|c| engine().redact(c.0).text).collect();
         assert_eq!(got, want, "chunks of {chunk}");
     }
@@ -3553,17 +3546,9 @@ fn fields_named_for_a_phone_or_an_iban_are_read_whole() {
 
     // Through the JSON rewriter: whole, and in chunks of 1 and 7 bytes (the sieve finds no
     // candidate in the IBAN in small letters: `masks_whole` keeps it from passing over it).
-    use crate::redact::json::{JsonLimits, JsonRedactor};
     let doc = br#"{"customer": {"phone": "4915112345678", "iban": "de89370400440532013000", "phone_verified_at": "2024-03-15", "order_no": "4915112345678", "note": "call 4915112345678"}}"#;
     for size in [doc.len(), 1, 7] {
-        let r: Arc<dyn crate::redact::TextRedactor> = Arc::new(e.clone());
-        let mut j = JsonRedactor::new(r, JsonLimits::default());
-        let mut out = Vec::new();
-        for c in doc.chunks(size) {
-            j.push(c, &mut out).unwrap();
-        }
-        let summary = j.finish(&mut out).unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        let (v, summary) = rewrite_in_chunks(&e, doc, size);
         let c = &v["customer"];
         assert!(
             c["phone"].as_str().unwrap().starts_with("[PHONE:"),
@@ -3723,21 +3708,13 @@ fn csv_column_names_label_their_cells_in_a_whole_value() {
     assert!(e.scan_field("text", prose).is_empty());
 
     // Through the JSON rewriter, whole and in chunks of 1 and 7 bytes: the same output.
-    use crate::redact::json::{JsonLimits, JsonRedactor};
     let doc = serde_json::to_vec(&serde_json::json!({
         "result": {"contents": [{"uri": "crm://export", "mimeType": "text/csv", "text": csv}]}
     }))
     .unwrap();
     let mut outs = Vec::new();
     for size in [doc.len(), 1, 7] {
-        let r: Arc<dyn crate::redact::TextRedactor> = Arc::new(e.clone());
-        let mut j = JsonRedactor::new(r, JsonLimits::default());
-        let mut out = Vec::new();
-        for c in doc.chunks(size) {
-            j.push(c, &mut out).unwrap();
-        }
-        let summary = j.finish(&mut out).unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        let (v, summary) = rewrite_in_chunks(&e, &doc, size);
         let text = v["result"]["contents"][0]["text"]
             .as_str()
             .unwrap()
@@ -3777,4 +3754,22 @@ fn national_numbers_in_groups_joined_by_dashes_need_a_phone_word() {
     ] {
         assert!(e.scan(text).is_empty(), "{text}: {:?}", e.scan(text));
     }
+}
+
+/// `doc` through the JSON rewriter (the agent's path) in chunks of `size` bytes: the output
+/// document and the summary.
+fn rewrite_in_chunks(
+    e: &Engine,
+    doc: &[u8],
+    size: usize,
+) -> (serde_json::Value, crate::redact::json::Summary) {
+    use crate::redact::json::{JsonLimits, JsonRedactor};
+    let r: Arc<dyn TextRedactor> = Arc::new(e.clone());
+    let mut j = JsonRedactor::new(r, JsonLimits::default());
+    let mut out = Vec::new();
+    for c in doc.chunks(size) {
+        j.push(c, &mut out).expect("valid JSON");
+    }
+    let summary = j.finish(&mut out).expect("complete");
+    (serde_json::from_slice(&out).expect("JSON out"), summary)
 }
