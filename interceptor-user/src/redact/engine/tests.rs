@@ -3548,7 +3548,7 @@ fn fields_named_for_a_phone_or_an_iban_are_read_whole() {
     // candidate in the IBAN in small letters: `masks_whole` keeps it from passing over it).
     let doc = br#"{"customer": {"phone": "4915112345678", "iban": "de89370400440532013000", "phone_verified_at": "2024-03-15", "order_no": "4915112345678", "note": "call 4915112345678"}}"#;
     for size in [doc.len(), 1, 7] {
-        let (v, summary) = rewrite_in_chunks(&e, doc, size);
+        let (v, summary) = rewrite_in_chunks(e, doc, size);
         let c = &v["customer"];
         assert!(
             c["phone"].as_str().unwrap().starts_with("[PHONE:"),
@@ -3714,7 +3714,7 @@ fn csv_column_names_label_their_cells_in_a_whole_value() {
     .unwrap();
     let mut outs = Vec::new();
     for size in [doc.len(), 1, 7] {
-        let (v, summary) = rewrite_in_chunks(&e, &doc, size);
+        let (v, summary) = rewrite_in_chunks(e, &doc, size);
         let text = v["result"]["contents"][0]["text"]
             .as_str()
             .unwrap()
