@@ -631,6 +631,18 @@ struct Hit {
     end: usize,
 }
 
+/// Whether the scanned text holds a CSV table whose header labels its cells (see `columns`).
+#[derive(Default)]
+enum Table {
+    /// Not looked for: the scan is not of a whole field value.
+    #[default]
+    Off,
+    /// Not parsed yet (when a decision first needs it).
+    Unread,
+    /// The header row, if the value starts with one.
+    Read(Option<columns::Columns>),
+}
+
 /// Per-scan scratch space.
 #[derive(Default)]
 struct Scratch<'l> {
@@ -639,9 +651,8 @@ struct Scratch<'l> {
     /// Context words found in `label` (computed once per scan, when first needed).
     label_words: Option<Vec<u32>>,
     /// The header row of a CSV table the value holds, whose column names label the cells
-    /// under them (`columns`): `None` when the scan is not of a whole field value, else
-    /// parsed when first needed.
-    columns: Option<Option<Option<columns::Columns>>>,
+    /// under them (`columns`).
+    columns: Table,
     hits: Vec<Hit>,
     alts: Vec<(u32, usize)>,
     /// Candidate start (and floor) the hits were computed for.
@@ -1104,17 +1115,14 @@ impl Engine {
                     .is_some_and(|b| b.is_ascii_alphanumeric() || *b >= 0x80),
             })
             .collect();
-        let secret_field = detectors
-            .iter()
-            .position(|d| &*d.entity == "SECRET" && d.check == Validator::Credential)
-            .map(|d| d as u32);
         let builtin = |entity: &str, check: Validator| {
             detectors
                 .iter()
                 .position(|d| &*d.entity == entity && d.check == check)
                 .map(|d| d as u32)
         };
-        let (phone_field, iban_field) = (
+        let (secret_field, phone_field, iban_field) = (
+            builtin("SECRET", Validator::Credential),
             builtin("PHONE", Validator::Phone),
             builtin("IBAN", Validator::Iban),
         );
@@ -1376,7 +1384,7 @@ impl Engine {
         let whole = from == 0 && stop >= hay.len() && !label.is_empty() && reach.is_none();
         let mut scratch = Scratch {
             label,
-            columns: whole.then_some(None),
+            columns: if whole { Table::Unread } else { Table::Off },
             ..Scratch::default()
         };
         // End of the last rejected candidate: a candidate wholly inside it is a fragment of a
@@ -1666,9 +1674,11 @@ impl Engine {
         }
         // A cell of a CSV table under a header row: the column's name counts as the text
         // before the cell (`dob` over `1985-03-15`).
-        if let Some(cols) = &mut scratch.columns {
-            let cols = cols.get_or_insert_with(|| columns::Columns::parse(hay));
-            if let Some((name, cell)) = cols.as_ref().and_then(|c| c.cell_at(text, s)) {
+        if let Table::Unread = scratch.columns {
+            scratch.columns = Table::Read(columns::Columns::parse(hay));
+        }
+        if let Table::Read(Some(cols)) = &scratch.columns {
+            if let Some((name, cell)) = cols.cell_at(text, s) {
                 for w in cache.label_words(ctx, &inner.words, name) {
                     scratch.hits.push(Hit { word: w, end: cell });
                 }

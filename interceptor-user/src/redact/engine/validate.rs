@@ -758,12 +758,12 @@ fn phone(t: &[u8], s: usize, e: usize) -> Option<Verdict> {
     let v = &t[s..e];
     // `0612345678.jpg`: a name with an extension (or a domain), not a number.
     let extension = byte_at(t, e) == Some(b'.') && byte_at(t, e + 1).is_some_and(is_word);
+    if continues_numeric(t, e, b".-/:") || extension {
+        return None;
+    }
     // A number in a link that names it as one, in E.164 without its `+` (`wa.me/4915112345678`,
     // `send?phone=4915112345678`): the digits alone, judged as a field named `phone` is.
     if let Some(at) = phone_link(v) {
-        if continues_numeric(t, e, b".-/:") || extension {
-            return None;
-        }
         let (ds, de) = labelled_phone(&v[at..])?;
         return Some(Verdict {
             start: s + at + ds,
@@ -772,9 +772,6 @@ fn phone(t: &[u8], s: usize, e: usize) -> Option<Verdict> {
         });
     }
     if v.iter().filter(|&&b| b == b'(').count() != v.iter().filter(|&&b| b == b')').count() {
-        return None;
-    }
-    if continues_numeric(t, e, b".-/:") || extension {
         return None;
     }
     // (`_` is no glue: `__+49 30 1234567__`, `tel_0612345678`.)
@@ -1296,8 +1293,6 @@ fn secret_start(b: u8) -> bool {
     secret_byte(b) && !matches!(b, b'(' | b')' | b']' | b'}' | b'\\' | b'&' | b';' | b',')
 }
 
-/// A mask (`[SECRET:...]`, `****`) or a template (`${DB_PASSWORD}`, `{{ secret }}`,
-/// `<password>`, `%(password)s`) stands where a credential's value would be.
 /// Whether position `s` of `t` is inside the entity name of a pseudonym's mask, `[` +
 /// capitals, digits and `_` + `:` + 8 hex digits + `]`: `[GOOGLE_API_KEY:4f1c9a2b]` holds
 /// `API_KEY:4`, which the credential pattern reads as a name and a value.
@@ -1326,6 +1321,8 @@ fn in_mask_entity(t: &[u8], s: usize) -> bool {
             .is_some_and(|m| m[..8].iter().all(hex) && m[8] == b']')
 }
 
+/// A mask (`[SECRET:...]`, `****`) or a template (`${DB_PASSWORD}`, `{{ secret }}`,
+/// `<password>`, `%(password)s`) stands where a credential's value would be.
 fn stand_in(v: &[u8]) -> bool {
     matches!(v.first(), Some(b'[' | b'*' | b'<'))
         || v.starts_with(b"${")
