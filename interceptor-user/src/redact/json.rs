@@ -367,10 +367,30 @@ pub struct JsonRedactor {
     number: String,
     /// The current number outgrew [`MAX_NUMBER`]: the rest of it is passed on.
     number_passed: bool,
+    /// How many documents this one is inside (as a string value of each, see
+    /// [`MAX_EMBEDDED`]): 0 for a document of its own.
+    level: u8,
 }
 
 /// The longest JSON number redacted (when numbers are): longer ones are no identifier.
 const MAX_NUMBER: usize = 64;
+
+/// How many levels deep a JSON document carried in a string value (of a document carried in a
+/// string value...) is still redacted as JSON (see the module docs): a tool result's text
+/// holding a record is one level, a record holding an encoded payload two.
+pub const MAX_EMBEDDED: u8 = 3;
+
+/// Whether a string value may hold a JSON document worth parsing: an object or an array, i.e.
+/// its first and last bytes other than JSON whitespace are `{` and `}`, or `[` and `]`.
+pub fn looks_like_json(text: &str) -> bool {
+    let b = text.as_bytes();
+    let first = b.iter().position(|&c| !is_ws(c));
+    let last = b.iter().rposition(|&c| !is_ws(c));
+    matches!(
+        (first.map(|i| b[i]), last.map(|i| b[i])),
+        (Some(b'{'), Some(b'}')) | (Some(b'['), Some(b']'))
+    ) && first < last
+}
 
 /// The sieve of the chunk being read ([`TextRedactor::sieve`]), asked for at its first whole
 /// string value and used for the values after it.
@@ -474,6 +494,7 @@ impl JsonRedactor {
             mask_numbers: redactor_numbers,
             number: String::new(),
             number_passed: false,
+            level: 0,
         }
     }
 
@@ -843,18 +864,21 @@ impl JsonRedactor {
             self.capture_key(text);
             out.extend_from_slice(text.as_bytes());
             self.state = State::Colon;
-        } else if !self.masks_whole() && self.clean(valid, k, run) {
+        } else if !self.masks_whole() && !self.embeds(text) && self.clean(valid, k, run) {
             // Nothing can match in it: as the redactor would return it.
             out.extend_from_slice(text.as_bytes());
             self.value_done();
         } else {
             let label = label_of(&self.keys, self.label_at);
-            let (red, findings) = self.redactor.redact_labelled(label, text);
+            let (red, findings, inner) = self.redact_whole(label, text);
             if unchanged(&red, text) {
                 out.extend_from_slice(text.as_bytes());
             } else {
                 encode_into(&red, out);
                 self.summary.strings_redacted += 1;
+            }
+            if let Some(inner) = inner {
+                self.summary.merge(inner, self.limits.max_findings);
             }
             if !findings.is_empty() {
                 self.summary.record(findings, self.limits.max_findings);
@@ -863,6 +887,48 @@ impl JsonRedactor {
         }
         out.push(b'"');
         Some(i + run + 1)
+    }
+
+    /// Whether the whole string value `text` is read as a JSON document too (see the module
+    /// docs): then no sieve may pass over it.
+    fn embeds(&self, text: &str) -> bool {
+        self.level < MAX_EMBEDDED && looks_like_json(text)
+    }
+
+    /// One whole string value (not a segment of one) redacted under its label. A value that
+    /// holds a JSON document ([`embeds`](Self::embeds)) is first redacted as that document, by
+    /// a rewriter like this one a level deeper (its strings under their own keys, its own
+    /// embedded documents in turn), and what that leaves is then redacted as text, as any
+    /// value is: keys, numbers and words across members stay covered as before. Returns the
+    /// text, the text pass's findings and, when the document pass masked anything, its
+    /// summary (findings first in the value). A value that does not parse as one document is
+    /// only redacted as text.
+    fn redact_whole<'t>(
+        &self,
+        label: Option<&str>,
+        text: &'t str,
+    ) -> (Cow<'t, str>, Vec<Finding>, Option<Summary>) {
+        if self.embeds(text) {
+            let mut inner = JsonRedactor::new(self.redactor.clone(), self.limits)
+                .with_key_redaction(self.redact_keys);
+            inner.level = self.level + 1;
+            let mut doc = Vec::with_capacity(text.len() + text.len() / 8);
+            let parsed = inner
+                .push(text.as_bytes(), &mut doc)
+                .and_then(|()| inner.finish(&mut doc));
+            if let Ok(mut summary) = parsed {
+                if summary.total() > 0 {
+                    if let Ok(doc) = String::from_utf8(doc) {
+                        // The outer string counts once, as changed, by its caller.
+                        summary.strings_redacted = 0;
+                        let (red, findings) = self.redactor.redact_labelled(label, &doc);
+                        return (Cow::Owned(red.into_owned()), findings, Some(summary));
+                    }
+                }
+            }
+        }
+        let (red, findings) = self.redactor.redact_labelled(label, text);
+        (red, findings, None)
     }
 
     /// Whether the current value is masked whole under its key (see
@@ -1238,12 +1304,22 @@ impl JsonRedactor {
             } else {
                 label_of(&self.keys, self.label_at)
             };
-            let (red, findings) = self.redactor.redact_labelled(label, &self.decoded);
+            // A value read whole may hold a document; a key or the last segment of a long
+            // value is only text.
+            let (red, findings, inner) = if s.key || self.seg_emitted {
+                let (red, findings) = self.redactor.redact_labelled(label, &self.decoded);
+                (red, findings, None)
+            } else {
+                self.redact_whole(label, &self.decoded)
+            };
             if unchanged(&red, &self.decoded) {
                 out.extend_from_slice(&self.raw);
             } else {
                 encode_into(&red, out);
                 self.cur_changed = true;
+            }
+            if let Some(inner) = inner {
+                self.summary.merge(inner, self.limits.max_findings);
             }
             self.summary.record(findings, self.limits.max_findings);
             if self.cur_changed {
@@ -1549,12 +1625,38 @@ pub fn redact_json(
 /// tool arguments or resource URIs before they are logged, with the same labels as
 /// [`JsonRedactor`] (the member's key; in arrays, the key of the member holding the array).
 /// Returns the findings in document order. Iterative: any depth is fine.
+///
+/// A string that holds a JSON document ([`embedded_document`]) is redacted as that document
+/// first, a level deeper, and written back compact when anything in it was masked; then as
+/// text, as every string (see [`JsonRedactor`]).
 pub fn redact_value(value: &mut Value, redactor: &dyn TextRedactor) -> Vec<Finding> {
+    redact_value_at(value, redactor, 0)
+}
+
+/// The JSON document (an object or an array) a string value at `level` holds, if it holds one
+/// and is not too deep to be read as one ([`MAX_EMBEDDED`]).
+pub fn embedded_document(text: &str, level: u8) -> Option<Value> {
+    if level >= MAX_EMBEDDED || !looks_like_json(text) {
+        return None;
+    }
+    serde_json::from_str::<Value>(text)
+        .ok()
+        .filter(|v| v.is_object() || v.is_array())
+}
+
+fn redact_value_at(value: &mut Value, redactor: &dyn TextRedactor, level: u8) -> Vec<Finding> {
     let mut findings = Vec::new();
     let mut stack: Vec<(&mut Value, Option<&str>)> = vec![(value, None)];
     while let Some((v, label)) = stack.pop() {
         match v {
             Value::String(s) => {
+                if let Some(mut doc) = embedded_document(s, level) {
+                    let mut inner = redact_value_at(&mut doc, redactor, level + 1);
+                    if !inner.is_empty() {
+                        findings.append(&mut inner);
+                        *s = doc.to_string();
+                    }
+                }
                 let (red, f) = redactor.redact_labelled(label, s);
                 let changed = match red {
                     Cow::Borrowed(r) => (r != s.as_str()).then(|| r.to_owned()),

@@ -117,15 +117,16 @@ pub fn recordable_params(r: &dyn TextRedactor, params: &Value) -> (Value, Vec<Fi
                     ("argument", Some((name, value))) => {
                         let a = v.as_object().into_iter().flatten().map(|(ak, av)| {
                             if ak == "value" {
-                                let red = redact_str(r, key_label(name), value, &mut findings);
+                                let red =
+                                    redact_string(r, 0, key_label(name), value, &mut findings);
                                 (ak.clone(), Value::String(red))
                             } else {
-                                member(r, ak, av, &mut findings)
+                                member(r, 0, ak, av, &mut findings)
                             }
                         });
                         (k.clone(), Value::Object(a.collect()))
                     }
-                    _ => member(r, k, v, &mut findings),
+                    _ => member(r, 0, k, v, &mut findings),
                 })
                 .collect(),
         ),
@@ -148,7 +149,7 @@ pub fn recordable_params(r: &dyn TextRedactor, params: &Value) -> (Value, Vec<Fi
 ///
 /// [`json::redact_value`]: super::json::redact_value
 pub fn redact_value(r: &dyn TextRedactor, v: &Value, findings: &mut Vec<Finding>) -> Value {
-    labelled(r, v, None, findings)
+    labelled(r, 0, v, None, findings)
 }
 
 /// The `name` and `value` of a `completion/complete` argument (`{"name": "bsn", "value":
@@ -161,18 +162,23 @@ fn completion_argument(v: &Value) -> Option<(&str, &str)> {
 /// the member holding the array).
 fn labelled(
     r: &dyn TextRedactor,
+    level: u8,
     v: &Value,
     label: Option<&str>,
     findings: &mut Vec<Finding>,
 ) -> Value {
     match v {
-        Value::String(s) => Value::String(redact_str(r, label, s, findings)),
-        Value::Array(a) => {
-            Value::Array(a.iter().map(|v| labelled(r, v, label, findings)).collect())
-        }
-        Value::Object(m) => {
-            Value::Object(m.iter().map(|(k, v)| member(r, k, v, findings)).collect())
-        }
+        Value::String(s) => Value::String(redact_string(r, level, label, s, findings)),
+        Value::Array(a) => Value::Array(
+            a.iter()
+                .map(|v| labelled(r, level, v, label, findings))
+                .collect(),
+        ),
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .map(|(k, v)| member(r, level, k, v, findings))
+                .collect(),
+        ),
         // A record need not keep a number a number: one that is personal data under its key
         // (`{"bsn": 111222333}`, a card number sent as a number) is recorded as its mask.
         Value::Number(n) => {
@@ -192,14 +198,38 @@ fn labelled(
 /// An object member redacted: its key without a label, its value under the key.
 fn member(
     r: &dyn TextRedactor,
+    level: u8,
     k: &str,
     v: &Value,
     findings: &mut Vec<Finding>,
 ) -> (String, Value) {
     (
         redact_str(r, None, k, findings),
-        labelled(r, v, key_label(k), findings),
+        labelled(r, level, v, key_label(k), findings),
     )
+}
+
+/// A string value redacted under its label; one that holds a JSON document (a tool's
+/// argument carrying a serialised record) first as that document, with these rules a level
+/// deeper, and what remains then as text, as the response side does
+/// ([`JsonRedactor`](super::json::JsonRedactor)). The document is written back compact only
+/// when something in it was masked.
+fn redact_string(
+    r: &dyn TextRedactor,
+    level: u8,
+    label: Option<&str>,
+    s: &str,
+    findings: &mut Vec<Finding>,
+) -> String {
+    if let Some(doc) = super::json::embedded_document(s, level) {
+        let mut inner = Vec::new();
+        let red = labelled(r, level + 1, &doc, None, &mut inner);
+        if !inner.is_empty() {
+            findings.append(&mut inner);
+            return redact_str(r, label, &red.to_string(), findings);
+        }
+    }
+    redact_str(r, label, s, findings)
 }
 
 fn redact_str(

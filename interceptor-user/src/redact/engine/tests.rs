@@ -3773,3 +3773,151 @@ fn rewrite_in_chunks(
     let summary = j.finish(&mut out).expect("complete");
     (serde_json::from_slice(&out).expect("JSON out"), summary)
 }
+
+/// A tool that returns a record (FastMCP, most SDK servers) sends it twice: as
+/// `structuredContent` and serialised in the text of its content. The labelled fields of the
+/// record (`{"phone": "4915112345678"}`, an IBAN in small letters) were masked in the first and
+/// went out in clear in the second, where the record is one string. A string value that holds
+/// a JSON document is now redacted as that document too (then as text, as before), at any
+/// chunking, down to [`MAX_EMBEDDED`](crate::redact::json::MAX_EMBEDDED) levels.
+#[test]
+fn a_record_carried_in_a_string_is_redacted_as_the_record() {
+    let e = engine();
+    let record = serde_json::json!({
+        "customer": {
+            "phone": "4915112345678",
+            "iban": "de89370400440532013000",
+            "order_no": "4915112345678",
+            "by_email": {"jane.doe@example.com": 3},
+        }
+    });
+    let inner = record.to_string();
+    // The same record once more inside a string of the record (an encoded payload).
+    let twice = serde_json::json!({"payload": inner}).to_string();
+    let result = serde_json::json!({
+        "jsonrpc": "2.0",
+        "id": 1,
+        "result": {
+            "content": [
+                {"type": "text", "text": inner},
+                {"type": "text", "text": twice},
+                {"type": "text", "text": "[not json: call 4915112345678 or +4915112345678]"},
+            ],
+            "structuredContent": record,
+        }
+    });
+    let doc = result.to_string();
+    let pseudonym = |label: &str, v: &str| e.redact_field(label, v, e.default_view()).text;
+    let phone = pseudonym("phone", "4915112345678");
+    let iban = pseudonym("iban", "de89370400440532013000");
+    for size in [doc.len(), 1, 7, 64] {
+        let (v, summary) = rewrite_in_chunks(e, doc.as_bytes(), size);
+        let r = &v["result"];
+        let structured = &r["structuredContent"]["customer"];
+        assert_eq!(structured["phone"], phone.as_str(), "{size}: {r}");
+        assert_eq!(structured["iban"], iban.as_str(), "{size}: {r}");
+        // The text: still one JSON document, the same masks in it, the rest as it was.
+        let text: serde_json::Value =
+            serde_json::from_str(r["content"][0]["text"].as_str().unwrap()).expect("JSON text");
+        assert_eq!(text["customer"]["phone"], phone.as_str(), "{size}: {text}");
+        assert_eq!(text["customer"]["iban"], iban.as_str(), "{size}: {text}");
+        assert_eq!(text["customer"]["order_no"], "4915112345678", "{size}");
+        // Keys are no values of the document, but the text pass still reads them.
+        let keys: Vec<&String> = text["customer"]["by_email"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect();
+        assert!(keys[0].starts_with("[EMAIL:"), "{size}: {text}");
+        // Two levels down.
+        let outer: serde_json::Value =
+            serde_json::from_str(r["content"][1]["text"].as_str().unwrap()).expect("JSON");
+        let payload: serde_json::Value =
+            serde_json::from_str(outer["payload"].as_str().unwrap()).expect("JSON payload");
+        assert_eq!(
+            payload["customer"]["phone"],
+            phone.as_str(),
+            "{size}: {payload}"
+        );
+        assert_eq!(
+            payload["customer"]["iban"],
+            iban.as_str(),
+            "{size}: {payload}"
+        );
+        // Brackets that hold no document: text as before (the number without `+` stays).
+        let not_json = r["content"][2]["text"].as_str().unwrap();
+        assert!(
+            not_json.starts_with("[not json: call 4915112345678 or [PHONE:"),
+            "{not_json}"
+        );
+        // Each value counted once where it was masked: 3 records, and `+49...` in the text;
+        // the address only in the two texts (keys of the document itself pass, unless key
+        // redaction is on).
+        assert_eq!(summary.counts.get("PHONE"), Some(&4), "{size}: {summary:?}");
+        assert_eq!(summary.counts.get("IBAN"), Some(&3), "{size}: {summary:?}");
+        assert_eq!(summary.counts.get("EMAIL"), Some(&2), "{size}: {summary:?}");
+    }
+}
+
+/// [`MAX_EMBEDDED`](crate::redact::json::MAX_EMBEDDED) bounds the levels read as JSON: a
+/// record four strings deep is only text (its `phone` without `+` passes; a `+` number would
+/// not), and nothing fails.
+#[test]
+fn documents_are_read_in_strings_down_to_max_embedded_levels() {
+    use crate::redact::json::MAX_EMBEDDED;
+    let e = engine();
+    let mut doc = serde_json::json!({"phone": "4915112345678"});
+    let mut depth = 0;
+    let mut seen = Vec::new();
+    while depth <= usize::from(MAX_EMBEDDED) + 1 {
+        let bytes = serde_json::json!({"text": doc.to_string()}).to_string();
+        let (v, summary) = rewrite_in_chunks(e, bytes.as_bytes(), 5);
+        seen.push(summary.counts.get("PHONE").copied().unwrap_or(0));
+        // Walk down to the record.
+        let mut cur = v;
+        for _ in 0..=depth {
+            cur = serde_json::from_str(cur["text"].as_str().unwrap()).expect("JSON");
+        }
+        let phone = cur["phone"].as_str().unwrap().to_string();
+        assert_eq!(
+            phone.starts_with("[PHONE:"),
+            depth < usize::from(MAX_EMBEDDED),
+            "{depth}: {phone}"
+        );
+        doc = serde_json::json!({"text": doc.to_string()});
+        depth += 1;
+    }
+    let want: Vec<u64> = (0..seen.len())
+        .map(|d| u64::from(d < usize::from(MAX_EMBEDDED)))
+        .collect();
+    assert_eq!(seen, want);
+}
+
+/// Request side, for records and for arguments rewritten before forwarding: the same rule for
+/// an argument that carries a serialised record.
+#[test]
+fn an_argument_carrying_a_record_is_redacted_as_the_record() {
+    let e = engine();
+    let r = crate::redact::view::for_records(e);
+    let args = serde_json::json!({
+        "payload": serde_json::json!({"phone": "4915112345678", "note": "x"}).to_string(),
+        "plain": "[call 4915112345678]",
+    });
+    let mut findings = Vec::new();
+    let rec = crate::redact::view::redact_value(r.as_ref(), &args, &mut findings);
+    let mut fwd = args.clone();
+    let g = crate::redact::json::redact_value(&mut fwd, r.as_ref());
+    for v in [&rec, &fwd] {
+        let payload: serde_json::Value =
+            serde_json::from_str(v["payload"].as_str().unwrap()).expect("JSON");
+        assert!(
+            payload["phone"].as_str().unwrap().starts_with("[PHONE:"),
+            "{v}"
+        );
+        assert_eq!(payload["note"], "x");
+        assert_eq!(v["plain"], "[call 4915112345678]");
+    }
+    assert_eq!(rec, fwd);
+    assert_eq!(findings.len(), 1);
+    assert_eq!(g.len(), 1);
+}

@@ -622,10 +622,34 @@ fn arb_json() -> impl Strategy<Value = Value> {
     leaf.prop_recursive(5, 64, 8, |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
-            prop::collection::vec((arb_string(), inner), 0..8)
+            prop::collection::vec((arb_string(), inner.clone()), 0..8)
                 .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+            // A document carried in a string value (pretty or compact).
+            (inner, any::<bool>()).prop_map(|(v, pretty)| Value::String(if pretty {
+                serde_json::to_string_pretty(&v).expect("JSON")
+            } else {
+                v.to_string()
+            })),
         ]
     })
+}
+
+/// `v` with every string that holds a document (as the rewriter reads one) replaced by that
+/// document, so that outputs compare whatever the whitespace of the documents they carry.
+fn documents_read(v: Value, level: u8) -> Value {
+    match v {
+        Value::String(s) => match embedded_document(&s, level) {
+            Some(doc) => documents_read(doc, level + 1),
+            None => Value::String(s),
+        },
+        Value::Array(a) => Value::Array(a.into_iter().map(|x| documents_read(x, level)).collect()),
+        Value::Object(m) => Value::Object(
+            m.into_iter()
+                .map(|(k, x)| (k, documents_read(x, level)))
+                .collect(),
+        ),
+        other => other,
+    }
 }
 
 /// Serialises with random whitespace and random (but valid) escapes, driven by `seed`.
@@ -732,7 +756,10 @@ fn check_doc(
     prop_assert_eq!(&whole, &chunked);
     prop_assert_eq!(sw, sc);
     let parsed: Value = serde_json::from_slice(&whole).expect("output is JSON");
-    prop_assert_eq!(parsed, reference(input, r.as_ref()));
+    prop_assert_eq!(
+        documents_read(parsed, 0),
+        documents_read(reference(input, r.as_ref()), 0)
+    );
     Ok(())
 }
 
