@@ -23,6 +23,20 @@
 //! context that their bare values lack. Only the current key of each open object is kept
 //! (at most `max_depth * MAX_LABEL` bytes). [`redact_value`] labels values the same way.
 //!
+//! # Documents carried in a string
+//! A tool that returns a record sends it as `structuredContent` and serialised in the text of
+//! its content; resources and arguments carry JSON in strings too. Read as text, such a string
+//! loses what its keys say (`{\"phone\": \"4915112345678\"}` is a phone number under its key,
+//! a bare number in text). So a string value read whole whose first and last characters other
+//! than whitespace are `{` and `}` or `[` and `]` is first redacted as the document it holds,
+//! by a rewriter like this one a level deeper (down to [`MAX_EMBEDDED`] levels), and what that
+//! leaves is then redacted as text, as every value is (keys, numbers and words across members
+//! stay covered). A string that does not parse as one document is only redacted as text. Such
+//! a value is buffered whole up to [`JsonLimits::document_window`] (decided by its first
+//! character other than whitespace, so whatever the chunking); a longer one is redacted as
+//! text in segments, as any long string. [`redact_value`] reads documents in strings the same
+//! way (written back compact when anything in them was masked).
+//!
 //! # Strings that hold nothing
 //! Most string values of a tool result are short and hold nothing personal (states, names of
 //! labels, hashes, URLs). Redacting each on its own costs a search set up per string. So at the
@@ -46,8 +60,10 @@
 //! redacting the window, the head and the tail); the engine does it in one pass, from what
 //! each of its decisions read (`Engine::cut_head`), and then needs only a short tail. If no
 //! cut point is consistent, the window grows, up to [`JsonLimits::max_window`]; beyond that
-//! the document is refused ([`JsonErrorKind::SegmentationFailed`]). Memory is therefore
-//! O(max_window), independent of the size of the document.
+//! the document is refused ([`JsonErrorKind::SegmentationFailed`]). A value that opens a
+//! document takes the larger document window (at most half of `max_window`) before its first
+//! segment; read whole, its document's output is held once more beside it. Memory is
+//! therefore O(max_window), independent of the size of the document.
 //!
 //! # Errors
 //! Invalid JSON (or a string that cannot be segmented safely) is an error carrying the byte
@@ -98,6 +114,10 @@ pub struct JsonLimits {
     /// Hard cap on the buffered raw bytes of one string while no safe cut point is found;
     /// beyond it the document is refused. Raised to at least `window`.
     pub max_window: usize,
+    /// Raw bytes of a string value that starts as a JSON document (`{` or `[`) buffered
+    /// before it is processed in segments, so that a document up to this size is read as one
+    /// (see the module docs). Kept between `window` and half of `max_window`.
+    pub document_window: usize,
     /// Bytes of context held back in addition to `max_match_len` at a segment boundary (for
     /// detectors that look at words around a match).
     pub context: usize,
@@ -112,6 +132,7 @@ impl Default for JsonLimits {
         Self {
             window: 128 << 10,
             max_window: 4 << 20,
+            document_window: 1 << 20,
             context: 256,
             max_depth: 1024,
             max_findings: MAX_FINDINGS,
@@ -370,6 +391,11 @@ pub struct JsonRedactor {
     /// How many documents this one is inside (as a string value of each, see
     /// [`MAX_EMBEDDED`]): 0 for a document of its own.
     level: u8,
+    /// The buffered string is a key.
+    cur_key: bool,
+    /// How much of `decoded` is known to be leading whitespace; `None` once its first other
+    /// character was seen (and the string's window chosen by it).
+    lead_ws: Option<usize>,
 }
 
 /// The longest JSON number redacted (when numbers are): longer ones are no identifier.
@@ -464,9 +490,11 @@ impl JsonRedactor {
         let window = limits.window.max(holdback.saturating_mul(4)).max(64);
         let redactor_numbers = redactor.masks_numbers();
         let redactor_keys = redactor.masks_keys();
+        let max_window = limits.max_window.max(window);
         let limits = JsonLimits {
             window,
-            max_window: limits.max_window.max(window),
+            max_window,
+            document_window: limits.document_window.min(max_window / 2).max(window),
             max_depth: limits.max_depth.max(1),
             ..limits
         };
@@ -495,6 +523,8 @@ impl JsonRedactor {
             number: String::new(),
             number_passed: false,
             level: 0,
+            cur_key: false,
+            lead_ws: Some(0),
         }
     }
 
@@ -560,6 +590,7 @@ impl JsonRedactor {
         self.threshold = self.limits.window;
         self.cur_changed = false;
         self.seg_emitted = false;
+        self.lead_ws = Some(0);
     }
 
     /// Reads the next chunk of the document and appends to `out` everything that can be
@@ -669,6 +700,7 @@ impl JsonRedactor {
 
     fn start_string(&mut self, key: bool) {
         self.clear_string();
+        self.cur_key = key;
         if key {
             if let Some(at) = self.label_at {
                 self.keys.truncate(at);
@@ -1206,6 +1238,24 @@ impl JsonRedactor {
     /// After bytes were buffered: track the peak, process a segment at the threshold.
     fn appended(&mut self, out: &mut Vec<u8>, i: usize) -> Result<(), JsonError> {
         self.peak_buffered = self.peak_buffered.max(self.buffered());
+        if let Some(from) = self.lead_ws {
+            // A value that opens a document may take the document window (decided by its
+            // first character other than whitespace, whatever the chunking).
+            let rest = self.decoded.as_bytes().get(from..).unwrap_or_default();
+            match rest.iter().position(|&b| !is_ws(b)) {
+                None => self.lead_ws = Some(self.decoded.len()),
+                Some(at) => {
+                    self.lead_ws = None;
+                    if matches!(rest[at], b'{' | b'[')
+                        && !self.cur_key
+                        && !self.seg_emitted
+                        && self.level < MAX_EMBEDDED
+                    {
+                        self.threshold = self.threshold.max(self.limits.document_window);
+                    }
+                }
+            }
+        }
         if self.raw.len() >= self.threshold {
             self.segment(out).map_err(|kind| self.err(i, kind))?;
             self.peak_buffered = self.peak_buffered.max(self.buffered());

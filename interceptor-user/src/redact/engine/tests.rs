@@ -3921,3 +3921,57 @@ fn an_argument_carrying_a_record_is_redacted_as_the_record() {
     assert_eq!(findings.len(), 1);
     assert_eq!(g.len(), 1);
 }
+
+/// An export carried in one string is read as a document up to the document window
+/// (`JsonLimits::document_window`, 1 MiB): a 300 KB export of records, whose phone numbers are
+/// stored without `+`, arrives masked at any chunking, with the string buffered at most once
+/// (plus its decoding). A larger one is redacted as text in segments, as before, in bounded
+/// memory: its `+` numbers are masked, nothing fails.
+#[test]
+fn an_export_carried_in_one_string_is_read_whole_up_to_the_document_window() {
+    use crate::redact::json::{JsonLimits, JsonRedactor};
+    let e = engine();
+    let export = |n: usize| {
+        let records: Vec<serde_json::Value> = (0..n)
+            .map(|i| {
+                serde_json::json!({
+                    "id": i,
+                    "phone": format!("49151{:08}", 10_000_000 + i),
+                    "mobile": format!("+49151{:08}", 20_000_000 + i),
+                    "note": "x".repeat(100),
+                })
+            })
+            .collect();
+        let text = serde_json::Value::Array(records).to_string();
+        serde_json::json!({"result": {"content": [{"type": "text", "text": text}]}}).to_string()
+    };
+    let doc = export(2_000);
+    assert!(doc.len() > 250_000 && doc.len() < 1 << 20, "{}", doc.len());
+    for size in [doc.len(), 7, 4096] {
+        let (v, summary) = rewrite_in_chunks(e, doc.as_bytes(), size);
+        let text = v["result"]["content"][0]["text"].as_str().unwrap();
+        let records: Vec<serde_json::Value> = serde_json::from_str(text).expect("JSON text");
+        assert_eq!(records.len(), 2_000);
+        for r in &records {
+            for k in ["phone", "mobile"] {
+                assert!(r[k].as_str().unwrap().starts_with("[PHONE:"), "{size}: {r}");
+            }
+        }
+        assert_eq!(summary.counts.get("PHONE"), Some(&4_000), "{size}");
+    }
+    let r: Arc<dyn TextRedactor> = Arc::new(e.clone());
+    let limits = JsonLimits::default();
+    let big = export(10_000);
+    assert!(big.len() > limits.document_window);
+    let mut j = JsonRedactor::new(r, limits);
+    let mut out = Vec::new();
+    for c in big.as_bytes().chunks(16 << 10) {
+        j.push(c, &mut out).expect("valid JSON");
+    }
+    let summary = j.finish(&mut out).expect("complete");
+    assert!(j.peak_buffered() <= 2 * (limits.document_window + (16 << 10)));
+    assert!(summary.counts.get("PHONE").copied().unwrap_or(0) >= 10_000);
+    let v: serde_json::Value = serde_json::from_slice(&out).expect("JSON out");
+    let text = v["result"]["content"][0]["text"].as_str().unwrap();
+    assert!(!text.contains("+49151"), "a + number in clear");
+}

@@ -64,18 +64,18 @@ pub enum Validator {
     Passport,
     Bic,
     /// A credential's name, its separator and the first byte of its value, extended to the
-    /// value's end (at most [`SECRET_MAX`] bytes); the span is the value alone. Placeholders
+    /// value's end (at most `SECRET_MAX` bytes); the span is the value alone. Placeholders
     /// (`null`, `true`, `string`...) are no secret, and after an unquoted `:` the key must
     /// start its line or the value look like no word (`Your password: must be...` in prose).
     Credential,
     /// The first byte of an `Authorization` scheme's token (`Bearer ...`, `Basic ...`),
-    /// extended over the token (RFC 7235 `token68`, at most [`SECRET_MAX`] bytes); the span
+    /// extended over the token (RFC 7235 `token68`, at most `SECRET_MAX` bytes); the span
     /// is the token alone. At least 12 bytes and no word (`basic information`), and no JWT
     /// (the `JWT` detector's).
     AuthToken,
     /// The first byte of a credential on a command line (`--password S3cret`, `-u user:S3cret`),
     /// after an optional quote, extended to the value's end (a blank or the closing quote;
-    /// at most [`SECRET_MAX`] bytes); no variable or placeholder (`$DB_PASS`, `<password>`).
+    /// at most `SECRET_MAX` bytes); no variable or placeholder (`$DB_PASS`, `<password>`).
     CliCredential,
     /// A prefixed key: the match extended over the key's bytes (`[A-Za-z0-9_-]`, at most
     /// [`SECRET_MAX`] in all).

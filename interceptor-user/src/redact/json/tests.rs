@@ -809,6 +809,49 @@ proptest! {
         check_doc(input.as_bytes(), &points, Arc::new(TestRedactor { max: 16 }), limits)?;
     }
 
+    /// Documents carried in a string, around the document window (here 2048 bytes, window 64):
+    /// any chunking gives the same output, and one that fits is read as a document (the
+    /// parsed reference), the others as text in segments.
+    #[test]
+    fn prop_documents_in_strings_around_the_document_window(
+        items in prop::collection::vec(
+            (
+                prop_oneof!["pin", "note", "[a-z]{1,6}"],
+                prop_oneof![
+                    "[0-9]{3,6}",
+                    "[a-z]{1,10}@[a-z]{1,8}\\.com",
+                    "[a-z \u{e9}\"\\\\]{0,40}",
+                ],
+            ),
+            0..120,
+        ),
+        lead in "[ \n]{0,3}",
+        points in prop::collection::vec(any::<usize>(), 0..24),
+    ) {
+        let records: Vec<Value> = items
+            .into_iter()
+            .map(|(k, v)| serde_json::json!({ k: v }))
+            .collect();
+        let carried = format!("{lead}{}", Value::Array(records));
+        // Written plainly (no random escapes), so the raw length of the string is known.
+        let input = serde_json::json!({"text": carried.clone()}).to_string();
+        let limits = JsonLimits { window: 64, max_window: 4096, context: 3, ..JsonLimits::default() };
+        let r: Arc<dyn TextRedactor> = Arc::new(TestRedactor { max: 16 });
+        let (whole, sw) = run_chunks(r.clone(), limits, false, &[input.as_bytes()]).expect("whole");
+        let chunks = split_at_points(input.as_bytes(), &points);
+        let (chunked, sc) = run_chunks(r.clone(), limits, false, &chunks).expect("chunked");
+        prop_assert_eq!(&whole, &chunked);
+        prop_assert_eq!(sw, sc);
+        let out: Value = serde_json::from_slice(&whole).expect("output is JSON");
+        let raw_len = serde_json::to_string(&carried).expect("JSON").len() - 2;
+        if raw_len < 2048 {
+            prop_assert_eq!(
+                documents_read(out, 0),
+                documents_read(reference(input.as_bytes(), r.as_ref()), 0)
+            );
+        }
+    }
+
     #[test]
     fn prop_arbitrary_bytes_never_panic(
         bytes in prop::collection::vec(any::<u8>(), 0..200),
