@@ -78,13 +78,13 @@ pub enum Validator {
     /// at most `SECRET_MAX` bytes); no variable or placeholder (`$DB_PASS`, `<password>`).
     CliCredential,
     /// A prefixed key: the match extended over the key's bytes (`[A-Za-z0-9_-]`, at most
-    /// [`SECRET_MAX`] in all).
+    /// `SECRET_MAX` in all).
     Token,
     /// A [`Validator::Token`] whose bytes mix capitals, small letters and digits, as random
     /// keys do (`sk-...`, which also leads slugs).
     RandomToken,
     /// The first byte of a URL's password (`scheme://user:`), extended to the `@` that ends
-    /// the user information (at most [`SECRET_MAX`] bytes); no `@`, no password (a port).
+    /// the user information (at most `SECRET_MAX` bytes); no `@`, no password (a port).
     UrlCredential,
 }
 
