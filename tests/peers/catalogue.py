@@ -10,6 +10,9 @@ CUSTOMER_TEMPLATE = {
     "name": "Jane Doe",
     "email": "jane.doe@example.com",
     "phone": "+44 20 7946 0958",
+    # A mobile number as CRMs store it: E.164 digits without the `+`, a phone number only
+    # under its key (in the text of a JSON resource too).
+    "mobile": "447700900123",
     "iban": "GB82WEST12345698765432",
     "portal_api_key": "sk_live_4eC39HqLyjWDarjtT1zdp7dc",
 }

@@ -959,6 +959,7 @@ fn personal_data_reaches_the_client_masked() {
         "jane.doe@example.com",
         "GB82WEST12345698765432",
         "7946 0958",
+        "447700900123",
     ] {
         assert!(!out.contains(pii), "{pii} leaked: {out}");
     }

@@ -17,9 +17,12 @@ macro_rules! node {
     };
 }
 
-/// Raw values the peers' catalogue serves (tests/peers/catalogue.py), and a credential.
-const PII: [&str; 6] = [
+/// Raw values the peers' catalogue serves (tests/peers/catalogue.py), and a credential. The
+/// mobile number (digits without `+`) is a phone number only under its key: masked in the
+/// JSON resources' text because a document carried in a string is read as one.
+const PII: [&str; 7] = [
     "jane.doe@example.com",
+    "447700900123",
     "john.roe@example.org",
     "GB82WEST12345698765432",
     "7946 0958",

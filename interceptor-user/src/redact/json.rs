@@ -394,8 +394,66 @@ pub struct JsonRedactor {
     /// The buffered string is a key.
     cur_key: bool,
     /// How much of `decoded` is known to be leading whitespace; `None` once its first other
-    /// character was seen (and the string's window chosen by it).
+    /// character was seen.
     lead_ws: Option<usize>,
+    /// The buffered value opens a JSON document that may still be one: it is then buffered
+    /// up to the document window, checked at each multiple of the window.
+    doc: Option<DocScan>,
+}
+
+/// What is known of a string value that opens a JSON document, read in its decoded text: the
+/// structure outside of its strings. Enough to tell early that it is *not* one document (a
+/// JSONL export, `[INFO] ...` log lines), not that it is.
+#[derive(Debug, Clone, Copy, Default)]
+struct DocScan {
+    /// Decoded bytes read.
+    at: usize,
+    depth: usize,
+    in_str: bool,
+    esc: bool,
+    /// The outermost value has closed.
+    closed: bool,
+    /// Not one document.
+    broken: bool,
+}
+
+impl DocScan {
+    fn read(&mut self, text: &str) {
+        let Some(new) = text.as_bytes().get(self.at..) else {
+            return;
+        };
+        for &b in new {
+            if self.broken {
+                break;
+            }
+            if self.in_str {
+                match b {
+                    _ if self.esc => self.esc = false,
+                    b'\\' => self.esc = true,
+                    b'"' => self.in_str = false,
+                    // A raw control character ends any JSON string.
+                    0..0x20 => self.broken = true,
+                    _ => {}
+                }
+                continue;
+            }
+            match b {
+                _ if is_ws(b) => {}
+                _ if self.closed => self.broken = true,
+                b'"' => self.in_str = true,
+                b'{' | b'[' => self.depth += 1,
+                b'}' | b']' => match self.depth.checked_sub(1) {
+                    Some(d) => {
+                        self.depth = d;
+                        self.closed = d == 0;
+                    }
+                    None => self.broken = true,
+                },
+                _ => {}
+            }
+        }
+        self.at = text.len();
+    }
 }
 
 /// The longest JSON number redacted (when numbers are): longer ones are no identifier.
@@ -525,6 +583,7 @@ impl JsonRedactor {
             level: 0,
             cur_key: false,
             lead_ws: Some(0),
+            doc: None,
         }
     }
 
@@ -591,6 +650,7 @@ impl JsonRedactor {
         self.cur_changed = false;
         self.seg_emitted = false;
         self.lead_ws = Some(0);
+        self.doc = None;
     }
 
     /// Reads the next chunk of the document and appends to `out` everything that can be
@@ -1239,8 +1299,8 @@ impl JsonRedactor {
     fn appended(&mut self, out: &mut Vec<u8>, i: usize) -> Result<(), JsonError> {
         self.peak_buffered = self.peak_buffered.max(self.buffered());
         if let Some(from) = self.lead_ws {
-            // A value that opens a document may take the document window (decided by its
-            // first character other than whitespace, whatever the chunking).
+            // A value that opens a document (by its first character other than whitespace)
+            // may be buffered up to the document window.
             let rest = self.decoded.as_bytes().get(from..).unwrap_or_default();
             match rest.iter().position(|&b| !is_ws(b)) {
                 None => self.lead_ws = Some(self.decoded.len()),
@@ -1251,16 +1311,38 @@ impl JsonRedactor {
                         && !self.seg_emitted
                         && self.level < MAX_EMBEDDED
                     {
-                        self.threshold = self.threshold.max(self.limits.document_window);
+                        self.doc = Some(DocScan {
+                            at: from + at,
+                            ..DocScan::default()
+                        });
                     }
                 }
             }
         }
-        if self.raw.len() >= self.threshold {
+        if self.raw.len() >= self.threshold && self.still_document() {
+            // At each multiple of the window and at the document window (where runs stop, so
+            // whatever the chunking).
+            self.threshold = (self.threshold + self.limits.window).min(self.limits.document_window);
+        } else if self.raw.len() >= self.threshold {
             self.segment(out).map_err(|kind| self.err(i, kind))?;
             self.peak_buffered = self.peak_buffered.max(self.buffered());
         }
         Ok(())
+    }
+
+    /// Whether the buffered value, which reached its threshold, may still be one document
+    /// within the document window: then it is buffered on rather than cut. Otherwise it is
+    /// never again (its segments are text).
+    fn still_document(&mut self) -> bool {
+        let Some(doc) = &mut self.doc else {
+            return false;
+        };
+        doc.read(&self.decoded);
+        let more = !doc.broken && self.threshold < self.limits.document_window;
+        if !more {
+            self.doc = None;
+        }
+        more
     }
 
     /// Emits the redacted head of an over-long string, carrying the tail (see module docs).

@@ -4,6 +4,7 @@ export const CUSTOMER_TEMPLATE = {
   name: 'Jane Doe',
   email: 'jane.doe@example.com',
   phone: '+44 20 7946 0958',
+  mobile: '447700900123',
   iban: 'GB82WEST12345698765432',
   portal_api_key: 'sk_live_4eC39HqLyjWDarjtT1zdp7dc',
 };

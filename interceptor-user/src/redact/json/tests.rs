@@ -1017,3 +1017,58 @@ proptest! {
         }
     }
 }
+
+/// A long value that opens like a document but is none (JSONL, log lines that start with
+/// `[`) is cut at its first window as any long string, not buffered up to the document window;
+/// one that is a document is buffered whole.
+#[test]
+fn only_a_value_that_may_be_one_document_takes_the_document_window() {
+    let limits = JsonLimits {
+        window: 64,
+        max_window: 1 << 16,
+        context: 3,
+        ..JsonLimits::default()
+    };
+    let r: Arc<dyn TextRedactor> = Arc::new(TestRedactor { max: 16 });
+    let records: Vec<String> = (0..400).map(json_record).collect();
+    let jsonl = records.join("\n");
+    let array = format!("[{}]", records.join(","));
+    let log: String = (0..400)
+        .map(|i| format!("[INFO] user{i}@ex.com logged in\n"))
+        .collect();
+    for (text, whole) in [(&jsonl, false), (&log, false), (&array, true)] {
+        let doc = serde_json::json!({ "text": text }).to_string();
+        let raw = doc.len() - r#"{"text":""}"#.len();
+        assert!(raw > 8 * 1024 && raw < limits.max_window / 2, "{raw}");
+        for size in [doc.len(), 1, 100] {
+            let chunks: Vec<&[u8]> = doc.as_bytes().chunks(size).collect();
+            let mut j = JsonRedactor::new(r.clone(), limits);
+            let mut out = Vec::new();
+            for c in &chunks {
+                j.push(c, &mut out).expect("valid");
+            }
+            j.finish(&mut out).expect("complete");
+            let window = j.limits().window;
+            if whole {
+                assert!(
+                    j.peak_buffered() >= raw + text.len(),
+                    "{size}: {}",
+                    j.peak_buffered()
+                );
+            } else {
+                assert!(
+                    j.peak_buffered() < 4 * window + 2 * size.min(window),
+                    "{size}: {}",
+                    j.peak_buffered()
+                );
+            }
+            let v: Value = serde_json::from_slice(&out).expect("JSON");
+            assert!(!v["text"].as_str().unwrap().contains("@ex.com"), "{size}");
+        }
+    }
+}
+
+fn json_record(i: usize) -> String {
+    serde_json::json!({"id": i, "mail": format!("user{i}@ex.com"), "pin": format!("{}", 1000 + i)})
+        .to_string()
+}
