@@ -10,7 +10,10 @@
 //!   quantities, amounts, timestamps; an e-mail every 50 rows), where most numbers are
 //!   candidates of some number pattern that the validators then reject;
 //! - `records_json`: ~1 MB of customer records as `structuredContent` (name, e-mail, phone,
-//!   IBAN, date of birth, city, a note): a bulk export, personal data in most string values.
+//!   IBAN, date of birth, city, a note): a bulk export, personal data in most string values;
+//! - `records_text`: ~512 KB of the same records serialised into the text of a tool result (as
+//!   SDK servers send a returned record): the agent reads the string as the document it holds,
+//!   then as text; the engine and the naive baseline see the text.
 //!
 //! For each, four ways:
 //! - `engine`: the engine over the whole text (`Engine::redact_cow`: one lazy-DFA pass, in
@@ -32,7 +35,7 @@
 //! much CPU other processes took meanwhile. Also printed: the build time of the engine, and
 //! what a dense (ahead-of-time) DFA of the same patterns would cost to build.
 //!
-//! `REDACT_BENCH_PROFILE=sparse|dense|base64|csv|records[_agent] [REDACT_BENCH_ITERS=n]
+//! `REDACT_BENCH_PROFILE=sparse|dense|base64|csv|records|records_text[_agent] [REDACT_BENCH_ITERS=n]
 //! [REDACT_BENCH_SCAN_ONLY=1]` runs one workload alone (for `perf record` or `valgrind --tool=callgrind`); `REDACT_BENCH_SUMMARY=1`
 //! skips criterion and prints the summary only.
 
@@ -501,12 +504,15 @@ fn main() {
     let csv = numeric_csv(1 << 20);
     let csv_doc = tool_result(&csv);
     let records = records_json(1 << 20);
+    let records_small = records_json(1 << 19);
+    let records_text = tool_result(&records_small);
     let workloads = [
         ("sparse_json", &sparse, &sparse),
         ("dense_text", &dense, &dense_doc),
         ("base64_json", &blobs, &blobs),
         ("numeric_csv", &csv, &csv_doc),
         ("records_json", &records, &records),
+        ("records_text", &records_small, &records_text),
     ];
     if let Ok(which) = std::env::var("REDACT_BENCH_PROFILE") {
         // For `perf record` / callgrind: one workload alone, for ~5 s or n iterations.
@@ -520,6 +526,8 @@ fn main() {
             "csv" => csv.as_str(),
             "csv_agent" => csv_doc.as_str(),
             "records" | "records_agent" => records.as_str(),
+            "records_text" => records_small.as_str(),
+            "records_text_agent" => records_text.as_str(),
             _ => sparse.as_str(),
         };
         let agent_path = which.ends_with("_agent");
