@@ -1387,6 +1387,17 @@ impl Engine {
             columns: if whole { Table::Unread } else { Table::Off },
             ..Scratch::default()
         };
+        // The cells of a CSV table's columns named for a phone number or an IBAN, each read
+        // whole as a field of that name (`mobile` over `4915112345678`), in order.
+        let cells = if whole && (inner.phone_field.is_some() || inner.iban_field.is_some()) {
+            let cols = columns::Columns::parse(hay);
+            let cells = cols.as_ref().map(|c| self.labelled_cells(text, c));
+            scratch.columns = Table::Read(cols);
+            cells.unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let mut cells = cells.into_iter().peekable();
         // End of the last rejected candidate: a candidate wholly inside it is a fragment of a
         // rejected structure (`0044 0532 0130 00` inside a bad IBAN) and is skipped.
         let mut rejected_end = 0;
@@ -1440,9 +1451,18 @@ impl Engine {
                 (Some(a), Some(b)) => Some(if (b.0, b.2) < (a.0, a.2) { b } else { a }),
                 (a, b) => a.or(b),
             };
-            let (s, e, pid) = match found {
-                Some(m) if m.0 < stop => m,
-                _ => break,
+            let found = found.filter(|m| m.0 < stop);
+            // A labelled cell before (or at) the next candidate comes first; a candidate
+            // accepted over a cell's start has taken it.
+            while cells.next_if(|c| c.start < pos).is_some() {}
+            if let Some(c) = cells.next_if(|c| found.is_none_or(|m| c.start <= m.0)) {
+                pos = c.end;
+                scratch.floor = c.end;
+                out.push(c);
+                continue;
+            }
+            let Some((s, e, pid)) = found else {
+                break;
             };
             // The automaton's look-around (`\b`) reads one byte either side.
             scratch.reach = (s.saturating_sub(1), e + 1);
@@ -1487,6 +1507,31 @@ impl Engine {
                 pos += 1;
             }
         }
+    }
+
+    /// The cells of `cols` that a field named as their column holds whole as a phone number or
+    /// an IBAN ([`Inner::labelled_field`]), as matches in order.
+    fn labelled_cells(&self, text: &str, cols: &columns::Columns) -> Vec<Match> {
+        let inner = &*self.inner;
+        let hay = text.as_bytes();
+        let named = |col: usize| {
+            cols.name(text, col)
+                .is_some_and(|n| detectors::field_kind(n).is_some())
+        };
+        cols.cells(hay, named)
+            .into_iter()
+            .filter_map(|(col, s, e)| {
+                let (d, a, b) = inner.labelled_field(cols.name(text, col)?, hay.get(s..e)?)?;
+                let det = &inner.detectors[d as usize];
+                Some(Match {
+                    entity: det.entity.clone(),
+                    start: s + a,
+                    end: s + b,
+                    confidence: (det.base + det.boost).min(1.0),
+                    detector: d,
+                })
+            })
+            .collect()
     }
 
     /// Every other pattern, and every shorter end, matching at `s`; the most confident that
@@ -2456,6 +2501,8 @@ pub struct LaneSieve {
     /// The e-mail pattern is not in the union automaton: it is searched from each `@` (see
     /// `side`).
     at_sign: bool,
+    /// CSV tables' phone and IBAN columns are read whole (see `Engine::labelled_cells`).
+    tables: bool,
 }
 
 impl Sieve for LaneSieve {
@@ -2475,6 +2522,11 @@ impl Sieve for LaneSieve {
             return false;
         }
         if self.at_sign && side::next_at(&hay[start..end]).is_some() {
+            return false;
+        }
+        // A table whose column names a phone number or an IBAN: its cells are read whole,
+        // candidates or not.
+        if self.tables && columns::Columns::names_a_field(&text[start..end]) {
             return false;
         }
         self.candidates.none_start_in(start, end)
@@ -2505,6 +2557,7 @@ impl Engine {
             Some(LaneSearch::Sparse(candidates)) => Some(LaneSieve {
                 candidates,
                 at_sign: inner.side.is_some(),
+                tables: inner.phone_field.is_some() || inner.iban_field.is_some(),
             }),
             _ => None,
         }

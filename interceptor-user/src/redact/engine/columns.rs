@@ -88,6 +88,82 @@ impl Columns {
     }
 }
 
+impl Columns {
+    /// Whether `text` starts with a header row one of whose columns is named for a field
+    /// read whole (`detectors::field_kind`: a phone number, an IBAN). Cheap when it holds no
+    /// line break near its start.
+    pub(crate) fn names_a_field(text: &str) -> bool {
+        let hay = text.as_bytes();
+        if memchr::memchr(b'\n', &hay[..hay.len().min(MAX_LINE)]).is_none() {
+            return false;
+        }
+        Columns::parse(hay).is_some_and(|c| {
+            (0..c.names.len()).any(|i| {
+                c.name(text, i)
+                    .is_some_and(|n| super::detectors::field_kind(n).is_some())
+            })
+        })
+    }
+
+    /// The name of column `col`.
+    pub(crate) fn name<'t>(&self, text: &'t str, col: usize) -> Option<&'t str> {
+        let &(a, b) = self.names.get(col)?;
+        text.get(a..b)
+    }
+
+    /// Every cell of the rows after the header whose column `want` picks: its column and its
+    /// span, blanks and one pair of quotes around it left out. Rows are lines (a quoted cell
+    /// does not span lines here, as in [`cell_at`](Self::cell_at)).
+    pub(crate) fn cells(
+        &self,
+        hay: &[u8],
+        want: impl Fn(usize) -> bool,
+    ) -> Vec<(usize, usize, usize)> {
+        let mut out = Vec::new();
+        let Some(body) = hay.get(self.body..) else {
+            return out;
+        };
+        let mut line = self.body;
+        for raw in body.split(|&b| b == b'\n') {
+            let row = strip_cr(raw);
+            let (mut col, mut cell, mut quoted) = (0, 0, false);
+            for i in 0..=row.len() {
+                let b = row.get(i).copied();
+                if b == Some(b'"') {
+                    quoted = !quoted;
+                } else if b.is_none() || (b == Some(self.sep) && !quoted) {
+                    if want(col) {
+                        let (s, e) = unquoted(row, cell, i);
+                        if s < e {
+                            out.push((col, line + s, line + e));
+                        }
+                    }
+                    col += 1;
+                    cell = i + 1;
+                }
+            }
+            line += raw.len() + 1;
+        }
+        out
+    }
+}
+
+/// `row[s..e]` without the blanks and one pair of quotes around it.
+fn unquoted(row: &[u8], mut s: usize, mut e: usize) -> (usize, usize) {
+    let blank = |b: u8| b == b' ' || b == b'\t';
+    while s < e && blank(row[s]) {
+        s += 1;
+    }
+    while e > s && blank(row[e - 1]) {
+        e -= 1;
+    }
+    if e - s >= 2 && row[s] == b'"' && row[e - 1] == b'"' {
+        s += 1;
+        e -= 1;
+    }
+    (s, e)
+}
+
 fn strip_cr(line: &[u8]) -> &[u8] {
     line.strip_suffix(b"\r").unwrap_or(line)
 }

@@ -3975,3 +3975,68 @@ fn an_export_carried_in_one_string_is_read_whole_up_to_the_document_window() {
     let text = v["result"]["content"][0]["text"].as_str().unwrap();
     assert!(!text.contains("+49151"), "a + number in clear");
 }
+
+/// A CSV export's columns named for a phone number or an IBAN have their cells read whole, as
+/// a JSON field of that name (`mobile` over `4915112345678`, stored without `+`; an IBAN in
+/// small letters): they went out in clear, the column's name being only context for
+/// candidates, and these values are none. Same pseudonyms as the `+` / capital forms; other
+/// columns untouched; also when the table holds no candidate at all (the JSON rewriter's sieve
+/// must not pass over it), at any chunking.
+#[test]
+fn csv_phone_and_iban_columns_are_read_whole() {
+    let e = engine();
+    let csv = "name;mobile;\"payout IBAN\";order_no;phone_verified_at\r\n\
+               Jane;4915112345678;de89370400440532013000;4915112345678;2024-03-15\r\n\
+               Joe; \"+49 151 1234 5679\" ;;12;2024-03-16\r\n\
+               Ann;n/a;x;3;\r\n";
+    let found: Vec<(String, String)> = e
+        .scan_field("text", csv)
+        .iter()
+        .map(|m| (m.entity.to_string(), csv[m.start..m.end].to_string()))
+        .collect();
+    assert_eq!(
+        found,
+        [
+            ("PHONE".to_string(), "4915112345678".to_string()),
+            ("IBAN".to_string(), "de89370400440532013000".to_string()),
+            ("PHONE".to_string(), "+49 151 1234 5679".to_string()),
+        ],
+        "{csv}"
+    );
+    let pseudonym = |label: &str, v: &str| e.redact_field(label, v, e.default_view()).text;
+    let red = e.redact_field("text", csv, e.default_view()).text;
+    assert!(red.contains(&pseudonym("phone", "4915112345678")), "{red}");
+    assert!(
+        red.contains(&pseudonym("iban", "DE89370400440532013000")),
+        "{red}"
+    );
+    assert!(
+        red.contains(";4915112345678;2024-03-15"),
+        "order_no stays: {red}"
+    );
+
+    // No candidate in the table at all; padding so that the rewriter's sieve runs.
+    let table = "name,mobile\nJane,4915112345678\nJoe,4915112345679\n";
+    let pad: Vec<String> = (0..200).map(|i| format!("item {i} of the list")).collect();
+    let doc =
+        serde_json::json!({"result": {"items": pad, "content": [{"type": "text", "text": table}]}})
+            .to_string();
+    for size in [doc.len(), 1, 7, 4096] {
+        let (v, summary) = rewrite_in_chunks(e, doc.as_bytes(), size);
+        let text = v["result"]["content"][0]["text"].as_str().unwrap();
+        assert!(!text.contains("491511234567"), "{size}: {text}");
+        assert_eq!(summary.counts.get("PHONE"), Some(&2), "{size}");
+    }
+    // A sieve over a text that holds the table never calls it clean (in JSON a table's line
+    // breaks are escapes, which keep the rewriter from asking; any other caller may ask).
+    // (An IBAN in small letters and a number with dots are no candidate of any pattern.)
+    let table = "name,mobile,iban\nJane,151.1234.5678,de89370400440532013000\n";
+    let text = format!("{} {table}", pad.join(" "));
+    let at = text.find("name,").unwrap();
+    let mut sieve = e.sieve(&text).expect("a sieve over a long sparse text");
+    assert!(!sieve.clean(&text, at, text.len()), "{text}");
+    assert!(sieve.clean(&text, 0, 4), "{text}");
+    // Without a header naming them, such numbers stay as they are.
+    let plain = "name,number\nJane,4915112345678\n";
+    assert!(e.scan_field("text", plain).is_empty());
+}
