@@ -1389,7 +1389,11 @@ impl Engine {
         };
         // The cells of a CSV table's columns named for a phone number or an IBAN, each read
         // whole as a field of that name (`mobile` over `4915112345678`), in order.
-        let cells = if whole && (inner.phone_field.is_some() || inner.iban_field.is_some()) {
+        let cells = if whole
+            && (inner.phone_field.is_some()
+                || inner.iban_field.is_some()
+                || inner.secret_field.is_some())
+        {
             let cols = columns::Columns::parse(hay);
             let cells = cols.as_ref().map(|c| self.labelled_cells(text, c));
             scratch.columns = Table::Read(cols);
@@ -1509,19 +1513,33 @@ impl Engine {
         }
     }
 
-    /// The cells of `cols` that a field named as their column holds whole as a phone number or
-    /// an IBAN ([`Inner::labelled_field`]), as matches in order.
+    /// The cells of `cols` that a field named as their column holds whole: a credential
+    /// (`detectors::secret_label`), a phone number or an IBAN ([`Inner::labelled_field`]), as
+    /// matches in order.
     fn labelled_cells(&self, text: &str, cols: &columns::Columns) -> Vec<Match> {
         let inner = &*self.inner;
         let hay = text.as_bytes();
+        let secret = |n: &str| inner.secret_field.is_some() && detectors::secret_label(n);
         let named = |col: usize| {
             cols.name(text, col)
-                .is_some_and(|n| detectors::field_kind(n).is_some())
+                .is_some_and(|n| secret(n) || detectors::field_kind(n).is_some())
         };
         cols.cells(hay, named)
             .into_iter()
             .filter_map(|(col, s, e)| {
-                let (d, a, b) = inner.labelled_field(cols.name(text, col)?, hay.get(s..e)?)?;
+                let name = cols.name(text, col)?;
+                let cell = hay.get(s..e)?;
+                if let Some(d) = inner.secret_field.filter(|_| secret(name)) {
+                    let det = &inner.detectors[d as usize];
+                    return validate::secret_value(cell).then(|| Match {
+                        entity: det.entity.clone(),
+                        start: s,
+                        end: e,
+                        confidence: det.base,
+                        detector: d,
+                    });
+                }
+                let (d, a, b) = inner.labelled_field(name, cell)?;
                 let det = &inner.detectors[d as usize];
                 Some(Match {
                     entity: det.entity.clone(),
@@ -2557,7 +2575,9 @@ impl Engine {
             Some(LaneSearch::Sparse(candidates)) => Some(LaneSieve {
                 candidates,
                 at_sign: inner.side.is_some(),
-                tables: inner.phone_field.is_some() || inner.iban_field.is_some(),
+                tables: inner.phone_field.is_some()
+                    || inner.iban_field.is_some()
+                    || inner.secret_field.is_some(),
             }),
             _ => None,
         }

@@ -90,7 +90,7 @@ impl Columns {
 
 impl Columns {
     /// Whether `text` starts with a header row one of whose columns is named for a field
-    /// read whole (`detectors::field_kind`: a phone number, an IBAN). Cheap when it holds no
+    /// read whole (a credential, a phone number, an IBAN). Cheap when it holds no
     /// line break near its start.
     pub(crate) fn names_a_field(text: &str) -> bool {
         let hay = text.as_bytes();
@@ -99,8 +99,9 @@ impl Columns {
         }
         Columns::parse(hay).is_some_and(|c| {
             (0..c.names.len()).any(|i| {
-                c.name(text, i)
-                    .is_some_and(|n| super::detectors::field_kind(n).is_some())
+                c.name(text, i).is_some_and(|n| {
+                    super::detectors::field_kind(n).is_some() || super::detectors::secret_label(n)
+                })
             })
         })
     }

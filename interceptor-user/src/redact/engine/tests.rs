@@ -3978,8 +3978,8 @@ fn an_export_carried_in_one_string_is_read_whole_up_to_the_document_window() {
 
 /// A CSV export's columns named for a phone number or an IBAN have their cells read whole, as
 /// a JSON field of that name (`mobile` over `4915112345678`, stored without `+`; an IBAN in
-/// small letters): they went out in clear, the column's name being only context for
-/// candidates, and these values are none. Same pseudonyms as the `+` / capital forms; other
+/// small letters), and so do columns named for a credential (`api_key`): they went out in
+/// clear, the column's name being only context for candidates, and these values are none. Same pseudonyms as the `+` / capital forms; other
 /// columns untouched; also when the table holds no candidate at all (the JSON rewriter's sieve
 /// must not pass over it), at any chunking.
 #[test]
@@ -4036,6 +4036,18 @@ fn csv_phone_and_iban_columns_are_read_whole() {
     let mut sieve = e.sieve(&text).expect("a sieve over a long sparse text");
     assert!(!sieve.clean(&text, at, text.len()), "{text}");
     assert!(sieve.clean(&text, 0, 4), "{text}");
+    // A column named for a credential: each value masked whole, placeholders left.
+    let users = "user,api_key,password_changed_at\nann,k3y-Xq9v,2024-01-02\nbob,<redacted>,\n";
+    let found: Vec<(String, String)> = e
+        .scan_field("text", users)
+        .iter()
+        .map(|m| (m.entity.to_string(), users[m.start..m.end].to_string()))
+        .collect();
+    assert_eq!(
+        found,
+        [("SECRET".to_string(), "k3y-Xq9v".to_string())],
+        "{users}"
+    );
     // Without a header naming them, such numbers stay as they are.
     let plain = "name,number\nJane,4915112345678\n";
     assert!(e.scan_field("text", plain).is_empty());
