@@ -1,7 +1,8 @@
 //! Fuzzes the streaming JSON redactor: arbitrary bytes never panic; chunking never changes the
 //! result; when the input parses as JSON, the output parses too, equals redacting the parsed
 //! document value by value (`redact_value`, same labels; with keys or numbers redacted, which
-//! `redact_value` does not do, only the next check), and no match of the test redactor
+//! `redact_value` does not do, or with a document carried in a string, only the next check),
+//! and no match of the test redactor
 //! survives in any string value under its key (nor in a key, nor a number, when those are
 //! redacted: `[services.redact] keys`, `numbers`).
 //!
@@ -163,6 +164,16 @@ fn assert_clean(v: &Value, r: &dyn TextRedactor, keys: bool, numbers: bool) {
     }
 }
 
+/// Whether a string of `v` holds a JSON document that the rewriter reads as one.
+fn holds_document(v: &Value) -> bool {
+    match v {
+        Value::String(s) => json::embedded_document(s, 0).is_some(),
+        Value::Array(a) => a.iter().any(holds_document),
+        Value::Object(m) => m.values().any(holds_document),
+        _ => false,
+    }
+}
+
 fuzz_target!(|input: &[u8]| {
     // First byte: chunk size and options; the rest is the document.
     let Some((&ctl, data)) = input.split_first() else {
@@ -192,7 +203,11 @@ fuzz_target!(|input: &[u8]| {
         let out = whole.expect("valid JSON must be accepted");
         let parsed: Value = serde_json::from_slice(&out).expect("output must be JSON");
         assert_clean(&parsed, r.as_ref(), keys, numbers);
-        if !keys && !numbers {
+        // A document carried in a string is written back as it came by the rewriter and
+        // compact by `redact_value`, and the text pass after it may read the two apart (the
+        // test redactor's PIN rule counts bytes from the start): compared by the crate's
+        // property tests, modulo whitespace, with labels where that cannot happen.
+        if !keys && !numbers && !holds_document(&reference) {
             redact_value(&mut reference, r.as_ref());
             assert_eq!(parsed, reference, "differs from value-by-value redaction");
         }
