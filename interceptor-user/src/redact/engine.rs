@@ -467,15 +467,61 @@ struct Inner {
     iban_field: Option<u32>,
 }
 
+/// What a field's name says its whole value is (a JSON key, a CSV column), with the detector
+/// that then reads it enabled: see [`Inner::whole_kind`].
+#[derive(Debug, Clone, Copy)]
+enum Whole {
+    /// A credential (`detectors::secret_label`): the `SECRET` detector.
+    Secret(u32),
+    /// A phone number or an IBAN (`detectors::field_kind`).
+    Field(FieldKind),
+}
+
 impl Inner {
-    /// The whole value `hay` of a field named `label` when the name says what it holds and
-    /// the value is that (see [`detectors::field_kind`]): detector and span.
-    fn labelled_field(&self, label: &str, hay: &[u8]) -> Option<(u32, usize, usize)> {
-        let (d, span) = match detectors::field_kind(label)? {
-            FieldKind::Phone => (self.phone_field?, validate::labelled_phone(hay)),
-            FieldKind::Iban => (self.iban_field?, validate::labelled_iban(hay)),
+    /// Whether some field is read whole on its name alone (the `SECRET`, `PHONE` or `IBAN`
+    /// detector is on).
+    fn reads_whole(&self) -> bool {
+        self.secret_field.is_some() || self.phone_field.is_some() || self.iban_field.is_some()
+    }
+
+    /// What the whole value of a field named `label` is read as, if its name says (see
+    /// [`TextRedactor::masks_whole`]).
+    fn whole_kind(&self, label: &str) -> Option<Whole> {
+        if let Some(d) = self.secret_field.filter(|_| detectors::secret_label(label)) {
+            return Some(Whole::Secret(d));
+        }
+        (self.phone_field.is_some() || self.iban_field.is_some())
+            .then(|| detectors::field_kind(label))?
+            .map(Whole::Field)
+    }
+
+    /// The whole value `hay` (at `at` in the text) of a field of kind `kind`, when it is one:
+    /// a credential masked whole at the detector's confidence, a phone number or an IBAN (see
+    /// [`detectors::field_kind`]) at its confidence with context.
+    fn whole_match(&self, kind: Whole, hay: &[u8], at: usize) -> Option<Match> {
+        let (d, s, e, with_context) = match kind {
+            Whole::Secret(d) => validate::secret_value(hay).then_some((d, 0, hay.len(), false))?,
+            Whole::Field(kind) => {
+                let (d, span) = match kind {
+                    FieldKind::Phone => (self.phone_field?, validate::labelled_phone(hay)),
+                    FieldKind::Iban => (self.iban_field?, validate::labelled_iban(hay)),
+                };
+                let (s, e) = span?;
+                (d, s, e, true)
+            }
         };
-        span.map(|(s, e)| (d, s, e))
+        let det = &self.detectors[d as usize];
+        Some(Match {
+            entity: det.entity.clone(),
+            start: at + s,
+            end: at + e,
+            confidence: if with_context {
+                (det.base + det.boost).min(1.0)
+            } else {
+                det.base
+            },
+            detector: d,
+        })
     }
 
     /// Whether a rejected match of pattern `pid` hides the candidates inside it (see
@@ -1300,42 +1346,18 @@ impl Engine {
         let inner = &*self.inner;
         let hay = text.as_bytes();
         // A field under a credential's key (`"password": "..."`) is a secret whatever it
-        // looks like: masked whole.
-        if let Some(d) = inner.secret_field {
-            if from == 0
-                && stop >= hay.len()
-                && detectors::secret_label(label)
-                && validate::secret_value(hay)
+        // looks like: masked whole. A field whose name says it holds a phone number or an
+        // IBAN, and whose whole value is one, in a form the patterns leave alone (`"phone":
+        // "4915112345678"`, `"iban": "de89370400440532013000"`): that value.
+        if from == 0 && stop >= hay.len() && !label.is_empty() {
+            if let Some(m) = inner
+                .whole_kind(label)
+                .and_then(|k| inner.whole_match(k, hay, 0))
             {
                 if let Some(r) = reach {
                     r.push((0, hay.len()));
                 }
-                out.push(Match {
-                    entity: inner.detectors[d as usize].entity.clone(),
-                    start: 0,
-                    end: hay.len(),
-                    confidence: inner.detectors[d as usize].base,
-                    detector: d,
-                });
-                return;
-            }
-        }
-        // A field whose name says it holds a phone number or an IBAN, and whose whole value is
-        // one, in a form the patterns leave alone (`"phone": "4915112345678"`, `"iban":
-        // "de89370400440532013000"`): that value, at the detector's confidence with context.
-        if from == 0 && stop >= hay.len() && !label.is_empty() {
-            if let Some((d, s, e)) = inner.labelled_field(label, hay) {
-                if let Some(r) = reach {
-                    r.push((0, hay.len()));
-                }
-                let det = &inner.detectors[d as usize];
-                out.push(Match {
-                    entity: det.entity.clone(),
-                    start: s,
-                    end: e,
-                    confidence: (det.base + det.boost).min(1.0),
-                    detector: d,
-                });
+                out.push(m);
                 return;
             }
         }
@@ -1387,13 +1409,10 @@ impl Engine {
             columns: if whole { Table::Unread } else { Table::Off },
             ..Scratch::default()
         };
-        // The cells of a CSV table's columns named for a phone number or an IBAN, each read
-        // whole as a field of that name (`mobile` over `4915112345678`), in order.
-        let cells = if whole
-            && (inner.phone_field.is_some()
-                || inner.iban_field.is_some()
-                || inner.secret_field.is_some())
-        {
+        // The cells of a CSV table's columns named for a credential, a phone number or an
+        // IBAN, each read whole as a field of that name (`mobile` over `4915112345678`), in
+        // order.
+        let cells = if whole && inner.reads_whole() {
             let cols = columns::Columns::parse(hay);
             let cells = cols.as_ref().map(|c| self.labelled_cells(text, c));
             scratch.columns = Table::Read(cols);
@@ -1514,41 +1533,19 @@ impl Engine {
     }
 
     /// The cells of `cols` that a field named as their column holds whole: a credential
-    /// (`detectors::secret_label`), a phone number or an IBAN ([`Inner::labelled_field`]), as
+    /// (`detectors::secret_label`), a phone number or an IBAN ([`Inner::whole_match`]), as
     /// matches in order.
     fn labelled_cells(&self, text: &str, cols: &columns::Columns) -> Vec<Match> {
         let inner = &*self.inner;
         let hay = text.as_bytes();
-        let secret = |n: &str| inner.secret_field.is_some() && detectors::secret_label(n);
-        let named = |col: usize| {
-            cols.name(text, col)
-                .is_some_and(|n| secret(n) || detectors::field_kind(n).is_some())
-        };
-        cols.cells(hay, named)
+        // Each column's name read once, not per cell.
+        let kinds: Vec<Option<Whole>> = (0..cols.count())
+            .map(|c| cols.name(text, c).and_then(|n| inner.whole_kind(n)))
+            .collect();
+        let kind = |col: usize| kinds.get(col).copied().flatten();
+        cols.cells(hay, |col| kind(col).is_some())
             .into_iter()
-            .filter_map(|(col, s, e)| {
-                let name = cols.name(text, col)?;
-                let cell = hay.get(s..e)?;
-                if let Some(d) = inner.secret_field.filter(|_| secret(name)) {
-                    let det = &inner.detectors[d as usize];
-                    return validate::secret_value(cell).then(|| Match {
-                        entity: det.entity.clone(),
-                        start: s,
-                        end: e,
-                        confidence: det.base,
-                        detector: d,
-                    });
-                }
-                let (d, a, b) = inner.labelled_field(name, cell)?;
-                let det = &inner.detectors[d as usize];
-                Some(Match {
-                    entity: det.entity.clone(),
-                    start: s + a,
-                    end: s + b,
-                    confidence: (det.base + det.boost).min(1.0),
-                    detector: d,
-                })
-            })
+            .filter_map(|(col, s, e)| inner.whole_match(kind(col)?, hay.get(s..e)?, s))
             .collect()
     }
 
@@ -2519,8 +2516,9 @@ pub struct LaneSieve {
     /// The e-mail pattern is not in the union automaton: it is searched from each `@` (see
     /// `side`).
     at_sign: bool,
-    /// CSV tables' phone and IBAN columns are read whole (see `Engine::labelled_cells`).
-    tables: bool,
+    /// The engine, when it reads some fields whole: then so are the cells of a CSV table's
+    /// columns named for one (see `Engine::labelled_cells`).
+    fields: Option<Engine>,
 }
 
 impl Sieve for LaneSieve {
@@ -2542,10 +2540,12 @@ impl Sieve for LaneSieve {
         if self.at_sign && side::next_at(&hay[start..end]).is_some() {
             return false;
         }
-        // A table whose column names a phone number or an IBAN: its cells are read whole,
-        // candidates or not.
-        if self.tables && columns::Columns::names_a_field(&text[start..end]) {
-            return false;
+        // A table whose column names a field read whole: its cells are, candidates or not.
+        if let Some(e) = &self.fields {
+            let names_field = |n: &str| e.inner.whole_kind(n).is_some();
+            if columns::Columns::names_a(&text[start..end], names_field) {
+                return false;
+            }
         }
         self.candidates.none_start_in(start, end)
     }
@@ -2575,9 +2575,7 @@ impl Engine {
             Some(LaneSearch::Sparse(candidates)) => Some(LaneSieve {
                 candidates,
                 at_sign: inner.side.is_some(),
-                tables: inner.phone_field.is_some()
-                    || inner.iban_field.is_some()
-                    || inner.secret_field.is_some(),
+                fields: inner.reads_whole().then(|| self.clone()),
             }),
             _ => None,
         }
@@ -2595,10 +2593,7 @@ impl TextRedactor for Engine {
         self.inner.keys
     }
     fn masks_whole(&self, label: &str) -> bool {
-        let inner = &*self.inner;
-        (inner.secret_field.is_some() && detectors::secret_label(label))
-            || ((inner.phone_field.is_some() || inner.iban_field.is_some())
-                && detectors::field_kind(label).is_some())
+        self.inner.whole_kind(label).is_some()
     }
 
     fn context_reach(&self) -> usize {

@@ -391,10 +391,9 @@ pub struct JsonRedactor {
     /// How many documents this one is inside (as a string value of each, see
     /// [`MAX_EMBEDDED`]): 0 for a document of its own.
     level: u8,
-    /// The buffered string is a key.
-    cur_key: bool,
-    /// How much of `decoded` is known to be leading whitespace; `None` once its first other
-    /// character was seen.
+    /// How much of `decoded` is known to be leading whitespace, for a value that may open a
+    /// document (not a key, not too deep); `None` once its first other character was seen,
+    /// or for any other string.
     lead_ws: Option<usize>,
     /// The buffered value opens a JSON document that may still be one: it is then buffered
     /// up to the document window, checked at each multiple of the window.
@@ -581,8 +580,7 @@ impl JsonRedactor {
             number: String::new(),
             number_passed: false,
             level: 0,
-            cur_key: false,
-            lead_ws: Some(0),
+            lead_ws: None,
             doc: None,
         }
     }
@@ -649,7 +647,7 @@ impl JsonRedactor {
         self.threshold = self.limits.window;
         self.cur_changed = false;
         self.seg_emitted = false;
-        self.lead_ws = Some(0);
+        self.lead_ws = None;
         self.doc = None;
     }
 
@@ -760,7 +758,9 @@ impl JsonRedactor {
 
     fn start_string(&mut self, key: bool) {
         self.clear_string();
-        self.cur_key = key;
+        if !key && self.level < MAX_EMBEDDED {
+            self.lead_ws = Some(0);
+        }
         if key {
             if let Some(at) = self.label_at {
                 self.keys.truncate(at);
@@ -1306,11 +1306,7 @@ impl JsonRedactor {
                 None => self.lead_ws = Some(self.decoded.len()),
                 Some(at) => {
                     self.lead_ws = None;
-                    if matches!(rest[at], b'{' | b'[')
-                        && !self.cur_key
-                        && !self.seg_emitted
-                        && self.level < MAX_EMBEDDED
-                    {
+                    if matches!(rest[at], b'{' | b'[') && !self.seg_emitted {
                         self.doc = Some(DocScan {
                             at: from + at,
                             ..DocScan::default()
@@ -1430,19 +1426,14 @@ impl JsonRedactor {
 
     fn end_string(&mut self, s: Str, out: &mut Vec<u8>, i: usize) -> Result<(), JsonError> {
         if s.buffered {
-            // Keys (redacted only with key redaction) have no label of their own.
-            let label = if s.key || self.seg_emitted {
-                None
-            } else {
-                label_of(&self.keys, self.label_at)
-            };
-            // A value read whole may hold a document; a key or the last segment of a long
-            // value is only text.
+            // A value read whole, under its label, may hold a document; a key (redacted only
+            // with key redaction) or the last segment of a long value is only text, without
+            // a label.
             let (red, findings, inner) = if s.key || self.seg_emitted {
-                let (red, findings) = self.redactor.redact_labelled(label, &self.decoded);
+                let (red, findings) = self.redactor.redact_labelled(None, &self.decoded);
                 (red, findings, None)
             } else {
-                self.redact_whole(label, &self.decoded)
+                self.redact_whole(label_of(&self.keys, self.label_at), &self.decoded)
             };
             if unchanged(&red, &self.decoded) {
                 out.extend_from_slice(&self.raw);

@@ -31,7 +31,7 @@ impl Columns {
     /// the most frequent of `,`, `;`, tab and `|`, followed by a row with as many cells. `None`
     /// for anything else (prose, JSON, a single column).
     pub(crate) fn parse(hay: &[u8]) -> Option<Columns> {
-        let nl = hay.iter().take(MAX_LINE).position(|&b| b == b'\n')?;
+        let nl = memchr::memchr(b'\n', &hay[..hay.len().min(MAX_LINE)])?;
         let header = strip_cr(&hay[..nl]);
         let sep = *[b',', b';', b'\t', b'|']
             .iter()
@@ -89,21 +89,16 @@ impl Columns {
 }
 
 impl Columns {
-    /// Whether `text` starts with a header row one of whose columns is named for a field
-    /// read whole (a credential, a phone number, an IBAN). Cheap when it holds no
-    /// line break near its start.
-    pub(crate) fn names_a_field(text: &str) -> bool {
-        let hay = text.as_bytes();
-        if memchr::memchr(b'\n', &hay[..hay.len().min(MAX_LINE)]).is_none() {
-            return false;
-        }
-        Columns::parse(hay).is_some_and(|c| {
-            (0..c.names.len()).any(|i| {
-                c.name(text, i).is_some_and(|n| {
-                    super::detectors::field_kind(n).is_some() || super::detectors::secret_label(n)
-                })
-            })
-        })
+    /// Whether `text` starts with a header row one of whose columns `named` picks by its
+    /// name. Cheap when it holds no line break near its start.
+    pub(crate) fn names_a(text: &str, named: impl Fn(&str) -> bool) -> bool {
+        Columns::parse(text.as_bytes())
+            .is_some_and(|c| (0..c.count()).any(|i| c.name(text, i).is_some_and(&named)))
+    }
+
+    /// How many columns the header names.
+    pub(crate) fn count(&self) -> usize {
+        self.names.len()
     }
 
     /// The name of column `col`.
