@@ -124,8 +124,8 @@ use sha2::Sha256;
 use super::json::{add_count, floor_boundary};
 use super::{Finding, Head, Pseudonym, Sieve, TextRedactor};
 use detectors::{
-    BUILTINS, EMAIL_PATTERN, FieldKind, ID_WORDS, NAMELESS_IDS, NATIONAL_IDS, NEGATIVE_GAP,
-    NEGATIVE_WORDS, PENALTY, STRONG, THRESHOLD,
+    BUILTINS, EMAIL_PATTERN, FieldKind, ID_WORDS, LABELLED_IBAN_PATTERN, LABELLED_PHONE_PATTERN,
+    NAMELESS_IDS, NATIONAL_IDS, NEGATIVE_GAP, NEGATIVE_WORDS, PENALTY, STRONG, THRESHOLD,
 };
 use lanes::LaneSearch;
 pub use validate::Validator;
@@ -407,10 +407,12 @@ impl ContextCache {
     }
 }
 
-/// The caches of one search: the union automaton's and the e-mail pattern's.
+/// The caches of one search: the union automaton's, the e-mail pattern's and the field
+/// names'.
 struct Caches {
     re: hybrid::regex::Cache,
     side: Option<hybrid::regex::Cache>,
+    labels: Option<hybrid::regex::Cache>,
 }
 
 struct Inner {
@@ -429,6 +431,9 @@ struct Inner {
     edges: Vec<Edges>,
     /// The e-mail pattern, searched from each `@` (see `side`).
     side: Option<Arc<side::Side>>,
+    /// The names of fields read whole in a text, searched from each `:` and `=` (see
+    /// `side::Labels`).
+    labels: Option<Arc<side::Labels>>,
     caches: CachePool<Caches>,
     all: Arc<hybrid::dfa::DFA>,
     all_caches: CachePool<hybrid::dfa::Cache>,
@@ -1086,8 +1091,38 @@ impl Engine {
             )),
             None => None,
         };
+        // So are the names of fields read whole (see `side::Labels`).
+        let label_pids: Vec<u32> = (0..sources.len() as u32)
+            .filter(|&i| {
+                let s = &sources[i as usize];
+                split && (s == LABELLED_PHONE_PATTERN || s == LABELLED_IBAN_PATTERN)
+            })
+            .collect();
+        let labels = if label_pids.is_empty() {
+            None
+        } else {
+            let srcs: Vec<&str> = label_pids
+                .iter()
+                .map(|&i| widened[i as usize].as_str())
+                .collect();
+            let max_len = label_pids
+                .iter()
+                .map(|&i| pattern_len[i as usize])
+                .max()
+                .unwrap_or(0);
+            Some(Arc::new(
+                side::Labels::new(
+                    label_pids.clone(),
+                    &srcs,
+                    max_len,
+                    printed_config(),
+                    dfa_config.clone(),
+                )
+                .map_err(EngineError::Build)?,
+            ))
+        };
         let mut re_ids: Vec<u32> = (0..sources.len() as u32)
-            .filter(|&i| Some(i as usize) != side_pid)
+            .filter(|&i| Some(i as usize) != side_pid && !label_pids.contains(&i))
             .collect();
         let mut re_sources: Vec<&str> = re_ids
             .iter()
@@ -1174,10 +1209,12 @@ impl Engine {
         );
         let (re, all) = (Arc::new(re), Arc::new(all));
         let (re2, side2, all2) = (Arc::clone(&re), side.clone(), Arc::clone(&all));
+        let labels2 = labels.clone();
         let inner = Inner {
             caches: Pool::new(Box::new(move || Caches {
                 re: re2.create_cache(),
                 side: side2.as_ref().map(|s| s.create_cache()),
+                labels: labels2.as_ref().map(|l| l.create_cache()),
             })),
             re,
             re_ids,
@@ -1186,6 +1223,7 @@ impl Engine {
             re_edges,
             edges,
             side,
+            labels,
             all_caches: Pool::new(Box::new(move || all2.create_cache())),
             all,
             ctx,
@@ -1400,8 +1438,9 @@ impl Engine {
             )
             .map(LaneSearch::Dense);
         }
-        // The next match of the union and of the side pattern.
-        let (mut next_re, mut next_side) = (Next::default(), Next::default());
+        // The next match of the union, of the e-mail pattern and of the field names.
+        let (mut next_re, mut next_side, mut next_label) =
+            (Next::default(), Next::default(), Next::default());
         // (Only for a whole field value: see `columns`.)
         let whole = from == 0 && stop >= hay.len() && !label.is_empty() && reach.is_none();
         let mut scratch = Scratch {
@@ -1469,11 +1508,18 @@ impl Engine {
                     next_side = Next::searched(pos, found.map(|(s, e)| (s, e, side.pid)));
                 }
             }
-            // The leftmost of the two, the union's pattern order breaking ties.
-            let found = match (next_re.found, next_side.found) {
-                (Some(a), Some(b)) => Some(if (b.0, b.2) < (a.0, a.2) { b } else { a }),
-                (a, b) => a.or(b),
-            };
+            if let (Some(labels), Some(cache)) = (&inner.labels, caches.labels.as_mut()) {
+                if !next_label.holds(pos) {
+                    next_label = Next::searched(pos, labels.find(cache, hay, pos, search_end));
+                }
+            }
+            // The leftmost of the three, the union's pattern order breaking ties.
+            let leftmost =
+                |a: Option<(usize, usize, u32)>, b: Option<(usize, usize, u32)>| match (a, b) {
+                    (Some(a), Some(b)) => Some(if (b.0, b.2) < (a.0, a.2) { b } else { a }),
+                    (a, b) => a.or(b),
+                };
+            let found = leftmost(leftmost(next_re.found, next_side.found), next_label.found);
             let found = found.filter(|m| m.0 < stop);
             // A labelled cell before (or at) the next candidate comes first; a candidate
             // accepted over a cell's start has taken it.
@@ -2516,6 +2562,9 @@ pub struct LaneSieve {
     /// The e-mail pattern is not in the union automaton: it is searched from each `@` (see
     /// `side`).
     at_sign: bool,
+    /// Nor are the names of fields read whole: searched from each `:` and `=` that may
+    /// separate one from its value (see `side::Labels`).
+    label_separator: bool,
     /// The engine, when it reads some fields whole: then so are the cells of a CSV table's
     /// columns named for one (see `Engine::labelled_cells`).
     fields: Option<Engine>,
@@ -2538,6 +2587,9 @@ impl Sieve for LaneSieve {
             return false;
         }
         if self.at_sign && side::next_at(&hay[start..end]).is_some() {
+            return false;
+        }
+        if self.label_separator && side::may_hold_label(&hay[start..end]) {
             return false;
         }
         // A table whose column names a field read whole: its cells are, candidates or not.
@@ -2575,6 +2627,7 @@ impl Engine {
             Some(LaneSearch::Sparse(candidates)) => Some(LaneSieve {
                 candidates,
                 at_sign: inner.side.is_some(),
+                label_separator: inner.labels.is_some(),
                 fields: inner.reads_whole().then(|| self.clone()),
             }),
             _ => None,

@@ -1,4 +1,5 @@
-//! The e-mail pattern, searched beside the automaton from each `@`.
+//! Patterns searched beside the union automaton: the e-mail pattern from each `@` ([`Side`]),
+//! the names of fields read whole (phone numbers, IBANs) from each `:` and `=` ([`Labels`]).
 //!
 //! Why it is not in the union automaton: its local part `[A-Za-z0-9._%+'-]{0,63}` may start
 //! after any `+`, `.`, `%` or `-`, and the lazy DFA of the union has to track every such start
@@ -27,8 +28,10 @@ use regex_automata::hybrid;
 use regex_automata::util::syntax;
 use regex_automata::{Anchored, Input};
 
-use super::detectors::{EMAIL_LOCAL_MAX, EMAIL_LOCAL_MAX_WIDE, email_local};
-use super::validate::is_word;
+use super::detectors::{
+    EMAIL_LOCAL_MAX, EMAIL_LOCAL_MAX_WIDE, LABEL_NAMES, LABEL_SUFFIXES, email_local,
+};
+use super::validate::{in_mask_entity, is_word};
 
 /// The offset of the first `@` or `%40` (a percent-encoded `@`) in `hay`.
 pub(super) fn next_at(hay: &[u8]) -> Option<usize> {
@@ -137,6 +140,203 @@ impl Side {
             if hay[at] == b'@' {
                 floor = from;
             }
+        }
+        None
+    }
+}
+
+/// The starts of the names that may end before the `:` or `=` at `j` in a match of a labelled
+/// field's pattern (see [`Labels`]), into `starts` (unordered), none if no match can hold this
+/// separator.
+///
+/// The patterns' parts around the separator are read greedily (a blank, a quote or a
+/// backslash is never the byte that follows it there): before it, up to two blanks, a quote
+/// and a backslash, then the name: a word of [`LABEL_NAMES`] in any case, then maybe a `_`,
+/// `-` or blank and a word of [`LABEL_SUFFIXES`], then maybe a plural `s`; after it, up to two
+/// blanks, a backslash, a quote and a value's first byte, before `end`. Every start of a match
+/// holding this separator is among those found. Separators inside a pseudonym's mask
+/// (`[PHONE:4f1c9a2b]`) have none: the validators refuse such candidates (and the closure
+/// rescan reads every mask again).
+///
+/// Asked for every `:` and `=` of a text (each member of JSON read as text): most are passed
+/// over after a few bytes, by the last two letters before them ([`ends_label`]) and the first
+/// byte of the value (a letter only after `iban`).
+#[inline]
+fn label_starts(hay: &[u8], j: usize, end: usize, starts: &mut Vec<usize>) {
+    let mut k = j;
+    let mut blanks = 0;
+    while blanks < 2 && k > 0 && matches!(hay[k - 1], b' ' | b'\t') {
+        k -= 1;
+        blanks += 1;
+    }
+    if k > 0 && matches!(hay[k - 1], b'"' | b'\'') {
+        k -= 1;
+    }
+    if k > 0 && hay[k - 1] == b'\\' {
+        k -= 1;
+    }
+    // (No name or suffix ends with an `s`: one there is a plural.)
+    let e = match hay[..k].last() {
+        Some(&b) if b | 0x20 == b's' => k - 1,
+        _ => k,
+    };
+    if e < 2 {
+        return;
+    }
+    let (a, b) = (hay[e - 2], hay[e - 1]);
+    let iban = (a | 0x20, b | 0x20) == (b'a', b'n');
+    if !(iban || ends_label(a, b)) {
+        return;
+    }
+    let mut i = j + 1;
+    let mut blanks = 0;
+    while blanks < 2 && i < end && matches!(hay[i], b' ' | b'\t') {
+        i += 1;
+        blanks += 1;
+    }
+    if i < end && hay[i] == b'\\' {
+        i += 1;
+    }
+    if i < end && matches!(hay[i], b'"' | b'\'') {
+        i += 1;
+    }
+    // A phone number's value starts with a digit, `+` or `(`, an IBAN's with a letter (only
+    // IBAN ends with `an`).
+    let fits = match hay.get(i).filter(|_| i < end) {
+        Some(v) if v.is_ascii_alphabetic() => iban,
+        Some(v) => v.is_ascii_digit() || matches!(v, b'+' | b'('),
+        None => false,
+    };
+    if !fits {
+        return;
+    }
+    if in_mask_entity(hay, k - 1) {
+        return;
+    }
+    let ends = |at: usize, w: &str| {
+        let w = w.as_bytes();
+        at >= w.len() && hay[at - w.len()..at].eq_ignore_ascii_case(w)
+    };
+    let names = |at: usize, starts: &mut Vec<usize>| {
+        for name in LABEL_NAMES {
+            if ends(at, name) {
+                starts.push(at - name.len());
+            }
+        }
+    };
+    names(e, starts);
+    for suffix in LABEL_SUFFIXES {
+        if ends(e, suffix) {
+            let at = e - suffix.len();
+            names(at, starts);
+            if at > 0 && matches!(hay[at - 1], b'_' | b'-' | b' ') {
+                names(at - 1, starts);
+            }
+        }
+    }
+}
+
+/// Whether a name may end with the letters `a` and `b` (any case): the last two of a word of
+/// [`LABEL_NAMES`] or [`LABEL_SUFFIXES`] (tested).
+pub(super) fn ends_label(a: u8, b: u8) -> bool {
+    matches!(
+        (a | 0x20, b | 0x20),
+        (b'n', b'e')
+            | (b'e', b'l')
+            | (b'l', b'e')
+            | (b'i', b'l')
+            | (b'l', b'l')
+            | (b'd', b'n')
+            | (b'a', b'x')
+            | (b'p', b'p')
+            | (b'o', b'n')
+            | (b'n', b'o')
+            | (b'e', b'r')
+            | (b'u', b'm')
+            | (b'n', b'r')
+            | (b'r', b'o')
+            | (b'a', b'n')
+    )
+}
+
+/// Whether `hay` holds a `:` or `=` that may separate a labelled field's name from its value
+/// (for [`super::LaneSieve`]: a piece without one holds no match of [`Labels`]).
+pub(super) fn may_hold_label(hay: &[u8]) -> bool {
+    let mut starts = Vec::new();
+    memchr::memchr2_iter(b':', b'=', hay).any(|j| {
+        label_starts(hay, j, hay.len(), &mut starts);
+        !starts.is_empty()
+    })
+}
+
+/// The patterns of the names of fields read whole in any text (`"mobile": "4915112345678"`,
+/// `iban: de89...`, see `detectors::LABELLED_PHONE_PATTERN`), searched from each `:` and `=`.
+///
+/// Every match of them holds exactly one `:` or `=`, its separator, and no more than
+/// `max_len` bytes. So from a search position, the first separator that some match holds is
+/// the one of the leftmost match: a match starting after a separator holds a later one, and
+/// one starting before it holds it. [`Labels::find`] takes the separators in order (memchr),
+/// lists where a name before each may start (`label_starts`: none for most), and runs the
+/// patterns anchored at each of those from the search position on, in order: the first match
+/// is the leftmost-first match of the patterns from the search position, as the union's search
+/// would find it (property-tested against the union automaton with the patterns inside).
+pub(super) struct Labels {
+    /// The global pattern id of each pattern.
+    pids: Vec<u32>,
+    re: hybrid::regex::Regex,
+    max_len: usize,
+}
+
+impl Labels {
+    pub(super) fn new(
+        pids: Vec<u32>,
+        sources: &[&str],
+        max_len: usize,
+        syntax: syntax::Config,
+        dfa: hybrid::dfa::Config,
+    ) -> Result<Labels, String> {
+        let re = hybrid::regex::Regex::builder()
+            .syntax(syntax)
+            .dfa(dfa)
+            .build_many(sources)
+            .map_err(|e| e.to_string())?;
+        Ok(Labels { pids, re, max_len })
+    }
+
+    pub(super) fn create_cache(&self) -> hybrid::regex::Cache {
+        self.re.create_cache()
+    }
+
+    /// The leftmost-first match of the patterns starting at or after `pos` and ending by
+    /// `end`, with its global pattern id.
+    pub(super) fn find(
+        &self,
+        cache: &mut hybrid::regex::Cache,
+        hay: &[u8],
+        pos: usize,
+        end: usize,
+    ) -> Option<(usize, usize, u32)> {
+        // Starts from `from` on: not before the search position, nor before the previous
+        // separator (a match starting there holds that one).
+        let mut from = pos;
+        let mut starts = Vec::new();
+        for j in memchr::memchr2_iter(b':', b'=', hay.get(pos..end)?).map(|j| pos + j) {
+            label_starts(hay, j, end, &mut starts);
+            if !starts.is_empty() {
+                starts.sort_unstable();
+                for &s in starts.iter().filter(|&&s| s >= from) {
+                    let input = Input::new(hay)
+                        .span(s..end.min(s.saturating_add(self.max_len)))
+                        .anchored(Anchored::Yes);
+                    // No match, or (never with this configuration) a search error.
+                    if let Some(m) = self.re.try_search(cache, &input).ok().flatten() {
+                        let pid = *self.pids.get(m.pattern().as_usize())?;
+                        return Some((m.start(), m.end(), pid));
+                    }
+                }
+                starts.clear();
+            }
+            from = j + 1;
         }
         None
     }

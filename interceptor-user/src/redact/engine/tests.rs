@@ -427,6 +427,19 @@ fn fragment() -> impl Strategy<Value = String> {
         "__",
         "ssn_",
         "_x",
+        // Names of fields read whole, their separators and values (see `side::Labels`).
+        "mobile",
+        "phone_number",
+        "Tel",
+        "iban",
+        "\"",
+        "'",
+        "\\",
+        "=",
+        ": ",
+        "\": \"",
+        "4915112345678",
+        "de89370400440532013000",
     ]
     .into_iter()
     .map(String::from)
@@ -1237,6 +1250,7 @@ fn union_engine() -> &'static Engine {
 fn assert_side_agrees(label: &str, text: &str) {
     let (split, union) = (engine(), union_engine());
     assert!(split.inner.side.is_some() && union.inner.side.is_none());
+    assert!(split.inner.labels.is_some() && union.inner.labels.is_none());
     let modes: [fn(Engine) -> Engine; 3] = [
         |e| e.with_lanes(false),
         Engine::with_lanes_always,
@@ -1341,6 +1355,116 @@ proptest! {
     }
 }
 
+/// Text crowded with names of fields read whole, separators, quotes and values (see
+/// `side::Labels`).
+fn label_heavy_text() -> impl Strategy<Value = String> {
+    let piece = prop_oneof![
+        3 => proptest::sample::select(vec![
+            "phone", "Phone", "mobile", "mobil", "tel", "TEL", "cell", "fax", "msisdn",
+            "whatsapp", "telefon", "telefono", "Telefonnummer", "handynummer", "iban", "IBAN",
+            "ibans", "number", "_number", " no", "-nr", "Nummer", "s", "customer_", "hotel",
+            "phone_verified_at", "x", "mobilnummer", "rufnummer", "telefoon", "MSISDN", "num",
+            "NUMERO", "nr", "S", "phon", "ib", "mobilenummer",
+        ]).prop_map(String::from),
+        3 => proptest::sample::select(vec![
+            ":", "=", ": ", " = ", ":  ", ":   ", "\t:\t", "\"", "'", "\\", "\": \"", "\\\"",
+            "\\\": \\\"", "{", "}", ",", " ", "\n", "[", "(", "+", "é",
+        ]).prop_map(String::from),
+        2 => proptest::sample::select(vec![
+            "4915112345678", "+4915112345678", "030 1234567", "(030) 1234567", "2024-03-15",
+            "0000000", "12", "de89370400440532013000", "DE89370400440532013000", "hello",
+            "[PHONE:4f1c9a2b]", "4915112345678abc",
+        ]).prop_map(String::from),
+        1 => "[ -~]{0,6}",
+        1 => fragment(),
+    ];
+    proptest::collection::vec(piece, 1..40).prop_map(|v| v.concat())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn side_label_search_equals_the_union(
+        text in label_heavy_text(),
+        label in "(phone|iban|x)?",
+    ) {
+        assert_side_agrees(&label, &text);
+    }
+}
+
+#[test]
+fn side_label_search_equals_the_union_on_edge_cases() {
+    let name = "customer_mobile_phone_number";
+    let cases = [
+        "phone:4915112345678".to_string(),
+        "phone: :4915112345678 phone:: 4915112345678 ::phone=4915112345678".to_string(),
+        format!("{name}: 4915112345678 x{name}=4915112345678 {name}{name}: 4915112345678"),
+        format!("{}phone: 4915112345678", "a".repeat(60)),
+        "phone   : 4915112345678 phone :   4915112345678 phone\\\\\": 4915112345678".to_string(),
+        "tel:tel:tel=+49 30 123456 iban=iban:de89370400440532013000".to_string(),
+        "telefono=(0)30 1234567 whatsapp:'4915112345678' FAX=\\\"030 1234567\\\"".to_string(),
+        "phone:".to_string(),
+        ":phone".to_string(),
+        "=4".to_string(),
+        "p:1 e=2 é:3 :x =\"y".to_string(),
+    ];
+    for text in &cases {
+        assert_side_agrees("", text);
+        assert_side_agrees("phone", text);
+    }
+    // Every name of the patterns, with every suffix, plural and quoting (the side search
+    // passes over separators after other words: `LABEL_NAMES` must hold each name).
+    let names = detectors::LABEL_NAMES;
+    let suffixes = ["", "number", "_num", " no", "-nr", "Nummer", "_numero"];
+    let mut text = String::new();
+    for name in names {
+        for suffix in suffixes {
+            for plural in ["", "s", "S"] {
+                for (open, close) in [("", ""), ("\"", "\""), ("'", "'"), ("\\\"", "\\\"")] {
+                    let key = format!("{open}{}{suffix}{plural}{close}", name.to_uppercase());
+                    text.push_str(&format!("{key}: {open}4915112345678{close} "));
+                    text.push_str(&format!("{key}=de89370400440532013000\n"));
+                }
+            }
+        }
+    }
+    assert_side_agrees("", &text);
+    assert!(engine().scan(&text).len() > 2 * names.len() * suffixes.len());
+    // The side search's lists and quick test of the last two letters before a separator.
+    let words = || {
+        detectors::LABEL_NAMES
+            .iter()
+            .chain(detectors::LABEL_SUFFIXES)
+    };
+    for w in words() {
+        let b = w.as_bytes();
+        let (x, y) = (b[b.len() - 2], b[b.len() - 1]);
+        assert!(side::ends_label(x, y), "{w}");
+        assert!(
+            side::ends_label(x.to_ascii_uppercase(), y.to_ascii_uppercase()),
+            "{w}"
+        );
+        assert!(
+            !w.ends_with('s') && w.bytes().all(|c| c.is_ascii_lowercase()),
+            "{w}"
+        );
+    }
+    // Every word of the patterns' alternations is listed.
+    for pattern in [
+        detectors::LABELLED_PHONE_PATTERN,
+        detectors::LABELLED_IBAN_PATTERN,
+    ] {
+        for group in pattern.split("(?i:").skip(1) {
+            let alternation = &group[..group.find(')').unwrap()];
+            for w in alternation.split('|').filter(|w| *w != "s") {
+                let w = w.replace("e?", "e");
+                assert!(words().any(|x| *x == w), "{w}");
+            }
+        }
+    }
+}
+
 #[test]
 fn side_email_search_equals_the_union_on_the_corpus() {
     for d in corpus::generate() {
@@ -1440,7 +1564,8 @@ fn normalize_reference(check: Validator, v: &str) -> String {
         | Validator::NlBsn
         | Validator::PlPesel
         | Validator::DeTaxId => digits_only(),
-        Validator::Phone => {
+        // (A phone number read under its field's name is the same number: same pseudonym.)
+        Validator::Phone | Validator::LabelledPhone => {
             let d: String = digits_only();
             match d.strip_prefix("00") {
                 Some(rest) if v.starts_with("00") => rest.to_string(),
@@ -1449,6 +1574,7 @@ fn normalize_reference(check: Validator, v: &str) -> String {
         }
         Validator::Mod97
         | Validator::Iban
+        | Validator::LabelledIban
         | Validator::Bic
         | Validator::ItCf
         | Validator::Nino
@@ -1525,6 +1651,8 @@ const ALL_VALIDATORS: &[Validator] = &[
     Validator::SePnr,
     Validator::Dob,
     Validator::Phone,
+    Validator::LabelledPhone,
+    Validator::LabelledIban,
     Validator::NlBsn,
     Validator::PlPesel,
     Validator::DeTaxId,
@@ -3660,6 +3788,135 @@ fn phone_numbers_in_links_that_name_them_are_found() {
     }
 }
 
+/// A phone number or an IBAN under its field's name in any text, in the forms the patterns
+/// read only under a name (E.164 without its `+`, an IBAN in small letters in one run). A JSON
+/// field of such a name was read whole only where the JSON rewriter reads the document: JSON
+/// carried in a text that is not one document (JSON Lines, a log line, a document longer than
+/// the document window), YAML, `key=value`, a Python dict, JSON inside a JSON string let it
+/// out in clear. Same pseudonym as the number with its `+`.
+#[test]
+fn field_names_in_a_text_read_their_values_whole() {
+    let e = engine();
+    let found = |text: &str| -> Vec<(String, String)> {
+        e.scan(text)
+            .iter()
+            .map(|m| (m.entity.to_string(), text[m.start..m.end].to_string()))
+            .collect()
+    };
+    let one = |entity: &str, v: &str| vec![(entity.to_string(), v.to_string())];
+    let plus = e.redact("+4915112345678").text;
+    let bare = "4915112345678";
+    for text in [
+        r#"{"id": 7, "mobile": "4915112345678", "note": "x"}"#,
+        r#"{"customer_phone":4915112345678}"#,
+        "{'phone': '4915112345678', 'name': 'Jane'}",
+        r#"{\"mobile\": \"4915112345678\"}"#,
+        "mobile: 4915112345678\nname: Jane",
+        "  phoneNumber: \"4915112345678\"",
+        "/x?lang=de tel=4915112345678&x=1",
+        "[INFO] sms sent msisdn=4915112345678 status=ok",
+        "Please call my cell: 4915112345678.",
+        "telefon_nr = '4915112345678'",
+        "whatsapp: 4915112345678",
+    ] {
+        assert_eq!(found(text), one("PHONE", bare), "{text}");
+        let r = e.redact(text).text;
+        assert!(!r.contains(bare) && r.contains(&plus), "{text}: {r}");
+    }
+    for (text, v) in [
+        ("Telefonnummer: 030 1234567 (Büro)", "030 1234567"),
+        (
+            r#""Mobile Phone": "+49 (0) 151 1234 5678""#,
+            "+49 (0) 151 1234 5678",
+        ),
+        ("fax: 030/1234567 # office", "030/1234567"),
+    ] {
+        assert_eq!(found(text), one("PHONE", v), "{text}");
+    }
+    for text in [
+        "iban: de89370400440532013000",
+        r#"{"payout_iban": "de89370400440532013000"}"#,
+        "IBANs='de89370400440532013000'",
+    ] {
+        assert_eq!(found(text), one("IBAN", "de89370400440532013000"), "{text}");
+        // (The pseudonym of the same IBAN in capitals.)
+        let r = e.redact(text).text;
+        assert!(
+            r.contains(&e.redact("DE89370400440532013000").text),
+            "{text}: {r}"
+        );
+    }
+    // Not under a phone number's name, not a phone number, not one value.
+    for text in [
+        "phone: 2024-03-15",
+        "phone_verified_at: 2024-03-15 10:00",
+        "Error in cell: 12 rows",
+        "hotel: 12345678",
+        r#"{"phone_count": 12345678}"#,
+        "tel: 4915112345678abc",
+        "fax: 0000000",
+        r#"{"phone": "4915112345678}"#,
+        "phone: \"4915112345678'",
+        "phone: [PHONE:4f1c9a2b]",
+        "[PHONE:4f1c9a2b]",
+        "iban: hello",
+        "iban: de89370400440532013001",
+        "phone: +",
+    ] {
+        assert_eq!(found(text), [], "{text}");
+    }
+}
+
+/// A JSON Lines export, and a document longer than the document window, carried in a tool
+/// result's text: no record's number under `mobile` goes out (they did: such texts are read as
+/// text, where a number without its `+` is no phone number), at any chunking.
+#[test]
+fn labelled_fields_in_long_texts_that_are_not_one_document_are_masked() {
+    use crate::redact::json::{JsonLimits, JsonRedactor};
+    let e = engine();
+    let number = |i: usize| format!("49151{:08}", 10_000_000 + i * 7);
+    let n = 5_000;
+    let jsonl: String = (0..n)
+        .map(|i| {
+            format!(
+                "{{\"id\": {i}, \"mobile\": \"{}\", \"plan\": \"basic\"}}\n",
+                number(i)
+            )
+        })
+        .collect();
+    let doc = serde_json::to_string(
+        &(0..n)
+            .map(|i| serde_json::json!({"id": i, "mobile": number(i), "plan": "basic"}))
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    for text in [jsonl, doc] {
+        let body = serde_json::json!({"content": [{"type": "text", "text": text}]}).to_string();
+        for size in [body.len(), 4096] {
+            // The smallest windows: the document is longer than the document window.
+            let limits = JsonLimits {
+                window: 0,
+                max_window: 0,
+                document_window: 0,
+                ..JsonLimits::default()
+            };
+            let r: Arc<dyn TextRedactor> = Arc::new(e.clone());
+            let mut j = JsonRedactor::new(r, limits);
+            let mut out = Vec::new();
+            for c in body.as_bytes().chunks(size) {
+                j.push(c, &mut out).expect("valid JSON");
+            }
+            let summary = j.finish(&mut out).expect("complete");
+            assert!(text.len() > 2 * j.peak_buffered(), "{}", j.peak_buffered());
+            let out = String::from_utf8(out).unwrap();
+            for i in 0..n {
+                assert!(!out.contains(&number(i)), "{size}: {}", number(i));
+            }
+            assert_eq!(summary.counts.get("PHONE"), Some(&(n as u64)), "{size}");
+        }
+    }
+}
+
 /// A CSV table held in one field value (a tool result's text, a `text/csv` resource): the
 /// header's column names label the cells under them as a JSON key labels its value. Found by
 /// the dry run: a customer export's `dob` column went out in clear, while the same dates under
@@ -3860,8 +4117,10 @@ fn a_record_carried_in_a_string_is_redacted_as_the_record() {
 }
 
 /// [`MAX_EMBEDDED`](crate::redact::json::MAX_EMBEDDED) bounds the levels read as JSON: a
-/// record four strings deep is only text (its `phone` without `+` passes; a `+` number would
-/// not), and nothing fails.
+/// record deeper is only text, and nothing fails. One level deeper, the text still reads the
+/// field's name before the number (`\"phone\": \"4915112345678\"`, see `side::Labels`); two
+/// levels deeper, its quotes are escaped twice in that text and its `phone` without `+`
+/// passes (a `+` number would not).
 #[test]
 fn documents_are_read_in_strings_down_to_max_embedded_levels() {
     use crate::redact::json::MAX_EMBEDDED;
@@ -3869,7 +4128,7 @@ fn documents_are_read_in_strings_down_to_max_embedded_levels() {
     let mut doc = serde_json::json!({"phone": "4915112345678"});
     let mut depth = 0;
     let mut seen = Vec::new();
-    while depth <= usize::from(MAX_EMBEDDED) + 1 {
+    while depth <= usize::from(MAX_EMBEDDED) + 2 {
         let bytes = serde_json::json!({"text": doc.to_string()}).to_string();
         let (v, summary) = rewrite_in_chunks(e, bytes.as_bytes(), 5);
         seen.push(summary.counts.get("PHONE").copied().unwrap_or(0));
@@ -3881,14 +4140,14 @@ fn documents_are_read_in_strings_down_to_max_embedded_levels() {
         let phone = cur["phone"].as_str().unwrap().to_string();
         assert_eq!(
             phone.starts_with("[PHONE:"),
-            depth < usize::from(MAX_EMBEDDED),
+            depth <= usize::from(MAX_EMBEDDED) + 1,
             "{depth}: {phone}"
         );
         doc = serde_json::json!({"text": doc.to_string()});
         depth += 1;
     }
     let want: Vec<u64> = (0..seen.len())
-        .map(|d| u64::from(d < usize::from(MAX_EMBEDDED)))
+        .map(|d| u64::from(d <= usize::from(MAX_EMBEDDED) + 1))
         .collect();
     assert_eq!(seen, want);
 }

@@ -12,7 +12,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use super::detectors::MONTH_NAMES;
+use super::detectors::{FieldKind, MONTH_NAMES, field_kind};
 
 /// The longest PEM block (header to end line) masked as one value.
 pub(crate) const PEM_MAX: usize = 16 * 1024;
@@ -24,6 +24,15 @@ pub(crate) const SECRET_MAX: usize = 1024;
 /// How far before a credential's name [`Validator::Credential`] reads (its key's prefix,
 /// indentation) to tell whether the key starts its line.
 const CREDENTIAL_LOOKBEHIND: usize = 64;
+/// The longest value read after a phone number's or an IBAN's field name in a text
+/// ([`Validator::LabelledPhone`], [`Validator::LabelledIban`]).
+const LABELLED_MAX: usize = 64;
+/// How far before its separator a field's name is read back (a quoted key's opening quote,
+/// a backslash before it): the longest name `field_kind` reads, and three bytes.
+const LABEL_LOOKBEHIND: usize = 68;
+/// How far past the start of its automaton match a labelled value may end: the longest
+/// name, separators and quotes the pattern reads, and [`LABELLED_MAX`].
+const LABELLED_EXTENT: usize = 192;
 
 /// A validator: built-in ones are named after their entity; custom detectors may pick any
 /// of them, typically `none`, `luhn`, `mod97` or `mod11`.
@@ -86,6 +95,15 @@ pub enum Validator {
     /// The first byte of a URL's password (`scheme://user:`), extended to the `@` that ends
     /// the user information (at most `SECRET_MAX` bytes); no `@`, no password (a port).
     UrlCredential,
+    /// The name of a field that holds a phone number (its last word, as for a JSON key:
+    /// `mobile`, `phone_number`, `Telefonnummer`), its separator and the first byte of its
+    /// value, in any text (`"mobile": "4915112345678"` in JSON carried in a text, JSON Lines,
+    /// YAML, `tel=...`); the span is the value, read whole as a JSON field of that name is
+    /// (E.164 without its `+`, national forms), at most `LABELLED_MAX` bytes.
+    LabelledPhone,
+    /// The same for a field that holds an IBAN (`iban: de89370400440532013000`, in small
+    /// letters in one run).
+    LabelledIban,
 }
 
 pub(crate) type Check = Validator;
@@ -1296,7 +1314,7 @@ fn secret_start(b: u8) -> bool {
 /// Whether position `s` of `t` is inside the entity name of a pseudonym's mask, `[` +
 /// capitals, digits and `_` + `:` + 8 hex digits + `]`: `[GOOGLE_API_KEY:4f1c9a2b]` holds
 /// `API_KEY:4`, which the credential pattern reads as a name and a value.
-fn in_mask_entity(t: &[u8], s: usize) -> bool {
+pub(super) fn in_mask_entity(t: &[u8], s: usize) -> bool {
     let entity = |b: &&u8| b.is_ascii_uppercase() || b.is_ascii_digit() || **b == b'_';
     let Some((head, tail)) = t.split_at_checked(s) else {
         return false;
@@ -1380,6 +1398,126 @@ fn trimmed(t: &[u8]) -> Option<(usize, usize)> {
     let s = t.iter().position(|b| !b.is_ascii_whitespace())?;
     let e = t.iter().rposition(|b| !b.is_ascii_whitespace())? + 1;
     Some((s, e))
+}
+
+/// A phone number's or an IBAN's field name in a text, its separator and the first byte of its
+/// value (`t[s..e]`, the automaton's match, whose last byte is the value's first): the value,
+/// when the name is one `field_kind` reads as `kind` and the value is one read whole under it
+/// ([`labelled_phone`], [`labelled_iban`]), as a JSON field of that name is.
+///
+/// The name is read back from the separator, not from `s` (the automaton's match starts at the
+/// name's last word: `mobile_phone`): a quoted key to its opening quote (`"Mobile Phone"`), an
+/// unquoted one over letters, digits, `_`, `-` and `.`. A quoted value runs to its closing
+/// quote (escaped as the opening one was: `\"4915112345678\"` in JSON inside a JSON
+/// string); an unquoted one over what a phone number is written with (`tel: 030 1234567 #
+/// office`), or over letters and digits for an IBAN, and must not run on into a word.
+fn labelled_value(t: &[u8], s: usize, e: usize, kind: FieldKind) -> Option<Verdict> {
+    // A mask's entity (`[PHONE:4f1c9a2b]`) is no field's name.
+    if in_mask_entity(t, s) {
+        return None;
+    }
+    let v = t.get(s..e)?;
+    let sep = s + v.iter().position(|&b| b == b':' || b == b'=')?;
+    // The name: back from the separator over blanks, then a closing quote (escaped or not).
+    let mut k = sep;
+    while k > s && matches!(t[k - 1], b' ' | b'\t') {
+        k -= 1;
+    }
+    let key_quote = t[..k].last().copied().filter(|&b| b == b'"' || b == b'\'');
+    let key = match key_quote {
+        Some(q) => {
+            let mut end = k - 1;
+            if end > 0 && t[end - 1] == b'\\' {
+                end -= 1;
+            }
+            let open = t[..end]
+                .iter()
+                .rev()
+                .take(LABEL_LOOKBEHIND)
+                .position(|&b| b == q || b == b'\n')?;
+            let open = end - open - 1;
+            (t[open] == q).then_some(&t[open + 1..end])?
+        }
+        None => {
+            let n = t[..k]
+                .iter()
+                .rev()
+                .take(LABEL_LOOKBEHIND)
+                .take_while(|&&b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+                .count();
+            &t[k - n..k]
+        }
+    };
+    // (The key without a backslash that escaped its opening quote.)
+    let key = key.strip_suffix(b"\\").unwrap_or(key);
+    if field_kind(std::str::from_utf8(key).ok()?) != Some(kind) {
+        return None;
+    }
+    // The value: its first byte is the match's last.
+    let start = e - 1;
+    let opened = t[sep + 1..start]
+        .iter()
+        .rev()
+        .find(|&&b| b != b' ' && b != b'\t')
+        .copied()
+        .filter(|&b| b == b'"' || b == b'\'');
+    let end = match opened {
+        Some(q) => {
+            let escaped = t.get(start.wrapping_sub(2)) == Some(&b'\\');
+            let len = t[start..]
+                .iter()
+                .take(LABELLED_MAX + 1)
+                .position(|&b| b == q || b == b'\\' || b == b'\n')?;
+            let end = start + len;
+            // Closed as it was opened: `"..."`, or `\"...\"`.
+            let closed = match escaped {
+                true => t[end] == b'\\' && t.get(end + 1) == Some(&q),
+                false => t[end] == q,
+            };
+            closed.then_some(end)?
+        }
+        None => {
+            let part = |b: u8| match kind {
+                FieldKind::Phone => {
+                    b.is_ascii_digit()
+                        || matches!(b, b' ' | b'+' | b'-' | b'.' | b'/' | b'(' | b')')
+                }
+                FieldKind::Iban => b.is_ascii_alphanumeric(),
+            };
+            let len = t[start..]
+                .iter()
+                .take(LABELLED_MAX + 1)
+                .take_while(|&&b| part(b))
+                .count();
+            // (Not a value that runs on into a word: `tel: 4915112345678abc`,
+            // `?phone=4915112345678.jpg`; `030 1234567 (Büro)` does not.)
+            let run = &t[start..start + len];
+            let last_digit = run
+                .iter()
+                .rposition(u8::is_ascii_digit)
+                .map_or(0, |i| i + 1);
+            let runs_on = t.get(start + len).is_some_and(|&b| is_word(b))
+                && !run[last_digit..].contains(&b' ');
+            if len > LABELLED_MAX || runs_on {
+                return None;
+            }
+            // (Not the punctuation that ends a sentence or a list: `tel: 030 1234567.`)
+            let mut end = start + len;
+            while end > start
+                && !matches!(t[end - 1], b'0'..=b'9' | b')')
+                && kind == FieldKind::Phone
+            {
+                end -= 1;
+            }
+            end
+        }
+    };
+    let value = t.get(start..end)?;
+    let (vs, ve) = match kind {
+        FieldKind::Phone => labelled_phone(value)?,
+        FieldKind::Iban => labelled_iban(value)?,
+    };
+    Verdict::span(start + vs, start + ve)
 }
 
 /// Where a value that runs from `start` ends: past every byte from `end` on that `keep`
@@ -1573,6 +1711,7 @@ impl Validator {
             | Validator::CliCredential
             | Validator::Token
             | Validator::RandomToken => SECRET_MAX,
+            Validator::LabelledPhone | Validator::LabelledIban => LABELLED_EXTENT,
             _ => 0,
         }
     }
@@ -1591,6 +1730,8 @@ impl Validator {
                 | Validator::AuthToken
                 | Validator::CliCredential
                 | Validator::Phone
+                | Validator::LabelledPhone
+                | Validator::LabelledIban
         )
     }
 
@@ -1599,6 +1740,7 @@ impl Validator {
         match self {
             Validator::Ipv4 => IPV4_LOOKBEHIND,
             Validator::Credential => CREDENTIAL_LOOKBEHIND,
+            Validator::LabelledPhone | Validator::LabelledIban => LABEL_LOOKBEHIND,
             _ => 2,
         }
     }
@@ -1686,6 +1828,8 @@ impl Validator {
                 ok(numeric_ymd(v).is_some() || named_date(text_v).is_some())
             }
             Validator::Phone => phone(t, s, e),
+            Validator::LabelledPhone => labelled_value(t, s, e, FieldKind::Phone),
+            Validator::LabelledIban => labelled_value(t, s, e, FieldKind::Iban),
             Validator::NlBsn => {
                 let ds = digit_vec(v);
                 ok(ds.len() == 9
@@ -1738,7 +1882,7 @@ impl Validator {
             | Validator::NlBsn
             | Validator::PlPesel
             | Validator::DeTaxId => keep(u8::is_ascii_digit, |b| b),
-            Validator::Phone => {
+            Validator::Phone | Validator::LabelledPhone => {
                 // (`%2B4930...` is `+4930...`: the `2` of the encoded `+` is no digit of it.)
                 let number = after_encoded_plus(v.as_bytes()).unwrap_or(v.as_bytes());
                 out.extend(
@@ -1753,6 +1897,7 @@ impl Validator {
             }
             Validator::Mod97
             | Validator::Iban
+            | Validator::LabelledIban
             | Validator::Bic
             | Validator::ItCf
             | Validator::Nino
