@@ -3917,6 +3917,65 @@ fn labelled_fields_in_long_texts_that_are_not_one_document_are_masked() {
     }
 }
 
+/// A Markdown table, as tools that answer a language model format their results, labels the
+/// cells under its columns as a CSV header does: a title before it, cells read whole under a
+/// phone number's or a credential's column, dates of birth and BSNs under theirs; nothing
+/// after the table is labelled.
+#[test]
+fn markdown_table_columns_label_their_cells_in_a_whole_value() {
+    let e = engine();
+    let table = "Found 2 customers:\n\n\
+                 | Name | Mobile | Date of birth | BSN | Password |\n\
+                 |------|--------|:-------------:|-----|----------|\n\
+                 | Jane Doe | 4915112345678 | 1985-03-15 | 111222333 | hunter2x |\n\
+                 | Joe | 4915112345679 | 02.01.1990 | 123456782 | s3cr3t-9 |\n\
+                 \nNext review: 1985-03-16, ticket 4915112345670.";
+    let found: Vec<(String, String)> = e
+        .scan_field("text", table)
+        .iter()
+        .map(|m| (m.entity.to_string(), table[m.start..m.end].to_string()))
+        .collect();
+    let pair = |a: &str, b: &str| (a.to_string(), b.to_string());
+    assert_eq!(
+        found,
+        [
+            pair("PHONE", "4915112345678"),
+            pair("DOB", "1985-03-15"),
+            pair("NL_BSN", "111222333"),
+            pair("SECRET", "hunter2x"),
+            pair("PHONE", "4915112345679"),
+            pair("DOB", "02.01.1990"),
+            pair("NL_BSN", "123456782"),
+            pair("SECRET", "s3cr3t-9"),
+        ]
+    );
+    // Plain text (a stream's segment): no labels.
+    assert!(e.scan(table).is_empty(), "{:?}", e.scan(table));
+    // Through the JSON rewriter, in chunks: nothing in clear, the table's frame as it was.
+    let doc = serde_json::to_vec(&serde_json::json!({
+        "content": [{"type": "text", "text": table}]
+    }))
+    .unwrap();
+    for size in [doc.len(), 1, 7] {
+        let (v, _) = rewrite_in_chunks(e, &doc, size);
+        let text = v["content"][0]["text"].as_str().unwrap();
+        for clear in [
+            "4915112345678",
+            "4915112345679",
+            "1985-03-15",
+            "hunter2x",
+            "s3cr3t-9",
+        ] {
+            assert!(!text.contains(clear), "{size}: {text}");
+        }
+        assert!(text.contains("| Jane Doe | [PHONE:"), "{text}");
+        assert!(
+            text.ends_with("Next review: 1985-03-16, ticket 4915112345670."),
+            "{text}"
+        );
+    }
+}
+
 /// A CSV table held in one field value (a tool result's text, a `text/csv` resource): the
 /// header's column names label the cells under them as a JSON key labels its value. Found by
 /// the dry run: a customer export's `dob` column went out in clear, while the same dates under
