@@ -3788,6 +3788,58 @@ fn phone_numbers_in_links_that_name_them_are_found() {
     }
 }
 
+/// Custom detectors may pick the labelled fields' validators with any pattern: one that ends at
+/// its separator, holds none, or starts mid-name finds nothing and never panics.
+#[test]
+fn labelled_validators_with_any_custom_pattern_never_panic() {
+    for validator in [Validator::LabelledPhone, Validator::LabelledIban] {
+        for pattern in [
+            r"phone:",
+            r":",
+            r"[:=]",
+            r"\bmobile",
+            r"e: ?[0-9]",
+            r"iban=[a-z]{2}",
+        ] {
+            let cfg = EngineConfig {
+                detectors: builtins_enabled(&[]),
+                custom: vec![CustomDetector {
+                    validator,
+                    ..custom("X", pattern)
+                }],
+                ..EngineConfig::default()
+            };
+            let e = Engine::new(&cfg, key()).expect("builds");
+            for text in [
+                "phone:",
+                "phone:4915112345678",
+                ":",
+                "mobile",
+                "mobile: 4915112345678",
+                "iban=de89370400440532013000",
+                "\"phone\":\"",
+                "'phone': '",
+            ] {
+                let found = e.scan(text);
+                let r = e.redact(text);
+                // What is found holds no separator (a value read under its name).
+                for m in &found {
+                    assert!(
+                        !text[m.start..m.end].contains([':', '=']),
+                        "{pattern} {text}"
+                    );
+                }
+                if found
+                    .iter()
+                    .any(|m| &text[m.start..m.end] == "4915112345678")
+                {
+                    assert!(!r.text.contains("4915112345678"), "{pattern} {text}");
+                }
+            }
+        }
+    }
+}
+
 /// A phone number or an IBAN under its field's name in any text, in the forms the patterns
 /// read only under a name (E.164 without its `+`, an IBAN in small letters in one run). A JSON
 /// field of such a name was read whole only where the JSON rewriter reads the document: JSON

@@ -1455,7 +1455,9 @@ fn labelled_value(t: &[u8], s: usize, e: usize, kind: FieldKind) -> Option<Verdi
     }
     // The value: its first byte is the match's last.
     let start = e - 1;
-    let opened = t[sep + 1..start]
+    // (A custom pattern may end at its separator: then there is no value.)
+    let opened = t
+        .get(sep + 1..start)?
         .iter()
         .rev()
         .find(|&&b| b != b' ' && b != b'\t')
