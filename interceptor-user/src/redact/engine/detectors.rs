@@ -83,7 +83,8 @@ pub(crate) const LABEL_NAMES: &[&str] = &[
     "mobilnummer",
     "iban",
 ];
-/// ... and the words that may follow a phone number's name (after a `_`, `-` or blank).
+/// ... and the words that may follow a phone number's name (after a `_`, `-` or blank), in a
+/// text as in a JSON key (`field_kind`).
 pub(crate) const LABEL_SUFFIXES: &[&str] = &["number", "num", "no", "nr", "nummer", "numero"];
 
 /// A byte of the local part of [`EMAIL_PATTERN`] (`[A-Za-z0-9._%+'-]`).
@@ -499,11 +500,7 @@ pub(crate) fn field_kind(label: &str) -> Option<FieldKind> {
             w = &w[..w.len() - 1];
         }
         let is = |name: &str| w.eq_ignore_ascii_case(name.as_bytes());
-        if suffix_allowed
-            && ["number", "num", "no", "nr", "nummer", "numero"]
-                .iter()
-                .any(|n| is(n))
-        {
+        if suffix_allowed && LABEL_SUFFIXES.iter().any(|n| is(n)) {
             end = s;
             continue;
         }

@@ -58,6 +58,20 @@ fn local_char_before(hay: &[u8], x: usize) -> Option<usize> {
     ((0xC2..=0xDF).contains(&lead) && (b & 0xC0) == 0x80).then_some(2)
 }
 
+/// The automaton of patterns searched beside the union, run anchored where a search from an
+/// `@` or a separator points.
+fn side_regex(
+    sources: &[&str],
+    syntax: syntax::Config,
+    dfa: hybrid::dfa::Config,
+) -> Result<hybrid::regex::Regex, String> {
+    hybrid::regex::Regex::builder()
+        .syntax(syntax)
+        .dfa(dfa)
+        .build_many(sources)
+        .map_err(|e| e.to_string())
+}
+
 /// The e-mail pattern (see the module docs) and its global pattern id.
 pub(super) struct Side {
     pub(super) pid: u32,
@@ -73,11 +87,7 @@ impl Side {
         syntax: syntax::Config,
         dfa: hybrid::dfa::Config,
     ) -> Result<Side, String> {
-        let re = hybrid::regex::Regex::builder()
-            .syntax(syntax)
-            .dfa(dfa)
-            .build(source)
-            .map_err(|e| e.to_string())?;
+        let re = side_regex(&[source], syntax, dfa)?;
         Ok(Side { pid, re, max_len })
     }
 
@@ -295,11 +305,7 @@ impl Labels {
         syntax: syntax::Config,
         dfa: hybrid::dfa::Config,
     ) -> Result<Labels, String> {
-        let re = hybrid::regex::Regex::builder()
-            .syntax(syntax)
-            .dfa(dfa)
-            .build_many(sources)
-            .map_err(|e| e.to_string())?;
+        let re = side_regex(sources, syntax, dfa)?;
         Ok(Labels { pids, re, max_len })
     }
 
