@@ -164,10 +164,10 @@ fn assert_clean(v: &Value, r: &dyn TextRedactor, keys: bool, numbers: bool) {
     }
 }
 
-/// Whether a string of `v` holds a JSON document that the rewriter reads as one.
+/// Whether a string of `v` holds JSON documents that the rewriter reads as such.
 fn holds_document(v: &Value) -> bool {
     match v {
-        Value::String(s) => json::embedded_document(s, 0).is_some(),
+        Value::String(s) => json::embedded_documents(s, 0).is_some(),
         Value::Array(a) => a.iter().any(holds_document),
         Value::Object(m) => m.values().any(holds_document),
         _ => false,

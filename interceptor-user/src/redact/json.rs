@@ -31,7 +31,9 @@
 //! than whitespace are `{` and `}` or `[` and `]` is first redacted as the document it holds,
 //! by a rewriter like this one a level deeper (down to [`MAX_EMBEDDED`] levels), and what that
 //! leaves is then redacted as text, as every value is (keys, numbers and words across members
-//! stay covered). A string that does not parse as one document is only redacted as text. Such
+//! stay covered). A document carried in a string may be a sequence of documents, objects or
+//! arrays one after the other (JSON Lines: an export of records, one per line), each read as
+//! one. A string that does not parse as that is only redacted as text. Such
 //! a value is buffered whole up to [`JsonLimits::document_window`] (decided by its first
 //! character other than whitespace, so whatever the chunking); a longer one is redacted as
 //! text in segments, as any long string. [`redact_value`] reads documents in strings the same
@@ -401,8 +403,8 @@ pub struct JsonRedactor {
 }
 
 /// What is known of a string value that opens a JSON document, read in its decoded text: the
-/// structure outside of its strings. Enough to tell early that it is *not* one document (a
-/// JSONL export, `[INFO] ...` log lines), not that it is.
+/// structure outside of its strings. Enough to tell early that it is *not* a document or a
+/// sequence of them (`[INFO] ...` log lines, `{...} and more`), not that it is.
 #[derive(Debug, Clone, Copy, Default)]
 struct DocScan {
     /// Decoded bytes read.
@@ -438,6 +440,11 @@ impl DocScan {
             }
             match b {
                 _ if is_ws(b) => {}
+                // (Another document may follow one: JSON Lines.)
+                b'{' | b'[' if self.closed => {
+                    self.closed = false;
+                    self.depth = 1;
+                }
                 _ if self.closed => self.broken = true,
                 b'"' => self.in_str = true,
                 b'{' | b'[' => self.depth += 1,
@@ -905,6 +912,10 @@ impl JsonRedactor {
                     (b'}', _) => self.close(Container::Object, b, i)?,
                     _ => return Err(self.err(i, unexpected)),
                 },
+                // A document carried in a string may be a sequence of them (JSON Lines):
+                // the next one opens.
+                State::Done if self.level > 0 && b == b'{' => self.open(Container::Object, i)?,
+                State::Done if self.level > 0 && b == b'[' => self.open(Container::Array, i)?,
                 State::Done => return Err(self.err(i, JsonErrorKind::TrailingData)),
                 State::Str(_) | State::Number(_) | State::Literal { .. } => {
                     return Err(self.err(i, JsonErrorKind::Internal));
@@ -1749,22 +1760,39 @@ pub fn redact_json(
 /// [`JsonRedactor`] (the member's key; in arrays, the key of the member holding the array).
 /// Returns the findings in document order. Iterative: any depth is fine.
 ///
-/// A string that holds a JSON document ([`embedded_document`]) is redacted as that document
+/// A string that holds JSON documents ([`embedded_documents`]) is redacted as those documents
 /// first, a level deeper, and written back compact when anything in it was masked; then as
 /// text, as every string (see [`JsonRedactor`]).
 pub fn redact_value(value: &mut Value, redactor: &dyn TextRedactor) -> Vec<Finding> {
     redact_value_at(value, redactor, 0)
 }
 
-/// The JSON document (an object or an array) a string value at `level` holds, if it holds one
-/// and is not too deep to be read as one ([`MAX_EMBEDDED`]).
-pub fn embedded_document(text: &str, level: u8) -> Option<Value> {
+/// The JSON documents (objects or arrays, one or a sequence of them: JSON Lines) a string
+/// value at `level` holds, if it holds any and is not too deep to be read as such
+/// ([`MAX_EMBEDDED`]). Written back with [`write_documents`].
+pub fn embedded_documents(text: &str, level: u8) -> Option<Vec<Value>> {
     if level >= MAX_EMBEDDED || !looks_like_json(text) {
         return None;
     }
-    serde_json::from_str::<Value>(text)
-        .ok()
-        .filter(|v| v.is_object() || v.is_array())
+    let docs = serde_json::Deserializer::from_str(text)
+        .into_iter::<Value>()
+        .collect::<Result<Vec<Value>, _>>()
+        .ok()?;
+    docs.iter()
+        .all(|v| v.is_object() || v.is_array())
+        .then_some(docs)
+}
+
+/// Documents read by [`embedded_documents`] written back compact, one per line.
+pub fn write_documents(docs: &[Value]) -> String {
+    let mut out = String::new();
+    for (i, doc) in docs.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        out.push_str(&doc.to_string());
+    }
+    out
 }
 
 fn redact_value_at(value: &mut Value, redactor: &dyn TextRedactor, level: u8) -> Vec<Finding> {
@@ -1773,11 +1801,14 @@ fn redact_value_at(value: &mut Value, redactor: &dyn TextRedactor, level: u8) ->
     while let Some((v, label)) = stack.pop() {
         match v {
             Value::String(s) => {
-                if let Some(mut doc) = embedded_document(s, level) {
-                    let mut inner = redact_value_at(&mut doc, redactor, level + 1);
+                if let Some(mut docs) = embedded_documents(s, level) {
+                    let mut inner = Vec::new();
+                    for doc in &mut docs {
+                        inner.append(&mut redact_value_at(doc, redactor, level + 1));
+                    }
                     if !inner.is_empty() {
                         findings.append(&mut inner);
-                        *s = doc.to_string();
+                        *s = write_documents(&docs);
                     }
                 }
                 let (red, f) = redactor.redact_labelled(label, s);

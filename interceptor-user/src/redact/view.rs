@@ -221,12 +221,15 @@ fn redact_string(
     s: &str,
     findings: &mut Vec<Finding>,
 ) -> String {
-    if let Some(doc) = super::json::embedded_document(s, level) {
+    if let Some(docs) = super::json::embedded_documents(s, level) {
         let mut inner = Vec::new();
-        let red = labelled(r, level + 1, &doc, None, &mut inner);
+        let red: Vec<Value> = docs
+            .iter()
+            .map(|doc| labelled(r, level + 1, doc, None, &mut inner))
+            .collect();
         if !inner.is_empty() {
             findings.append(&mut inner);
-            return redact_str(r, label, &red.to_string(), findings);
+            return redact_str(r, label, &super::json::write_documents(&red), findings);
         }
     }
     redact_str(r, label, s, findings)

@@ -773,8 +773,8 @@ pub(crate) const BUILTINS: &[Builtin] = &[
     Builtin {
         // A phone number under a field's name in any text, in a form the patterns below leave
         // alone without it: `"mobile": "4915112345678"` (E.164 without its `+`) in JSON
-        // carried in a text (JSON Lines, a document longer than the JSON rewriter reads
-        // whole, a log line), YAML (`phone: 030 1234567`), `tel=...`. The pattern ends at the
+        // carried in a text (JSON Lines or a document longer than the JSON rewriter reads
+        // whole, a log line, a text/plain body), YAML (`phone: 030 1234567`), `tel=...`. The pattern ends at the
         // value's first byte; the validator reads the name back as `field_kind` reads a JSON
         // key, and the value whole, as under such a key (at most `LABELLED_MAX` bytes).
         // Searched beside the union automaton, from each `:` and `=` (see `side`).

@@ -3969,6 +3969,61 @@ fn labelled_fields_in_long_texts_that_are_not_one_document_are_masked() {
     }
 }
 
+/// A JSON Lines export in a tool result's text is read as the documents it holds, one per
+/// line, as a single record is: what only a document's keys say is masked (a phone number
+/// without its `+` in an array under `phones` or `businessPhones`, a BSN under `national_id`);
+/// read as text, these went out in clear. At any chunking, with the same pseudonyms as in
+/// `structuredContent`.
+#[test]
+fn json_lines_in_a_tool_result_are_read_as_documents() {
+    use crate::redact::json::{JsonLimits, JsonRedactor};
+    let e = engine();
+    let n = 200;
+    let phone = |i: usize| format!("49151{:08}", 10_000_000 + i * 7);
+    let record = |i: usize| {
+        serde_json::json!({
+            "id": i,
+            "phones": [phone(i), phone(i + n)],
+            "businessPhones": [phone(i + 2 * n)],
+            "national_id": "123456782",
+        })
+    };
+    let jsonl: String = (0..n).map(|i| format!("{}\n", record(i))).collect();
+    let structured: Vec<_> = (0..n).map(record).collect();
+    let body = serde_json::json!({"result": {
+        "content": [{"type": "text", "text": jsonl}],
+        "structuredContent": {"records": structured},
+    }})
+    .to_string();
+    let r: Arc<dyn TextRedactor> = Arc::new(e.clone());
+    for size in [body.len(), 4096, 97] {
+        let mut j = JsonRedactor::new(r.clone(), JsonLimits::default());
+        let mut out = Vec::new();
+        for c in body.as_bytes().chunks(size) {
+            j.push(c, &mut out).expect("valid JSON");
+        }
+        let summary = j.finish(&mut out).expect("complete");
+        let out: serde_json::Value = serde_json::from_slice(&out).expect("JSON");
+        let text = out["result"]["content"][0]["text"].as_str().unwrap();
+        for i in 0..3 * n {
+            assert!(!text.contains(&phone(i)), "{size}: {}", phone(i));
+        }
+        assert!(!text.contains("123456782"), "{size}");
+        // One record per line still, each as masked as its structured copy.
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a record per line"))
+            .collect();
+        assert_eq!(lines.len(), n, "{size}");
+        assert_eq!(
+            &serde_json::Value::from(lines),
+            &out["result"]["structuredContent"]["records"],
+            "{size}"
+        );
+        assert_eq!(summary.counts.get("PHONE"), Some(&(6 * n as u64)), "{size}");
+    }
+}
+
 /// A Markdown table, as tools that answer a language model format their results, labels the
 /// cells under its columns as a CSV header does: a title before it, cells read whole under a
 /// phone number's or a credential's column, dates of birth and BSNs under theirs; nothing

@@ -625,11 +625,16 @@ fn arb_json() -> impl Strategy<Value = Value> {
             prop::collection::vec((arb_string(), inner.clone()), 0..8)
                 .prop_map(|kv| Value::Object(kv.into_iter().collect())),
             // A document carried in a string value (pretty or compact).
-            (inner, any::<bool>()).prop_map(|(v, pretty)| Value::String(if pretty {
+            (inner.clone(), any::<bool>()).prop_map(|(v, pretty)| Value::String(if pretty {
                 serde_json::to_string_pretty(&v).expect("JSON")
             } else {
                 v.to_string()
             })),
+            // Documents one per line (JSON Lines), or one after the other.
+            (prop::collection::vec(inner, 2..4), any::<bool>()).prop_map(|(vs, lines)| {
+                let docs: Vec<String> = vs.iter().map(Value::to_string).collect();
+                Value::String(docs.join(if lines { "\n" } else { "" }))
+            }),
         ]
     })
 }
@@ -638,8 +643,12 @@ fn arb_json() -> impl Strategy<Value = Value> {
 /// document, so that outputs compare whatever the whitespace of the documents they carry.
 fn documents_read(v: Value, level: u8) -> Value {
     match v {
-        Value::String(s) => match embedded_document(&s, level) {
-            Some(doc) => documents_read(doc, level + 1),
+        Value::String(s) => match embedded_documents(&s, level) {
+            Some(mut docs) if docs.len() == 1 => documents_read(docs.remove(0), level + 1),
+            // (A sequence: JSON Lines.)
+            Some(docs) => serde_json::json!({
+                "(sequence)": docs.into_iter().map(|d| documents_read(d, level + 1)).collect::<Vec<_>>()
+            }),
             None => Value::String(s),
         },
         Value::Array(a) => Value::Array(a.into_iter().map(|x| documents_read(x, level)).collect()),
@@ -1018,9 +1027,10 @@ proptest! {
     }
 }
 
-/// A long value that opens like a document but is none (JSONL, log lines that start with
-/// `[`) is cut at its first window as any long string, not buffered up to the document window;
-/// one that is a document is buffered whole.
+/// A long value that opens like a document but is none (log lines that start with `[`) is cut
+/// at its first window as any long string, not buffered up to the document window; one that
+/// is a document, or a sequence of them (JSON Lines), is buffered whole and read as documents
+/// (the `pin` rule holds only under its key).
 #[test]
 fn only_a_value_that_may_be_one_document_takes_the_document_window() {
     let limits = JsonLimits {
@@ -1036,7 +1046,13 @@ fn only_a_value_that_may_be_one_document_takes_the_document_window() {
     let log: String = (0..400)
         .map(|i| format!("[INFO] user{i}@ex.com logged in\n"))
         .collect();
-    for (text, whole) in [(&jsonl, false), (&log, false), (&array, true)] {
+    let concatenated = records.concat();
+    for (text, whole) in [
+        (&jsonl, true),
+        (&concatenated, true),
+        (&log, false),
+        (&array, true),
+    ] {
         let doc = serde_json::json!({ "text": text }).to_string();
         let raw = doc.len() - r#"{"text":""}"#.len();
         assert!(raw > 8 * 1024 && raw < limits.max_window / 2, "{raw}");
@@ -1063,7 +1079,15 @@ fn only_a_value_that_may_be_one_document_takes_the_document_window() {
                 );
             }
             let v: Value = serde_json::from_slice(&out).expect("JSON");
-            assert!(!v["text"].as_str().unwrap().contains("@ex.com"), "{size}");
+            let t = v["text"].as_str().unwrap();
+            assert!(!t.contains("@ex.com"), "{size}");
+            if whole {
+                assert_eq!(
+                    t.matches(r#""pin":"[PIN]""#).count(),
+                    400,
+                    "{size}: {t:.300}"
+                );
+            }
         }
     }
 }
