@@ -22,7 +22,7 @@
 //!   whole in any text (`"mobile": "4915112345678"` in JSON Lines, `iban: de89...` in YAML,
 //!   `detectors::LABELLED_PHONE_PATTERN`): their words start at letters as common as `t`, `c`,
 //!   `m`, and inside the union they took ~27% more states. Each of their matches holds exactly
-//!   one `:` or `=`; they are searched from each one (`side::Labels`) and merged the same way.
+//!   one `:`, `=` or `>`; they are searched from each one (`side::Labels`) and merged the same way.
 //!
 //!   Why the lazy DFA (`hybrid`) and not the dense DFA (`dfa::dense`) or `meta`: the dense
 //!   DFA of the unanchored union of ~40 bounded-repetition patterns has to determinize the
@@ -436,7 +436,7 @@ struct Inner {
     edges: Vec<Edges>,
     /// The e-mail pattern, searched from each `@` (see `side`).
     side: Option<Arc<side::Side>>,
-    /// The names of fields read whole in a text, searched from each `:` and `=` (see
+    /// The names of fields read whole in a text, searched from each `:`, `=` and `>` (see
     /// `side::Labels`).
     labels: Option<Arc<side::Labels>>,
     caches: CachePool<Caches>,
@@ -2567,7 +2567,7 @@ pub struct LaneSieve {
     /// The e-mail pattern is not in the union automaton: it is searched from each `@` (see
     /// `side`).
     at_sign: bool,
-    /// Nor are the names of fields read whole: searched from each `:` and `=` that may
+    /// Nor are the names of fields read whole: searched from each `:`, `=` and `>` that may
     /// separate one from its value (see `side::Labels`).
     label_separator: bool,
     /// The engine, when it reads some fields whole: then so are the cells of a CSV table's

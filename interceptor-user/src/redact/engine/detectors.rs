@@ -53,17 +53,19 @@ pub(crate) const EMAIL_LOCAL_MAX_WIDE: usize = 32;
 /// at letters as common as `t`, `c`, `m`, `p`, `f`, and the union following each as a name in
 /// progress, beside every other pattern in progress, built ~40% more states on printable
 /// text and took dense text from 67 to 58 MB/s and JSON carried in a text through the agent
-/// from 24 to 18 (`benches/redact.rs`). It is searched from each `:` and `=` instead (`side`).
-/// Every match holds exactly one `:` or `=` (no other part of it can), the separator.
+/// from 24 to 18 (`benches/redact.rs`). It is searched from each `:`, `=` and `>` instead
+/// (`side`). Every match holds exactly one of them (no other part of it can), the separator:
+/// `phone: ...`, `tel=...`, an XML element's `<phone>...` (the validator wants its `<`). An
+/// abbreviation's dot may follow the name and the suffix (`Tel.:`, `Tel.-Nr.:`).
 pub(crate) const LABELLED_PHONE_PATTERN: &str = concat!(
     r"(?i:phone|tel|mobile?|cell|msisdn|fax|whatsapp|telefon|telefono|telefoon",
     r"|rufnummer|handynummer|mobilnummer)",
-    r"(?:[_ -]?(?i:number|num|no|nr|nummer|numero))?(?i:s)?",
-    r#"\\?["']?[ \t]{0,2}[:=][ \t]{0,2}\\?["']?[+(0-9]"#,
+    r"(?:\.?[_ -]?(?i:number|num|no|nr|nummer|numero))?(?i:s)?\.?",
+    r#"\\?["']?[ \t]{0,2}[:=>][ \t]{0,2}\\?["']?[+(0-9]"#,
 );
 /// The same for an IBAN's field name (`iban: de89370400440532013000`).
 pub(crate) const LABELLED_IBAN_PATTERN: &str =
-    r#"(?i:iban)(?i:s)?\\?["']?[ \t]{0,2}[:=][ \t]{0,2}\\?["']?[A-Za-z]"#;
+    r#"(?i:iban)(?i:s)?\\?["']?[ \t]{0,2}[:=>][ \t]{0,2}\\?["']?[A-Za-z]"#;
 /// The names that [`LABELLED_PHONE_PATTERN`] and [`LABELLED_IBAN_PATTERN`] read, in small
 /// letters (tested against the patterns), ...
 pub(crate) const LABEL_NAMES: &[&str] = &[

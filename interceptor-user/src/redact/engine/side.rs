@@ -1,5 +1,5 @@
 //! Patterns searched beside the union automaton: the e-mail pattern from each `@` ([`Side`]),
-//! the names of fields read whole (phone numbers, IBANs) from each `:` and `=` ([`Labels`]).
+//! the names of fields read whole (phone numbers, IBANs) from each `:`, `=` and `>` ([`Labels`]).
 //!
 //! Why it is not in the union automaton: its local part `[A-Za-z0-9._%+'-]{0,63}` may start
 //! after any `+`, `.`, `%` or `-`, and the lazy DFA of the union has to track every such start
@@ -155,20 +155,21 @@ impl Side {
     }
 }
 
-/// The starts of the names that may end before the `:` or `=` at `j` in a match of a labelled
+/// The starts of the names that may end before the `:`, `=` or `>` at `j` in a match of a labelled
 /// field's pattern (see [`Labels`]), into `starts` (unordered), none if no match can hold this
 /// separator.
 ///
 /// The patterns' parts around the separator are read greedily (a blank, a quote or a
 /// backslash is never the byte that follows it there): before it, up to two blanks, a quote
-/// and a backslash, then the name: a word of [`LABEL_NAMES`] in any case, then maybe a `_`,
-/// `-` or blank and a word of [`LABEL_SUFFIXES`], then maybe a plural `s`; after it, up to two
+/// and a backslash, then the name: a word of [`LABEL_NAMES`] in any case, then maybe a dot,
+/// a `_`, `-` or blank and a word of [`LABEL_SUFFIXES`], then maybe a plural `s` and a dot
+/// (`Tel.-Nr.:`); after it, up to two
 /// blanks, a backslash, a quote and a value's first byte, before `end`. Every start of a match
 /// holding this separator is among those found. Separators inside a pseudonym's mask
 /// (`[PHONE:4f1c9a2b]`) have none: the validators refuse such candidates (and the closure
 /// rescan reads every mask again).
 ///
-/// Asked for every `:` and `=` of a text (each member of JSON read as text): most are passed
+/// Asked for every `:`, `=` and `>` of a text (each member of JSON read as text): most are passed
 /// over after a few bytes, by the last two letters before them ([`ends_label`]) and the first
 /// byte of the value (a letter only after `iban`).
 #[inline]
@@ -183,6 +184,10 @@ fn label_starts(hay: &[u8], j: usize, end: usize, starts: &mut Vec<usize>) {
         k -= 1;
     }
     if k > 0 && hay[k - 1] == b'\\' {
+        k -= 1;
+    }
+    // (An abbreviation's dot: `Tel.:`.)
+    if k > 0 && hay[k - 1] == b'.' {
         k -= 1;
     }
     // (No name or suffix ends with an `s`: one there is a plural.)
@@ -237,10 +242,17 @@ fn label_starts(hay: &[u8], j: usize, end: usize, starts: &mut Vec<usize>) {
     names(e, starts);
     for suffix in LABEL_SUFFIXES {
         if ends(e, suffix) {
+            // Before the suffix: maybe a `_`, `-` or blank, and before that maybe a dot
+            // (`Tel.-Nr.`, `Tel.Nr`).
             let at = e - suffix.len();
             names(at, starts);
-            if at > 0 && matches!(hay[at - 1], b'_' | b'-' | b' ') {
-                names(at - 1, starts);
+            let mut p = at;
+            if p > 0 && matches!(hay[p - 1], b'_' | b'-' | b' ') {
+                p -= 1;
+                names(p, starts);
+            }
+            if p > 0 && hay[p - 1] == b'.' {
+                names(p - 1, starts);
             }
         }
     }
@@ -269,20 +281,20 @@ pub(super) fn ends_label(a: u8, b: u8) -> bool {
     )
 }
 
-/// Whether `hay` holds a `:` or `=` that may separate a labelled field's name from its value
+/// Whether `hay` holds a `:`, `=` or `>` that may separate a labelled field's name from its value
 /// (for [`super::LaneSieve`]: a piece without one holds no match of [`Labels`]).
 pub(super) fn may_hold_label(hay: &[u8]) -> bool {
     let mut starts = Vec::new();
-    memchr::memchr2_iter(b':', b'=', hay).any(|j| {
+    memchr::memchr3_iter(b':', b'=', b'>', hay).any(|j| {
         label_starts(hay, j, hay.len(), &mut starts);
         !starts.is_empty()
     })
 }
 
 /// The patterns of the names of fields read whole in any text (`"mobile": "4915112345678"`,
-/// `iban: de89...`, see `detectors::LABELLED_PHONE_PATTERN`), searched from each `:` and `=`.
+/// `iban: de89...`, see `detectors::LABELLED_PHONE_PATTERN`), searched from each `:`, `=` and `>`.
 ///
-/// Every match of them holds exactly one `:` or `=`, its separator, and no more than
+/// Every match of them holds exactly one `:`, `=` or `>`, its separator, and no more than
 /// `max_len` bytes. So from a search position, the first separator that some match holds is
 /// the one of the leftmost match: a match starting after a separator holds a later one, and
 /// one starting before it holds it. [`Labels::find`] takes the separators in order (memchr),
@@ -326,7 +338,7 @@ impl Labels {
         // separator (a match starting there holds that one).
         let mut from = pos;
         let mut starts = Vec::new();
-        for j in memchr::memchr2_iter(b':', b'=', hay.get(pos..end)?).map(|j| pos + j) {
+        for j in memchr::memchr3_iter(b':', b'=', b'>', hay.get(pos..end)?).map(|j| pos + j) {
             label_starts(hay, j, end, &mut starts);
             if !starts.is_empty() {
                 starts.sort_unstable();

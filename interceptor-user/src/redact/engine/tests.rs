@@ -440,6 +440,8 @@ fn fragment() -> impl Strategy<Value = String> {
         "\": \"",
         "4915112345678",
         "de89370400440532013000",
+        "<phone>",
+        "Tel.:",
     ]
     .into_iter()
     .map(String::from)
@@ -1364,11 +1366,12 @@ fn label_heavy_text() -> impl Strategy<Value = String> {
             "whatsapp", "telefon", "telefono", "Telefonnummer", "handynummer", "iban", "IBAN",
             "ibans", "number", "_number", " no", "-nr", "Nummer", "s", "customer_", "hotel",
             "phone_verified_at", "x", "mobilnummer", "rufnummer", "telefoon", "MSISDN", "num",
-            "NUMERO", "nr", "S", "phon", "ib", "mobilenummer",
+            "NUMERO", "nr", "S", "phon", "ib", "mobilenummer", "Tel.", "Nr.", ".-", ".",
         ]).prop_map(String::from),
         3 => proptest::sample::select(vec![
             ":", "=", ": ", " = ", ":  ", ":   ", "\t:\t", "\"", "'", "\\", "\": \"", "\\\"",
-            "\\\": \\\"", "{", "}", ",", " ", "\n", "[", "(", "+", "é",
+            "\\\": \\\"", "{", "}", ",", " ", "\n", "[", "(", "+", "é", ">", "<", "</", "<ns:",
+            ".:", ". ",
         ]).prop_map(String::from),
         2 => proptest::sample::select(vec![
             "4915112345678", "+4915112345678", "030 1234567", "(030) 1234567", "2024-03-15",
@@ -1408,6 +1411,10 @@ fn side_label_search_equals_the_union_on_edge_cases() {
         ":phone".to_string(),
         "=4".to_string(),
         "p:1 e=2 é:3 :x =\"y".to_string(),
+        "Tel.: 030 1234567 Tel.-Nr.: 4915112345678 tel.nr=4915112345678 Tel. Nr.:+49301234567"
+            .to_string(),
+        "<phone>4915112345678</phone><ns:mobileNumber>4915112345678</ns:mobileNumber>".to_string(),
+        "<iban>de89370400440532013000</iban> x>4 phone> 4 >phone>4915112345678".to_string(),
     ];
     for text in &cases {
         assert_side_agrees("", text);
@@ -3870,6 +3877,10 @@ fn field_names_in_a_text_read_their_values_whole() {
         "Please call my cell: 4915112345678.",
         "telefon_nr = '4915112345678'",
         "whatsapp: 4915112345678",
+        "<customer><name>Jane</name><phone>4915112345678</phone></customer>",
+        "<ns:mobileNumber>4915112345678</ns:mobileNumber>",
+        "Tel.: 4915112345678",
+        "Tel.-Nr.: 4915112345678 (mobil)",
     ] {
         assert_eq!(found(text), one("PHONE", bare), "{text}");
         let r = e.redact(text).text;
@@ -3889,6 +3900,7 @@ fn field_names_in_a_text_read_their_values_whole() {
         "iban: de89370400440532013000",
         r#"{"payout_iban": "de89370400440532013000"}"#,
         "IBANs='de89370400440532013000'",
+        "<Iban>de89370400440532013000</Iban>",
     ] {
         assert_eq!(found(text), one("IBAN", "de89370400440532013000"), "{text}");
         // (The pseudonym of the same IBAN in capitals.)
@@ -3914,6 +3926,11 @@ fn field_names_in_a_text_read_their_values_whole() {
         "iban: hello",
         "iban: de89370400440532013001",
         "phone: +",
+        // Not an XML element's opening tag, nor a name right before its `>`.
+        "if phone > 4915112345678",
+        "a->phone>4915112345678",
+        "<x:>4915112345678",
+        "Hotel.: 4915112345678",
     ] {
         assert_eq!(found(text), [], "{text}");
     }

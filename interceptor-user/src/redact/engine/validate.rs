@@ -1417,13 +1417,19 @@ fn labelled_value(t: &[u8], s: usize, e: usize, kind: FieldKind) -> Option<Verdi
         return None;
     }
     let v = t.get(s..e)?;
-    let sep = s + v.iter().position(|&b| b == b':' || b == b'=')?;
+    let sep = s + v.iter().position(|&b| matches!(b, b':' | b'=' | b'>'))?;
     // The name: back from the separator over blanks, then a closing quote (escaped or not).
     let mut k = sep;
     while k > s && matches!(t[k - 1], b' ' | b'\t') {
         k -= 1;
     }
     let key_quote = t[..k].last().copied().filter(|&b| b == b'"' || b == b'\'');
+    // `>` ends an XML element's opening tag: its name right before it (`<phone>`,
+    // `<ns:mobileNumber>`), nothing else.
+    let tag = t[sep] == b'>';
+    if tag && (k < sep || key_quote.is_some()) {
+        return None;
+    }
     let key = match key_quote {
         Some(q) => {
             let mut end = k - 1;
@@ -1445,7 +1451,11 @@ fn labelled_value(t: &[u8], s: usize, e: usize, kind: FieldKind) -> Option<Verdi
                 .take(LABEL_LOOKBEHIND)
                 .take_while(|&&b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
                 .count();
-            &t[k - n..k]
+            let key = &t[k - n..k];
+            if tag && !opens_tag(t, k - n) {
+                return None;
+            }
+            key
         }
     };
     // (The key without a backslash that escaped its opening quote.)
@@ -1520,6 +1530,27 @@ fn labelled_value(t: &[u8], s: usize, e: usize, kind: FieldKind) -> Option<Verdi
         FieldKind::Iban => labelled_iban(value)?,
     };
     Verdict::span(start + vs, start + ve)
+}
+
+/// Whether an XML element's name starting at `at` follows its `<`, directly or after a
+/// namespace's prefix (`<ns:phone`; the name read back stopped at that `:`).
+fn opens_tag(t: &[u8], at: usize) -> bool {
+    let Some(at) = at.checked_sub(1) else {
+        return false;
+    };
+    match t[at] {
+        b'<' => true,
+        b':' => {
+            let prefix = t[..at]
+                .iter()
+                .rev()
+                .take(LABEL_LOOKBEHIND)
+                .take_while(|&&b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+                .count();
+            prefix > 0 && at > prefix && t[at - prefix - 1] == b'<'
+        }
+        _ => false,
+    }
 }
 
 /// Where a value that runs from `start` ends: past every byte from `end` on that `keep`
