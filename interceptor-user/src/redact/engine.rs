@@ -1465,6 +1465,10 @@ impl Engine {
             Vec::new()
         };
         let mut cells = cells.into_iter().peekable();
+        // The later items of a list under a field's name whose first item was accepted
+        // (`"phones": ["4915112345678", "4915112345679"]`), each read whole as the first, in
+        // order.
+        let mut items: std::collections::VecDeque<Match> = std::collections::VecDeque::new();
         // End of the last rejected candidate: a candidate wholly inside it is a fragment of a
         // rejected structure (`0044 0532 0130 00` inside a bad IBAN) and is skipped.
         let mut rejected_end = 0;
@@ -1535,6 +1539,19 @@ impl Engine {
                 out.push(c);
                 continue;
             }
+            // So do a list's items (one accepted over an item's start has taken it).
+            while items.front().is_some_and(|i| i.start < pos) {
+                items.pop_front();
+            }
+            if let Some(i) = items.pop_front() {
+                if found.is_none_or(|m| i.start <= m.0) {
+                    pos = i.end;
+                    scratch.floor = i.end;
+                    out.push(i);
+                    continue;
+                }
+                items.push_front(i);
+            }
             let Some((s, e, pid)) = found else {
                 break;
             };
@@ -1551,6 +1568,17 @@ impl Engine {
                     },
                 }
             };
+            // A field's value that is a list's first item: the others, read whole as it is.
+            if let Some(a) = &found {
+                let det = &inner.detectors[a.detector as usize];
+                if let Some(kind) = det.check.labelled_kind() {
+                    let (spans, read) = validate::list_items(hay, a.start);
+                    scratch.reach.1 = scratch.reach.1.max(read + 2);
+                    items.extend(spans.into_iter().filter_map(|(s, e)| {
+                        inner.whole_match(Whole::Field(kind), hay.get(s..e)?, s)
+                    }));
+                }
+            }
             if let Some(r) = reach.as_deref_mut() {
                 r.push(scratch.reach);
             }
@@ -1579,6 +1607,14 @@ impl Engine {
             }
             while pos < stop && !text.is_char_boundary(pos) {
                 pos += 1;
+            }
+        }
+        // A list's items after the last candidate (or past `stop`: the decision to read them
+        // was taken before it, and its reach covers them).
+        for i in items {
+            if i.start >= pos {
+                pos = i.end;
+                out.push(i);
             }
         }
     }
@@ -1665,16 +1701,15 @@ impl Engine {
             let det = &inner.detectors[d as usize];
             // Validators read two bytes either side (some further back), and those that
             // extend a value up to their extent.
+            // (Those that know what they read on this candidate say it: see
+            // `Validator::reach`.)
             let ext = det.check.extent();
-            scratch.reach.0 = scratch
-                .reach
-                .0
-                .min(s.saturating_sub(det.check.lookbehind()));
-            scratch.reach.1 = scratch
-                .reach
-                .1
-                .max(e + 2)
-                .max(if ext > 0 { s + ext + 2 } else { 0 });
+            let (lo, hi) = det.check.reach(text.as_bytes(), s, e).unwrap_or((
+                s.saturating_sub(det.check.lookbehind()),
+                if ext > 0 { s + ext + 2 } else { 0 },
+            ));
+            scratch.reach.0 = scratch.reach.0.min(lo);
+            scratch.reach.1 = scratch.reach.1.max(e + 2).max(hi);
             let Some(mut v) = det.check.check(text, s, e) else {
                 continue;
             };

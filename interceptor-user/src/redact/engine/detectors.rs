@@ -56,16 +56,24 @@ pub(crate) const EMAIL_LOCAL_MAX_WIDE: usize = 32;
 /// from 24 to 18 (`benches/redact.rs`). It is searched from each `:`, `=` and `>` instead
 /// (`side`). Every match holds exactly one of them (no other part of it can), the separator:
 /// `phone: ...`, `tel=...`, an XML element's `<phone>...` (the validator wants its `<`). An
-/// abbreviation's dot may follow the name and the suffix (`Tel.:`, `Tel.-Nr.:`).
+/// abbreviation's dot may follow the name and the suffix (`Tel.:`, `Tel.-Nr.:`). The value
+/// may be the first item of a list (`"phones": ["4915112345678", ...]`, or YAML's `phones:`
+/// and `  - 4915112345678` on the next line): the engine then reads the other items
+/// (`validate::list_items`).
 pub(crate) const LABELLED_PHONE_PATTERN: &str = concat!(
     r"(?i:phone|tel|mobile?|cell|msisdn|fax|whatsapp|telefon|telefono|telefoon",
     r"|rufnummer|handynummer|mobilnummer)",
     r"(?:\.?[_ -]?(?i:number|num|no|nr|nummer|numero))?(?i:s)?\.?",
-    r#"\\?["']?[ \t]{0,2}[:=>][ \t]{0,2}\\?["']?[+(0-9]"#,
+    r#"\\?["']?[ \t]{0,2}[:=>][ \t]{0,2}"#,
+    r"(?:\[[ \t\r\n]{0,32}|\r?\n[ \t]{0,8}-[ \t]{1,2})?",
+    r#"\\?["']?[+(0-9]"#,
 );
 /// The same for an IBAN's field name (`iban: de89370400440532013000`).
-pub(crate) const LABELLED_IBAN_PATTERN: &str =
-    r#"(?i:iban)(?i:s)?\\?["']?[ \t]{0,2}[:=>][ \t]{0,2}\\?["']?[A-Za-z]"#;
+pub(crate) const LABELLED_IBAN_PATTERN: &str = concat!(
+    r#"(?i:iban)(?i:s)?\\?["']?[ \t]{0,2}[:=>][ \t]{0,2}"#,
+    r"(?:\[[ \t\r\n]{0,32}|\r?\n[ \t]{0,8}-[ \t]{1,2})?",
+    r#"\\?["']?[A-Za-z]"#,
+);
 /// The names that [`LABELLED_PHONE_PATTERN`] and [`LABELLED_IBAN_PATTERN`] read, in small
 /// letters (tested against the patterns), ...
 pub(crate) const LABEL_NAMES: &[&str] = &[

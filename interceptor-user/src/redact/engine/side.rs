@@ -163,8 +163,9 @@ impl Side {
 /// backslash is never the byte that follows it there): before it, up to two blanks, a quote
 /// and a backslash, then the name: a word of [`LABEL_NAMES`] in any case, then maybe a dot,
 /// a `_`, `-` or blank and a word of [`LABEL_SUFFIXES`], then maybe a plural `s` and a dot
-/// (`Tel.-Nr.:`); after it, up to two
-/// blanks, a backslash, a quote and a value's first byte, before `end`. Every start of a match
+/// (`Tel.-Nr.:`); after it, up to two blanks, maybe a list's opening (`[` and up to 32
+/// bytes of white space, or a line break, up to 8 blanks, `-` and one or two blanks), a
+/// backslash, a quote and a value's first byte, before `end`. Every start of a match
 /// holding this separator is among those found. Separators inside a pseudonym's mask
 /// (`[PHONE:4f1c9a2b]`) have none: the validators refuse such candidates (and the closure
 /// rescan reads every mask again).
@@ -204,10 +205,36 @@ fn label_starts(hay: &[u8], j: usize, end: usize, starts: &mut Vec<usize>) {
         return;
     }
     let mut i = j + 1;
-    let mut blanks = 0;
-    while blanks < 2 && i < end && matches!(hay[i], b' ' | b'\t') {
+    let blanks = |i: &mut usize, most: usize, set: &[u8]| {
+        let mut n = 0;
+        while n < most && *i < end && set.contains(&hay[*i]) {
+            *i += 1;
+            n += 1;
+        }
+        n
+    };
+    blanks(&mut i, 2, b" \t");
+    // A list's opening: `[` and white space, or a line break, a YAML item's indentation,
+    // `-` and a blank or two.
+    if i < end && hay[i] == b'[' {
         i += 1;
-        blanks += 1;
+        blanks(&mut i, 32, b" \t\r\n");
+    } else if i < end && matches!(hay[i], b'\r' | b'\n') {
+        if hay[i] == b'\r' {
+            i += 1;
+        }
+        if !(i < end && hay[i] == b'\n') {
+            return;
+        }
+        i += 1;
+        blanks(&mut i, 8, b" \t");
+        if !(i < end && hay[i] == b'-') {
+            return;
+        }
+        i += 1;
+        if blanks(&mut i, 2, b" \t") == 0 {
+            return;
+        }
     }
     if i < end && hay[i] == b'\\' {
         i += 1;

@@ -442,6 +442,13 @@ fn fragment() -> impl Strategy<Value = String> {
         "de89370400440532013000",
         "<phone>",
         "Tel.:",
+        // Lists under such names (see `validate::list_items`).
+        "\"phones\": [\"4915112345678\", \"4915112345679\"]",
+        "phones:\n  - 4915112345678\n  - '4915112345679'\n",
+        "ibans: [de89370400440532013000,",
+        ", \"4915112345670\"",
+        "\n  - 4915112345671",
+        "]",
     ]
     .into_iter()
     .map(String::from)
@@ -912,7 +919,11 @@ fn long_strings_with_the_builtins_cut_short_tails_and_equal_whole_redaction() {
         }
         let summary = j.finish(&mut out).expect("complete");
         // Segmented: never more than a window and a short tail at once.
-        assert!(j.peak_buffered() < 2 * (JsonLimits::default().window + 4096));
+        assert!(
+            j.peak_buffered() < 2 * (JsonLimits::default().window + 4096),
+            "{label} {chunk}: {}",
+            j.peak_buffered()
+        );
         let got: serde_json::Value = serde_json::from_slice(&out).expect("JSON out");
         let want = e.redact_field(label, &text, e.default_view());
         assert!(
@@ -3933,6 +3944,148 @@ fn field_names_in_a_text_read_their_values_whole() {
         "Hotel.: 4915112345678",
     ] {
         assert_eq!(found(text), [], "{text}");
+    }
+}
+
+/// A list of phone numbers or IBANs under a field's name in any text (a JSON or Python list,
+/// over lines too; a YAML list): every item is read whole as a single value under the name
+/// is; they went out in clear after the first (or all, in YAML). Nothing after the list is.
+#[test]
+fn lists_under_field_names_in_a_text_read_each_item_whole() {
+    let e = engine();
+    let values = |text: &str| -> Vec<(String, String)> {
+        e.scan(text)
+            .iter()
+            .map(|m| (m.entity.to_string(), text[m.start..m.end].to_string()))
+            .collect()
+    };
+    let phones = |vs: &[&str]| -> Vec<(String, String)> {
+        vs.iter()
+            .map(|v| ("PHONE".to_string(), v.to_string()))
+            .collect()
+    };
+    let (a, b, c) = ("4915112345678", "4915112345679", "+49 30 1234567");
+    for (text, want) in [
+        (
+            r#""phones": ["4915112345678", "4915112345679"], "ids": [4915112345677]"#,
+            &[a, b][..],
+        ),
+        (
+            "{'phones': ['4915112345678', '4915112345679', '+49 30 1234567']}",
+            &[a, b, c][..],
+        ),
+        (
+            "phones: [4915112345678, 4915112345679]\nids: [4915112345677]",
+            &[a, b][..],
+        ),
+        (
+            "phones:\n  - 4915112345678\n  - \"4915112345679\"\nother: 4915112345670",
+            &[a, b][..],
+        ),
+        (
+            "contact:\n  businessPhones:\n  - 4915112345678\n  - 4915112345679\n- 4915112345670",
+            &[a, b][..],
+        ),
+        (
+            "\"mobiles\": [\n    \"4915112345678\",\n    \"4915112345679\"\n  ],\n  \"ids\": [4915112345677]",
+            &[a, b][..],
+        ),
+        (
+            r#"{\"mobiles\": [\"4915112345678\", \"4915112345679\"]}"#,
+            &[a, b][..],
+        ),
+        (
+            r#""phones": ["4915112345678", "n/a", "", "4915112345679"]"#,
+            &[a, b][..],
+        ),
+        // (The list stops at the first byte that does not go on with it.)
+        (
+            r#""phones": ["4915112345678"] + ["4915112345679"]"#,
+            &[a][..],
+        ),
+        ("phones:\n  - 4915112345678\n    - 4915112345679", &[a][..]),
+    ] {
+        assert_eq!(values(text), phones(want), "{text}");
+        let r = e.redact(text).text;
+        for v in want {
+            assert!(!r.contains(v), "{text}: {r}");
+        }
+        if want.contains(&b) {
+            assert!(r.contains(&e.redact("+4915112345679").text), "{text}: {r}");
+        }
+    }
+    let iban = "de89370400440532013000";
+    let text = "ibans: [de89370400440532013000, \"DE89 3704 0044 0532 0130 00\"]";
+    let r = e.redact(text).text;
+    assert_eq!(e.scan(text).len(), 2, "{r}");
+    assert!(!r.contains(iban) && !r.contains("0130 00"), "{r}");
+    // Not a list under such a name: nothing but what the patterns read alone.
+    for text in [
+        r#""tags": ["4915112345678", "4915112345679"]"#,
+        "phone: 4915112345678, 4915112345679",
+        "phones:\n  4915112345678\n  - 4915112345679",
+    ] {
+        let found = values(text);
+        assert!(found.len() <= 1, "{text}: {found:?}");
+        assert!(found.iter().all(|(_, v)| v != b), "{text}: {found:?}");
+    }
+}
+
+/// Lists under field names in a long string redacted in segments through the rewriter, at
+/// several chunkings: the same as the whole string redacted at once, every item masked (a
+/// cut never falls inside a list whose first item was read).
+#[test]
+fn lists_under_field_names_are_never_cut_apart() {
+    use crate::redact::json::{JsonLimits, JsonRedactor};
+    let e = engine();
+    let number = |i: usize| format!("49151{:08}", 10_000_000 + i * 7);
+    let mut text = String::new();
+    let mut i = 0;
+    while text.len() < 200_000 {
+        let items: Vec<String> = (0..1 + i % 9)
+            .map(|k| format!("\"{}\"", number(i + k)))
+            .collect();
+        text.push_str(&format!(
+            "record {i}: \"phones\": [{}], notes follow. ",
+            items.join(", ")
+        ));
+        text.push_str(&format!(
+            "mobiles:\n  - {}\n  - {}\nnext: x\n",
+            number(i + 9),
+            number(i + 10)
+        ));
+        i += 11;
+    }
+    let want = e.redact_field("note", &text, e.default_view());
+    assert!(want.findings.len() >= i / 11 * 3, "{}", want.findings.len());
+    for k in 0..i {
+        assert!(!want.text.contains(&number(k)), "{}", number(k));
+    }
+    let doc = serde_json::json!({ "note": text }).to_string();
+    for chunk in [doc.len(), 16 << 10, 999] {
+        let r: Arc<dyn TextRedactor> = Arc::new(e.clone());
+        let mut j = JsonRedactor::new(
+            r,
+            JsonLimits {
+                window: 0,
+                ..JsonLimits::default()
+            },
+        );
+        let mut out = Vec::new();
+        for c in doc.as_bytes().chunks(chunk) {
+            j.push(c, &mut out).expect("valid JSON");
+        }
+        let summary = j.finish(&mut out).expect("complete");
+        // Cut in segments: a window and a short tail at once, as decoded text and raw bytes.
+        let window = j.limits().window;
+        assert!(
+            j.peak_buffered() < 2 * (window + 4096) && window < text.len() / 2,
+            "{chunk}: {}",
+            j.peak_buffered()
+        );
+        let got: serde_json::Value = serde_json::from_slice(&out).expect("JSON out");
+        assert!(got["note"].as_str() == Some(want.text.as_str()), "{chunk}");
+        assert_eq!(summary.total(), want.findings.len() as u64);
     }
 }
 

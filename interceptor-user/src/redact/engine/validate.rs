@@ -1400,6 +1400,88 @@ fn trimmed(t: &[u8]) -> Option<(usize, usize)> {
     Some((s, e))
 }
 
+/// The name of a labelled field's match `t[s..e]` (see [`labelled_value`]): the separator's
+/// index and the name's bytes, when there is one; and the lowest index read to know (the
+/// decision's reach before `s`: a few bytes, where the static [`LABEL_LOOKBEHIND`] would
+/// chain the reaches of fields a line apart and leave long texts no cut point).
+fn labelled_key(t: &[u8], s: usize, e: usize) -> (Option<(usize, &[u8])>, usize) {
+    // A mask's entity (`[PHONE:4f1c9a2b]`) is no field's name (`in_mask_entity` reads back
+    // over its capitals, digits and `_`, and the byte before).
+    let entity = |b: &&u8| b.is_ascii_uppercase() || b.is_ascii_digit() || **b == b'_';
+    let before = t
+        .get(..s)
+        .unwrap_or_default()
+        .iter()
+        .rev()
+        .take(CREDENTIAL_LOOKBEHIND)
+        .take_while(entity)
+        .count();
+    let mut lo = s.saturating_sub(before + 1);
+    if in_mask_entity(t, s) {
+        return (None, lo);
+    }
+    let Some(v) = t.get(s..e) else {
+        return (None, lo);
+    };
+    let Some(sep) = v.iter().position(|&b| matches!(b, b':' | b'=' | b'>')) else {
+        return (None, lo);
+    };
+    let sep = s + sep;
+    // The name: back from the separator over blanks, then a closing quote (escaped or not).
+    let mut k = sep;
+    while k > s && matches!(t[k - 1], b' ' | b'\t') {
+        k -= 1;
+    }
+    lo = lo.min(k.saturating_sub(1));
+    let key_quote = t[..k].last().copied().filter(|&b| b == b'"' || b == b'\'');
+    // `>` ends an XML element's opening tag: its name right before it (`<phone>`,
+    // `<ns:mobileNumber>`), nothing else.
+    let tag = t[sep] == b'>';
+    if tag && (k < sep || key_quote.is_some()) {
+        return (None, lo);
+    }
+    let key = match key_quote {
+        Some(q) => {
+            let mut end = k - 1;
+            if end > 0 && t[end - 1] == b'\\' {
+                end -= 1;
+            }
+            let open = t[..end]
+                .iter()
+                .rev()
+                .take(LABEL_LOOKBEHIND)
+                .position(|&b| b == q || b == b'\n');
+            let Some(open) = open.map(|o| end - o - 1) else {
+                return (None, lo.min(end.saturating_sub(LABEL_LOOKBEHIND)));
+            };
+            lo = lo.min(open);
+            if t[open] != q {
+                return (None, lo);
+            }
+            &t[open + 1..end]
+        }
+        None => {
+            let n = t[..k]
+                .iter()
+                .rev()
+                .take(LABEL_LOOKBEHIND)
+                .take_while(|&&b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+                .count();
+            // (The byte that stopped the name, or the last one it may hold.)
+            lo = lo.min(k.saturating_sub(n + 1));
+            if tag {
+                let (opens, read) = opens_tag(t, k - n);
+                lo = lo.min(read);
+                if !opens {
+                    return (None, lo);
+                }
+            }
+            &t[k - n..k]
+        }
+    };
+    (Some((sep, key)), lo)
+}
+
 /// A phone number's or an IBAN's field name in a text, its separator and the first byte of its
 /// value (`t[s..e]`, the automaton's match, whose last byte is the value's first): the value,
 /// when the name is one `field_kind` reads as `kind` and the value is one read whole under it
@@ -1412,52 +1494,7 @@ fn trimmed(t: &[u8]) -> Option<(usize, usize)> {
 /// string); an unquoted one over what a phone number is written with (`tel: 030 1234567 #
 /// office`), or over letters and digits for an IBAN, and must not run on into a word.
 fn labelled_value(t: &[u8], s: usize, e: usize, kind: FieldKind) -> Option<Verdict> {
-    // A mask's entity (`[PHONE:4f1c9a2b]`) is no field's name.
-    if in_mask_entity(t, s) {
-        return None;
-    }
-    let v = t.get(s..e)?;
-    let sep = s + v.iter().position(|&b| matches!(b, b':' | b'=' | b'>'))?;
-    // The name: back from the separator over blanks, then a closing quote (escaped or not).
-    let mut k = sep;
-    while k > s && matches!(t[k - 1], b' ' | b'\t') {
-        k -= 1;
-    }
-    let key_quote = t[..k].last().copied().filter(|&b| b == b'"' || b == b'\'');
-    // `>` ends an XML element's opening tag: its name right before it (`<phone>`,
-    // `<ns:mobileNumber>`), nothing else.
-    let tag = t[sep] == b'>';
-    if tag && (k < sep || key_quote.is_some()) {
-        return None;
-    }
-    let key = match key_quote {
-        Some(q) => {
-            let mut end = k - 1;
-            if end > 0 && t[end - 1] == b'\\' {
-                end -= 1;
-            }
-            let open = t[..end]
-                .iter()
-                .rev()
-                .take(LABEL_LOOKBEHIND)
-                .position(|&b| b == q || b == b'\n')?;
-            let open = end - open - 1;
-            (t[open] == q).then_some(&t[open + 1..end])?
-        }
-        None => {
-            let n = t[..k]
-                .iter()
-                .rev()
-                .take(LABEL_LOOKBEHIND)
-                .take_while(|&&b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
-                .count();
-            let key = &t[k - n..k];
-            if tag && !opens_tag(t, k - n) {
-                return None;
-            }
-            key
-        }
-    };
+    let (sep, key) = labelled_key(t, s, e).0?;
     // (The key without a backslash that escaped its opening quote.)
     let key = key.strip_suffix(b"\\").unwrap_or(key);
     if field_kind(std::str::from_utf8(key).ok()?) != Some(kind) {
@@ -1532,14 +1569,144 @@ fn labelled_value(t: &[u8], s: usize, e: usize, kind: FieldKind) -> Option<Verdi
     Verdict::span(start + vs, start + ve)
 }
 
+/// The most items of a list read after its first ([`list_items`])...
+const LIST_ITEMS: usize = 64;
+/// ... and the most bytes read from its first value on.
+pub(crate) const LIST_MAX: usize = 2048;
+
+/// The other items of a list under a phone number's or an IBAN's field name in a text, whose
+/// first value ([`labelled_value`]'s) starts at `first`: a JSON or Python list (`"phones":
+/// ["4915112345678", "4915112345679"]`, over lines too) or a YAML one (`phones:` then
+/// `  - 4915112345678` on each line, at the first item's indentation). Each later item's
+/// value as a span, in order, not yet validated; and the end of what was read. No item when
+/// the first value opens no list. Items are quoted as JSON strings, escaped as in JSON inside
+/// a JSON string, quoted with `'`, or bare; the list ends at the first byte that does not go
+/// on with it (`]`, a line that is no item), after [`LIST_ITEMS`] items or [`LIST_MAX`]
+/// bytes.
+pub(crate) fn list_items(t: &[u8], first: usize) -> (Vec<(usize, usize)>, usize) {
+    let mut items = Vec::new();
+    // Back from the first value over its quote (escaped or not) and white space to the list's
+    // opening: `[`, or a YAML item's `-` after its line's indentation.
+    let mut at = first;
+    if at > 0 && matches!(t[at - 1], b'"' | b'\'') {
+        at -= 1;
+        if at > 0 && t[at - 1] == b'\\' {
+            at -= 1;
+        }
+    }
+    let mut p = at;
+    while p > 0 && matches!(t[p - 1], b' ' | b'\t' | b'\r' | b'\n') {
+        p -= 1;
+    }
+    let block = match p.checked_sub(1).map(|i| t[i]) {
+        Some(b'[') => None,
+        Some(b'-') => {
+            let dash = p - 1;
+            let indent = t[..dash]
+                .iter()
+                .rev()
+                .take_while(|&&b| b == b' ' || b == b'\t')
+                .count();
+            let line = dash - indent;
+            if line == 0 || t[line - 1] != b'\n' {
+                return (items, first);
+            }
+            Some(&t[line..dash])
+        }
+        _ => return (items, first),
+    };
+    let limit = t.len().min(first.saturating_add(LIST_MAX));
+    let mut read = first;
+    for n in 0..=LIST_ITEMS {
+        let Some((s, e, after)) = list_item(t, at, limit, block.is_none()) else {
+            break;
+        };
+        if n > 0 {
+            items.push((s, e));
+        }
+        read = after;
+        // On to the next item.
+        let mut i = after;
+        let ws = |i: &mut usize, blanks: &[u8]| {
+            while *i < limit && blanks.contains(&t[*i]) {
+                *i += 1;
+            }
+        };
+        match block {
+            None => {
+                ws(&mut i, b" \t\r\n");
+                if t.get(i) != Some(&b',') || i >= limit {
+                    break;
+                }
+                i += 1;
+                ws(&mut i, b" \t\r\n");
+            }
+            Some(indent) => {
+                ws(&mut i, b" \t\r");
+                if t.get(i) != Some(&b'\n') {
+                    break;
+                }
+                i += 1;
+                if !t.get(i..limit).is_some_and(|r| r.starts_with(indent)) {
+                    break;
+                }
+                i += indent.len();
+                if t.get(i) != Some(&b'-') || !matches!(t.get(i + 1), Some(b' ' | b'\t')) {
+                    break;
+                }
+                i += 1;
+                ws(&mut i, b" \t");
+            }
+        }
+        at = i;
+    }
+    (items, read)
+}
+
+/// One item of a list read by [`list_items`], from `i` (its quote, escaped or not, or its
+/// first byte): its value's span and where it ends (past its closing quote).
+fn list_item(t: &[u8], i: usize, limit: usize, flow: bool) -> Option<(usize, usize, usize)> {
+    let mut k = i;
+    let escaped = t.get(k) == Some(&b'\\');
+    if escaped {
+        k += 1;
+    }
+    let quote = t.get(k).copied().filter(|&b| b == b'"' || b == b'\'');
+    if quote.is_some() {
+        k += 1;
+    } else if escaped {
+        return None;
+    }
+    let rest = t.get(k..limit)?;
+    match quote {
+        Some(q) => {
+            let close = k + rest.iter().position(|&b| b == q || b == b'\n')?;
+            // Closed as it was opened: `"..."`, or `\"...\"`.
+            let backslash = close > k && t[close - 1] == b'\\';
+            (t[close] == q && backslash == escaped).then_some((
+                k,
+                close - usize::from(escaped),
+                close + 1,
+            ))
+        }
+        None => {
+            let end = k + rest
+                .iter()
+                .position(|&b| matches!(b, b'\n' | b'\r') || (flow && matches!(b, b',' | b']')))?;
+            (end > k).then_some((k, end, end))
+        }
+    }
+}
+
 /// Whether an XML element's name starting at `at` follows its `<`, directly or after a
-/// namespace's prefix (`<ns:phone`; the name read back stopped at that `:`).
-fn opens_tag(t: &[u8], at: usize) -> bool {
+/// namespace's prefix (`<ns:phone`; the name read back stopped at that `:`); and the lowest
+/// index read.
+fn opens_tag(t: &[u8], at: usize) -> (bool, usize) {
     let Some(at) = at.checked_sub(1) else {
-        return false;
+        return (false, 0);
     };
     match t[at] {
-        b'<' => true,
+        b'<' => (true, at),
         b':' => {
             let prefix = t[..at]
                 .iter()
@@ -1547,9 +1714,10 @@ fn opens_tag(t: &[u8], at: usize) -> bool {
                 .take(LABEL_LOOKBEHIND)
                 .take_while(|&&b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
                 .count();
-            prefix > 0 && at > prefix && t[at - prefix - 1] == b'<'
+            let read = at.saturating_sub(prefix + 1);
+            (prefix > 0 && at > prefix && t[read] == b'<', read)
         }
-        _ => false,
+        _ => (false, at),
     }
 }
 
@@ -1775,6 +1943,30 @@ impl Validator {
             Validator::Credential => CREDENTIAL_LOOKBEHIND,
             Validator::LabelledPhone | Validator::LabelledIban => LABEL_LOOKBEHIND,
             _ => 2,
+        }
+    }
+
+    /// The bytes the check of the candidate `t[s..e]` reads (`lo..hi`), for validators that
+    /// know them more closely than [`lookbehind`](Self::lookbehind) and
+    /// [`extent`](Self::extent) bound them: a labelled field's name is read back only to its
+    /// start, its value at most [`LABELLED_MAX`] bytes on (and a mask's entity over its
+    /// capitals).
+    pub(crate) fn reach(self, t: &[u8], s: usize, e: usize) -> Option<(usize, usize)> {
+        match self {
+            Validator::LabelledPhone | Validator::LabelledIban => Some((
+                labelled_key(t, s, e).1,
+                (e + LABELLED_MAX + 3).max(s + CREDENTIAL_LOOKBEHIND + 12),
+            )),
+            _ => None,
+        }
+    }
+
+    /// What the field whose name this validator reads in a text holds (see [`list_items`]).
+    pub(crate) fn labelled_kind(self) -> Option<FieldKind> {
+        match self {
+            Validator::LabelledPhone => Some(FieldKind::Phone),
+            Validator::LabelledIban => Some(FieldKind::Iban),
+            _ => None,
         }
     }
 
