@@ -4031,6 +4031,38 @@ fn lists_under_field_names_in_a_text_read_each_item_whole() {
     }
 }
 
+/// A cut never falls where it would change how far a list goes: between an item and the
+/// `,` (after blanks) or the next YAML line that continues it.
+#[test]
+fn a_cut_keeps_the_bytes_that_continue_a_list() {
+    let e = engine();
+    // (A cut falls in the second half of a text.)
+    let filler = "see logs below for the stack trace. ".repeat(100);
+    // (Blanks past the reach of the name's own decision and of the rescan around a mask.)
+    let b = " ".repeat(600);
+    for list in [
+        format!("\"phones\": [\"4915112345678\"{b},{b}\"4915112345679\"]"),
+        format!("phones: [4915112345678\n{b}, 4915112345679]"),
+        format!("phones:\n  - \"4915112345678\"{b}\n  - 4915112345679\n"),
+    ] {
+        let list = list.as_str();
+        let text = format!("{filler}{list} {}", &filler[..200]);
+        let whole = e.redact_field("", &text, e.default_view());
+        assert_eq!(whole.findings.len(), 2, "{}", whole.text);
+        let at = filler.len();
+        let n = text.len();
+        for holdback in n - at - list.len() - 2..n - at + 2 {
+            if let Some(c) = check_cut(e, "", &text, holdback) {
+                assert!(
+                    c <= at || c >= at + list.len(),
+                    "{list:?} cut at {}",
+                    c - at
+                );
+            }
+        }
+    }
+}
+
 /// Lists under field names in a long string redacted in segments through the rewriter, at
 /// several chunkings: the same as the whole string redacted at once, every item masked (a
 /// cut never falls inside a list whose first item was read).

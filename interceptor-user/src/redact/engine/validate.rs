@@ -1578,7 +1578,8 @@ pub(crate) const LIST_MAX: usize = 2048;
 /// first value ([`labelled_value`]'s) starts at `first`: a JSON or Python list (`"phones":
 /// ["4915112345678", "4915112345679"]`, over lines too) or a YAML one (`phones:` then
 /// `  - 4915112345678` on each line, at the first item's indentation). Each later item's
-/// value as a span, in order, not yet validated; and the end of what was read. No item when
+/// value as a span, in order, not yet validated; and the end of what was read (past the
+/// bytes that ended the list: the decision's reach). No item when
 /// the first value opens no list. Items are quoted as JSON strings, escaped as in JSON inside
 /// a JSON string, quoted with `'`, or bare; the list ends at the first byte that does not go
 /// on with it (`]`, a line that is no item), after [`LIST_ITEMS`] items or [`LIST_MAX`]
@@ -1616,15 +1617,22 @@ pub(crate) fn list_items(t: &[u8], first: usize) -> (Vec<(usize, usize)>, usize)
         _ => return (items, first),
     };
     let limit = t.len().min(first.saturating_add(LIST_MAX));
-    let mut read = first;
+    // The end of what was read (the list's end depends on the bytes after its last item).
+    let mut seen = first;
+    let mut see = |upto: usize| seen = seen.max(upto.min(t.len()));
     for n in 0..=LIST_ITEMS {
-        let Some((s, e, after)) = list_item(t, at, limit, block.is_none()) else {
-            break;
+        let (s, e, after) = match list_item(t, at, limit, block.is_none()) {
+            Ok(item) => item,
+            Err(read) => {
+                see(read);
+                break;
+            }
         };
+        // (An unquoted item's end is the byte that stopped it.)
+        see(after + 1);
         if n > 0 {
             items.push((s, e));
         }
-        read = after;
         // On to the next item.
         let mut i = after;
         let ws = |i: &mut usize, blanks: &[u8]| {
@@ -1635,6 +1643,7 @@ pub(crate) fn list_items(t: &[u8], first: usize) -> (Vec<(usize, usize)>, usize)
         match block {
             None => {
                 ws(&mut i, b" \t\r\n");
+                see(i + 1);
                 if t.get(i) != Some(&b',') || i >= limit {
                     break;
                 }
@@ -1643,10 +1652,12 @@ pub(crate) fn list_items(t: &[u8], first: usize) -> (Vec<(usize, usize)>, usize)
             }
             Some(indent) => {
                 ws(&mut i, b" \t\r");
+                see(i + 1);
                 if t.get(i) != Some(&b'\n') {
                     break;
                 }
                 i += 1;
+                see(i + indent.len() + 2);
                 if !t.get(i..limit).is_some_and(|r| r.starts_with(indent)) {
                     break;
                 }
@@ -1658,14 +1669,16 @@ pub(crate) fn list_items(t: &[u8], first: usize) -> (Vec<(usize, usize)>, usize)
                 ws(&mut i, b" \t");
             }
         }
+        see(i + 1);
         at = i;
     }
-    (items, read)
+    (items, seen)
 }
 
 /// One item of a list read by [`list_items`], from `i` (its quote, escaped or not, or its
-/// first byte): its value's span and where it ends (past its closing quote).
-fn list_item(t: &[u8], i: usize, limit: usize, flow: bool) -> Option<(usize, usize, usize)> {
+/// first byte): its value's span and where it ends (past its closing quote); or, when it is
+/// none, the end of what was read to know.
+fn list_item(t: &[u8], i: usize, limit: usize, flow: bool) -> Result<(usize, usize, usize), usize> {
     let mut k = i;
     let escaped = t.get(k) == Some(&b'\\');
     if escaped {
@@ -1675,25 +1688,33 @@ fn list_item(t: &[u8], i: usize, limit: usize, flow: bool) -> Option<(usize, usi
     if quote.is_some() {
         k += 1;
     } else if escaped {
-        return None;
+        return Err(k + 1);
     }
-    let rest = t.get(k..limit)?;
+    let rest = t.get(k..limit).ok_or(k + 1)?;
     match quote {
         Some(q) => {
-            let close = k + rest.iter().position(|&b| b == q || b == b'\n')?;
+            let close = k + rest
+                .iter()
+                .position(|&b| b == q || b == b'\n')
+                .ok_or(limit)?;
             // Closed as it was opened: `"..."`, or `\"...\"`.
             let backslash = close > k && t[close - 1] == b'\\';
-            (t[close] == q && backslash == escaped).then_some((
-                k,
-                close - usize::from(escaped),
-                close + 1,
-            ))
+            if t[close] == q && backslash == escaped {
+                Ok((k, close - usize::from(escaped), close + 1))
+            } else {
+                Err(close + 1)
+            }
         }
         None => {
             let end = k + rest
                 .iter()
-                .position(|&b| matches!(b, b'\n' | b'\r') || (flow && matches!(b, b',' | b']')))?;
-            (end > k).then_some((k, end, end))
+                .position(|&b| matches!(b, b'\n' | b'\r') || (flow && matches!(b, b',' | b']')))
+                .ok_or(limit)?;
+            if end > k {
+                Ok((k, end, end))
+            } else {
+                Err(end + 1)
+            }
         }
     }
 }
