@@ -33,7 +33,9 @@
 //! leaves is then redacted as text, as every value is (keys, numbers and words across members
 //! stay covered). A document carried in a string may be a sequence of documents, objects or
 //! arrays one after the other (JSON Lines: an export of records, one per line), each read as
-//! one. A string that does not parse as that is only redacted as text. Such
+//! one, when the string fits in one window ([`JsonLimits::window`]): a longer export streams
+//! through as text, in segments, rather than be held up to the document window. A string
+//! that does not parse as documents is only redacted as text. Such
 //! a value is buffered whole up to [`JsonLimits::document_window`] (decided by its first
 //! character other than whitespace, so whatever the chunking); a longer one is redacted as
 //! text in segments, as any long string. [`redact_value`] reads documents in strings the same
@@ -414,6 +416,8 @@ struct DocScan {
     esc: bool,
     /// The outermost value has closed.
     closed: bool,
+    /// Another document followed one (JSON Lines).
+    sequence: bool,
     /// Not one document.
     broken: bool,
 }
@@ -443,6 +447,7 @@ impl DocScan {
                 // (Another document may follow one: JSON Lines.)
                 b'{' | b'[' if self.closed => {
                     self.closed = false;
+                    self.sequence = true;
                     self.depth = 1;
                 }
                 _ if self.closed => self.broken = true,
@@ -1345,7 +1350,10 @@ impl JsonRedactor {
             return false;
         };
         doc.read(&self.decoded);
-        let more = !doc.broken && self.threshold < self.limits.document_window;
+        // (A sequence of documents, JSON Lines, only within one window: an export of records
+        // longer than that streams through as text rather than be held to the document
+        // window.)
+        let more = !doc.broken && !doc.sequence && self.threshold < self.limits.document_window;
         if !more {
             self.doc = None;
         }

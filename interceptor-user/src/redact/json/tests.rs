@@ -1027,10 +1027,11 @@ proptest! {
     }
 }
 
-/// A long value that opens like a document but is none (log lines that start with `[`) is cut
-/// at its first window as any long string, not buffered up to the document window; one that
-/// is a document, or a sequence of them (JSON Lines), is buffered whole and read as documents
-/// (the `pin` rule holds only under its key).
+/// A long value that opens like a document but is none (log lines that start with `[`), or is
+/// a sequence of documents longer than a window (a JSON Lines export), is cut at its first
+/// window as any long string, not buffered up to the document window; one that is a
+/// document is buffered whole and read as one (the `pin` rule holds only under its key). A
+/// sequence within a window is read as documents too.
 #[test]
 fn only_a_value_that_may_be_one_document_takes_the_document_window() {
     let limits = JsonLimits {
@@ -1048,8 +1049,8 @@ fn only_a_value_that_may_be_one_document_takes_the_document_window() {
         .collect();
     let concatenated = records.concat();
     for (text, whole) in [
-        (&jsonl, true),
-        (&concatenated, true),
+        (&jsonl, false),
+        (&concatenated, false),
         (&log, false),
         (&array, true),
     ] {
@@ -1088,6 +1089,30 @@ fn only_a_value_that_may_be_one_document_takes_the_document_window() {
                     "{size}: {t:.300}"
                 );
             }
+        }
+    }
+}
+
+#[test]
+fn json_lines_within_a_window_are_read_as_documents() {
+    let r: Arc<dyn TextRedactor> = Arc::new(TestRedactor { max: 16 });
+    let records: Vec<String> = (0..400).map(json_record).collect();
+    for text in [records.join("\n"), records.concat(), records.join("\r\n ")] {
+        let doc = serde_json::json!({ "text": text }).to_string();
+        assert!(doc.len() < JsonLimits::default().window);
+        for size in [doc.len(), 1, 100] {
+            let chunks: Vec<&[u8]> = doc.as_bytes().chunks(size).collect();
+            let (out, summary) =
+                run_chunks(r.clone(), JsonLimits::default(), false, &chunks).expect("valid");
+            let v: Value = serde_json::from_slice(&out).expect("JSON");
+            let t = v["text"].as_str().unwrap();
+            assert_eq!(
+                t.matches(r#""pin":"[PIN]""#).count(),
+                400,
+                "{size}: {t:.300}"
+            );
+            assert_eq!(t.matches("[EMAIL]").count(), 400, "{size}");
+            assert_eq!(summary.total(), 800, "{size}");
         }
     }
 }
