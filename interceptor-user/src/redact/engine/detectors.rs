@@ -54,8 +54,10 @@ pub(crate) const EMAIL_LOCAL_MAX_WIDE: usize = 32;
 /// progress, beside every other pattern in progress, built ~40% more states on printable
 /// text and took dense text from 67 to 58 MB/s and JSON carried in a text through the agent
 /// from 24 to 18 (`benches/redact.rs`). It is searched from each `:`, `=` and `>` instead
-/// (`side`). Every match holds exactly one of them (no other part of it can), the separator:
-/// `phone: ...`, `tel=...`, an XML element's `<phone>...` (the validator wants its `<`). An
+/// (`side`). Every match holds one of them, the separator (no other part of it can, but the
+/// `>` of a hash's arrow right after it): `phone: ...`, `tel=...`, an XML element's
+/// `<phone>...` (the validator wants its `<`), `'mobile' => '...'` (PHP, Ruby, Perl) and
+/// `[mobile] => ...` (PHP's `print_r`). An
 /// abbreviation's dot may follow the name and the suffix (`Tel.:`, `Tel.-Nr.:`). The value
 /// may be the first item of a list (`"phones": ["4915112345678", ...]`, or YAML's `phones:`
 /// and `  - 4915112345678` on the next line): the engine then reads the other items
@@ -64,13 +66,13 @@ pub(crate) const LABELLED_PHONE_PATTERN: &str = concat!(
     r"(?i:phone|tel|mobile?|cell|msisdn|fax|whatsapp|telefon|telefono|telefoon",
     r"|rufnummer|handynummer|mobilnummer)",
     r"(?:\.?[_ -]?(?i:number|num|no|nr|nummer|numero))?(?i:s)?\.?",
-    r#"\\?["']?[ \t]{0,2}[:=>][ \t]{0,2}"#,
+    r#"\\?["'\]]?[ \t]{0,2}(?:[:=]>?|>)[ \t]{0,2}"#,
     r"(?:\[[ \t\r\n]{0,32}|\r?\n[ \t]{0,8}-[ \t]{1,2})?",
     r#"\\?["']?[+(0-9]"#,
 );
 /// The same for an IBAN's field name (`iban: de89370400440532013000`).
 pub(crate) const LABELLED_IBAN_PATTERN: &str = concat!(
-    r#"(?i:iban)(?i:s)?\\?["']?[ \t]{0,2}[:=>][ \t]{0,2}"#,
+    r#"(?i:iban)(?i:s)?\\?["'\]]?[ \t]{0,2}(?:[:=]>?|>)[ \t]{0,2}"#,
     r"(?:\[[ \t\r\n]{0,32}|\r?\n[ \t]{0,8}-[ \t]{1,2})?",
     r#"\\?["']?[A-Za-z]"#,
 );

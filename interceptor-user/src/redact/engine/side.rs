@@ -181,7 +181,8 @@ fn label_starts(hay: &[u8], j: usize, end: usize, starts: &mut Vec<usize>) {
         k -= 1;
         blanks += 1;
     }
-    if k > 0 && matches!(hay[k - 1], b'"' | b'\'') {
+    // (A closing quote, or the `]` of `print_r`'s `[mobile] => ...`.)
+    if k > 0 && matches!(hay[k - 1], b'"' | b'\'' | b']') {
         k -= 1;
     }
     if k > 0 && hay[k - 1] == b'\\' {
@@ -205,6 +206,10 @@ fn label_starts(hay: &[u8], j: usize, end: usize, starts: &mut Vec<usize>) {
         return;
     }
     let mut i = j + 1;
+    // (A hash's arrow: `=>`.)
+    if hay[j] == b'=' && i < end && hay[i] == b'>' {
+        i += 1;
+    }
     let blanks = |i: &mut usize, most: usize, set: &[u8]| {
         let mut n = 0;
         while n < most && *i < end && set.contains(&hay[*i]) {

@@ -1382,7 +1382,7 @@ fn label_heavy_text() -> impl Strategy<Value = String> {
         3 => proptest::sample::select(vec![
             ":", "=", ": ", " = ", ":  ", ":   ", "\t:\t", "\"", "'", "\\", "\": \"", "\\\"",
             "\\\": \\\"", "{", "}", ",", " ", "\n", "[", "(", "+", "é", ">", "<", "</", "<ns:",
-            ".:", ". ",
+            ".:", ". ", " => ", "] => ", "=>", "[",
         ]).prop_map(String::from),
         2 => proptest::sample::select(vec![
             "4915112345678", "+4915112345678", "030 1234567", "(030) 1234567", "2024-03-15",
@@ -1426,6 +1426,10 @@ fn side_label_search_equals_the_union_on_edge_cases() {
             .to_string(),
         "<phone>4915112345678</phone><ns:mobileNumber>4915112345678</ns:mobileNumber>".to_string(),
         "<iban>de89370400440532013000</iban> x>4 phone> 4 >phone>4915112345678".to_string(),
+        "'mobile' => '4915112345678', [phone] => 4915112345678 :tel=>\"+49 30 1234567\""
+            .to_string(),
+        "[iban]=>de89370400440532013000 phone=>>4 phone] => 4 [x phone] => 4915112345678"
+            .to_string(),
     ];
     for text in &cases {
         assert_side_agrees("", text);
@@ -3892,6 +3896,10 @@ fn field_names_in_a_text_read_their_values_whole() {
         "<ns:mobileNumber>4915112345678</ns:mobileNumber>",
         "Tel.: 4915112345678",
         "Tel.-Nr.: 4915112345678 (mobil)",
+        "array('name' => 'Jane', 'mobile' => '4915112345678')",
+        "Array\n(\n    [name] => Jane\n    [mobile] => 4915112345678\n)",
+        "{:phone => \"4915112345678\"}",
+        "my %h = (mobile => '4915112345678');",
     ] {
         assert_eq!(found(text), one("PHONE", bare), "{text}");
         let r = e.redact(text).text;
@@ -3912,6 +3920,7 @@ fn field_names_in_a_text_read_their_values_whole() {
         r#"{"payout_iban": "de89370400440532013000"}"#,
         "IBANs='de89370400440532013000'",
         "<Iban>de89370400440532013000</Iban>",
+        "[iban] => de89370400440532013000",
     ] {
         assert_eq!(found(text), one("IBAN", "de89370400440532013000"), "{text}");
         // (The pseudonym of the same IBAN in capitals.)
@@ -3942,6 +3951,9 @@ fn field_names_in_a_text_read_their_values_whole() {
         "a->phone>4915112345678",
         "<x:>4915112345678",
         "Hotel.: 4915112345678",
+        "[count] => 4915112345678",
+        "phone >= 4915112345678",
+        "$phone->4915112345678",
     ] {
         assert_eq!(found(text), [], "{text}");
     }

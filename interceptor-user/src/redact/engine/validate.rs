@@ -1433,7 +1433,11 @@ fn labelled_key(t: &[u8], s: usize, e: usize) -> (Option<(usize, &[u8])>, usize)
         k -= 1;
     }
     lo = lo.min(k.saturating_sub(1));
-    let key_quote = t[..k].last().copied().filter(|&b| b == b'"' || b == b'\'');
+    // (A quoted name, or `print_r`'s `[mobile] => ...`.)
+    let key_quote = t[..k]
+        .last()
+        .copied()
+        .filter(|&b| matches!(b, b'"' | b'\'' | b']'));
     // `>` ends an XML element's opening tag: its name right before it (`<phone>`,
     // `<ns:mobileNumber>`), nothing else.
     let tag = t[sep] == b'>';
@@ -1441,9 +1445,10 @@ fn labelled_key(t: &[u8], s: usize, e: usize) -> (Option<(usize, &[u8])>, usize)
         return (None, lo);
     }
     let key = match key_quote {
-        Some(q) => {
+        Some(close) => {
+            let q = if close == b']' { b'[' } else { close };
             let mut end = k - 1;
-            if end > 0 && t[end - 1] == b'\\' {
+            if end > 0 && t[end - 1] == b'\\' && close != b']' {
                 end -= 1;
             }
             let open = t[..end]
