@@ -326,10 +326,11 @@ pub(super) fn may_hold_label(hay: &[u8]) -> bool {
 /// The patterns of the names of fields read whole in any text (`"mobile": "4915112345678"`,
 /// `iban: de89...`, see `detectors::LABELLED_PHONE_PATTERN`), searched from each `:`, `=` and `>`.
 ///
-/// Every match of them holds exactly one `:`, `=` or `>`, its separator, and no more than
-/// `max_len` bytes. So from a search position, the first separator that some match holds is
-/// the one of the leftmost match: a match starting after a separator holds a later one, and
-/// one starting before it holds it. [`Labels::find`] takes the separators in order (memchr),
+/// Every match of them holds one `:`, `=` or `>`, its separator (and, after a `=`, maybe the
+/// `>` of a hash's arrow, at which no match's name ends: `label_starts` lists none there), and
+/// no more than `max_len` bytes. So from a search position, the first separator that some
+/// match holds is the one of the leftmost match: a match starting after a separator holds a
+/// later one, and one starting before it holds it. [`Labels::find`] takes the separators in order (memchr),
 /// lists where a name before each may start (`label_starts`: none for most), and runs the
 /// patterns anchored at each of those from the search position on, in order: the first match
 /// is the leftmost-first match of the patterns from the search position, as the union's search
