@@ -3871,12 +3871,7 @@ fn labelled_validators_with_any_custom_pattern_never_panic() {
 #[test]
 fn field_names_in_a_text_read_their_values_whole() {
     let e = engine();
-    let found = |text: &str| -> Vec<(String, String)> {
-        e.scan(text)
-            .iter()
-            .map(|m| (m.entity.to_string(), text[m.start..m.end].to_string()))
-            .collect()
-    };
+    let found = entities;
     let one = |entity: &str, v: &str| vec![(entity.to_string(), v.to_string())];
     let plus = e.redact("+4915112345678").text;
     let bare = "4915112345678";
@@ -3965,12 +3960,7 @@ fn field_names_in_a_text_read_their_values_whole() {
 #[test]
 fn lists_under_field_names_in_a_text_read_each_item_whole() {
     let e = engine();
-    let values = |text: &str| -> Vec<(String, String)> {
-        e.scan(text)
-            .iter()
-            .map(|m| (m.entity.to_string(), text[m.start..m.end].to_string()))
-            .collect()
-    };
+    let values = entities;
     let phones = |vs: &[&str]| -> Vec<(String, String)> {
         vs.iter()
             .map(|v| ("PHONE".to_string(), v.to_string()))

@@ -1319,12 +1319,7 @@ pub(super) fn in_mask_entity(t: &[u8], s: usize) -> bool {
     let Some((head, tail)) = t.split_at_checked(s) else {
         return false;
     };
-    let before = head
-        .iter()
-        .rev()
-        .take(CREDENTIAL_LOOKBEHIND)
-        .take_while(entity)
-        .count();
+    let before = mask_entity_before(head);
     let after = tail
         .iter()
         .take(CREDENTIAL_LOOKBEHIND)
@@ -1337,6 +1332,26 @@ pub(super) fn in_mask_entity(t: &[u8], s: usize) -> bool {
         && tail
             .get(after + 1..after + 10)
             .is_some_and(|m| m[..8].iter().all(hex) && m[8] == b']')
+}
+
+/// How many bytes of a mask's entity (capitals, digits, `_`) end `head`, at most
+/// [`CREDENTIAL_LOOKBEHIND`] ([`in_mask_entity`] reads them and the byte before).
+fn mask_entity_before(head: &[u8]) -> usize {
+    head.iter()
+        .rev()
+        .take(CREDENTIAL_LOOKBEHIND)
+        .take_while(|&&b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+        .count()
+}
+
+/// How many bytes of a field's unquoted name (letters, digits, `_`, `-`, `.`) end `head`, at
+/// most [`LABEL_LOOKBEHIND`].
+fn name_before(head: &[u8]) -> usize {
+    head.iter()
+        .rev()
+        .take(LABEL_LOOKBEHIND)
+        .take_while(|&&b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        .count()
 }
 
 /// A mask (`[SECRET:...]`, `****`) or a template (`${DB_PASSWORD}`, `{{ secret }}`,
@@ -1407,15 +1422,7 @@ fn trimmed(t: &[u8]) -> Option<(usize, usize)> {
 fn labelled_key(t: &[u8], s: usize, e: usize) -> (Option<(usize, &[u8])>, usize) {
     // A mask's entity (`[PHONE:4f1c9a2b]`) is no field's name (`in_mask_entity` reads back
     // over its capitals, digits and `_`, and the byte before).
-    let entity = |b: &&u8| b.is_ascii_uppercase() || b.is_ascii_digit() || **b == b'_';
-    let before = t
-        .get(..s)
-        .unwrap_or_default()
-        .iter()
-        .rev()
-        .take(CREDENTIAL_LOOKBEHIND)
-        .take_while(entity)
-        .count();
+    let before = mask_entity_before(t.get(..s).unwrap_or_default());
     let mut lo = s.saturating_sub(before + 1);
     if in_mask_entity(t, s) {
         return (None, lo);
@@ -1466,12 +1473,7 @@ fn labelled_key(t: &[u8], s: usize, e: usize) -> (Option<(usize, &[u8])>, usize)
             &t[open + 1..end]
         }
         None => {
-            let n = t[..k]
-                .iter()
-                .rev()
-                .take(LABEL_LOOKBEHIND)
-                .take_while(|&&b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
-                .count();
+            let n = name_before(&t[..k]);
             // (The byte that stopped the name, or the last one it may hold.)
             lo = lo.min(k.saturating_sub(n + 1));
             if tag {
@@ -1734,12 +1736,7 @@ fn opens_tag(t: &[u8], at: usize) -> (bool, usize) {
     match t[at] {
         b'<' => (true, at),
         b':' => {
-            let prefix = t[..at]
-                .iter()
-                .rev()
-                .take(LABEL_LOOKBEHIND)
-                .take_while(|&&b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
-                .count();
+            let prefix = name_before(&t[..at]);
             let read = at.saturating_sub(prefix + 1);
             (prefix > 0 && at > prefix && t[read] == b'<', read)
         }
