@@ -66,13 +66,13 @@ pub(crate) const LABELLED_PHONE_PATTERN: &str = concat!(
     r"(?i:phone|tel|mobile?|cell|msisdn|fax|whatsapp|telefon|telefono|telefoon",
     r"|rufnummer|handynummer|mobilnummer)",
     r"(?:\.?[_ -]?(?i:number|num|no|nr|nummer|numero))?(?i:s)?\.?",
-    r#"\\?["'\]]?[ \t]{0,2}(?:[:=]>?|>)[ \t]{0,2}"#,
+    r#"\\?["'\]]?[ \t]{0,2}(?:=>?|[:>])[ \t]{0,2}"#,
     r"(?:\[[ \t\r\n]{0,32}|\r?\n[ \t]{0,8}-[ \t]{1,2})?",
     r#"\\?["']?[+(0-9]"#,
 );
 /// The same for an IBAN's field name (`iban: de89370400440532013000`).
 pub(crate) const LABELLED_IBAN_PATTERN: &str = concat!(
-    r#"(?i:iban)(?i:s)?\\?["'\]]?[ \t]{0,2}(?:[:=]>?|>)[ \t]{0,2}"#,
+    r#"(?i:iban)(?i:s)?\\?["'\]]?[ \t]{0,2}(?:=>?|[:>])[ \t]{0,2}"#,
     r"(?:\[[ \t\r\n]{0,32}|\r?\n[ \t]{0,8}-[ \t]{1,2})?",
     r#"\\?["']?[A-Za-z]"#,
 );
